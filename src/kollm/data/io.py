@@ -157,7 +157,9 @@ def write_text(path: Path, text: str) -> None:
 def write_dataset_dir(path: Path, splits: dict[str, list[Record]]) -> None:
     """save_to_disk into a temporary dir, then swap it in place of `path`."""
     from datasets import Dataset, DatasetDict
+    from datasets.utils.logging import disable_progress_bar
 
+    disable_progress_bar()  # our own progress bar covers the stage
     dataset = DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items() if rows})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

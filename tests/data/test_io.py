@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+from kollm.config import DataConfig
+from kollm.data.io import DataError, read_records, write_dataset_dir, write_jsonl
+from kollm.data.pipeline import read_inputs
+from kollm.data.records import KINDS
+from tests.conftest import read_jsonl
+
+DIALOGUE = {
+    "dialogue": "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.",
+    "summary": "인사한다.",
+}
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(DIALOGUE, ensure_ascii=False) + "\n{broken\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
+        list(read_records(path, KINDS["dialogue_summary"]))
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"dialogue": "안녕"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:1: missing field 'summary'"):
+        list(read_records(path, KINDS["dialogue_summary"]))
+
+
+def test_skip_bad_lines_collects_them(tmp_path):
+    path = tmp_path / "in.jsonl"
+    good = json.dumps(DIALOGUE, ensure_ascii=False)
+    path.write_text(
+        f'{good}\nnot json\n{{"dialogue": 3, "summary": "x"}}\n{good}\n', encoding="utf-8"
+    )
+    bad: list[dict] = []
+    records = list(read_records(path, KINDS["dialogue_summary"], bad_lines=bad))
+    assert len(records) == 2
+    assert [b["line"] for b in bad] == [2, 3]
+    assert "dialogue: expected a string" in bad[1]["error"]
+
+
+def test_csv_with_multi_reference_summaries(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_text(
+        'id,dialogue,summary\n1,"#Person1#: 안녕\n#Person2#: 네","[""요약 하나"", ""요약 둘""]"\n',
+        encoding="utf-8",
+    )
+    (record,) = read_records(path, KINDS["dialogue_summary"])
+    assert record["summary"] == ["요약 하나", "요약 둘"]
+    assert record["dialogue"] == "#Person1#: 안녕\n#Person2#: 네"
+
+
+def test_parquet_and_datasets_dir_are_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([DIALOGUE, DIALOGUE]), tmp_path / "in.parquet")
+    assert len(list(read_records(tmp_path / "in.parquet", KINDS["dialogue_summary"]))) == 2
+    write_dataset_dir(tmp_path / "ds", {"train": [DIALOGUE] * 3, "validation": [DIALOGUE]})
+    cfg = DataConfig(input=str(tmp_path / "ds"), kind="dialogue_summary")
+    splits = {k: list(v) for k, v in read_inputs(cfg, KINDS["dialogue_summary"], None).items()}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 3, "validation": 1}
+
+
+def test_interrupted_write_leaves_no_file(tmp_path):
+    def rows():
+        yield {"a": 1}
+        raise KeyboardInterrupt
+
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        write_jsonl(target, rows())
+    assert list(tmp_path.iterdir()) == []
+    write_jsonl(target, [{"a": 1}])
+    assert read_jsonl(target) == [{"a": 1}]
