@@ -107,9 +107,16 @@ def run_data_prepare(recipe: Recipe) -> dict[str, Any]:
 
 
 @data_app.command("prepare")
-def data_prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+def data_prepare(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    skip_bad_lines: Annotated[
+        bool, typer.Option(help="Skip malformed lines (written to bad_lines.jsonl).")
+    ] = False,
+) -> None:
     """Run the recipe's data stage: normalise, mask PII, filter, dedup, split, report."""
-    run_data_prepare(_load(recipe, overrides))
+    extra = ["data.skip_bad_lines=true"] if skip_bad_lines else []
+    run_data_prepare(_load(recipe, [*(overrides or []), *extra]))
 
 
 @data_app.command("clean")

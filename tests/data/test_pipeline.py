@@ -99,7 +99,7 @@ def test_bad_line_stops_with_exit_2_or_is_skipped(tmp_path, noisy_train):
     assert result.exit_code == 2, result.output
     assert f"{noisy_train}:43: malformed JSON" in result.output
     assert not (tmp_path / "run" / "data" / "train.jsonl").exists()
-    result = runner.invoke(app, ["data", "prepare", str(recipe), "data.skip_bad_lines=true"])
+    result = runner.invoke(app, ["data", "prepare", str(recipe), "--skip-bad-lines"])
     assert result.exit_code == 0, result.output
     bad = read_jsonl(tmp_path / "run" / "data" / "bad_lines.jsonl")
     assert [b["line"] for b in bad] == [43]

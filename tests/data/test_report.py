@@ -38,7 +38,10 @@ def test_report_counts_topics_speakers_and_chars_per_token(tmp_path):
 def test_report_reads_a_tokenizer_json(tmp_path):
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train_from_iterator([r["dialogue"] for r in ROWS] * 20, trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]))
+    tok.train_from_iterator(
+        [r["dialogue"] for r in ROWS] * 20,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"]),
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     report = build_report({"train": ROWS}, "dialogue_summary", tmp_path, tokenizer=str(tmp_path))
     assert report["chars_per_token"]["tokenizer"] == str(tmp_path)

@@ -17,11 +17,11 @@ def write_samples(
     """Write the sample files into `out_dir`; returns the record count of each file."""
     train = list(generate_dialogues(n_train, seed, "train"))
     dev = list(generate_dialogues(n_dev, seed + 1, "dev"))
-    clean = [r for r in generate_dialogues(200, seed + 2, "inst", noise=False)]
+    clean = list(generate_dialogues(200, seed + 2, "inst", noise=False))
     files = {
         "dialogsum_train.jsonl": train,
         "dialogsum_dev.jsonl": dev,
-        "instructions.jsonl": list(generate_instructions(clean, 400, seed + 3)),
+        "instructions.jsonl": list(generate_instructions(clean, 100, seed + 3)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():

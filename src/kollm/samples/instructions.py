@@ -31,34 +31,29 @@ _FACTS = [
 
 
 def generate_instructions(
-    dialogues: list[dict[str, Any]], n: int, seed: int
+    dialogues: list[dict[str, Any]], n_arithmetic: int, seed: int
 ) -> Iterator[dict[str, Any]]:
-    """`n` instruction records: summarise a dialogue, make a sentence polite, add, answer."""
+    """Every dialogue as a summarisation task, every politeness pair and fact once, and
+    `n_arithmetic` additions; shuffled with `seed`."""
     rng = random.Random(seed)
-    for i in range(n):
-        roll = rng.random()
-        if roll < 0.5:
-            d = rng.choice(dialogues)
-            row = {
-                "instruction": "다음 대화를 한두 문장으로 요약하세요.",
-                "input": d["dialogue"],
-                "output": d["summary"],
-            }
-        elif roll < 0.7:
-            casual, polite = rng.choice(_POLITE)
-            row = {
-                "instruction": "다음 문장을 존댓말로 바꾸세요.",
-                "input": casual,
-                "output": polite,
-            }
-        elif roll < 0.85:
-            a, b = rng.randint(10, 999), rng.randint(10, 999)
-            row = {
-                "instruction": f"{a}에 {b}를 더하면 얼마인가요?",
-                "input": "",
-                "output": f"{a + b}입니다.",
-            }
-        else:
-            question, answer = rng.choice(_FACTS)
-            row = {"instruction": question, "input": "", "output": answer}
+    rows = [
+        {
+            "instruction": "다음 대화를 한두 문장으로 요약하세요.",
+            "input": d["dialogue"],
+            "output": d["summary"],
+        }
+        for d in dialogues
+    ]
+    rows += [
+        {"instruction": "다음 문장을 존댓말로 바꾸세요.", "input": c, "output": p}
+        for c, p in _POLITE
+    ]
+    rows += [{"instruction": q, "input": "", "output": a} for q, a in _FACTS]
+    pairs = {(rng.randint(10, 999), rng.randint(10, 999)) for _ in range(n_arithmetic)}
+    rows += [
+        {"instruction": f"{a}에 {b}를 더하면 얼마인가요?", "input": "", "output": f"{a + b}입니다."}
+        for a, b in sorted(pairs)
+    ]
+    rng.shuffle(rows)
+    for i, row in enumerate(rows):
         yield {"id": f"inst_{i:05d}", **row}
