@@ -143,6 +143,139 @@ class DataConfig(StrictModel):
     """EDA report."""
 
 
+DEFAULT_TEMPLATES = {
+    "dialogue_summary": ("다음 대화를 요약하세요.\n{dialogue}\n요약:", " {summary}"),
+    "instruction": ("### 질문: {instruction}\n{input}\n\n### 답변:", " {output}"),
+    "text": ("", "{text}"),
+}
+
+
+class ModelConfig(StrictModel):
+    base: str = "scratch"
+    """A Hugging Face model id, a local model dir, or `scratch` (a small model built here)."""
+    architecture: Literal["llama", "bart"] = "llama"
+    """For `scratch`: a Llama-style decoder or a BART-style encoder-decoder."""
+    layers: int = Field(2, ge=1)
+    """For `scratch`: transformer layers (each side, for BART)."""
+    hidden_size: int = Field(256, ge=8)
+    """For `scratch`: hidden size."""
+    heads: int = Field(4, ge=1)
+    """For `scratch`: attention heads."""
+    intermediate_size: int = Field(512, ge=8)
+    """For `scratch`: feed-forward size."""
+    vocab_size: int = Field(4000, ge=300)
+    """For `scratch`: size of the byte-level BPE vocabulary trained on the recipe's data."""
+    max_positions: int = Field(1024, ge=64)
+    """For `scratch`: longest sequence the model accepts."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype: `auto` is float32 on the CPU and bfloat16 on a GPU that supports it."""
+
+
+class LoraSettings(StrictModel):
+    enabled: bool = False
+    """Train LoRA adapters (PEFT) instead of all weights."""
+    r: int = Field(8, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(16, ge=1)
+    """LoRA alpha (scaling = alpha / r)."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA path."""
+    target_modules: list[str] | str = "all-linear"
+    """Modules to adapt, e.g. [q_proj, v_proj], or `all-linear`."""
+    quantize_4bit: bool = False
+    """QLoRA: load the base in 4-bit (bitsandbytes; GPU only)."""
+
+
+class TrainConfig(StrictModel):
+    method: Literal["sft", "seq2seq", "pretrain"] = "sft"
+    """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5) or `pretrain` (plain text)."""
+    prompt_template: str | None = None
+    """Prompt built from record fields (`{dialogue}`); default by record kind."""
+    response_template: str | None = None
+    """Answer built from record fields (`{summary}`); the loss is computed on it alone."""
+    max_length: int = Field(512, ge=16)
+    """Longest tokenized example (prompt + answer); longer ones are truncated."""
+    max_target_length: int = Field(128, ge=4)
+    """For seq2seq: longest tokenized answer."""
+    packing: bool = False
+    """Pack several examples into each sequence (TRL packing)."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the training data."""
+    max_steps: int = Field(-1, ge=-1)
+    """Stop after this many optimizer steps; -1 goes by epochs."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per device per step."""
+    grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation steps."""
+    learning_rate: float = Field(5e-4, gt=0)
+    """Peak learning rate."""
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    """Share of steps spent warming up the learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    seed: int = 42
+    """Seed for initialisation, shuffling and dropout."""
+    save_steps: int = Field(100, ge=1)
+    """Write a checkpoint every N steps."""
+    save_total_limit: int = Field(2, ge=1)
+    """Checkpoints kept; older ones are deleted."""
+    eval_steps: int | None = Field(None, ge=1)
+    """Evaluate loss on the dev split every N steps; default: once per epoch."""
+    logging_steps: int = Field(10, ge=1)
+    """Log the training loss every N steps."""
+    max_train_samples: int | None = Field(None, ge=1)
+    """Use at most this many training records (quick runs)."""
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    """LoRA / QLoRA settings."""
+
+
+class DecodingConfig(StrictModel):
+    max_new_tokens: int = Field(64, ge=1)
+    """Most tokens generated per answer."""
+    num_beams: int = Field(1, ge=1)
+    """Beam search width; 1 is greedy or sampling."""
+    do_sample: bool = False
+    """Sample instead of greedy/beam decoding."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    """Forbid repeating n-grams of this size; 0 is off."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """Penalty for repeated tokens; 1.0 is off."""
+
+
+class EvalConfig(StrictModel):
+    split: str = "dev"
+    """Split of the prepared data to evaluate on."""
+    max_samples: int | None = Field(None, ge=1)
+    """Evaluate at most this many records."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts generated per batch."""
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    """Decoding settings."""
+    tokenize: Literal["morpheme", "whitespace"] = "morpheme"
+    """ROUGE tokens: morphemes (placeholders kept whole) or whitespace words."""
+    morpheme_tokenizer: Tokenizer = "mecab"
+    """Morpheme analyser for `tokenize: morpheme`."""
+    multi_ref: Literal["max", "mean"] = "max"
+    """Several references: best per metric (rouge-score's score_multi) or their mean."""
+    baseline_lead: int = Field(3, ge=1)
+    """The extractive baseline takes the first N turns (or sentences)."""
+    worst_examples: int = Field(5, ge=0)
+    """Examples with the lowest ROUGE-L shown in the report."""
+
+
+class RegistryConfig(StrictModel):
+    enabled: bool = True
+    """Register the trained model as a new version."""
+    name: str | None = None
+    """Registry name; default: the recipe name."""
+    alias: str | None = None
+    """Point this alias (e.g. `production`) at the new version."""
+
+
 class Recipe(StrictModel):
     name: str = Field("kollm-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run, and of the model in the registry."""
@@ -150,10 +283,30 @@ class Recipe(StrictModel):
     """Directory for everything the run writes; `{name}` is replaced by the recipe name."""
     data: DataConfig | None = None
     """The data stage."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Base model, or the architecture of a scratch model."""
+    train: TrainConfig | None = None
+    """The training stage."""
+    eval: EvalConfig | None = None
+    """The evaluation stage."""
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    """Registration of the trained model."""
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    @property
+    def train_dir(self) -> Path:
+        return self.run_dir / "train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run_dir / "eval"
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.name or self.name
 
     @property
     def data_dir(self) -> Path:

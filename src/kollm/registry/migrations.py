@@ -1,0 +1,92 @@
+"""Ordered, named schema migrations. The schema changes only by appending to MIGRATIONS.
+
+Each migration runs once, inside the transaction that records it in `_migrations`, so two
+processes opening a new store at once cannot both apply it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_model_versions",
+        """
+        CREATE TABLE model_versions (
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            artifact_path TEXT NOT NULL,
+            weights_sha256 TEXT NOT NULL,
+            base_model TEXT,
+            method TEXT,
+            data_manifest TEXT,
+            recipe_text TEXT,
+            recipe_sha256 TEXT,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            kollm_version TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            parent_version INTEGER,
+            PRIMARY KEY (name, version)
+        );
+        """,
+    ),
+    (
+        "002_aliases",
+        """
+        CREATE TABLE aliases (
+            name TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (name, alias),
+            FOREIGN KEY (name, version) REFERENCES model_versions (name, version)
+        );
+        -- Append-only: every alias move, so rollback knows the previous holder.
+        CREATE TABLE alias_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            from_version INTEGER,
+            to_version INTEGER NOT NULL,
+            action TEXT NOT NULL,
+            at TEXT NOT NULL
+        );
+        CREATE TRIGGER alias_log_no_update BEFORE UPDATE ON alias_log
+        BEGIN SELECT RAISE(ABORT, 'alias_log is append-only'); END;
+        CREATE TRIGGER alias_log_no_delete BEFORE DELETE ON alias_log
+        BEGIN SELECT RAISE(ABORT, 'alias_log is append-only'); END;
+        """,
+    ),
+]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database lacks, in order; returns their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied: list[str] = []
+    for name, sql in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (name,)).fetchone()
+            if not done:
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", (name,))
+                applied.append(name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements; triggers keep their inner `;`."""
+    statements, current = [], []
+    for line in sql.strip().splitlines():
+        current.append(line)
+        joined = "\n".join(current).strip()
+        if joined.endswith(";") and sqlite3.complete_statement(joined):
+            statements.append(joined)
+            current = []
+    return [s for s in statements if s.strip(" ;\n")]

@@ -1,0 +1,270 @@
+"""The registry store: model versions with lineage, aliases, and an append-only alias log.
+
+SQLite in WAL mode under `KOLLM_HOME` (default `.kollm/`). A version number is taken inside a
+`BEGIN IMMEDIATE` transaction, so registrations from several processes never collide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm import __version__
+from kollm.registry.migrations import migrate
+
+_REF_RE = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:(?::(?P<version>\d+))|(?:@(?P<alias>[\w.-]+)))?$"
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+class RegistryError(ValueError):
+    """An unknown model, version or alias, or a move the registry cannot make."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("KOLLM_HOME", ".kollm"))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def weights_sha256(artifact: Path) -> str:
+    """sha256 over the weight files of a model dir (names and bytes), or of one file."""
+    files = (
+        [artifact]
+        if artifact.is_file()
+        else sorted(p for p in artifact.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    )
+    if not files:
+        raise RegistryError(f"{artifact}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(artifact).as_posix().encode() if artifact.is_dir() else b"")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    artifact_path: str
+    weights_sha256: str
+    base_model: str | None
+    method: str | None
+    data_manifest: str | None
+    recipe_text: str | None
+    recipe_sha256: str | None
+    metrics: dict[str, Any]
+    kollm_version: str
+    created_at: str
+    parent_version: int | None
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Registry:
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.path = self.home / "registry.db"
+        with self._connect() as conn:
+            migrate(conn)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that holds the lock from its start (no lost updates)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # --- versions ----------------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        artifact: Path | str,
+        *,
+        base_model: str | None = None,
+        method: str | None = None,
+        data_manifest: str | None = None,
+        recipe_text: str | None = None,
+        metrics: dict[str, Any] | None = None,
+        parent_version: int | None = None,
+    ) -> ModelVersion:
+        """Add the next version of `name`; the artifact's weights are hashed first."""
+        if not _REF_RE.match(name) or ":" in name or "@" in name:
+            raise RegistryError(f"invalid model name {name!r}")
+        artifact = Path(artifact).resolve()
+        sha = weights_sha256(artifact)
+        recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest() if recipe_text else None
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = ?", (name,)
+            ).fetchone()
+            version = int(row[0])
+            conn.execute(
+                "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    name,
+                    version,
+                    str(artifact),
+                    sha,
+                    base_model,
+                    method,
+                    data_manifest,
+                    recipe_text,
+                    recipe_sha,
+                    json.dumps(metrics or {}),
+                    __version__,
+                    _now(),
+                    parent_version,
+                ),
+            )
+        return self.get(f"{name}:{version}")
+
+    def _row_to_version(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ModelVersion:
+        aliases = [
+            r[0]
+            for r in conn.execute(
+                "SELECT alias FROM aliases WHERE name = ? AND version = ? ORDER BY alias",
+                (row["name"], row["version"]),
+            )
+        ]
+        data = {k: row[k] for k in row.keys()}
+        data["metrics"] = json.loads(data["metrics"])
+        return ModelVersion(**data, aliases=aliases)
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """`NAME`, `NAME:VERSION` or `NAME@ALIAS` -> (name, version). NAME alone is the latest."""
+        match = _REF_RE.match(ref)
+        if not match:
+            raise RegistryError(
+                f"invalid model reference {ref!r}; use NAME, NAME:VERSION or NAME@ALIAS"
+            )
+        name, version, alias = match["name"], match["version"], match["alias"]
+        with self._connect() as conn:
+            if alias:
+                row = conn.execute(
+                    "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+                ).fetchone()
+                if row is None:
+                    raise RegistryError(f"{name} has no alias '{alias}'")
+                return name, int(row[0])
+            if version:
+                return name, int(version)
+            row = conn.execute(
+                "SELECT MAX(version) FROM model_versions WHERE name = ?", (name,)
+            ).fetchone()
+            if row[0] is None:
+                raise RegistryError(f"no model named '{name}'")
+            return name, int(row[0])
+
+    def get(self, ref: str) -> ModelVersion:
+        name, version = self.resolve(ref)
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            if row is None:
+                raise RegistryError(f"no version {version} of '{name}'")
+            return self._row_to_version(conn, row)
+
+    def list(self, name: str | None = None) -> list[ModelVersion]:
+        with self._connect() as conn:
+            query = "SELECT * FROM model_versions"
+            rows = conn.execute(
+                query + (" WHERE name = ?" if name else "") + " ORDER BY name, version",
+                (name,) if name else (),
+            ).fetchall()
+            return [self._row_to_version(conn, row) for row in rows]
+
+    # --- aliases -----------------------------------------------------------------------------
+
+    def promote(self, name: str, version: int, alias: str = "production") -> ModelVersion:
+        """Point `alias` at `name:version`; the move is logged."""
+        with self._write() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM model_versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            if not exists:
+                raise RegistryError(f"no version {version} of '{name}'")
+            self._move(conn, name, alias, version, "promote")
+        return self.get(f"{name}:{version}")
+
+    def rollback(self, name: str, alias: str = "production") -> ModelVersion:
+        """Return `alias` to the version it pointed at before its latest promotion."""
+        with self._write() as conn:
+            current = conn.execute(
+                "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            if current is None:
+                raise RegistryError(f"{name} has no alias '{alias}'")
+            # Walk back the promotions: the holder before the current one's last promotion.
+            row = conn.execute(
+                "SELECT from_version FROM alias_log WHERE name = ? AND alias = ? AND to_version = ?"
+                " AND action = 'promote' ORDER BY id DESC LIMIT 1",
+                (name, alias, current[0]),
+            ).fetchone()
+            if row is None or row[0] is None:
+                raise RegistryError(f"{name}@{alias} has no earlier version to roll back to")
+            self._move(conn, name, alias, int(row[0]), "rollback")
+            target = int(row[0])
+        return self.get(f"{name}:{target}")
+
+    def _move(
+        self, conn: sqlite3.Connection, name: str, alias: str, version: int, action: str
+    ) -> None:
+        previous = conn.execute(
+            "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO aliases VALUES (?,?,?,?) ON CONFLICT (name, alias) DO UPDATE"
+            " SET version = excluded.version, updated_at = excluded.updated_at",
+            (name, alias, version, _now()),
+        )
+        conn.execute(
+            "INSERT INTO alias_log (name, alias, from_version, to_version, action, at)"
+            " VALUES (?,?,?,?,?,?)",
+            (name, alias, previous[0] if previous else None, version, action, _now()),
+        )
+
+    def alias_log(self, name: str) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM alias_log WHERE name = ? ORDER BY id", (name,)
+            ).fetchall()
+            return [dict(row) for row in rows]

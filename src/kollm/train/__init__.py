@@ -1,0 +1,43 @@
+"""Training: one self-contained module per method (sft, seq2seq, pretrain)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.train.common import TrainResult
+
+
+def read_splits(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
+    """The data stage's output splits, cut to `train.max_train_samples` if set."""
+    import json
+
+    splits = {}
+    for name in ("train", "dev"):
+        path = recipe.data_dir / f"{name}.jsonl"
+        if path.exists():
+            with path.open(encoding="utf-8") as handle:
+                splits[name] = [json.loads(line) for line in handle if line.strip()]
+    if "train" not in splits:
+        raise FileNotFoundError(f"{recipe.data_dir / 'train.jsonl'}: run the data stage first")
+    limit = recipe.train.max_train_samples if recipe.train else None
+    if limit:
+        splits["train"] = splits["train"][:limit]
+    return splits
+
+
+def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
+    if recipe.train is None:
+        raise ValueError("the recipe has no 'train' section")
+    splits = read_splits(recipe)
+    if recipe.train.method == "seq2seq":
+        from kollm.train.seq2seq import train_seq2seq
+
+        return train_seq2seq(recipe, splits, resume)
+    if recipe.train.method == "pretrain":
+        from kollm.train.pretrain import train_pretrain
+
+        return train_pretrain(recipe, splits, resume)
+    from kollm.train.sft import train_sft
+
+    return train_sft(recipe, splits, resume)

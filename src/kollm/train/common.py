@@ -1,0 +1,190 @@
+"""What every training method shares: device choice, loading, checkpoints, loss log, saving.
+
+Checkpoints are written by the Trainer into `checkpoint-N/`; only once it returns does
+`CheckpointMarker` add `KOLLM_COMPLETE` (written under a temporary name, then renamed). Resume
+takes the newest checkpoint with that marker, so a run killed mid-save is never resumed from a
+half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from kollm.config import ModelConfig, Recipe
+from kollm.data.io import atomic_path, write_json
+
+COMPLETE_MARKER = "KOLLM_COMPLETE"
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    train_dir: Path
+    method: str
+    base_model: str
+    global_step: int
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: str | None = None
+    is_adapter: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        train = [entry["loss"] for entry in self.losses if "loss" in entry]
+        return {
+            "model_dir": str(self.model_dir),
+            "method": self.method,
+            "base_model": self.base_model,
+            "global_step": self.global_step,
+            "first_loss": train[0] if train else None,
+            "last_loss": train[-1] if train else None,
+            "resumed_from": self.resumed_from,
+            "is_adapter": self.is_adapter,
+        }
+
+
+def device_settings() -> dict[str, Any]:
+    """bf16 on a GPU that has it; plain float32 on the CPU. No code change between the two."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"bf16": torch.cuda.is_bf16_supported(), "use_cpu": False}
+    return {"use_cpu": True}
+
+
+def torch_dtype(cfg: ModelConfig):
+    import torch
+
+    if cfg.dtype == "auto":
+        return (
+            torch.bfloat16
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
+    return getattr(torch, cfg.dtype)
+
+
+def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by the Trainer subclasses (SFTConfig, Seq2SeqTrainingArguments)."""
+    t = recipe.train
+    assert t is not None
+    return {
+        "output_dir": str(out_dir / "checkpoints"),
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.learning_rate,
+        "warmup_steps": t.warmup_ratio,  # a float below 1 is a share of the steps
+        "weight_decay": t.weight_decay,
+        "lr_scheduler_type": "cosine",
+        "seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "eval_strategy": ("steps" if t.eval_steps else "epoch") if has_eval else "no",
+        "eval_steps": t.eval_steps,
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        **device_settings(),
+    }
+
+
+class CheckpointMarker(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            with atomic_path(ckpt / COMPLETE_MARKER) as tmp:
+                tmp.write_text(json.dumps({"step": state.global_step}))
+        return control
+
+
+class LossLogger(TrainerCallback):
+    """Appends each logged train/eval loss to `loss.jsonl` (resumed runs continue the file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        entry = {
+            k: v for k, v in (logs or {}).items() if k in ("loss", "eval_loss", "learning_rate")
+        }
+        if entry and state.is_world_process_zero:
+            entry = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), **entry}
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        return control
+
+
+def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest `checkpoint-N` with the completion marker; incomplete newer ones are removed."""
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        (p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in found:
+        if (ckpt / COMPLETE_MARKER).exists():
+            return ckpt
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def read_losses(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+
+
+def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        points = [(e["step"], e[key]) for e in losses if key in e]
+        if points:
+            ax.plot(
+                *zip(*points, strict=True), marker="o" if key == "eval_loss" else None, label=label
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def save_final(trainer, tokenizer, model_dir: Path) -> None:
+    """Save model and tokenizer into a temporary dir, then swap it into place."""
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    tmp.rename(model_dir)
+
+
+def finish(trainer, tokenizer, train_dir: Path, result: TrainResult) -> TrainResult:
+    save_final(trainer, tokenizer, result.model_dir)
+    result.global_step = trainer.state.global_step
+    result.losses = read_losses(train_dir / "loss.jsonl")
+    plot_losses(result.losses, train_dir / "loss.png")
+    write_json(train_dir / "train_summary.json", result.summary())
+    return result

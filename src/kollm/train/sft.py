@@ -1,0 +1,123 @@
+"""Causal-LM supervised fine-tuning through TRL's SFTTrainer: full or LoRA, loss on the answer.
+
+Records become prompt/completion pairs with the recipe's templates; TRL masks the prompt so
+the loss covers the answer (and its EOS) only. `train.packing` packs examples (TRL packing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.train.common import (
+    CheckpointMarker,
+    LossLogger,
+    TrainResult,
+    common_args,
+    finish,
+    latest_complete_checkpoint,
+    torch_dtype,
+)
+from kollm.train.scratch import build_model, train_tokenizer
+from kollm.train.templates import render, templates_for
+
+
+def to_examples(recipe: Recipe, records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    assert recipe.data is not None and recipe.train is not None
+    prompt_t, response_t = templates_for(
+        recipe.data.kind, recipe.train.prompt_template, recipe.train.response_template
+    )
+    return [{"prompt": render(prompt_t, r), "completion": render(response_t, r)} for r in records]
+
+
+def load_causal(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
+    """(tokenizer, model) for the recipe: built from scratch, or loaded from a hub id/local dir."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = recipe.model
+    if cfg.base == "scratch":
+        tok_dir = train_dir / "tokenizer"
+        if (tok_dir / "tokenizer.json").exists():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+        else:
+            texts = (e["prompt"] + e["completion"] for e in examples)
+            tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
+        return tokenizer, build_model(cfg, tokenizer, recipe.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
+    if recipe.train.lora.quantize_4bit:
+        kwargs["quantization_config"] = _bnb_4bit()
+    return tokenizer, AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+
+
+def _bnb_4bit():
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.lora.quantize_4bit (QLoRA) needs a CUDA GPU and bitsandbytes")
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    lora = recipe.train.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )
+
+
+def train_sft(
+    recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False
+) -> TrainResult:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    t = recipe.train
+    train_dir = recipe.train_dir
+    train_dir.mkdir(parents=True, exist_ok=True)
+    train_examples = to_examples(recipe, splits["train"])
+    eval_examples = to_examples(recipe, splits.get("dev", []))
+    tokenizer, model = load_causal(recipe, train_examples, train_dir)
+    args = SFTConfig(
+        **common_args(recipe, train_dir, bool(eval_examples)),
+        max_length=t.max_length,
+        packing=t.packing,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_examples),
+        eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe) if t.lora.enabled else None,
+        callbacks=[CheckpointMarker(), LossLogger(train_dir / "loss.jsonl")],
+    )
+    checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if resume else None
+    if not resume:
+        (train_dir / "loss.jsonl").unlink(missing_ok=True)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    result = TrainResult(
+        model_dir=train_dir / "model",
+        train_dir=train_dir,
+        method="sft",
+        base_model=recipe.model.base,
+        global_step=0,
+        resumed_from=str(checkpoint) if checkpoint else None,
+        is_adapter=t.lora.enabled,
+    )
+    return finish(trainer, tokenizer, train_dir, result)

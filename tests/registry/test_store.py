@@ -1,0 +1,108 @@
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+
+from kollm.registry import Registry, RegistryError
+from kollm.registry.migrations import MIGRATIONS
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights-v1")
+    (model / "config.json").write_text("{}")
+    return model
+
+
+def test_register_records_lineage_and_numbers_versions(tmp_path, artifact):
+    reg = Registry(tmp_path / "home")
+    v1 = reg.register(
+        "demo",
+        artifact,
+        base_model="scratch",
+        method="sft",
+        data_manifest="abc",
+        recipe_text="name: demo\n",
+        metrics={"rouge1": 0.3},
+    )
+    (artifact / "model.safetensors").write_bytes(b"weights-v2")
+    v2 = reg.register("demo", artifact, parent_version=1)
+    assert (v1.version, v2.version) == (1, 2)
+    assert v1.weights_sha256 != v2.weights_sha256
+    assert v1.metrics == {"rouge1": 0.3} and v1.recipe_sha256 and v1.base_model == "scratch"
+    assert reg.get("demo").version == 2 and reg.get("demo:1").data_manifest == "abc"
+    assert [v.ref for v in reg.list()] == ["demo:1", "demo:2"]
+
+
+def test_promote_rollback_and_the_append_only_log(tmp_path, artifact):
+    reg = Registry(tmp_path)
+    for _ in range(3):
+        reg.register("demo", artifact)
+    reg.promote("demo", 1)
+    reg.promote("demo", 2)
+    reg.promote("demo", 3)
+    assert reg.get("demo@production").version == 3
+    assert reg.rollback("demo").version == 2
+    assert reg.rollback("demo").version == 1
+    with pytest.raises(RegistryError, match="no earlier version"):
+        reg.rollback("demo")
+    assert reg.get("demo:1").aliases == ["production"]
+    log = reg.alias_log("demo")
+    assert [(e["from_version"], e["to_version"], e["action"]) for e in log] == [
+        (None, 1, "promote"),
+        (1, 2, "promote"),
+        (2, 3, "promote"),
+        (3, 2, "rollback"),
+        (2, 1, "rollback"),
+    ]
+    with (
+        sqlite3.connect(reg.path) as conn,
+        pytest.raises(sqlite3.DatabaseError, match="append-only"),
+    ):
+        conn.execute("DELETE FROM alias_log")
+
+
+def test_unknown_references_are_clear_errors(tmp_path, artifact):
+    reg = Registry(tmp_path)
+    with pytest.raises(RegistryError, match="no model named 'nope'"):
+        reg.get("nope")
+    reg.register("demo", artifact)
+    with pytest.raises(RegistryError, match="has no alias 'staging'"):
+        reg.get("demo@staging")
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.promote("demo", 9)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RegistryError, match="no weight files"):
+        reg.register("demo", tmp_path / "empty")
+
+
+def test_migrations_are_recorded_once(tmp_path):
+    Registry(tmp_path)
+    Registry(tmp_path)
+    with sqlite3.connect(tmp_path / "registry.db") as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert names == [name for name, _ in MIGRATIONS]
+    assert mode == "wal"
+
+
+def _register_many(home: str, artifact: str, count: int) -> None:
+    reg = Registry(home)
+    for _ in range(count):
+        reg.register("shared", artifact)
+
+
+def test_concurrent_registrations_lose_nothing(tmp_path, artifact):
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_register_many, args=(str(tmp_path), str(artifact), 8)) for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    versions = [v.version for v in Registry(tmp_path).list("shared")]
+    assert versions == list(range(1, 33))
