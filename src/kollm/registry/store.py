@@ -164,7 +164,7 @@ class Registry:
                 (row["name"], row["version"]),
             )
         ]
-        data = {k: row[k] for k in row.keys()}
+        data = dict(row)
         data["metrics"] = json.loads(data["metrics"])
         return ModelVersion(**data, aliases=aliases)
 
