@@ -181,9 +181,28 @@ def save_final(trainer, tokenizer, model_dir: Path) -> None:
     tmp.rename(model_dir)
 
 
-def finish(trainer, tokenizer, train_dir: Path, result: TrainResult) -> TrainResult:
+def callbacks(train_dir: Path) -> list[TrainerCallback]:
+    return [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl")]
+
+
+def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool) -> TrainResult:
+    """Run `trainer` (from the newest complete checkpoint when resuming), save the model
+    atomically, plot the loss, and write train_summary.json."""
+    train_dir = recipe.train_dir
+    checkpoint = latest_complete_checkpoint(Path(trainer.args.output_dir)) if resume else None
+    if checkpoint is None:
+        (train_dir / "loss.jsonl").unlink(missing_ok=True)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    result = TrainResult(
+        model_dir=train_dir / "model",
+        train_dir=train_dir,
+        method=method,
+        base_model=recipe.model.base,
+        global_step=trainer.state.global_step,
+        resumed_from=str(checkpoint) if checkpoint else None,
+        is_adapter=recipe.train.lora.enabled,
+    )
     save_final(trainer, tokenizer, result.model_dir)
-    result.global_step = trainer.state.global_step
     result.losses = read_losses(train_dir / "loss.jsonl")
     plot_losses(result.losses, train_dir / "loss.png")
     write_json(train_dir / "train_summary.json", result.summary())

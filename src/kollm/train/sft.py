@@ -11,13 +11,10 @@ from typing import Any
 
 from kollm.config import Recipe
 from kollm.train.common import (
-    CheckpointMarker,
-    LossLogger,
-    TrainResult,
+    callbacks,
     common_args,
-    finish,
-    latest_complete_checkpoint,
     torch_dtype,
+    train_and_save,
 )
 from kollm.train.scratch import build_model, train_tokenizer
 from kollm.train.templates import render, templates_for
@@ -80,9 +77,7 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
     )
 
 
-def train_sft(
-    recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False
-) -> TrainResult:
+def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -105,19 +100,6 @@ def train_sft(
         eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
         peft_config=lora_config(recipe) if t.lora.enabled else None,
-        callbacks=[CheckpointMarker(), LossLogger(train_dir / "loss.jsonl")],
+        callbacks=callbacks(train_dir),
     )
-    checkpoint = latest_complete_checkpoint(Path(args.output_dir)) if resume else None
-    if not resume:
-        (train_dir / "loss.jsonl").unlink(missing_ok=True)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    result = TrainResult(
-        model_dir=train_dir / "model",
-        train_dir=train_dir,
-        method="sft",
-        base_model=recipe.model.base,
-        global_step=0,
-        resumed_from=str(checkpoint) if checkpoint else None,
-        is_adapter=t.lora.enabled,
-    )
-    return finish(trainer, tokenizer, train_dir, result)
+    return train_and_save(trainer, tokenizer, recipe, "sft", resume)

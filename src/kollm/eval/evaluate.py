@@ -1,0 +1,121 @@
+"""The eval stage: generate for the eval split, score ROUGE beside the lead baseline, write it up.
+
+Outputs in the eval dir: predictions.jsonl (id, prediction, references, per-example scores),
+metrics.json, report.md and report.html (the table and the worst examples).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kollm.config import EvalConfig
+from kollm.data.io import write_json, write_jsonl
+from kollm.engines.base import GenerationParams
+from kollm.engines.transformers_engine import TransformersEngine
+from kollm.eval.baseline import lead
+from kollm.eval.perplexity import answer_perplexity
+from kollm.eval.report import write_eval_report
+from kollm.eval.rouge import corpus_rouge
+from kollm.train.templates import references, render, templates_for
+
+Advance = Callable[[int], None]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
+def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def generation_params(cfg: EvalConfig) -> GenerationParams:
+    d = cfg.decoding
+    return GenerationParams(
+        max_new_tokens=d.max_new_tokens,
+        num_beams=d.num_beams,
+        do_sample=d.do_sample,
+        temperature=d.temperature,
+        top_p=d.top_p,
+        no_repeat_ngram_size=d.no_repeat_ngram_size,
+        repetition_penalty=d.repetition_penalty,
+        seed=0 if d.do_sample else None,
+    )
+
+
+def generate_all(engine, prompts: list[str], cfg: EvalConfig, advance: Advance | None) -> list[str]:
+    params = generation_params(cfg)
+    outputs: list[str] = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        batch = prompts[start : start + cfg.batch_size]
+        outputs.extend(engine.generate(batch, params))
+        if advance is not None:
+            advance(len(batch))
+    return outputs
+
+
+def evaluate_model(
+    model_dir: Path,
+    records: list[dict[str, Any]],
+    kind: str,
+    cfg: EvalConfig,
+    out_dir: Path,
+    prompt_template: str | None = None,
+    response_template: str | None = None,
+    advance: Advance | None = None,
+) -> EvalResult:
+    """Generate, score against references and the lead baseline, and write every output."""
+    prompt_t, response_t = templates_for(kind, prompt_template, response_template)
+    prompts = [render(prompt_t, r) for r in records]
+    refs = [references(r, response_t) for r in records]
+    engine = TransformersEngine(model_dir)
+    engine.load()
+    predictions = generate_all(engine, prompts, cfg, advance)
+    rouge_args = {
+        "tokenize": cfg.tokenize,
+        "multi_ref": cfg.multi_ref,
+        "morpheme_tokenizer": cfg.morpheme_tokenizer,
+    }
+    model_scores, per_example = corpus_rouge(predictions, refs, **rouge_args)
+    source_field = next(iter(_source_fields(kind, prompt_t, records)), None)
+    metrics: dict[str, Any] = {
+        "model": model_scores,
+        "examples": len(records),
+        "model_dir": str(model_dir),
+    }
+    if source_field:
+        baseline = [lead(str(r.get(source_field, "")), cfg.baseline_lead) for r in records]
+        metrics["baseline_lead"] = corpus_rouge(baseline, refs, **rouge_args)[0]
+    if not engine.is_encoder_decoder:
+        answers = [r[0] for r in refs]
+        metrics["perplexity"] = answer_perplexity(
+            engine.model, engine.tokenizer, prompts, answers, engine.device
+        )
+    rows = [
+        {"id": r.get("id", i), "prediction": p, "references": ref, **scores}
+        for i, (r, p, ref, scores) in enumerate(
+            zip(records, predictions, refs, per_example, strict=True)
+        )
+    ]
+    files = {"predictions": out_dir / "predictions.jsonl", "metrics": out_dir / "metrics.json"}
+    write_jsonl(files["predictions"], rows)
+    write_json(files["metrics"], metrics)
+    files.update(write_eval_report(metrics, rows, prompts, out_dir, cfg.worst_examples))
+    return EvalResult(metrics, rows, files)
+
+
+def _source_fields(kind: str, prompt_template: str, records: list[dict[str, Any]]) -> list[str]:
+    """The field the lead baseline extracts from: the dialogue, the input, or the text."""
+    preferred = {"dialogue_summary": "dialogue", "instruction": "input", "text": "text"}.get(kind)
+    if preferred and records and records[0].get(preferred):
+        return [preferred]
+    return []

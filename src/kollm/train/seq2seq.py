@@ -1,0 +1,91 @@
+"""Seq2seq fine-tuning (BART/T5 family, e.g. KoBART) through transformers' Seq2SeqTrainer.
+
+The prompt is the encoder input and the answer the decoder target, so the loss is on the
+answer alone by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.train.common import (
+    callbacks,
+    common_args,
+    torch_dtype,
+    train_and_save,
+)
+from kollm.train.scratch import build_model, train_tokenizer
+from kollm.train.sft import lora_config, to_examples
+
+
+def load_seq2seq(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    cfg = recipe.model
+    if cfg.base == "scratch":
+        if cfg.architecture != "bart":
+            raise ValueError("train.method seq2seq from scratch needs model.architecture: bart")
+        tok_dir = train_dir / "tokenizer"
+        if (tok_dir / "tokenizer.json").exists():
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+        else:
+            texts = (e["prompt"] + e["completion"] for e in examples)
+            tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
+        return tokenizer, build_model(cfg, tokenizer, recipe.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    return tokenizer, AutoModelForSeq2SeqLM.from_pretrained(cfg.base, dtype=torch_dtype(cfg))
+
+
+def _tokenize(
+    tokenizer, examples: list[dict[str, str]], max_len: int, max_target: int, eos_id: int
+):
+    from datasets import Dataset
+
+    rows = []
+    for e in examples:
+        source = tokenizer(e["prompt"], truncation=True, max_length=max_len)
+        target = tokenizer(
+            text_target=e["completion"].strip(), truncation=True, max_length=max_target
+        )
+        labels = target["input_ids"]
+        if not labels or labels[-1] != eos_id:
+            labels = [*labels[: max_target - 1], eos_id]  # the decoder learns where to stop
+        rows.append(
+            {
+                "input_ids": source["input_ids"],
+                "attention_mask": source["attention_mask"],
+                "labels": labels,
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def train_seq2seq(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
+
+    t = recipe.train
+    train_dir = recipe.train_dir
+    train_dir.mkdir(parents=True, exist_ok=True)
+    train_examples = to_examples(recipe, splits["train"])
+    eval_examples = to_examples(recipe, splits.get("dev", []))
+    tokenizer, model = load_seq2seq(recipe, train_examples, train_dir)
+    if t.lora.enabled:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(recipe, "SEQ_2_SEQ_LM"))
+    args = Seq2SeqTrainingArguments(**common_args(recipe, train_dir, bool(eval_examples)))
+    eos = tokenizer.eos_token_id
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=_tokenize(tokenizer, train_examples, t.max_length, t.max_target_length, eos),
+        eval_dataset=_tokenize(tokenizer, eval_examples, t.max_length, t.max_target_length, eos)
+        if eval_examples
+        else None,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
+        processing_class=tokenizer,
+        callbacks=callbacks(train_dir),
+    )
+    return train_and_save(trainer, tokenizer, recipe, "seq2seq", resume)
