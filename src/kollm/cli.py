@@ -12,18 +12,41 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from kollm import __version__
-from kollm.config import Recipe, RecipeError, load_recipe
+from kollm.config import EvalConfig, Recipe, RecipeError, load_recipe, recipe_text
 from kollm.data.io import DataError
+from kollm.registry import Registry, RegistryError
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A group whose first argument, when it names no subcommand, goes to `run`:
+    `kollm eval RECIPE` is `kollm eval run RECIPE`, beside `kollm eval rouge ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
 
 app = typer.Typer(
     help="kollm: run Korean LLMs in-house, from data to serving.", no_args_is_help=True
 )
 data_app = typer.Typer(help="The data stage: clean, de-identify, dedup, filter, split, report.")
 recipe_app = typer.Typer(help="Recipes: check them and read their schema.")
+eval_app = typer.Typer(
+    cls=DefaultCommandGroup,
+    no_args_is_help=True,
+    help="Evaluate: `kollm eval RECIPE`, `kollm eval --model DIR --data FILE`, `kollm eval rouge`.",
+)
+registry_app = typer.Typer(
+    help="The model registry: versions, lineage, aliases.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(recipe_app, name="recipe")
+app.add_typer(eval_app, name="eval")
+app.add_typer(registry_app, name="registry")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,7 +67,7 @@ def user_errors() -> Iterator[None]:
     """Errors in the user's input exit 2 with their message, without a traceback."""
     try:
         yield
-    except (RecipeError, DataError) as err:
+    except (RecipeError, DataError, RegistryError, FileNotFoundError) as err:
         fail(str(err))
 
 
@@ -196,14 +219,297 @@ def recipe_docs(
     console.print(f"wrote {output}")
 
 
-# --- demo ------------------------------------------------------------------------------------
+# --- train -------------------------------------------------------------------------------------
+
+
+def _train_table(summary: dict[str, Any]) -> str:
+    first, last = summary.get("first_loss"), summary.get("last_loss")
+    losses = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "-"
+    steps = summary["global_step"]
+    return f"{summary['method']} on {summary['base_model']}: {steps} steps, loss {losses}"
+
+
+@app.command("train")
+def train(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest complete checkpoint.")
+    ] = False,
+) -> None:
+    """Train the recipe's model (SFT, seq2seq or continued pretraining; full or LoRA)."""
+    from kollm.train import run_training
+
+    loaded = _load(recipe, overrides)
+    with user_errors():
+        result = run_training(loaded, resume=resume)
+    console.print(_train_table(result.summary()))
+    console.print(f"model: {result.model_dir}  loss curve: {result.train_dir / 'loss.png'}")
+
+
+@app.command("export")
+def export(
+    source: Annotated[
+        str, typer.Argument(help="A LoRA adapter dir, or NAME:VERSION / NAME@ALIAS.")
+    ],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the merged model.")],
+) -> None:
+    """Merge a LoRA adapter into its base model and save a standalone model."""
+    from kollm.train.export import merge_lora
+
+    with user_errors():
+        path = Path(source)
+        adapter = path if path.exists() else Path(Registry().get(source).artifact_path)
+        console.print(f"merged model: {merge_lora(adapter, output)}")
+
+
+# --- eval --------------------------------------------------------------------------------------
+
+
+def _metrics_table(metrics: dict[str, Any]) -> Table:
+    from kollm.eval.report import score_rows
+
+    table = Table(title=f"ROUGE on {metrics['examples']} examples (F1; score = mean x 100)")
+    for column in ("", "ROUGE-1", "ROUGE-2", "ROUGE-L", "score"):
+        table.add_column(column, justify="right")
+    for row in score_rows(metrics):
+        table.add_row(*row)
+    return table
+
+
+@eval_app.command("run", hidden=True)
+def eval_run(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+    ] = None,
+    overrides: OverridesArg = None,
+    model: Annotated[Path | None, typer.Option(help="Model dir (without a recipe).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="JSONL records to evaluate (without a recipe).")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="Record kind of --data.")] = "dialogue_summary",
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output dir (without a recipe).")
+    ] = Path("runs/eval"),
+) -> None:
+    """Generate for the eval split and score ROUGE beside the lead baseline."""
+    from kollm.eval.evaluate import evaluate_model, read_records
+
+    with user_errors():
+        if recipe is not None:
+            loaded = _load(recipe, overrides)
+            cfg = loaded.eval or EvalConfig()
+            model_dir, data_file = (
+                loaded.train_dir / "model",
+                loaded.data_dir / f"{cfg.split}.jsonl",
+            )
+            kind, output = loaded.data.kind, loaded.eval_dir
+            t = loaded.train
+            templates = (t.prompt_template, t.response_template) if t else (None, None)
+        elif model is not None and data is not None:
+            cfg, model_dir, data_file, templates = EvalConfig(), model, data, (None, None)
+        else:
+            fail("give a RECIPE, or both --model DIR and --data FILE")
+        records = read_records(data_file, cfg.max_samples)
+        with progress_bar("generating", len(records)) as advance:
+            result = evaluate_model(model_dir, records, kind, cfg, output, *templates, advance)
+    console.print(_metrics_table(result.metrics))
+    console.print(
+        f"predictions: {result.files['predictions']}  report: {result.files['report_html']}"
+    )
+
+
+def _rows_with(path: Path, required: tuple[str, ...], one_of: tuple[str, ...] = ()) -> list[dict]:
+    """JSONL rows that have every `required` field and one of `one_of`; else FILE:LINE error."""
+    from kollm.data.io import Malformed, read_rows
+
+    rows = []
+    for line, row in read_rows(path, "jsonl"):
+        missing = [] if isinstance(row, Malformed) else [f for f in required if f not in row]
+        if isinstance(row, Malformed) or missing or (one_of and not any(f in row for f in one_of)):
+            reason = row if isinstance(row, Malformed) else f"needs {', '.join(missing or one_of)}"
+            raise DataError(f"{path}:{line}: {reason}")
+        rows.append(row)
+    return rows
+
+
+@eval_app.command("rouge")
+def eval_rouge(
+    pred: Annotated[Path, typer.Option(help="JSONL rows with id and prediction.")],
+    ref: Annotated[Path, typer.Option(help="JSONL rows with id and references (list) or summary.")],
+    tokenize: Annotated[str, typer.Option(help="morpheme or whitespace.")] = "morpheme",
+    multi_ref: Annotated[str, typer.Option(help="max or mean over references.")] = "max",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Korean ROUGE-1/2/L F1 on files alone."""
+    from kollm.eval.rouge import corpus_rouge
+
+    if tokenize not in ("morpheme", "whitespace") or multi_ref not in ("max", "mean"):
+        fail("--tokenize is morpheme or whitespace; --multi-ref is max or mean")
+    with user_errors():
+        preds = {row["id"]: row["prediction"] for row in _rows_with(pred, ("id", "prediction"))}
+        refs = {
+            row["id"]: row.get("references") or [row["summary"]]
+            for row in _rows_with(ref, ("id",), one_of=("references", "summary"))
+        }
+    missing = sorted(set(refs) - set(preds), key=str)
+    if missing:
+        fail(f"{pred}: no prediction for id(s) {missing[:5]}")
+    ids = list(refs)
+    refs_list = [r if isinstance(r, list) else [r] for r in (refs[i] for i in ids)]
+    totals, _ = corpus_rouge([preds[i] for i in ids], refs_list, tokenize, multi_ref)
+    if as_json:
+        print(json.dumps(totals))
+        return
+    console.print(_metrics_table({"examples": len(ids), "model": totals}))
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+@registry_app.command("list")
+def registry_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+) -> None:
+    """Every registered version with its aliases and headline score."""
+    table = Table(title=f"Registry {Registry().path}")
+    for column in ("model", "version", "aliases", "method", "base", "score", "created"):
+        table.add_column(column)
+    for v in Registry().list(name):
+        score = v.metrics.get("score")
+        table.add_row(
+            v.name,
+            str(v.version),
+            ", ".join(v.aliases),
+            v.method or "-",
+            v.base_model or "-",
+            f"{score:.2f}" if isinstance(score, int | float) else "-",
+            v.created_at,
+        )
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+) -> None:
+    """One version with its full lineage (recipe text included)."""
+    with user_errors():
+        version = Registry().get(ref)
+    console.print_json(json.dumps(version.__dict__, default=str))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to promote.")],
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+) -> None:
+    """Point an alias (default production) at a version."""
+    with user_errors():
+        moved = Registry().promote(name, version, alias)
+    console.print(f"{name}@{alias} -> {moved.ref}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production",
+) -> None:
+    """Return an alias to the version it pointed at before its latest promotion."""
+    with user_errors():
+        moved = Registry().rollback(name, alias)
+    console.print(f"{name}@{alias} -> {moved.ref}")
+
+
+@registry_app.command("log")
+def registry_log(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Every alias move of a model (append-only)."""
+    table = Table(title=f"Alias moves of {name}")
+    for column in ("at", "alias", "action", "from", "to"):
+        table.add_column(column)
+    for e in Registry().alias_log(name):
+        table.add_row(
+            e["at"], e["alias"], e["action"], str(e["from_version"] or "-"), str(e["to_version"])
+        )
+    console.print(table)
+
+
+# --- run and demo ------------------------------------------------------------------------------
+
+
+def _run_table(result) -> Table:
+    table = Table(title=f"kollm run: {result.recipe.name}")
+    table.add_column("stage")
+    table.add_column("")
+    table.add_column("result")
+    for stage in result.stages:
+        status = "skipped (unchanged)" if stage.skipped else "ran"
+        table.add_row(stage.name, status, _stage_line(stage.name, stage.summary))
+    return table
+
+
+def _stage_line(name: str, s: dict[str, Any]) -> str:
+    if name == "data":
+        dropped = sum(step["dropped"] for step in s["steps"])
+        kept = ", ".join(f"{k} {v}" for k, v in s["output"].items())
+        return f"read {sum(s['input'].values())}, dropped {dropped}, kept {kept}"
+    if name == "train":
+        return _train_table(s)
+    if name == "eval":
+        parts = []
+        if "model" in s:
+            parts.append(f"model ROUGE score {s['model']['score']:.2f}")
+        if "baseline_lead" in s:
+            parts.append(f"lead baseline {s['baseline_lead']['score']:.2f}")
+        if "perplexity" in s:
+            parts.append(f"perplexity {s['perplexity']:.2f}")
+        return ", ".join(parts)
+    return f"{s['ref']} {', '.join(s['aliases'])}"
+
+
+def _progress_factory(description: str, total: int | None):
+    return progress_bar(description, total)
+
+
+def run_and_report(recipe_path: Path, overrides: list[str] | None, force: bool):
+    from kollm.orchestrate.pipeline import run_recipe
+
+    loaded = _load(recipe_path, overrides)
+    # The registry records the recipe as it ran: the file, and the overrides given with it.
+    text = recipe_text(recipe_path) + "".join(f"# override: {o}\n" for o in overrides or [])
+    with user_errors():
+        result = run_recipe(loaded, text, force, progress=_progress_factory)
+    console.print(_run_table(result))
+    return result
+
+
+@app.command("run")
+def run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    force: Annotated[bool, typer.Option(help="Run every stage, changed or not.")] = False,
+) -> None:
+    """data -> train -> eval -> register; a stage whose inputs did not change is skipped."""
+    run_and_report(recipe, overrides, force)
 
 
 @app.command("demo")
 def demo(
     recipe: Annotated[Path, typer.Option(help="The demo recipe.")] = Path("recipes/demo.yaml"),
+    force: Annotated[bool, typer.Option(help="Run every stage, changed or not.")] = False,
 ) -> None:
-    """Run the embedded default on the bundled Korean sample data (data stage for now)."""
-    loaded = _load(recipe, None)
-    console.rule(f"kollm demo: {loaded.name}")
-    run_data_prepare(loaded)
+    """The embedded default: a scratch model trained on the bundled Korean dialogues."""
+    console.rule("kollm demo: data -> train -> eval -> register, on this CPU, offline")
+    result = run_and_report(recipe, None, force)
+    r = result.recipe
+    console.print(f"data report:  {r.data_dir / 'report' / 'report.html'}")
+    if r.train is not None:
+        console.print(f"loss curve:   {r.train_dir / 'loss.png'}")
+    if r.eval is not None:
+        console.print(f"eval report:  {r.eval_dir / 'report.html'}")
+    if result.version is not None:
+        console.print(
+            f"registry:     {result.version.ref} aliases {result.version.aliases} "
+            f"({Registry().path}); try: kollm registry list"
+        )

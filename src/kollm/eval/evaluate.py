@@ -79,6 +79,8 @@ def evaluate_model(
     refs = [references(r, response_t) for r in records]
     engine = TransformersEngine(model_dir)
     engine.load()
+    if kind == "text":
+        return _perplexity_only(engine, prompts, refs, model_dir, out_dir)
     predictions = generate_all(engine, prompts, cfg, advance)
     rouge_args = {
         "tokenize": cfg.tokenize,
@@ -111,6 +113,16 @@ def evaluate_model(
     write_json(files["metrics"], metrics)
     files.update(write_eval_report(metrics, rows, prompts, out_dir, cfg.worst_examples))
     return EvalResult(metrics, rows, files)
+
+
+def _perplexity_only(engine, prompts, refs, model_dir: Path, out_dir: Path) -> EvalResult:
+    """Plain-text (pretraining) recipes: nothing to summarise, so perplexity alone."""
+    answers = [r[0] for r in refs]
+    ppl = answer_perplexity(engine.model, engine.tokenizer, prompts, answers, engine.device)
+    metrics = {"perplexity": ppl, "examples": len(prompts), "model_dir": str(model_dir)}
+    files = {"metrics": out_dir / "metrics.json"}
+    write_json(files["metrics"], metrics)
+    return EvalResult(metrics, [], files)
 
 
 def _source_fields(kind: str, prompt_template: str, records: list[dict[str, Any]]) -> list[str]:

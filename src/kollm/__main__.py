@@ -1,0 +1,5 @@
+"""`python -m kollm` runs the CLI."""
+
+from kollm.cli import app
+
+app()

@@ -1,0 +1,217 @@
+"""`kollm run`: data -> train -> eval -> register; unchanged stages are skipped.
+
+A stage's fingerprint is a hash of its recipe section and of what it reads (input files, the
+data manifest, the model weights); it is stored in `stage.json` beside the stage's outputs and
+compared on the next run. `force` runs every stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.data.io import write_json
+from kollm.registry import ModelVersion, Registry
+from kollm.registry.store import weights_sha256
+
+Advance = Callable[[int], None]
+ProgressFactory = Callable[[str, int | None], Any]
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    skipped: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    recipe: Recipe
+    stages: list[StageOutcome] = field(default_factory=list)
+    version: ModelVersion | None = None
+
+    def stage(self, name: str) -> StageOutcome | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+def _sha(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def file_sha(path: Path) -> str:
+    if path.is_dir():
+        return _sha(
+            sorted(
+                (p.relative_to(path).as_posix(), file_sha(p))
+                for p in path.rglob("*")
+                if p.is_file()
+            )
+        )
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fresh(stage_dir: Path, fingerprint: str, outputs: list[Path]) -> bool:
+    marker = stage_dir / "stage.json"
+    if not marker.exists() or not all(p.exists() for p in outputs):
+        return False
+    return json.loads(marker.read_text()).get("fingerprint") == fingerprint
+
+
+def _mark(stage_dir: Path, fingerprint: str, summary: dict[str, Any]) -> None:
+    write_json(stage_dir / "stage.json", {"fingerprint": fingerprint, "summary": summary})
+
+
+def _stored_summary(stage_dir: Path) -> dict[str, Any]:
+    return json.loads((stage_dir / "stage.json").read_text())["summary"]
+
+
+def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
+    from kollm.data.pipeline import prepare
+
+    cfg = recipe.data
+    sources = cfg.input if isinstance(cfg.input, dict) else {"all": cfg.input}
+    fingerprint = _sha(cfg.model_dump(), {k: file_sha(Path(v)) for k, v in sources.items()})
+    out = recipe.data_dir
+    if not force and _fresh(out, fingerprint, [out / "stats.json", out / "train.jsonl"]):
+        return StageOutcome("data", True, _stored_summary(out))
+    stats = prepare(cfg, out, advance).stats
+    _mark(out, fingerprint, stats)
+    return StageOutcome("data", False, stats)
+
+
+def train_stage(recipe: Recipe, force: bool, resume: bool = False) -> StageOutcome:
+    from kollm.train import run_training
+
+    manifest = json.loads((recipe.data_dir / "stats.json").read_text())["manifest_sha256"]
+    fingerprint = _sha(
+        recipe.model.model_dump(), recipe.train.model_dump(), recipe.data.kind, manifest
+    )
+    out = recipe.train_dir
+    if not force and _fresh(out, fingerprint, [out / "model"]):
+        return StageOutcome("train", True, _stored_summary(out))
+    summary = run_training(recipe, resume=resume).summary()
+    _mark(out, fingerprint, summary)
+    return StageOutcome("train", False, summary)
+
+
+def eval_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
+    from kollm.eval.evaluate import evaluate_model, read_records
+
+    cfg = recipe.eval
+    model_dir = recipe.train_dir / "model"
+    data_file = recipe.data_dir / f"{cfg.split}.jsonl"
+    fingerprint = _sha(cfg.model_dump(), weights_sha256(model_dir), file_sha(data_file))
+    out = recipe.eval_dir
+    if not force and _fresh(out, fingerprint, [out / "metrics.json"]):
+        return StageOutcome("eval", True, _stored_summary(out))
+    records = read_records(data_file, cfg.max_samples)
+    t = recipe.train
+    result = evaluate_model(
+        model_dir,
+        records,
+        recipe.data.kind,
+        cfg,
+        out,
+        t.prompt_template if t else None,
+        t.response_template if t else None,
+        advance,
+    )
+    _mark(out, fingerprint, result.metrics)
+    return StageOutcome("eval", False, result.metrics)
+
+
+def register_stage(
+    recipe: Recipe, recipe_text: str, registry: Registry
+) -> tuple[StageOutcome, ModelVersion]:
+    """Register the trained model unless its weights and recipe are already the latest version."""
+    model_dir = recipe.train_dir / "model"
+    name = recipe.model_name
+    existing = registry.list(name)
+    sha = weights_sha256(model_dir)
+    recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest()
+    if existing and existing[-1].weights_sha256 == sha and existing[-1].recipe_sha256 == recipe_sha:
+        version = existing[-1]
+        skipped = True
+    else:
+        metrics_path = recipe.eval_dir / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        stats = json.loads((recipe.data_dir / "stats.json").read_text())
+        parent = None
+        if recipe.registry.alias:
+            try:
+                parent = registry.get(f"{name}@{recipe.registry.alias}").version
+            except ValueError:
+                parent = None
+        version = registry.register(
+            name,
+            model_dir,
+            base_model=recipe.model.base,
+            method=recipe.train.method,
+            data_manifest=stats["manifest_sha256"],
+            recipe_text=recipe_text,
+            metrics=_headline(metrics),
+            parent_version=parent,
+        )
+        skipped = False
+    if recipe.registry.alias and recipe.registry.alias not in version.aliases:
+        version = registry.promote(name, version.version, recipe.registry.alias)
+    return StageOutcome(
+        "register", skipped, {"ref": version.ref, "aliases": version.aliases}
+    ), version
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics a version records: the model's ROUGE and score, the baseline's, perplexity."""
+    out = dict(metrics.get("model", {}))
+    if "baseline_lead" in metrics:
+        out["baseline_score"] = metrics["baseline_lead"]["score"]
+    if "perplexity" in metrics:
+        out["perplexity"] = metrics["perplexity"]
+    return out
+
+
+def run_recipe(
+    recipe: Recipe,
+    recipe_text: str,
+    force: bool = False,
+    registry: Registry | None = None,
+    progress: ProgressFactory | None = None,
+) -> RunResult:
+    """Every stage the recipe has, in order."""
+    result = RunResult(recipe)
+    if recipe.data is None:
+        raise ValueError("the recipe has no 'data' section")
+
+    def bar(description: str, total: int | None):
+        return progress(description, total) if progress else _no_progress()
+
+    with bar("data: reading and cleaning", None) as advance:
+        result.stages.append(data_stage(recipe, force, advance))
+    if recipe.train is None:
+        return result
+    result.stages.append(train_stage(recipe, force))
+    if recipe.eval is not None:
+        n = recipe.eval.max_samples
+        with bar("eval: generating", n) as advance:
+            result.stages.append(eval_stage(recipe, force, advance))
+    if recipe.registry.enabled:
+        outcome, result.version = register_stage(recipe, recipe_text, registry or Registry())
+        result.stages.append(outcome)
+    return result
+
+
+class _no_progress:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,105 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kollm.config import load_recipe
+from kollm.train import run_training
+from kollm.train.common import COMPLETE_MARKER
+from tests.conftest import TINY_MODEL
+
+
+def test_training_lowers_the_loss_on_a_memorisable_set(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["train.max_steps=60", "train.max_train_samples=8"])
+    result = run_training(recipe)
+    losses = [e["loss"] for e in result.losses if "loss" in e]
+    assert result.global_step == 60
+    assert losses[-1] < 0.5 * losses[0]
+    assert (result.train_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((result.train_dir / "train_summary.json").read_text())
+    assert summary["first_loss"] == losses[0] and summary["last_loss"] == losses[-1]
+    assert (result.model_dir / "model.safetensors").exists()
+    # Placeholders are single tokens of the scratch tokenizer.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(result.model_dir))
+    assert tok.tokenize("#Person1#은")[0] == "#Person1#"
+
+
+@pytest.fixture
+def local_base(tmp_path, tiny_recipe):
+    """A small causal model saved to a dir, standing in for a hub model."""
+    from kollm.config import ModelConfig
+    from kollm.train.scratch import build_model, train_tokenizer
+
+    rows = [
+        json.loads(x)
+        for x in (load_recipe(tiny_recipe).data_dir / "train.jsonl").read_text().splitlines()
+    ]
+    base = tmp_path / "base"
+    tok = train_tokenizer([r["dialogue"] + r["summary"] for r in rows], 400, base)
+    build_model(ModelConfig(**TINY_MODEL), tok, seed=0).save_pretrained(str(base))
+    return base
+
+
+def test_lora_changes_every_trainable_parameter_and_no_frozen_one(
+    tiny_recipe, local_base, monkeypatch
+):
+    import kollm.train.sft as sft
+
+    seen = {}
+    original = sft.train_and_save
+
+    def spy(trainer, tokenizer, recipe, method, resume):
+        model = trainer.model
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        result = original(trainer, tokenizer, recipe, method, resume)
+        seen.update(
+            {n: (p.requires_grad, before[n], p.detach()) for n, p in model.named_parameters()}
+        )
+        return result
+
+    monkeypatch.setattr(sft, "train_and_save", spy)
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            f"model.base={local_base}",
+            "train.lora.enabled=true",
+            "train.max_steps=10",
+            "train.lora.r=4",
+        ],
+    )
+    result = run_training(recipe)
+    trainable = {n: v for n, v in seen.items() if v[0]}
+    frozen = {n: v for n, v in seen.items() if not v[0]}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(not before.equal(after) for _, before, after in trainable.values())
+    assert all(before.equal(after) for _, before, after in frozen.values())
+    assert result.is_adapter and (result.model_dir / "adapter_config.json").exists()
+
+
+def test_killed_run_resumes_from_the_last_complete_checkpoint(tiny_recipe, tmp_path):
+    overrides = ["train.max_steps=300", "train.save_steps=5", "train.logging_steps=50"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "kollm", "train", str(tiny_recipe), *overrides]
+    checkpoints = load_recipe(tiny_recipe).train_dir / "checkpoints"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (checkpoints / "checkpoint-10" / COMPLETE_MARKER).exists():
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # A checkpoint that was being written when the process died: no completion marker.
+    (checkpoints / "checkpoint-999").mkdir()
+    (checkpoints / "checkpoint-999" / "model.safetensors").write_bytes(b"half")
+    result = run_training(load_recipe(tiny_recipe, overrides), resume=True)
+    assert result.global_step == 300
+    assert result.resumed_from is not None and "checkpoint-999" not in result.resumed_from
+    assert int(result.resumed_from.rsplit("-", 1)[1]) >= 10
+    assert not (checkpoints / "checkpoint-999").exists()
