@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# On these machines torch==2.13.0 is a CPU build on local disk; an unpinned torch would pull a
+# multi-GB CUDA build. GPU users: make TORCH='torch==2.13.0 --index-url <your CUDA wheel index>'.
+TORCH ?= torch==2.13.0
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -12,6 +15,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -29,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/data_bench.py
+	$(PY) bench/train_bench.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample
