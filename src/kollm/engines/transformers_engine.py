@@ -67,9 +67,16 @@ class TransformersEngine:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
         return kwargs
 
-    def _encode(self, prompts: list[str]):
+    def _encode(self, prompts: list[str], max_new_tokens: int = 0):
         # Special tokens as in training (TRL and the seq2seq trainer tokenize with the defaults).
-        return self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        # A prompt longer than the context keeps its end: the question sits there.
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and not self.is_encoder_decoder:
+            limit -= max_new_tokens
+        self.tokenizer.truncation_side = "left"
+        return self.tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=bool(limit), max_length=limit
+        ).to(self.device)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
         import torch
@@ -78,7 +85,7 @@ class TransformersEngine:
             self.load()
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        batch = self._encode(prompts)
+        batch = self._encode(prompts, params.max_new_tokens)
         with torch.inference_mode():
             out = self.model.generate(**batch, **self._generate_kwargs(params))
         # (batch, prompt_len + new) for decoders; (batch, new) for encoder-decoders.
@@ -92,7 +99,11 @@ class TransformersEngine:
         if self.model is None:
             self.load()
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {**self._encode([prompt]), **self._generate_kwargs(params), "streamer": streamer}
+        kwargs = {
+            **self._encode([prompt], params.max_new_tokens),
+            **self._generate_kwargs(params),
+            "streamer": streamer,
+        }
         thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
         thread.start()
         yield from streamer

@@ -92,6 +92,7 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "eval_steps": t.eval_steps,
         "report_to": [],
         "dataloader_num_workers": 0,
+        "disable_tqdm": True,  # RichProgressCallback draws the bar instead
         **device_settings(),
     }
 
@@ -182,12 +183,19 @@ def save_final(trainer, tokenizer, model_dir: Path) -> None:
 
 
 def callbacks(train_dir: Path) -> list[TrainerCallback]:
-    return [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl")]
+    from trl.trainer.callbacks import RichProgressCallback
+
+    return [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl"), RichProgressCallback()]
 
 
 def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool) -> TrainResult:
     """Run `trainer` (from the newest complete checkpoint when resuming), save the model
     atomically, plot the loss, and write train_summary.json."""
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar stays
+    trainer.remove_callback(PrinterCallback)  # loss goes to loss.jsonl and the rich bar
     train_dir = recipe.train_dir
     checkpoint = latest_complete_checkpoint(Path(trainer.args.output_dir)) if resume else None
     if checkpoint is None:
