@@ -313,10 +313,12 @@ def eval_run(
         records = read_records(data_file, cfg.max_samples)
         with progress_bar("generating", len(records)) as advance:
             result = evaluate_model(model_dir, records, kind, cfg, output, *templates, advance)
-    console.print(_metrics_table(result.metrics))
-    console.print(
-        f"predictions: {result.files['predictions']}  report: {result.files['report_html']}"
-    )
+    if "model" in result.metrics:
+        console.print(_metrics_table(result.metrics))
+    if "perplexity" in result.metrics:
+        console.print(f"perplexity: {result.metrics['perplexity']:.2f}")
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
 
 
 def _rows_with(path: Path, required: tuple[str, ...], one_of: tuple[str, ...] = ()) -> list[dict]:
