@@ -199,6 +199,11 @@ class TrainConfig(StrictModel):
     """For seq2seq: longest tokenized answer."""
     packing: bool = False
     """Pack several examples into each sequence (TRL packing)."""
+    packing_strategy: Literal["auto", "bfd", "wrapped"] = "auto"
+    """`bfd` keeps examples whole but needs FlashAttention to stay cheap; `wrapped` cuts fixed
+    blocks; `auto` takes bfd with FlashAttention on a GPU, else wrapped."""
+    group_by_length: bool = True
+    """Batch examples of similar length together, so less of each batch is padding."""
     epochs: float = Field(3.0, gt=0)
     """Passes over the training data."""
     max_steps: int = Field(-1, ge=-1)

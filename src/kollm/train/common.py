@@ -56,6 +56,19 @@ def device_settings() -> dict[str, Any]:
     return {"use_cpu": True}
 
 
+def packing_strategy(choice: str) -> str:
+    """bfd packs whole examples into one padding-free row; only FlashAttention keeps that
+    row's attention per example, so elsewhere fixed blocks (`wrapped`) are faster."""
+    if choice != "auto":
+        return choice
+    import importlib.util
+
+    import torch
+
+    has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    return "bfd" if has_flash else "wrapped"
+
+
 def torch_dtype(cfg: ModelConfig):
     import torch
 
@@ -92,6 +105,7 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "eval_steps": t.eval_steps,
         "report_to": [],
         "dataloader_num_workers": 0,
+        "train_sampling_strategy": "group_by_length" if t.group_by_length else "random",
         "disable_tqdm": True,  # RichProgressCallback draws the bar instead
         **device_settings(),
     }
@@ -115,9 +129,8 @@ class LossLogger(TrainerCallback):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        entry = {
-            k: v for k, v in (logs or {}).items() if k in ("loss", "eval_loss", "learning_rate")
-        }
+        keep = ("loss", "eval_loss", "learning_rate", "num_tokens", "train_runtime")
+        entry = {k: v for k, v in (logs or {}).items() if k in keep}
         if entry and state.is_world_process_zero:
             entry = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), **entry}
             with self.path.open("a", encoding="utf-8") as handle:

@@ -8,6 +8,7 @@ from kollm.config import Recipe
 from kollm.train.common import (
     callbacks,
     common_args,
+    packing_strategy,
     train_and_save,
 )
 from kollm.train.sft import load_causal, lora_config
@@ -33,6 +34,7 @@ def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resu
         **common_args(recipe, train_dir, bool(eval_rows)),
         max_length=t.max_length,
         packing=t.packing,
+        packing_strategy=packing_strategy(t.packing_strategy),
         dataset_text_field="text",
         completion_only_loss=False,
     )

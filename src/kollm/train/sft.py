@@ -13,6 +13,7 @@ from kollm.config import Recipe
 from kollm.train.common import (
     callbacks,
     common_args,
+    packing_strategy,
     torch_dtype,
     train_and_save,
 )
@@ -91,6 +92,7 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
         **common_args(recipe, train_dir, bool(eval_examples)),
         max_length=t.max_length,
         packing=t.packing,
+        packing_strategy=packing_strategy(t.packing_strategy),
         completion_only_loss=True,
     )
     trainer = SFTTrainer(
