@@ -93,3 +93,19 @@ def tiny_recipe(tmp_path):
     recipe = load_recipe(path)
     prepare(recipe.data, recipe.data_dir)
     return path
+
+
+@pytest.fixture
+def local_base(tmp_path, tiny_recipe):
+    """A small causal model saved to a dir, standing in for a hub model."""
+    from kollm.config import ModelConfig, load_recipe
+    from kollm.train.scratch import build_model, train_tokenizer
+
+    rows = [
+        json.loads(x)
+        for x in (load_recipe(tiny_recipe).data_dir / "train.jsonl").read_text().splitlines()
+    ]
+    base = tmp_path / "base"
+    tok = train_tokenizer([r["dialogue"] + r["summary"] for r in rows], 400, base)
+    build_model(ModelConfig(**TINY_MODEL), tok, seed=0).save_pretrained(str(base))
+    return base

@@ -14,19 +14,34 @@ def test_run_registers_once_and_skips_unchanged_stages(tiny_recipe, tmp_path):
     text = recipe_text(tiny_recipe)
     first = run_recipe(recipe, text, registry=registry)
     assert [(s.name, s.skipped) for s in first.stages] == [
-        ("data", False), ("train", False), ("eval", False), ("register", False)
+        ("data", False),
+        ("train", False),
+        ("eval", False),
+        ("register", False),
     ]
     version = registry.get("tiny@production")
     assert version.version == 1 and version.method == "sft" and version.base_model == "scratch"
-    assert version.data_manifest == json.loads((recipe.data_dir / "stats.json").read_text())["manifest_sha256"]
-    assert set(version.metrics) >= {"rouge1", "rouge2", "rougeL", "score", "baseline_score", "perplexity"}
+    assert (
+        version.data_manifest
+        == json.loads((recipe.data_dir / "stats.json").read_text())["manifest_sha256"]
+    )
+    assert set(version.metrics) >= {
+        "rouge1",
+        "rouge2",
+        "rougeL",
+        "score",
+        "baseline_score",
+        "perplexity",
+    }
     assert version.recipe_text == text
 
     again = run_recipe(recipe, text, registry=registry)
     assert all(s.skipped for s in again.stages)
     assert [v.version for v in registry.list("tiny")] == [1]
 
-    changed = load_recipe(tiny_recipe, ["registry.alias=production", "eval.decoding.max_new_tokens=5"])
+    changed = load_recipe(
+        tiny_recipe, ["registry.alias=production", "eval.decoding.max_new_tokens=5"]
+    )
     third = run_recipe(changed, text, registry=registry)
     assert [s.skipped for s in third.stages] == [True, True, False, True]
 
@@ -50,8 +65,18 @@ def test_eval_outputs_and_cli_paths(tiny_recipe, tmp_path):
     assert "lead baseline" in report and report.count("- prediction:") == 2
 
     out = tmp_path / "direct"
-    direct = runner.invoke(app, ["eval", "--model", str(recipe.train_dir / "model"),
-                                 "--data", str(recipe.data_dir / "dev.jsonl"), "-o", str(out)])
+    direct = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(recipe.train_dir / "model"),
+            "--data",
+            str(recipe.data_dir / "dev.jsonl"),
+            "-o",
+            str(out),
+        ],
+    )
     assert direct.exit_code == 0, direct.output
     assert json.loads((out / "metrics.json").read_text())["examples"] == 6
 
@@ -59,10 +84,18 @@ def test_eval_outputs_and_cli_paths(tiny_recipe, tmp_path):
 def test_eval_rouge_on_files_prints_json(tmp_path):
     pred = tmp_path / "p.jsonl"
     ref = tmp_path / "r.jsonl"
-    pred.write_text(json.dumps({"id": 1, "prediction": "#Person1#은 책을 빌린다."}, ensure_ascii=False) + "\n")
-    ref.write_text(json.dumps({"id": 1, "references": ["#Person1#은 책을 빌린다.", "다른 요약"]},
-                              ensure_ascii=False) + "\n")
-    result = CliRunner().invoke(app, ["eval", "rouge", "--pred", str(pred), "--ref", str(ref), "--json"])
+    pred.write_text(
+        json.dumps({"id": 1, "prediction": "#Person1#은 책을 빌린다."}, ensure_ascii=False) + "\n"
+    )
+    ref.write_text(
+        json.dumps(
+            {"id": 1, "references": ["#Person1#은 책을 빌린다.", "다른 요약"]}, ensure_ascii=False
+        )
+        + "\n"
+    )
+    result = CliRunner().invoke(
+        app, ["eval", "rouge", "--pred", str(pred), "--ref", str(ref), "--json"]
+    )
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0, "score": 100.0}

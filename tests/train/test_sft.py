@@ -5,12 +5,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from kollm.config import load_recipe
 from kollm.train import run_training
 from kollm.train.common import COMPLETE_MARKER
-from tests.conftest import TINY_MODEL
 
 
 def test_training_lowers_the_loss_on_a_memorisable_set(tiny_recipe):
@@ -28,22 +25,6 @@ def test_training_lowers_the_loss_on_a_memorisable_set(tiny_recipe):
 
     tok = AutoTokenizer.from_pretrained(str(result.model_dir))
     assert tok.tokenize("#Person1#은")[0] == "#Person1#"
-
-
-@pytest.fixture
-def local_base(tmp_path, tiny_recipe):
-    """A small causal model saved to a dir, standing in for a hub model."""
-    from kollm.config import ModelConfig
-    from kollm.train.scratch import build_model, train_tokenizer
-
-    rows = [
-        json.loads(x)
-        for x in (load_recipe(tiny_recipe).data_dir / "train.jsonl").read_text().splitlines()
-    ]
-    base = tmp_path / "base"
-    tok = train_tokenizer([r["dialogue"] + r["summary"] for r in rows], 400, base)
-    build_model(ModelConfig(**TINY_MODEL), tok, seed=0).save_pretrained(str(base))
-    return base
 
 
 def test_lora_changes_every_trainable_parameter_and_no_frozen_one(

@@ -1,0 +1,95 @@
+import json
+
+import pytest
+
+from kollm.config import EvalConfig, load_recipe
+from kollm.engines.base import GenerationParams
+from kollm.engines.transformers_engine import TransformersEngine
+from kollm.eval.evaluate import evaluate_model, read_records
+from kollm.train import run_training
+from kollm.train.export import merge_lora
+from tests.test_config import recipe_file
+
+
+def test_seq2seq_bart_from_scratch_trains_and_generates(tiny_recipe, tmp_path):
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            "train.method=seq2seq",
+            "model.architecture=bart",
+            "train.max_steps=40",
+            "train.max_train_samples=8",
+        ],
+    )
+    result = run_training(recipe)
+    losses = [e["loss"] for e in result.losses if "loss" in e]
+    assert result.method == "seq2seq" and losses[-1] < losses[0]
+    records = read_records(recipe.data_dir / "dev.jsonl")
+    ev = evaluate_model(
+        result.model_dir, records, "dialogue_summary", EvalConfig(), tmp_path / "ev"
+    )
+    assert ev.metrics["examples"] == len(records) and "perplexity" not in ev.metrics
+    assert all(isinstance(row["prediction"], str) for row in ev.predictions)
+
+
+def test_seq2seq_from_scratch_needs_bart(tiny_recipe):
+    with pytest.raises(ValueError, match=r"needs model\.architecture: bart"):
+        run_training(load_recipe(tiny_recipe, ["train.method=seq2seq"]))
+
+
+def test_continued_pretraining_on_plain_text(tmp_path):
+    from kollm.data.pipeline import prepare
+    from kollm.samples.generate import generate_dialogues
+    from tests.conftest import TINY_MODEL, write_jsonl
+
+    rows = [
+        {"text": r["dialogue"]} for r in generate_dialogues(30, seed=2, prefix="p", noise=False)
+    ]
+    write_jsonl(tmp_path / "corpus.jsonl", rows)
+    model = ", ".join(f"{k}: {v}" for k, v in TINY_MODEL.items())
+    path = recipe_file(
+        tmp_path,
+        f"""name: cpt
+output_dir: {tmp_path}/run
+data:
+  input: {tmp_path}/corpus.jsonl
+  kind: text
+  report: {{tokenizer: null}}
+  split: {{dev: 0.2}}
+model: {{{model}}}
+train: {{method: pretrain, max_steps: 20, batch_size: 4, learning_rate: 0.003, logging_steps: 2}}
+""",
+    )
+    recipe = load_recipe(path)
+    prepare(recipe.data, recipe.data_dir)
+    result = run_training(recipe)
+    losses = [e["loss"] for e in result.losses if "loss" in e]
+    assert result.method == "pretrain" and losses[-1] < losses[0]
+    records = read_records(recipe.data_dir / "dev.jsonl")
+    ev = evaluate_model(result.model_dir, records, "text", EvalConfig(), tmp_path / "ev")
+    assert (
+        set(ev.metrics) == {"perplexity", "examples", "model_dir"} and ev.metrics["perplexity"] > 1
+    )
+
+
+def test_export_merges_lora_into_a_model_that_answers_the_same(tiny_recipe, local_base, tmp_path):
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            f"model.base={local_base}",
+            "train.lora.enabled=true",
+            "train.max_steps=10",
+            "train.learning_rate=0.05",
+        ],
+    )
+    adapter = run_training(recipe).model_dir
+    merged = merge_lora(adapter, tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists()
+    prompts = [
+        json.loads(x)["dialogue"][:80]
+        for x in (recipe.data_dir / "dev.jsonl").read_text().splitlines()
+    ]
+    params = GenerationParams(max_new_tokens=8)
+    assert TransformersEngine(adapter).generate(prompts, params) == TransformersEngine(
+        merged
+    ).generate(prompts, params)
