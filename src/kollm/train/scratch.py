@@ -3,7 +3,6 @@ Llama-style decoder or BART-style encoder-decoder initialised from scratch, all 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -78,5 +77,14 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
     return BartForConditionalGeneration(config)
 
 
-def is_placeholder(token: str) -> bool:
-    return re.fullmatch(PLACEHOLDER_RE.pattern, token) is not None
+def scratch_model(cfg: ModelConfig, examples: list[dict[str, str]], train_dir: Path, seed: int):
+    """(tokenizer, model) for `model.base: scratch`; a resumed run reuses its tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok_dir = train_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    else:
+        texts = (e["prompt"] + e["completion"] for e in examples)
+        tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
+    return tokenizer, build_model(cfg, tokenizer, seed)

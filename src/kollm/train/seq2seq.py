@@ -16,24 +16,18 @@ from kollm.train.common import (
     torch_dtype,
     train_and_save,
 )
-from kollm.train.scratch import build_model, train_tokenizer
+from kollm.train.scratch import scratch_model
 from kollm.train.sft import lora_config, to_examples
 
 
 def load_seq2seq(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     cfg = recipe.model
     if cfg.base == "scratch":
         if cfg.architecture != "bart":
             raise ValueError("train.method seq2seq from scratch needs model.architecture: bart")
-        tok_dir = train_dir / "tokenizer"
-        if (tok_dir / "tokenizer.json").exists():
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-        else:
-            texts = (e["prompt"] + e["completion"] for e in examples)
-            tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
-        return tokenizer, build_model(cfg, tokenizer, recipe.train.seed)
+        return scratch_model(cfg, examples, train_dir, recipe.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     return tokenizer, AutoModelForSeq2SeqLM.from_pretrained(cfg.base, dtype=torch_dtype(cfg))
 

@@ -17,7 +17,7 @@ from kollm.train.common import (
     torch_dtype,
     train_and_save,
 )
-from kollm.train.scratch import build_model, train_tokenizer
+from kollm.train.scratch import scratch_model
 from kollm.train.templates import render, templates_for
 
 
@@ -31,17 +31,11 @@ def to_examples(recipe: Recipe, records: list[dict[str, Any]]) -> list[dict[str,
 
 def load_causal(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
     """(tokenizer, model) for the recipe: built from scratch, or loaded from a hub id/local dir."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = recipe.model
     if cfg.base == "scratch":
-        tok_dir = train_dir / "tokenizer"
-        if (tok_dir / "tokenizer.json").exists():
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-        else:
-            texts = (e["prompt"] + e["completion"] for e in examples)
-            tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
-        return tokenizer, build_model(cfg, tokenizer, recipe.train.seed)
+        return scratch_model(cfg, examples, train_dir, recipe.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
