@@ -1,10 +1,16 @@
-"""The engine protocol: load, generate a batch (or a stream), tokenize, unload."""
+"""The engine protocol (load, generate a batch with optional per-token callbacks, tokenize,
+embed, unload) and what every engine shares: stop strings and whole-character streaming."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
+
+# on_token(batch_index, token_id): called for each token an engine produces, in order.
+TokenCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -17,28 +23,102 @@ class GenerationParams:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
 class Engine(Protocol):
     name: str
+    context_length: int
 
     def load(self) -> None: ...
 
-    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
-        """One answer per prompt, prompts processed as one batch."""
-        ...
-
-    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
-        """The answer to one prompt in pieces; the pieces join to `generate`'s answer."""
+    def generate(
+        self, prompts: list[str], params: GenerationParams, on_token: TokenCallback | None = None
+    ) -> list[Generation]:
+        """One answer per prompt, the prompts run as one batch; `on_token` sees every token."""
         ...
 
     def tokenize(self, text: str) -> list[int]: ...
 
+    def decode(self, ids: list[int]) -> str: ...
+
+    def embed(self, texts: list[str]) -> list[list[float]]: ...
+
     def unload(self) -> None: ...
 
 
-def apply_stop(text: str, stop: list[str]) -> str:
-    """Cut `text` at the first stop string."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
-    return text[:cut]
+def adapter_base(model_dir: Path) -> str | None:
+    """The base model a LoRA adapter dir was trained on, or None for a full model dir."""
+    path = Path(model_dir) / "adapter_config.json"
+    return json.loads(path.read_text())["base_model_name_or_path"] if path.exists() else None
+
+
+def apply_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` cut at the first stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class IncrementalDecoder:
+    """Turns token ids, one at a time, into text deltas that never split a character.
+
+    Byte-level BPE cuts a Hangul syllable (3 UTF-8 bytes) across tokens; decoding such a prefix
+    ends in U+FFFD, so that tail is held back until the next token completes it. A tail that
+    could be the start of a stop string is held back too. The deltas join to the text that
+    decoding all ids at once gives (cut at the first stop string).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = ()) -> None:
+        self._decode = decode
+        self._stop = tuple(s for s in stop if s)
+        self._ids: list[int] = []
+        self._sent = 0  # characters of the decoded text already emitted
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self._ids.append(token_id)
+        text = self._decode(self._ids)
+        cut, found = apply_stop(text, self._stop)
+        if found:
+            self.stopped = True
+            return self._emit(cut)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._emit(text[: len(text) - self._partial_stop(text)])
+
+    def finish(self) -> str:
+        """The rest, once generation has ended."""
+        if self.stopped:
+            return ""
+        text, _ = apply_stop(self._decode(self._ids), self._stop)
+        return self._emit(text)
+
+    def _emit(self, upto: str) -> str:
+        delta = upto[self._sent :]
+        self._sent = max(self._sent, len(upto))
+        return delta
+
+    def _partial_stop(self, text: str) -> int:
+        """Length of the longest tail of `text` that begins some stop string."""
+        return max(
+            (k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+        )
+
+
+def stream_text(engine: Engine, prompt: str, params: GenerationParams) -> Iterator[str]:
+    """Text deltas of one answer, for callers without a batcher (runs generate inline)."""
+    decoder = IncrementalDecoder(engine.decode, params.stop)
+    pieces: list[str] = []
+    engine.generate([prompt], params, on_token=lambda _i, tok: pieces.append(decoder.push(tok)))
+    pieces.append(decoder.finish())
+    yield from (p for p in pieces if p)

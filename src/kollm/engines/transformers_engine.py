@@ -1,24 +1,59 @@
-"""The transformers engine: any causal or seq2seq model dir, or a PEFT adapter over its base."""
+"""The transformers engine: any causal or seq2seq model dir, and LoRA adapters over one base.
+
+Several adapters load onto one base model (PEFT `load_adapter`) and a batch picks one with
+`adapter=`; the base is never reloaded. Tokens reach `on_token` through a streamer that HF's
+`generate` feeds one step (shape (batch,)) at a time.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import threading
 from pathlib import Path
-from threading import Thread
 
-from kollm.engines.base import GenerationParams, apply_stop
+from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
+
+
+class _CallbackStreamer:
+    """Forwards each generated token of each row to `on_token`, until that row's EOS."""
+
+    def __init__(self, on_token: TokenCallback, batch: int, eos_id: int | None) -> None:
+        self.on_token, self.eos_id = on_token, eos_id
+        self.done = [False] * batch
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first puts the prompt (or decoder start) ids
+            self.prompt_seen = True
+            return
+        for i, token in enumerate(value.reshape(-1).tolist()):
+            if self.done[i]:
+                continue
+            if token == self.eos_id:
+                self.done[i] = True
+                continue
+            self.on_token(i, token)
+
+    def end(self) -> None:
+        pass
 
 
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, model_dir: str | Path, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapters: dict[str, str | Path] | None = None,
+        device: str | None = None,
+    ) -> None:
         self.model_dir = Path(model_dir)
+        self.adapters = {k: Path(v) for k, v in (adapters or {}).items()}
         self.device = device
         self.model = None
         self.tokenizer = None
         self.is_encoder_decoder = False
+        self.context_length = 2048
+        self._lock = threading.Lock()  # one generate at a time per loaded model
 
     def load(self) -> None:
         import torch
@@ -28,29 +63,33 @@ class TransformersEngine:
             AutoModelForSeq2SeqLM,
             AutoTokenizer,
         )
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        own_adapter = adapter_base(self.model_dir)
+        if own_adapter is not None:  # the dir is an adapter: serve it as "default" over its base
+            self.adapters = {"default": self.model_dir, **self.adapters}
+        base = own_adapter or str(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        adapter = self.model_dir / "adapter_config.json"
-        if adapter.exists():
-            from peft import AutoPeftModelForCausalLM
+        config = AutoConfig.from_pretrained(base)
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        cls = AutoModelForSeq2SeqLM if self.is_encoder_decoder else AutoModelForCausalLM
+        model = cls.from_pretrained(base)
+        if self.adapters:
+            from peft import PeftModel
 
-            self.model = AutoPeftModelForCausalLM.from_pretrained(str(self.model_dir))
-        else:
-            config = AutoConfig.from_pretrained(str(self.model_dir))
-            self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
-            cls = AutoModelForSeq2SeqLM if self.is_encoder_decoder else AutoModelForCausalLM
-            self.model = cls.from_pretrained(str(self.model_dir))
-        self.model.to(self.device).eval()
+            (first, path), *rest = self.adapters.items()
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=first)
+            for name, path in rest:
+                model.load_adapter(str(path), adapter_name=name)
+        self.model = model.to(self.device).eval()
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Decoder-only batches pad on the left, so every prompt ends where generation starts.
         self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
-
-    @staticmethod
-    def adapter_base(model_dir: Path) -> str | None:
-        path = model_dir / "adapter_config.json"
-        return json.loads(path.read_text())["base_model_name_or_path"] if path.exists() else None
+        self.tokenizer.truncation_side = "left"  # a prompt too long keeps its end: the question
 
     def _generate_kwargs(self, params: GenerationParams) -> dict:
         kwargs = {
@@ -67,52 +106,81 @@ class TransformersEngine:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
         return kwargs
 
-    def _encode(self, prompts: list[str], max_new_tokens: int = 0):
+    def _encode(self, prompts: list[str], max_new_tokens: int):
         # Special tokens as in training (TRL and the seq2seq trainer tokenize with the defaults).
-        # A prompt longer than the context keeps its end: the question sits there.
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and not self.is_encoder_decoder:
-            limit -= max_new_tokens
-        self.tokenizer.truncation_side = "left"
+        limit = self.context_length - (0 if self.is_encoder_decoder else max_new_tokens)
         return self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=bool(limit), max_length=limit
-        ).to(self.device)
+            prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit
+        )
 
-    def generate(self, prompts: list[str], params: GenerationParams) -> list[str]:
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        on_token: TokenCallback | None = None,
+        adapter: str | None = None,
+    ) -> list[Generation]:
         import torch
 
         if self.model is None:
             self.load()
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        batch = self._encode(prompts, params.max_new_tokens)
-        with torch.inference_mode():
-            out = self.model.generate(**batch, **self._generate_kwargs(params))
-        # (batch, prompt_len + new) for decoders; (batch, new) for encoder-decoders.
-        new_tokens = out if self.is_encoder_decoder else out[:, batch["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [apply_stop(t, params.stop).strip() for t in texts]
+        batch = self._encode(prompts, params.max_new_tokens).to(self.device)
+        kwargs = self._generate_kwargs(params)
+        if on_token is not None:
+            kwargs["streamer"] = _CallbackStreamer(
+                on_token, len(prompts), self.tokenizer.eos_token_id
+            )
+        with self._lock, torch.inference_mode():
+            if adapter is not None:
+                self.model.set_adapter(adapter)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(**batch, **kwargs)
+        # (batch, prompt_len + new) for decoders; (batch, 1 + new) for encoder-decoders.
+        new = out[:, 1:] if self.is_encoder_decoder else out[:, batch["input_ids"].shape[1] :]
+        prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._finish(row.tolist(), n, params)
+            for row, n in zip(new, prompt_lengths, strict=True)
+        ]
 
-    def stream(self, prompt: str, params: GenerationParams) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
-
-        if self.model is None:
-            self.load()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = {
-            **self._encode([prompt], params.max_new_tokens),
-            **self._generate_kwargs(params),
-            "streamer": streamer,
-        }
-        thread = Thread(target=self.model.generate, kwargs=kwargs, daemon=True)
-        thread.start()
-        yield from streamer
-        thread.join()
+    def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        ended = eos in ids
+        ids = ids[: ids.index(eos)] if ended else ids
+        text, stopped = apply_stop(self.decode(ids), params.stop)
+        finish = "stop" if ended or stopped else "length"
+        return Generation(text, int(prompt_tokens), len(ids) + int(ended), finish)
 
     def tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
             self.load()
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Mean-pooled last hidden states (of the encoder, for encoder-decoders), L2-normalised."""
+        import torch
+
+        if self.model is None:
+            self.load()
+        batch = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.context_length,
+        ).to(self.device)
+        with self._lock, torch.inference_mode():
+            if self.is_encoder_decoder:
+                hidden = self.model.get_encoder()(**batch).last_hidden_state
+            else:
+                hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (batch, hidden)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).tolist()
 
     def unload(self) -> None:
         self.model = None

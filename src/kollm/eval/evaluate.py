@@ -57,7 +57,7 @@ def generate_all(engine, prompts: list[str], cfg: EvalConfig, advance: Advance |
     outputs: list[str] = []
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start : start + cfg.batch_size]
-        outputs.extend(engine.generate(batch, params))
+        outputs.extend(g.text.strip() for g in engine.generate(batch, params))
         if advance is not None:
             advance(len(batch))
     return outputs

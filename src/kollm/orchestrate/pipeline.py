@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kollm.artifacts import weights_sha256
 from kollm.config import Recipe
 from kollm.data.io import write_json
 from kollm.registry import ModelVersion, Registry
-from kollm.registry.store import weights_sha256
 
 Advance = Callable[[int], None]
 ProgressFactory = Callable[[str, int | None], Any]

@@ -19,16 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from kollm import __version__
+from kollm.artifacts import ArtifactError, weights_sha256
 from kollm.registry.migrations import migrate
 
 _REF_RE = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:(?::(?P<version>\d+))|(?:@(?P<alias>[\w.-]+)))?$"
 )
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 class RegistryError(ValueError):
     """An unknown model, version or alias, or a move the registry cannot make."""
+
+
+__all__ = ["ArtifactError", "ModelVersion", "Registry", "RegistryError", "weights_sha256"]
 
 
 def default_home() -> Path:
@@ -37,24 +40,6 @@ def default_home() -> Path:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def weights_sha256(artifact: Path) -> str:
-    """sha256 over the weight files of a model dir (names and bytes), or of one file."""
-    files = (
-        [artifact]
-        if artifact.is_file()
-        else sorted(p for p in artifact.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    )
-    if not files:
-        raise RegistryError(f"{artifact}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.relative_to(artifact).as_posix().encode() if artifact.is_dir() else b"")
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -129,7 +114,10 @@ class Registry:
         if not _REF_RE.match(name) or ":" in name or "@" in name:
             raise RegistryError(f"invalid model name {name!r}")
         artifact = Path(artifact).resolve()
-        sha = weights_sha256(artifact)
+        try:
+            sha = weights_sha256(artifact)
+        except ArtifactError as err:
+            raise RegistryError(str(err)) from err
         recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest() if recipe_text else None
         with self._write() as conn:
             row = conn.execute(

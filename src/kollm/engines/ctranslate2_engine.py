@@ -1,0 +1,162 @@
+"""The CTranslate2 engine, the fast CPU default: int8 by default, converted once and cached.
+
+The conversion lands beside the artifact in `<artifact>.ct2-<quantization>-<sha12>/`, keyed
+by the weights' sha256, so a new version converts anew and a restart does not. A LoRA adapter
+dir is merged into its base first. Decoder-only models (Llama, Qwen, Mistral, GPT-2) use
+`Generator`; BART/T5 use `Translator`. Tokens reach `on_token` through `generate_batch`'s
+per-step callback, so a streamed answer is batched like any other.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
+
+
+def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
+    return model_dir.with_name(f"{model_dir.name}.ct2-{quantization}-{sha256[:12]}")
+
+
+def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = None) -> Path:
+    """Convert a transformers model dir (or a LoRA adapter, merged first); cached by sha256."""
+    import ctranslate2
+
+    from kollm.artifacts import weights_sha256
+
+    sha = sha256 or weights_sha256(model_dir)
+    out = converted_dir(model_dir, quantization, sha)
+    if (out / "model.bin").exists():
+        return out
+    source = model_dir
+    if (model_dir / "adapter_config.json").exists():
+        from kollm.engines.lora import merge_lora
+
+        source = merge_lora(model_dir, out.with_name(out.name + ".merged"))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ctranslate2.converters.TransformersConverter(str(source)).convert(
+        str(tmp), quantization=quantization
+    )
+    tmp.rename(out)
+    if source != model_dir:
+        shutil.rmtree(source, ignore_errors=True)
+    return out
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        quantization: str = "int8",
+        device: str = "cpu",
+        sha256: str | None = None,
+        threads: int = 0,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.quantization, self.device, self.sha256, self.threads = (
+            quantization,
+            device,
+            sha256,
+            threads,
+        )
+        self.model = None
+        self.tokenizer = None
+        self.is_encoder_decoder = False
+        self.context_length = 2048
+
+    def load(self) -> None:
+        import ctranslate2
+        from transformers import AutoConfig, AutoTokenizer
+
+        path = convert(self.model_dir, self.quantization, self.sha256)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        base = adapter_base(self.model_dir) or str(self.model_dir)
+        config = AutoConfig.from_pretrained(base)
+        self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        cls = ctranslate2.Translator if self.is_encoder_decoder else ctranslate2.Generator
+        self.model = cls(
+            str(path),
+            device=self.device,
+            compute_type=self.quantization,
+            intra_threads=self.threads,
+        )
+
+    def _tokens(self, prompt: str, max_new_tokens: int) -> list[str]:
+        ids = self.tokenizer(prompt)["input_ids"]
+        limit = self.context_length - (0 if self.is_encoder_decoder else max_new_tokens)
+        return self.tokenizer.convert_ids_to_tokens(ids[-limit:])  # keep the end: the question
+
+    def generate(
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        on_token: TokenCallback | None = None,
+        adapter: str | None = None,
+    ) -> list[Generation]:
+        if adapter is not None:
+            raise ValueError(
+                "ctranslate2 serves merged models; the transformers engine serves adapters"
+            )
+        if self.model is None:
+            self.load()
+        tokens = [self._tokens(p, params.max_new_tokens) for p in prompts]
+        options = {
+            "max_length": params.max_new_tokens,
+            "beam_size": params.num_beams,
+            "repetition_penalty": params.repetition_penalty,
+            "no_repeat_ngram_size": params.no_repeat_ngram_size,
+            "sampling_topk": 0 if params.do_sample else 1,
+            "sampling_temperature": params.temperature,
+            "sampling_topp": params.top_p,
+            "end_token": self.tokenizer.eos_token,
+        }
+        if params.seed is not None:
+            import ctranslate2
+
+            ctranslate2.set_random_seed(params.seed)
+        if on_token is not None and params.num_beams == 1:
+            eos = self.tokenizer.eos_token_id
+            options["callback"] = lambda step: (
+                on_token(step.batch_id, step.token_id) if step.token_id != eos else None
+            )
+        if self.is_encoder_decoder:
+            results = self.model.translate_batch(
+                tokens,
+                max_decoding_length=params.max_new_tokens,
+                **{k: v for k, v in options.items() if k != "max_length"},
+            )
+            ids = [self.tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        else:
+            results = self.model.generate_batch(tokens, include_prompt_in_result=False, **options)
+            ids = [r.sequences_ids[0] for r in results]
+        return [self._finish(row, len(t), params) for row, t in zip(ids, tokens, strict=True)]
+
+    def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
+        eos = self.tokenizer.eos_token_id
+        ended = eos in ids or len(ids) < params.max_new_tokens  # CT2 drops the end token it met
+        ids = ids[: ids.index(eos)] if eos in ids else ids
+        text, stopped = apply_stop(self.decode(ids), params.stop)
+        return Generation(
+            text, prompt_tokens, len(ids) + int(ended), "stop" if ended or stopped else "length"
+        )
+
+    def tokenize(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            self.load()
+        return self.tokenizer(text)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError(
+            "ctranslate2 has no hidden states here; declare an embedding model"
+        )
+
+    def unload(self) -> None:
+        self.model = None
