@@ -515,3 +515,90 @@ def demo(
             f"registry:     {result.version.ref} aliases {result.version.aliases} "
             f"({Registry().path}); try: kollm registry list"
         )
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    pairs = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"{what} {item!r}: expected NAME=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def _api_keys(api_key: str | None, api_key_file: Path | None) -> list[str]:
+    import os
+
+    keys = [api_key] if api_key else []
+    if api_key_file is not None:
+        keys += [line.strip() for line in api_key_file.read_text().splitlines() if line.strip()]
+    if os.environ.get("KOLLM_API_KEY"):
+        keys.append(os.environ["KOLLM_API_KEY"])
+    return keys
+
+
+@app.command("serve")
+def serve(
+    models: Annotated[
+        list[str], typer.Argument(help="NAME@ALIAS, NAME:VERSION, NAME or a model dir.")
+    ],
+    engine: Annotated[
+        str, typer.Option(help="ctranslate2 (CPU default), transformers or vllm.")
+    ] = "ctranslate2",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="Require this key (also KOLLM_API_KEY).")
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File with one accepted key a line.")
+    ] = None,
+    no_log: Annotated[
+        bool, typer.Option("--no-log", help="Do not log requests and answers.")
+    ] = False,
+    max_batch: Annotated[int, typer.Option(help="Most requests in one engine batch.")] = 8,
+    max_queue: Annotated[
+        int, typer.Option(help="Most requests waiting per model (then 429).")
+    ] = 64,
+    timeout: Annotated[float, typer.Option(help="Request timeout in seconds.")] = 120.0,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="LoRA adapter NAME=DIR (transformers).")
+    ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=FILE: keywords (one a line) of the model's domain."),
+    ] = None,
+    alias_poll: Annotated[float, typer.Option(help="Seconds between alias checks.")] = 2.0,
+) -> None:
+    """Serve models over an OpenAI-compatible HTTP API."""
+    import uvicorn
+
+    from kollm.serve.app import ServeSettings, create_app
+    from kollm.serve.log import RequestLog
+    from kollm.serve.metrics import ServerMetrics
+    from kollm.serve.service import DomainGuard, ModelManager
+
+    guards = {
+        name: DomainGuard(
+            [w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip()]
+        )
+        for name, path in _pairs(domain, "--domain").items()
+    }
+    manager = ModelManager(
+        models,
+        engine,
+        ServerMetrics(),
+        max_batch=max_batch,
+        max_queue=max_queue,
+        adapters=_pairs(adapter, "--adapter"),
+        guards=guards,
+    )
+    settings = ServeSettings(_api_keys(api_key, api_key_file), timeout, not no_log, alias_poll)
+    console.print(f"kollm serve: {', '.join(models)} with {engine} on http://{host}:{port}/v1")
+    uvicorn.run(
+        create_app(manager, settings, None if no_log else RequestLog()), host=host, port=port
+    )

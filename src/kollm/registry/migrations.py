@@ -57,6 +57,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         BEGIN SELECT RAISE(ABORT, 'alias_log is append-only'); END;
         """,
     ),
+    (
+        "003_responses",
+        """
+        -- Every answer the server gave, PII-masked, so that feedback can point at it.
+        CREATE TABLE responses (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            request TEXT NOT NULL,
+            response TEXT NOT NULL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            finish_reason TEXT,
+            latency_ms REAL
+        );
+        CREATE INDEX responses_model ON responses (model, created_at);
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,187 @@
+"""A bounded queue per model and a batcher that runs waiting requests as engine batches.
+
+Requests with the same decoding settings (and adapter) that wait together form one batch, up
+to `max_batch`, so throughput rises with concurrency. A full queue refuses new requests
+(the app answers 429). A request whose client left while it waited is dropped before it
+reaches the engine; one already in a batch finishes, and its answer is discarded. Streamed
+requests are batched too: the engine's per-token callback feeds each request's decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from kollm.engines.base import Engine, Generation, GenerationParams, IncrementalDecoder
+from kollm.serve.metrics import ServerMetrics
+
+
+class QueueFull(Exception):
+    """The model's queue holds `max_queue` waiting requests already."""
+
+
+@dataclass(eq=False)
+class Job:
+    prompt: str
+    params: GenerationParams
+    adapter: str | None
+    future: asyncio.Future
+    deltas: asyncio.Queue | None = None  # text pieces for a streamed request; None ends it
+    enqueued: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+
+    def key(self) -> tuple:
+        return (self.params, self.adapter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        metrics: ServerMetrics,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        max_wait_s: float = 0.005,
+    ) -> None:
+        self.engine, self.model_name, self.metrics = engine, model_name, metrics
+        self.max_batch, self.max_queue, self.max_wait_s = max_batch, max_queue, max_wait_s
+        self._waiting: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"engine-{model_name}"
+        )
+        self._task: asyncio.Task | None = None
+        self._running = 0
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    @property
+    def busy(self) -> int:
+        return len(self._waiting) + self._running
+
+    def submit(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        stream: bool = False,
+    ) -> Job:
+        """Queue a request; raises QueueFull when `max_queue` requests already wait."""
+        if self._closing or len(self._waiting) >= self.max_queue:
+            self.metrics.rejected.labels(self.model_name).inc()
+            raise QueueFull(self.model_name)
+        loop = asyncio.get_running_loop()
+        job = Job(
+            prompt, params, adapter, loop.create_future(), asyncio.Queue() if stream else None
+        )
+        self._waiting.append(job)
+        self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
+        self._wakeup.set()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """The client left: a waiting job frees its place now; a running one is ignored."""
+        job.cancelled = True
+        if job in self._waiting:
+            self._waiting.remove(job)
+            self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
+        if not job.future.done():
+            job.future.cancel()
+
+    def _take_batch(self) -> list[Job]:
+        first = self._waiting[0]
+        batch = [j for j in self._waiting if j.key() == first.key()][: self.max_batch]
+        for job in batch:
+            self._waiting.remove(job)
+        self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if len(self._waiting) < self.max_batch:
+                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join the batch
+            batch = self._take_batch()
+            if batch:
+                await self._run(loop, batch)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        for job in batch:
+            self.metrics.queue_time.labels(self.model_name).observe(started - job.enqueued)
+        self._running += len(batch)
+        self.metrics.running.labels(self.model_name).set(self._running)
+        decoders = [IncrementalDecoder(self.engine.decode, job.params.stop) for job in batch]
+
+        def on_token(index: int, token_id: int) -> None:  # runs in the engine thread
+            delta = decoders[index].push(token_id)
+            loop.call_soon_threadsafe(self._token, batch[index], delta)
+
+        prompts, params, adapter = [j.prompt for j in batch], batch[0].params, batch[0].adapter
+        extra = {"adapter": adapter} if adapter is not None else {}  # only some engines take one
+        try:
+            results = await loop.run_in_executor(
+                self._executor, lambda: self.engine.generate(prompts, params, on_token, **extra)
+            )
+        except Exception as err:  # the engine failed: every request of the batch gets the error
+            for job in batch:
+                self._fail(job, err)
+        else:
+            for job, decoder, result in zip(batch, decoders, results, strict=True):
+                self._done(job, decoder.finish(), result)
+        finally:
+            self._running -= len(batch)
+            self.metrics.running.labels(self.model_name).set(self._running)
+
+    def _token(self, job: Job, delta: str) -> None:
+        now = time.perf_counter()
+        if job.first_token_at is None:
+            job.first_token_at = now
+            self.metrics.ttft.labels(self.model_name).observe(now - job.enqueued)
+        elif job.last_token_at is not None:
+            self.metrics.itl.labels(self.model_name).observe(now - job.last_token_at)
+        job.last_token_at = now
+        if delta and job.deltas is not None and not job.cancelled:
+            job.deltas.put_nowait(delta)
+
+    def _done(self, job: Job, tail: str, result: Generation) -> None:
+        self.metrics.e2e.labels(self.model_name).observe(time.perf_counter() - job.enqueued)
+        self.metrics.prompt_tokens.labels(self.model_name).inc(result.prompt_tokens)
+        self.metrics.generation_tokens.labels(self.model_name).inc(result.completion_tokens)
+        if job.deltas is not None:
+            if tail:
+                job.deltas.put_nowait(tail)
+            job.deltas.put_nowait(None)
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _fail(self, job: Job, err: Exception) -> None:
+        if job.deltas is not None:
+            job.deltas.put_nowait(None)
+        if not job.future.done():
+            job.future.set_exception(err)
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Refuse new requests, finish the waiting and running ones, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

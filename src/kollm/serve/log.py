@@ -1,0 +1,65 @@
+"""The request log: each answer, with the PII masker applied to what is stored."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from kollm.registry import Registry
+from kollm.text.pii import mask_pii
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_pii(value).text
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    return value
+
+
+class RequestLog:
+    """Appends to the `responses` table of the store under KOLLM_HOME (same migrations)."""
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.path = Registry(home).path  # opening the registry applies the migrations
+
+    def write(
+        self,
+        response_id: str,
+        endpoint: str,
+        model: str,
+        model_version: str,
+        request: dict[str, Any],
+        response_text: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish_reason: str,
+        latency_ms: float,
+    ) -> None:
+        row = (
+            response_id,
+            dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            endpoint,
+            model,
+            model_version,
+            json.dumps(_masked(request), ensure_ascii=False),
+            _masked(response_text),
+            prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            latency_ms,
+        )
+        with sqlite3.connect(self.path, timeout=60) as conn:
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+
+    def get(self, response_id: str) -> dict[str, Any] | None:
+        with sqlite3.connect(self.path) as conn:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
+        return dict(row) if row else None

@@ -1,0 +1,210 @@
+"""The models a server holds: resolving references, loading engines, readiness, alias watch.
+
+A reference is `NAME@ALIAS`, `NAME:VERSION`, `NAME` (latest) or a model dir. The API id of a
+registered model is its name; `NAME:VERSION` reaches that version too. Each engine answers a
+fixed sanity prompt before the server reports ready. An alias that moves in the registry is
+picked up by a watch task: the new version loads beside the old, then takes its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kollm.engines.base import Engine, GenerationParams
+from kollm.registry import Registry, RegistryError
+from kollm.serve.batching import Batcher
+from kollm.serve.metrics import ServerMetrics
+
+log = logging.getLogger("kollm.serve")
+SANITY_PROMPT = "안녕하세요"
+
+
+@dataclass
+class DomainGuard:
+    """Declines requests outside a model's domain: none of `keywords` in the user's text."""
+
+    keywords: list[str]
+    refusal: str = "죄송합니다. 이 서비스는 해당 업무에 관한 질문에만 답변드릴 수 있습니다."
+
+    def allows(self, text: str) -> bool:
+        return not self.keywords or any(k in text for k in self.keywords)
+
+
+@dataclass
+class ServedModel:
+    model_id: str  # the API id: the registry name, or the dir name
+    ref: str  # what the server was started with
+    version: str  # NAME:VERSION, or the dir
+    model_dir: Path
+    engine: Engine
+    batcher: Batcher
+    adapters: dict[str, str] = field(default_factory=dict)  # API id suffix -> adapter name
+    prompt_template: str | None = None
+    guard: DomainGuard | None = None
+
+
+def recipe_prompt_template(recipe_text: str | None) -> str | None:
+    """The prompt template a registered model was trained with, from its recorded recipe."""
+    if not recipe_text:
+        return None
+    try:
+        recipe = yaml.safe_load(recipe_text) or {}
+    except yaml.YAMLError:
+        return None
+    template = (recipe.get("train") or {}).get("prompt_template")
+    kind = (recipe.get("data") or {}).get("kind")
+    if template is None and kind == "dialogue_summary":
+        from kollm.config import DEFAULT_TEMPLATES
+
+        template = DEFAULT_TEMPLATES["dialogue_summary"][0]
+    return template
+
+
+def build_prompt(messages: list[tuple[str, str]], tokenizer: Any, template: str | None) -> str:
+    """Chat messages -> the prompt: the tokenizer's chat template, else the recipe's prompt
+    template with the last user message in its one field, else a plain role: text script."""
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": r, "content": c} for r, c in messages]
+        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    user = next((c for r, c in reversed(messages) if r == "user"), messages[-1][1])
+    if template:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        return template.format(
+            **{name: (user if i == 0 else "") for i, name in enumerate(sorted(fields))}
+        )
+    lines = [f"{role}: {content}" for role, content in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+class ModelManager:
+    def __init__(
+        self,
+        refs: list[str],
+        engine_kind: str,
+        metrics: ServerMetrics,
+        registry: Registry | None = None,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        adapters: dict[str, str] | None = None,
+        guards: dict[str, DomainGuard] | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
+        self.registry = registry
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.adapters = adapters or {}
+        self.guards = guards or {}
+        self.engine_options = engine_options or {}
+        self.models: dict[str, ServedModel] = {}
+        self.ready = False
+        self.failure: str | None = None
+
+    def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, str | None]:
+        """(model id, version, dir, sha256, recipe text) of a reference."""
+        path = Path(ref)
+        if path.is_dir():
+            return path.name, str(path), path, None, None
+        registry = self.registry or Registry()
+        try:
+            version = registry.get(ref)
+        except RegistryError as err:
+            raise ValueError(f"{ref}: {err}") from err
+        return (
+            version.name,
+            version.ref,
+            Path(version.artifact_path),
+            version.weights_sha256,
+            version.recipe_text,
+        )
+
+    def _open_engine(self, model_dir: Path, sha256: str | None) -> Engine:
+        from kollm.engines import open_engine
+
+        return open_engine(
+            self.engine_kind,
+            model_dir,
+            adapters=self.adapters,
+            sha256=sha256,
+            **self.engine_options,
+        )
+
+    def _load(self, ref: str) -> ServedModel:
+        """Load one model and check it answers (runs in a worker thread)."""
+        model_id, version, model_dir, sha, recipe_text = self._resolve(ref)
+        engine = self._open_engine(model_dir, sha)
+        engine.load()
+        answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
+        if len(answer) != 1:
+            raise RuntimeError(f"{ref}: the sanity prompt got no answer")
+        batcher = Batcher(engine, model_id, self.metrics, self.max_batch, self.max_queue)
+        return ServedModel(
+            model_id,
+            ref,
+            version,
+            model_dir,
+            engine,
+            batcher,
+            {name: name for name in self.adapters},
+            recipe_prompt_template(recipe_text),
+            self.guards.get(model_id),
+        )
+
+    async def start(self) -> None:
+        try:
+            for ref in self.refs:
+                served = await asyncio.to_thread(self._load, ref)
+                served.batcher.start()
+                self.models[served.model_id] = served
+                log.info("serving %s as %s (%s)", ref, served.model_id, served.version)
+            self.ready = True
+        except Exception as err:  # the server stays up and says why in /health
+            self.failure = f"{type(err).__name__}: {err}"
+            log.exception("loading models failed")
+
+    def lookup(self, model: str) -> tuple[ServedModel, str | None] | None:
+        """(served model, adapter) for an API model id: `name`, `name:VERSION`, `name:adapter`."""
+        if model in self.models:
+            return self.models[model], None
+        name, _, suffix = model.partition(":")
+        served = self.models.get(name)
+        if served is None:
+            return None
+        if suffix in served.adapters:
+            return served, served.adapters[suffix]
+        if served.version == model:
+            return served, None
+        return None
+
+    async def watch_aliases(self, interval_s: float) -> None:
+        """Reload a model whose alias now points at another version."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for served in list(self.models.values()):
+                if "@" not in served.ref:
+                    continue
+                try:
+                    _, version, *_ = await asyncio.to_thread(self._resolve, served.ref)
+                except ValueError:
+                    continue
+                if version != served.version:
+                    await self.reload(served)
+
+    async def reload(self, old: ServedModel) -> None:
+        fresh = await asyncio.to_thread(self._load, old.ref)
+        fresh.batcher.start()
+        self.models[fresh.model_id] = fresh
+        log.info("%s now serves %s (was %s)", fresh.model_id, fresh.version, old.version)
+        await old.batcher.close()
+        old.engine.unload()
+
+    async def close(self) -> None:
+        self.ready = False
+        for served in self.models.values():
+            await served.batcher.close()
