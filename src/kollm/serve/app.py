@@ -301,6 +301,14 @@ def create_app(
         except NotImplementedError as err:
             raise ApiError(400, str(err), "invalid_request_error", "model") from None
         tokens = sum(len(served.engine.tokenize(t)) for t in body.texts())
+        if body.encoding_format == "base64":  # what the openai client asks for by default
+            import base64
+
+            import numpy as np
+
+            vectors = [
+                base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors
+            ]
         data = [p.Embedding(embedding=v, index=i) for i, v in enumerate(vectors)]
         return p.EmbeddingList(
             data=data,

@@ -78,7 +78,7 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(_Request):
     input: str | list[str]
     model: str
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"
 
     def texts(self) -> list[str]:
         return [self.input] if isinstance(self.input, str) else list(self.input)
@@ -160,7 +160,7 @@ class ModelList(BaseModel):
 
 class Embedding(BaseModel):
     object: Literal["embedding"] = "embedding"
-    embedding: list[float]
+    embedding: list[float] | str  # base64 of little-endian float32 when asked for
     index: int
 
 

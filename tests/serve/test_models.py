@@ -1,0 +1,127 @@
+import time
+
+import openai
+import pytest
+
+from kollm.engines.vllm_engine import vllm_command
+from kollm.registry import Registry
+from kollm.serve.service import build_prompt, recipe_prompt_template
+
+
+@pytest.fixture
+def two_adapters(local_base, tmp_path):
+    """Two LoRA adapters over one base, with different random weights (so different answers)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dirs = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(str(local_base)),
+            LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False),
+        )
+        dirs[name] = tmp_path / f"adapter_{name}"
+        model.save_pretrained(str(dirs[name]))
+        AutoTokenizer.from_pretrained(str(local_base)).save_pretrained(str(dirs[name]))
+    return dirs
+
+
+def test_two_lora_adapters_answer_differently_over_one_base(start_server, local_base, two_adapters):
+    adapters = {name: str(path) for name, path in two_adapters.items()}
+    server = start_server(refs=[str(local_base)], engine="transformers", adapters=adapters)
+    api = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+    assert {m.id for m in api.models.list().data} == {"base", "base:a", "base:b"}
+    messages = [{"role": "user", "content": "#Person1#: 안녕하세요, 예약하고 싶어요."}]
+
+    def ask(model):
+        reply = api.chat.completions.create(
+            model=model, messages=messages, max_tokens=12, temperature=0
+        )
+        return reply.choices[0].message.content
+
+    answers = {m: ask(m) for m in ("base:a", "base:b", "base")}
+    assert answers["base:a"] != answers["base:b"]
+    assert ask("base:a") == answers["base:a"]  # switching back and forth is stable
+    engine = server.manager.models["base"].engine
+    assert set(engine.model.peft_config) == {"a", "b"}  # one base, both adapters loaded on it
+
+
+def test_a_moved_alias_is_served_without_restart(start_server, served_home, tmp_path):
+    import shutil
+
+    registry = Registry(served_home)
+    v1 = registry.get("tiny@production")
+    copy = tmp_path / "v2"
+    shutil.copytree(v1.artifact_path, copy)
+    v2 = registry.register("tiny", copy, recipe_text=v1.recipe_text)
+    server = start_server(alias_poll_s=0.2)
+    api = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "안녕"}]
+
+    def version():
+        return api.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=2
+        ).model_extra["model_version"]
+
+    try:
+        assert version() == v1.ref
+        registry.promote("tiny", v2.version)
+        deadline = time.monotonic() + 60
+        while version() != v2.ref:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        registry.rollback("tiny")
+        while version() != v1.ref:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        if registry.get("tiny@production").version != v1.version:
+            registry.promote("tiny", v1.version)
+
+
+def test_vllm_command_line(tmp_path):
+    cmd = vllm_command(tmp_path / "m", 8123, "kollm-demo", 0.85, 4096)
+    joined = " ".join(cmd)
+    assert (
+        str(tmp_path / "m") in cmd
+        and "--port 8123" in joined
+        and "--served-model-name kollm-demo" in joined
+    )
+    assert "--gpu-memory-utilization 0.85" in joined and "--max-model-len 4096" in joined
+
+
+def test_vllm_engine_live(local_base):
+    """Runs only where vllm (the `gpu` extra) and a CUDA GPU are present."""
+    pytest.importorskip("vllm", reason="vllm is an optional extra for GPU machines")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vllm needs a CUDA GPU")
+    import socket
+
+    from kollm.engines.base import GenerationParams
+    from kollm.engines.vllm_engine import VllmEngine
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    engine = VllmEngine(local_base, port=port, max_model_len=256)
+    engine.load()
+    try:
+        (answer,) = engine.generate(["안녕하세요"], GenerationParams(max_new_tokens=4))
+        assert answer.completion_tokens >= 1
+    finally:
+        engine.unload()
+
+
+def test_prompts_follow_the_recipe_template():
+    recipe = (
+        "data: {kind: dialogue_summary}\n"
+        'train: {prompt_template: "요약하세요.\\n{dialogue}\\n요약:"}\n'
+    )
+    template = recipe_prompt_template(recipe)
+    assert template == "요약하세요.\n{dialogue}\n요약:"
+    prompt = build_prompt([("system", "무시"), ("user", "#Person1#: 안녕")], None, template)
+    assert prompt == "요약하세요.\n#Person1#: 안녕\n요약:"
+    assert build_prompt([("user", "안녕")], None, None) == "user: 안녕\nassistant:"
