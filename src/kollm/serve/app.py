@@ -215,12 +215,7 @@ def create_app(
             (time.perf_counter() - started) * 1000,
         )
 
-    def usage(result: Generation) -> p.Usage:
-        return p.Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-        )
+    usage = _usage
 
     def warn_unknown(body) -> None:
         if body.unknown_fields():
@@ -245,7 +240,7 @@ def create_app(
         check_length(served, prompt, params)
         job = submit(served, prompt, params, adapter, body.stream)
         if body.stream:
-            stream = _chat_stream(rid, body.model, served, job, request)
+            stream = _chat_stream(rid, body.model, served, job, request, body.include_usage())
             return StreamingResponse(
                 _logged(
                     stream,
@@ -269,7 +264,7 @@ def create_app(
         check_length(served, body.prompt_text(), params)
         job = submit(served, body.prompt_text(), params, adapter, body.stream)
         if body.stream:
-            stream = _completion_stream(rid, body.model, served, job, request)
+            stream = _completion_stream(rid, body.model, served, job, request, body.include_usage())
             return StreamingResponse(
                 _logged(
                     stream,
@@ -362,39 +357,67 @@ async def _deltas(job: Job, request: Request, served: ServedModel) -> AsyncItera
         raise
 
 
-async def _chat_stream(rid, model, served, job: Job, request) -> AsyncIterator[str]:
-    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
-        choice = p.ChatChunkChoice(delta=delta, finish_reason=finish)
+def _finished(job: Job) -> Generation | None:
+    ok = job.future.done() and not job.future.cancelled() and job.future.exception() is None
+    return job.future.result() if ok else None
+
+
+def _usage(result: Generation) -> p.Usage:
+    return p.Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+async def _chat_stream(
+    rid, model, served, job: Job, request, with_usage: bool
+) -> AsyncIterator[str]:
+    def chunk(choices: list[p.ChatChunkChoice], use: p.Usage | None = None) -> str:
         return _sse(
             p.ChatCompletionChunk(
-                id=rid, created=p.now(), model=model, choices=[choice], model_version=served.version
+                id=rid,
+                created=p.now(),
+                model=model,
+                choices=choices,
+                usage=use,
+                model_version=served.version,
             )
         )
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk([p.ChatChunkChoice(delta={"role": "assistant", "content": ""})])
     async for delta in _deltas(job, request, served):
-        yield chunk({"content": delta})
-    if job.future.done() and not job.future.cancelled() and job.future.exception() is None:
-        yield chunk({}, job.future.result().finish_reason)
+        yield chunk([p.ChatChunkChoice(delta={"content": delta})])
+    result = _finished(job)
+    if result is not None:
+        yield chunk([p.ChatChunkChoice(delta={}, finish_reason=result.finish_reason)])
+        if with_usage:  # as OpenAI: a last chunk with no choices and the usage
+            yield chunk([], _usage(result))
     yield "data: [DONE]\n\n"
 
 
-async def _completion_stream(rid, model, served, job: Job, request) -> AsyncIterator[str]:
-    def chunk(text: str, finish: str | None = None) -> str:
+async def _completion_stream(
+    rid, model, served, job: Job, request, with_usage: bool
+) -> AsyncIterator[str]:
+    def chunk(choices: list[p.CompletionChoice], use: p.Usage | None = None) -> str:
         return _sse(
             p.Completion(
                 id=rid,
                 created=p.now(),
                 model=model,
-                choices=[p.CompletionChoice(text=text, finish_reason=finish)],
+                choices=choices,
+                usage=use,
                 model_version=served.version,
             )
         )
 
     async for delta in _deltas(job, request, served):
-        yield chunk(delta)
-    if job.future.done() and not job.future.cancelled() and job.future.exception() is None:
-        yield chunk("", job.future.result().finish_reason)
+        yield chunk([p.CompletionChoice(text=delta)])
+    result = _finished(job)
+    if result is not None:
+        yield chunk([p.CompletionChoice(text="", finish_reason=result.finish_reason)])
+        if with_usage:
+            yield chunk([], _usage(result))
     yield "data: [DONE]\n\n"
 
 

@@ -37,6 +37,7 @@ class _Sampling(_Request):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: dict[str, bool] | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     user: str | None = None
@@ -47,6 +48,9 @@ class _Sampling(_Request):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
         return value
+
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -126,6 +130,7 @@ class ChatCompletionChunk(BaseModel):
     created: int
     model: str
     choices: list[ChatChunkChoice]
+    usage: Usage | None = None
     model_version: str
 
 
