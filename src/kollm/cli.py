@@ -541,16 +541,62 @@ def _api_keys(api_key: str | None, api_key_file: Path | None) -> list[str]:
     return keys
 
 
+def _guards(domains: dict) -> dict:
+    from kollm.serve.service import DomainGuard
+
+    guards = {}
+    for model_id, d in domains.items():
+        examples = []
+        if d.examples_file:
+            for line in Path(d.examples_file).read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line:
+                    examples.append(
+                        json.loads(line).get("text", "") if line.startswith("{") else line
+                    )
+        guards[model_id] = DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
+    return guards
+
+
+def serve_settings(recipe: Recipe | None, models: list[str], options: dict[str, Any]):
+    """The recipe's `serve` section (or the defaults), overridden by the command line's options."""
+    from kollm.config import DomainConfig, ServeConfig
+
+    cfg = recipe.serve if recipe is not None else ServeConfig()
+    domain_files = options.pop("domain_files", None)
+    given = {k: v for k, v in options.items() if v is not None}
+    if models:
+        given["models"] = models
+    cfg = cfg.model_copy(update=given)
+    if not cfg.models and recipe is not None:
+        alias = recipe.registry.alias
+        cfg = cfg.model_copy(
+            update={"models": [f"{recipe.model_name}@{alias}" if alias else recipe.model_name]}
+        )
+    if not cfg.models:
+        fail("name the models to serve, or give --recipe")
+    domains = dict(cfg.domains)
+    for model_id, path in _pairs(domain_files, "--domain").items():
+        words = [
+            w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip()
+        ]
+        domains[model_id] = DomainConfig(keywords=words)
+    return cfg, domains
+
+
 @app.command("serve")
 def serve(
     models: Annotated[
-        list[str], typer.Argument(help="NAME@ALIAS, NAME:VERSION, NAME or a model dir.")
-    ],
+        list[str] | None, typer.Argument(help="NAME@ALIAS, NAME:VERSION, NAME or a model dir.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take settings from this recipe's serve section.")
+    ] = None,
     engine: Annotated[
-        str, typer.Option(help="ctranslate2 (CPU default), transformers or vllm.")
-    ] = "ctranslate2",
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+        str | None, typer.Option(help="ctranslate2 (default), transformers or vllm.")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8000].")] = None,
     api_key: Annotated[
         str | None, typer.Option(help="Require this key (also KOLLM_API_KEY).")
     ] = None,
@@ -560,11 +606,13 @@ def serve(
     no_log: Annotated[
         bool, typer.Option("--no-log", help="Do not log requests and answers.")
     ] = False,
-    max_batch: Annotated[int, typer.Option(help="Most requests in one engine batch.")] = 8,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Most requests in one engine batch [8].")
+    ] = None,
     max_queue: Annotated[
-        int, typer.Option(help="Most requests waiting per model (then 429).")
-    ] = 64,
-    timeout: Annotated[float, typer.Option(help="Request timeout in seconds.")] = 120.0,
+        int | None, typer.Option(help="Most requests waiting per model [64].")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Request timeout in seconds [120].")] = None,
     adapter: Annotated[
         list[str] | None, typer.Option(help="LoRA adapter NAME=DIR (transformers).")
     ] = None,
@@ -572,7 +620,9 @@ def serve(
         list[str] | None,
         typer.Option(help="MODEL=FILE: keywords (one a line) of the model's domain."),
     ] = None,
-    alias_poll: Annotated[float, typer.Option(help="Seconds between alias checks.")] = 2.0,
+    alias_poll: Annotated[
+        float | None, typer.Option(help="Seconds between alias checks [2].")
+    ] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
@@ -580,25 +630,39 @@ def serve(
     from kollm.serve.app import ServeSettings, create_app
     from kollm.serve.log import RequestLog
     from kollm.serve.metrics import ServerMetrics
-    from kollm.serve.service import DomainGuard, ModelManager
+    from kollm.serve.service import ModelManager
 
-    guards = {
-        name: DomainGuard(
-            [w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip()]
-        )
-        for name, path in _pairs(domain, "--domain").items()
+    loaded = _load(recipe, None) if recipe is not None else None
+    options = {
+        "engine": engine,
+        "host": host,
+        "port": port,
+        "max_batch": max_batch,
+        "max_queue": max_queue,
+        "request_timeout_s": timeout,
+        "alias_poll_s": alias_poll,
+        "log_requests": False if no_log else None,
+        "adapters": _pairs(adapter, "--adapter") or None,
     }
+    with user_errors():
+        cfg, domains = serve_settings(loaded, models or [], {**options, "domain_files": domain})
     manager = ModelManager(
-        models,
-        engine,
+        cfg.models,
+        cfg.engine,
         ServerMetrics(),
-        max_batch=max_batch,
-        max_queue=max_queue,
-        adapters=_pairs(adapter, "--adapter"),
-        guards=guards,
+        max_batch=cfg.max_batch,
+        max_queue=cfg.max_queue,
+        adapters=cfg.adapters,
+        guards=_guards(domains),
     )
-    settings = ServeSettings(_api_keys(api_key, api_key_file), timeout, not no_log, alias_poll)
-    console.print(f"kollm serve: {', '.join(models)} with {engine} on http://{host}:{port}/v1")
+    settings = ServeSettings(
+        _api_keys(api_key, api_key_file), cfg.request_timeout_s, cfg.log_requests, cfg.alias_poll_s
+    )
+    console.print(
+        f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"
+    )
     uvicorn.run(
-        create_app(manager, settings, None if no_log else RequestLog()), host=host, port=port
+        create_app(manager, settings, RequestLog() if cfg.log_requests else None),
+        host=cfg.host,
+        port=cfg.port,
     )

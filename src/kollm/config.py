@@ -281,6 +281,43 @@ class RegistryConfig(StrictModel):
     """Point this alias (e.g. `production`) at the new version."""
 
 
+class DomainConfig(StrictModel):
+    keywords: list[str] = Field(default_factory=list)
+    """Requests whose user text holds none of these words are declined."""
+    examples_file: str | None = None
+    """JSONL/text file of in-domain requests; a request less similar to them than
+    `min_similarity` (cosine of mean-pooled embeddings) is declined. Transformers engine."""
+    min_similarity: float = Field(0.5, ge=-1, le=1)
+    """Least cosine similarity to the centroid of the domain examples."""
+    refusal: str = "죄송합니다. 이 서비스는 해당 업무에 관한 질문에만 답변드릴 수 있습니다."
+    """What an off-domain request gets instead of a generation."""
+
+
+class ServeConfig(StrictModel):
+    models: list[str] = Field(default_factory=list)
+    """References to serve; default: the recipe's model at `registry.alias` (or its latest)."""
+    engine: Literal["ctranslate2", "transformers", "vllm"] = "ctranslate2"
+    """ctranslate2 (CPU default, int8), transformers (any model, LoRA adapters) or vllm (GPU)."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port to listen on."""
+    max_batch: int = Field(8, ge=1)
+    """Most requests in one engine batch."""
+    max_queue: int = Field(64, ge=1)
+    """Most requests waiting per model; more get 429."""
+    request_timeout_s: float = Field(120.0, gt=0)
+    """Seconds before a request gets 504."""
+    log_requests: bool = True
+    """Log each request and answer (PII-masked) for feedback."""
+    alias_poll_s: float = Field(2.0, gt=0)
+    """Seconds between checks of a served alias."""
+    adapters: dict[str, str] = Field(default_factory=dict)
+    """LoRA adapters NAME: DIR served over the base (transformers engine)."""
+    domains: dict[str, DomainConfig] = Field(default_factory=dict)
+    """Per served model id: the domain guard."""
+
+
 class Recipe(StrictModel):
     name: str = Field("kollm-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run, and of the model in the registry."""
@@ -296,6 +333,8 @@ class Recipe(StrictModel):
     """The evaluation stage."""
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     """Registration of the trained model."""
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """Serving settings (`kollm serve --recipe RECIPE`)."""
 
     @property
     def run_dir(self) -> Path:

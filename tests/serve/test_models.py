@@ -125,3 +125,39 @@ def test_prompts_follow_the_recipe_template():
     prompt = build_prompt([("system", "무시"), ("user", "#Person1#: 안녕")], None, template)
     assert prompt == "요약하세요.\n#Person1#: 안녕\n요약:"
     assert build_prompt([("user", "안녕")], None, None) == "user: 안녕\nassistant:"
+
+
+def test_serve_settings_come_from_the_recipe_and_the_command_line(tmp_path):
+    from kollm.cli import serve_settings
+    from kollm.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: civil\nregistry: {alias: production}\n"
+        "serve: {engine: transformers, port: 9001, domains: {civil: {keywords: [민원]}}}\n",
+        encoding="utf-8",
+    )
+    keywords = tmp_path / "kw.txt"
+    keywords.write_text("세금\n", encoding="utf-8")
+    cfg, domains = serve_settings(
+        load_recipe(path), [], {"port": 9100, "engine": None, "domain_files": [f"tax={keywords}"]}
+    )
+    assert cfg.models == ["civil@production"] and cfg.engine == "transformers" and cfg.port == 9100
+    assert domains["civil"].keywords == ["민원"] and domains["tax"].keywords == ["세금"]
+
+
+def test_domain_guard_by_embedding_similarity(served_home):
+    from kollm.engines.transformers_engine import TransformersEngine
+    from kollm.registry import Registry
+    from kollm.serve.service import DomainGuard
+
+    engine = TransformersEngine(Registry(served_home).get("tiny@production").artifact_path)
+    engine.load()
+    examples = ["#Person1#: 치과 예약을 하고 싶어요.", "#Person1#: 병원 진료 예약이 가능한가요?"]
+    guard = DomainGuard(examples=examples, min_similarity=0.0)
+    guard.prepare(engine)
+    assert guard.allows(examples[0], engine)  # an example is close to its own centroid
+    strict = DomainGuard(examples=examples, min_similarity=1.01)
+    strict.prepare(engine)
+    assert not strict.allows(examples[0], engine)
+    assert DomainGuard().allows("아무 말")

@@ -229,7 +229,9 @@ def create_app(
         messages = [(m.role, m.text()) for m in body.messages]
         rid = p.new_id("chatcmpl")
         user_text = " ".join(c for r, c in messages if r == "user")
-        if served.guard is not None and not served.guard.allows(user_text):
+        if served.guard is not None and not await asyncio.to_thread(
+            served.guard.allows, user_text, served.engine
+        ):
             metrics.off_domain.labels(served.model_id).inc()
             result = Generation(served.guard.refusal, 0, 0, "stop")
             return _chat_response(rid, body.model, served, result, usage(result))

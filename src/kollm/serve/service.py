@@ -28,13 +28,36 @@ SANITY_PROMPT = "안녕하세요"
 
 @dataclass
 class DomainGuard:
-    """Declines requests outside a model's domain: none of `keywords` in the user's text."""
+    """Declines requests outside a model's domain. A request passes when it holds one of
+    `keywords`, or when its embedding is within `min_similarity` (cosine) of the centroid of
+    the domain's example requests; with neither configured, everything passes."""
 
-    keywords: list[str]
+    keywords: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+    min_similarity: float = 0.5
     refusal: str = "죄송합니다. 이 서비스는 해당 업무에 관한 질문에만 답변드릴 수 있습니다."
+    centroid: list[float] | None = None
 
-    def allows(self, text: str) -> bool:
-        return not self.keywords or any(k in text for k in self.keywords)
+    def prepare(self, engine: Engine) -> None:
+        """Embed the domain examples once, at model load."""
+        if self.examples:
+            vectors = engine.embed(self.examples)
+            mean = [sum(col) / len(vectors) for col in zip(*vectors, strict=True)]
+            norm = sum(x * x for x in mean) ** 0.5 or 1.0
+            self.centroid = [x / norm for x in mean]
+
+    def allows(self, text: str, engine: Engine | None = None) -> bool:
+        if not self.keywords and self.centroid is None:
+            return True
+        if any(k in text for k in self.keywords):
+            return True
+        if self.centroid is not None and engine is not None:
+            (vector,) = engine.embed([text])  # L2-normalised, so the dot product is the cosine
+            return (
+                sum(a * b for a, b in zip(vector, self.centroid, strict=True))
+                >= self.min_similarity
+            )
+        return False
 
 
 @dataclass
@@ -143,6 +166,9 @@ class ModelManager:
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
         if len(answer) != 1:
             raise RuntimeError(f"{ref}: the sanity prompt got no answer")
+        guard = self.guards.get(model_id)
+        if guard is not None:
+            guard.prepare(engine)
         batcher = Batcher(engine, model_id, self.metrics, self.max_batch, self.max_queue)
         return ServedModel(
             model_id,
