@@ -186,3 +186,28 @@ def test_request_log_can_be_switched_off(start_server, served_home):
             0
         ]
     assert rows == 0
+
+
+def test_shutdown_finishes_the_requests_in_flight(start_server):
+    import time
+
+    server = start_server()
+    engine = server.manager.models["tiny"].engine
+    generate = engine.generate
+
+    def slow(*args, **kwargs):
+        time.sleep(1.0)
+        return generate(*args, **kwargs)
+
+    engine.generate = slow
+    body = {"model": "tiny", "messages": [{"role": "user", "content": DIALOGUE}], "max_tokens": 5}
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
+            in_flight = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+            await asyncio.sleep(0.3)
+            server.server.should_exit = True  # as on SIGTERM
+            return await in_flight
+
+    reply = asyncio.run(scenario())
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] is not None
