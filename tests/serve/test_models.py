@@ -161,3 +161,19 @@ def test_domain_guard_by_embedding_similarity(served_home):
     strict.prepare(engine)
     assert not strict.allows(examples[0], engine)
     assert DomainGuard().allows("아무 말")
+
+
+def test_two_versions_of_one_model_side_by_side(start_server, served_home, tmp_path):
+    import shutil
+
+    registry = Registry(served_home)
+    v1 = registry.get("tiny@production")
+    shutil.copytree(v1.artifact_path, tmp_path / "v")
+    v2 = registry.register("tiny", tmp_path / "v", recipe_text=v1.recipe_text)
+    server = start_server(refs=["tiny@production", v2.ref])
+    api = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
+    assert {m.id for m in api.models.list().data} == {"tiny", v2.ref}
+    messages = [{"role": "user", "content": "안녕"}]
+    for model, version in (("tiny", v1.ref), (v2.ref, v2.ref), (v1.ref, v1.ref)):
+        reply = api.chat.completions.create(model=model, messages=messages, max_tokens=2)
+        assert reply.model_extra["model_version"] == version

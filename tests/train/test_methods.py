@@ -30,6 +30,13 @@ def test_seq2seq_bart_from_scratch_trains_and_generates(tiny_recipe, tmp_path):
     )
     assert ev.metrics["examples"] == len(records) and "perplexity" not in ev.metrics
     assert all(isinstance(row["prediction"], str) for row in ev.predictions)
+    # The CPU serving engine takes the same BART (CTranslate2 Translator, int8).
+    from kollm.engines.ctranslate2_engine import CTranslate2Engine
+
+    engine = CTranslate2Engine(result.model_dir)
+    engine.load()
+    (answer,) = engine.generate([records[0]["dialogue"]], GenerationParams(max_new_tokens=8))
+    assert engine.is_encoder_decoder and answer.completion_tokens >= 1
 
 
 def test_seq2seq_from_scratch_needs_bart(tiny_recipe):

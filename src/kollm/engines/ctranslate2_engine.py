@@ -19,6 +19,15 @@ def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
     return model_dir.with_name(f"{model_dir.name}.ct2-{quantization}-{sha256[:12]}")
 
 
+def _bart_config_compat() -> None:
+    """transformers 5 dropped `BartConfig.normalize_before`, which CTranslate2's BART loader
+    reads; BART is post-norm, so the old default (False) is the right answer."""
+    from transformers import BartConfig
+
+    if "normalize_before" not in vars(BartConfig):
+        BartConfig.normalize_before = False
+
+
 def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = None) -> Path:
     """Convert a transformers model dir (or a LoRA adapter, merged first); cached by sha256."""
     import ctranslate2
@@ -36,6 +45,7 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
         source = merge_lora(model_dir, out.with_name(out.name + ".merged"))
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    _bart_config_compat()
     ctranslate2.converters.TransformersConverter(str(source)).convert(
         str(tmp), quantization=quantization
     )

@@ -186,6 +186,10 @@ class ModelManager:
         try:
             for ref in self.refs:
                 served = await asyncio.to_thread(self._load, ref)
+                if (
+                    served.model_id in self.models
+                ):  # a second version of one name: its id is NAME:VERSION
+                    served.model_id = served.batcher.model_name = served.version
                 served.batcher.start()
                 self.models[served.model_id] = served
                 log.info("serving %s as %s (%s)", ref, served.model_id, served.version)
@@ -224,6 +228,7 @@ class ModelManager:
 
     async def reload(self, old: ServedModel) -> None:
         fresh = await asyncio.to_thread(self._load, old.ref)
+        fresh.model_id = fresh.batcher.model_name = old.model_id
         fresh.batcher.start()
         self.models[fresh.model_id] = fresh
         log.info("%s now serves %s (was %s)", fresh.model_id, fresh.version, old.version)
