@@ -77,6 +77,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX responses_model ON responses (model, created_at);
         """,
     ),
+    (
+        "004_feedback",
+        """
+        -- Ratings and corrections of logged answers; one response may be rated many times.
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            response_id TEXT NOT NULL REFERENCES responses (id),
+            created_at TEXT NOT NULL,
+            rating TEXT NOT NULL,
+            score INTEGER NOT NULL,
+            is_good INTEGER NOT NULL,
+            categories TEXT NOT NULL DEFAULT '[]',
+            comment TEXT,
+            correction TEXT,
+            source TEXT NOT NULL
+        );
+        CREATE INDEX feedback_response ON feedback (response_id);
+        CREATE INDEX feedback_created ON feedback (created_at);
+        """,
+    ),
 ]
 
 

@@ -314,6 +314,32 @@ def create_app(
             model_version=served.version,
         )
 
+    @app.post("/v1/feedback", dependencies=[Depends(authorize)])
+    async def feedback(body: p.FeedbackRequest):
+        from kollm.feedback.store import FeedbackError, FeedbackStore
+
+        if request_log is None:
+            raise ApiError(
+                400,
+                "this server logs no responses (--no-log), so it takes no feedback",
+                "invalid_request_error",
+                "response_id",
+            )
+        store = FeedbackStore(request_log.home)
+        try:
+            stored = await asyncio.to_thread(
+                store.add,
+                body.response_id,
+                body.rating,
+                body.categories,
+                body.comment,
+                body.correction,
+                "api",
+            )
+        except FeedbackError as err:
+            raise ApiError(err.status, str(err), "invalid_request_error", err.field) from None
+        return stored
+
     return app
 
 

@@ -26,7 +26,8 @@ class RequestLog:
     """Appends to the `responses` table of the store under KOLLM_HOME (same migrations)."""
 
     def __init__(self, home: Path | str | None = None) -> None:
-        self.path = Registry(home).path  # opening the registry applies the migrations
+        registry = Registry(home)  # opening the registry applies the migrations
+        self.home, self.path = registry.home, registry.path
 
     def write(
         self,

@@ -88,6 +88,16 @@ class EmbeddingRequest(_Request):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str
+    rating: str | int
+    categories: list[str] = Field(default_factory=list)
+    comment: str | None = None
+    correction: str | None = None
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0

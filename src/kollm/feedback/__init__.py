@@ -1,0 +1,1 @@
+"""Feedback: ratings and corrections of served answers, their statistics, and training data."""
