@@ -51,6 +51,12 @@ feedback_app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry")
 app.add_typer(feedback_app, name="feedback")
+loop_app = typer.Typer(
+    cls=DefaultCommandGroup,
+    no_args_is_help=True,
+    help="The feedback loop: `kollm loop RECIPE` checks the trigger and acts; `loop history`.",
+)
+app.add_typer(loop_app, name="loop")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -753,3 +759,65 @@ def feedback_export(
     console.print(
         f"{manifest['rows']} rows -> {output / manifest['file']} (sha256 {manifest['sha256'][:12]})"
     )
+
+
+# --- loop --------------------------------------------------------------------------------------
+
+
+@loop_app.command("run", hidden=True)
+def loop_run(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    force: Annotated[bool, typer.Option(help="Retrain even when no trigger rule is met.")] = False,
+) -> None:
+    """Check the trigger; when it fires: export, retrain, evaluate both, gate, promote or reject."""
+    from kollm.orchestrate.loop import run_loop
+
+    loaded = _load(recipe, overrides)
+    with user_errors():
+        decision = run_loop(loaded, force=force)
+    console.print(
+        f"loop: {decision.decision} ({decision.trigger}); production was {decision.production}"
+    )
+    if decision.metrics:
+        gated = loaded.loop.gate.metrics
+        for side in ("production", "candidate"):
+            values = ", ".join(f"{m} {decision.metrics[side][m]:.3f}" for m in gated)
+            console.print(f"  {side:10s} {values}")
+        for failure in decision.metrics["gate_failures"]:
+            console.print(f"  gate: {failure}")
+    if decision.candidate:
+        console.print(f"  promoted {decision.candidate} to {loaded.loop.alias}")
+
+
+@loop_app.command("history")
+def loop_history(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+) -> None:
+    """Every loop decision with the metrics that led to it."""
+    from kollm.orchestrate.loop import history
+
+    table = Table(title="Loop decisions")
+    for column in (
+        "at",
+        "model",
+        "decision",
+        "trigger",
+        "production",
+        "candidate",
+        "score cand/prod",
+    ):
+        table.add_column(column)
+    for row in history(Registry(), name):
+        m = row["metrics"]
+        scores = f"{m['candidate']['score']:.2f} / {m['production']['score']:.2f}" if m else "-"
+        table.add_row(
+            row["at"],
+            row["model"],
+            row["decision"],
+            row["trigger"],
+            str(row["production_version"] or "-"),
+            str(row["candidate_version"] or "-"),
+            scores,
+        )
+    console.print(table)

@@ -281,6 +281,41 @@ class RegistryConfig(StrictModel):
     """Point this alias (e.g. `production`) at the new version."""
 
 
+class TriggerConfig(StrictModel):
+    min_corrections: int | None = Field(20, ge=1)
+    """Fire when at least this many new corrections arrived since the last loop decision."""
+    bad_rate: float | None = Field(None, ge=0, le=1)
+    """Fire when the share of bad ratings among the last `window` rated answers exceeds this."""
+    window: int = Field(100, ge=1)
+    """How many of the latest ratings `bad_rate` looks at."""
+
+
+class GateConfig(StrictModel):
+    metrics: list[str] = Field(default_factory=lambda: ["score"])
+    """Eval metrics (`score`, `rouge1`, ...) on which the candidate must not fall behind."""
+    epsilon: float = 0.5
+    """The candidate passes when candidate >= production - epsilon on every gated metric."""
+
+
+class LoopConfig(StrictModel):
+    method: Literal["dpo", "sft"] = "dpo"
+    """Retrain on preference pairs (DPO) or on corrections (SFT), from the production version."""
+    alias: str = "production"
+    """The alias the loop retrains from and promotes to."""
+    trigger: TriggerConfig = Field(default_factory=TriggerConfig)
+    """When the loop fires."""
+    gate: GateConfig = Field(default_factory=GateConfig)
+    """When a candidate is promoted."""
+    beta: float = Field(0.1, gt=0)
+    """DPO beta: how far the candidate may move from the production model."""
+    max_steps: int = Field(30, ge=1)
+    """Optimizer steps of the retraining."""
+    learning_rate: float = Field(5e-5, gt=0)
+    """Learning rate of the retraining."""
+    gold_pairs: int = Field(0, ge=0)
+    """Also pair this many gold answers of the train split (chosen) with production's (rejected)."""
+
+
 class DomainConfig(StrictModel):
     keywords: list[str] = Field(default_factory=list)
     """Requests whose user text holds none of these words are declined."""
@@ -335,6 +370,8 @@ class Recipe(StrictModel):
     """Registration of the trained model."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """Serving settings (`kollm serve --recipe RECIPE`)."""
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    """The feedback loop (`kollm loop RECIPE`)."""
 
     @property
     def run_dir(self) -> Path:

@@ -97,6 +97,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX feedback_created ON feedback (created_at);
         """,
     ),
+    (
+        "005_loop_decisions",
+        """
+        -- The feedback loop's audit log: every decision with the numbers that led to it.
+        CREATE TABLE loop_decisions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            model TEXT NOT NULL,
+            alias TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            production_version INTEGER,
+            candidate_version INTEGER,
+            decision TEXT NOT NULL,
+            metrics TEXT NOT NULL DEFAULT '{}',
+            export_sha256 TEXT
+        );
+        CREATE TRIGGER loop_decisions_no_update BEFORE UPDATE ON loop_decisions
+        BEGIN SELECT RAISE(ABORT, 'loop_decisions is append-only'); END;
+        """,
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ from kollm.train.common import (
     train_and_save,
 )
 from kollm.train.scratch import scratch_model
-from kollm.train.templates import render, templates_for
+from kollm.train.templates import fit_examples, render, templates_for
 
 
 def to_examples(recipe: Recipe, records: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -82,6 +82,8 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
     train_examples = to_examples(recipe, splits["train"])
     eval_examples = to_examples(recipe, splits.get("dev", []))
     tokenizer, model = load_causal(recipe, train_examples, train_dir)
+    train_examples = fit_examples(tokenizer, train_examples, ("completion",), t.max_length)
+    eval_examples = fit_examples(tokenizer, eval_examples, ("completion",), t.max_length)
     args = SFTConfig(
         **common_args(recipe, train_dir, bool(eval_examples)),
         max_length=t.max_length,

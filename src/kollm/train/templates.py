@@ -52,3 +52,35 @@ def references(record: dict[str, Any], response_template: str) -> list[str]:
         if isinstance(value, list):
             return [str(v).strip() for v in value]
     return [render(response_template, record).strip()]
+
+
+def fill(template: str, text: str) -> str:
+    """Put `text` into the template's field (its first, if several); the others stay empty."""
+    fields = sorted(template_fields(template))
+    return template.format(**{name: (text if i == 0 else "") for i, name in enumerate(fields)})
+
+
+def fit_prompt(tokenizer, prompt: str, answer_tokens: int, max_length: int) -> str:
+    """Cut the start of `prompt` so that it and an answer of `answer_tokens` fit `max_length`.
+
+    TRL truncates prompt + answer from the end, which would cut the answer (the only part with a
+    loss) first; a long dialogue should lose its opening turns instead.
+    """
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    room = max_length - answer_tokens - 2  # BOS/EOS
+    if len(ids) <= room:
+        return prompt
+    return tokenizer.decode(ids[-max(room, 1) :])
+
+
+def fit_examples(
+    tokenizer, rows: list[dict[str, str]], answer_keys: tuple[str, ...], max_length: int
+):
+    """`fit_prompt` over rows with a `prompt` and one or more answers."""
+    fitted = []
+    for row in rows:
+        longest = max(
+            len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in answer_keys
+        )
+        fitted.append({**row, "prompt": fit_prompt(tokenizer, row["prompt"], longest, max_length)})
+    return fitted

@@ -1,0 +1,200 @@
+"""`kollm loop`: feedback -> export -> retrain from production -> evaluate both -> gate -> promote.
+
+The trigger reads the feedback that arrived since the last decision. When it fires, the
+corrections become preference pairs (or SFT rows), a candidate is trained from the production
+version, both are evaluated on the same eval split, and the gate promotes the candidate only if
+it is not worse than production (minus epsilon) on every gated metric. Every decision, with the
+numbers that led to it, goes to the append-only `loop_decisions` table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.feedback.export import export_feedback
+from kollm.feedback.store import FeedbackStore
+from kollm.registry import ModelVersion, Registry
+
+
+@dataclass
+class LoopDecision:
+    decision: str  # "promoted", "rejected" or "not triggered"
+    trigger: str
+    production: str | None = None
+    candidate: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def last_decision_time(registry: Registry, model: str) -> str | None:
+    with closing(sqlite3.connect(registry.path)) as conn:
+        row = conn.execute(
+            "SELECT MAX(at) FROM loop_decisions WHERE model = ? AND decision != 'not triggered'",
+            (model,),
+        ).fetchone()
+    return row[0]
+
+
+def check_trigger(
+    recipe: Recipe, rows: list[dict[str, Any]], window_rows: list[dict[str, Any]]
+) -> str | None:
+    """Why the loop fires, or None. `rows`: feedback since the last decision."""
+    t = recipe.loop.trigger
+    corrections = sum(1 for r in rows if r["correction"])
+    if t.min_corrections is not None and corrections >= t.min_corrections:
+        return f"{corrections} new corrections >= {t.min_corrections}"
+    recent = window_rows[-t.window :]
+    if t.bad_rate is not None and recent:
+        rate = sum(1 for r in recent if not r["is_good"]) / len(recent)
+        if rate > t.bad_rate:
+            return f"bad rate {rate:.2f} over the last {len(recent)} ratings > {t.bad_rate}"
+    return None
+
+
+def record(
+    registry: Registry,
+    recipe: Recipe,
+    d: LoopDecision,
+    prod: ModelVersion | None,
+    cand_version: int | None,
+    export_sha: str | None,
+) -> None:
+    with closing(sqlite3.connect(registry.path, timeout=60)) as conn, conn:
+        conn.execute(
+            "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
+            " candidate_version, decision, metrics, export_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                _now(),
+                recipe.model_name,
+                recipe.loop.alias,
+                d.trigger,
+                prod.version if prod else None,
+                cand_version,
+                d.decision,
+                json.dumps(d.metrics),
+                export_sha,
+            ),
+        )
+
+
+def history(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(registry.path)) as conn:
+        conn.row_factory = sqlite3.Row
+        query = (
+            "SELECT * FROM loop_decisions" + (" WHERE model = ?" if model else "") + " ORDER BY id"
+        )
+        rows = conn.execute(query, (model,) if model else ()).fetchall()
+    return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
+
+def gate(
+    recipe: Recipe, candidate: dict[str, float], production: dict[str, float]
+) -> tuple[bool, list[str]]:
+    """Pass when candidate >= production - epsilon on every gated metric; say why not."""
+    eps = recipe.loop.gate.epsilon
+    failures = [
+        f"{m}: {candidate[m]:.3f} < {production[m]:.3f} - {eps}"
+        for m in recipe.loop.gate.metrics
+        if candidate[m] < production[m] - eps
+    ]
+    return not failures, failures
+
+
+def _evaluate(recipe: Recipe, model_dir: Path, out_dir: Path) -> dict[str, float]:
+    from kollm.eval.evaluate import evaluate_model, read_records
+
+    cfg = recipe.eval
+    records = read_records(recipe.data_dir / f"{cfg.split}.jsonl", cfg.max_samples)
+    t = recipe.train
+    result = evaluate_model(
+        model_dir, records, recipe.data.kind, cfg, out_dir, t.prompt_template, t.response_template
+    )
+    return result.metrics["model"]
+
+
+def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:
+    """The recipe the candidate trains with: the loop's steps and rate, its own output dir."""
+    lp = recipe.loop
+    train = recipe.train.model_copy(
+        update={
+            "max_steps": lp.max_steps,
+            "learning_rate": lp.learning_rate,
+            "save_steps": max(lp.max_steps, 1),
+            "eval_steps": None,
+        }
+    )
+    return recipe.model_copy(update={"output_dir": str(loop_dir), "train": train})
+
+
+def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> tuple[Path, str]:
+    lp = recipe.loop
+    fmt = "dpo" if lp.method == "dpo" else "sft"
+    manifest = export_feedback(rows, fmt, loop_dir / "export", kind=recipe.data.kind)
+    data = [
+        json.loads(x)
+        for x in (loop_dir / "export" / manifest["file"]).read_text().splitlines()
+        if x
+    ]
+    candidate_recipe = _loop_recipe(recipe, loop_dir)
+    if fmt == "dpo":
+        from kollm.train.dpo import train_dpo
+
+        result = train_dpo(candidate_recipe, data, start_from, lp.beta)
+    else:
+        from kollm.train.sft import train_sft
+
+        scratchless = candidate_recipe.model_copy(
+            update={"model": candidate_recipe.model.model_copy(update={"base": str(start_from)})}
+        )
+        result = train_sft(scratchless, {"train": data})
+    return result.model_dir, manifest["sha256"]
+
+
+def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
+    registry = registry or Registry()
+    store = FeedbackStore(registry.home)
+    name, alias = recipe.model_name, recipe.loop.alias
+    production = registry.get(f"{name}@{alias}")
+    since = last_decision_time(registry, name)
+    rows = store.rows(name, since)
+    reason = check_trigger(recipe, rows, store.rows(name))
+    if reason is None and not force:
+        return LoopDecision("not triggered", "no trigger rule met", production.ref)
+    reason = reason or "forced"
+    loop_dir = recipe.run_dir / "loop" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    candidate_dir, export_sha = _train_candidate(
+        recipe, rows, Path(production.artifact_path), loop_dir
+    )
+    prod_metrics = _evaluate(recipe, Path(production.artifact_path), loop_dir / "eval-production")
+    cand_metrics = _evaluate(recipe, candidate_dir, loop_dir / "eval-candidate")
+    passed, failures = gate(recipe, cand_metrics, prod_metrics)
+    metrics = {"candidate": cand_metrics, "production": prod_metrics, "gate_failures": failures}
+    decision = LoopDecision(
+        "promoted" if passed else "rejected", reason, production.ref, None, metrics
+    )
+    cand_version = None
+    if passed:
+        version = registry.register(
+            name,
+            candidate_dir,
+            base_model=production.ref,
+            method=recipe.loop.method,
+            data_manifest=export_sha,
+            recipe_text=production.recipe_text,
+            metrics=cand_metrics,
+            parent_version=production.version,
+        )
+        registry.promote(name, version.version, alias)
+        decision.candidate, cand_version = version.ref, version.version
+    record(registry, recipe, decision, production, cand_version, export_sha)
+    return decision

@@ -1,0 +1,67 @@
+"""Direct preference optimisation through TRL's DPOTrainer, from an existing model dir.
+
+Pairs are (prompt, chosen, rejected) as the feedback export writes them; the prompt goes through
+the recipe's prompt template and both answers through its response template, so the model sees
+what it saw in SFT. The reference model is the starting model (TRL copies it, or disables the
+LoRA adapter).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe
+from kollm.train.common import TrainResult, callbacks, common_args, torch_dtype, train_and_save
+from kollm.train.sft import lora_config
+from kollm.train.templates import fill, fit_examples, templates_for
+
+
+def to_dpo_rows(recipe: Recipe, pairs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    prompt_t, response_t = templates_for(
+        recipe.data.kind, recipe.train.prompt_template, recipe.train.response_template
+    )
+    return [
+        {
+            "prompt": fill(prompt_t, p["prompt"]),
+            "chosen": fill(response_t, p["chosen"].strip()),
+            "rejected": fill(response_t, p["rejected"].strip()),
+        }
+        for p in pairs
+    ]
+
+
+def train_dpo(
+    recipe: Recipe, pairs: list[dict[str, Any]], start_from: Path, beta: float = 0.1
+) -> TrainResult:
+    """Train `start_from` on `pairs`; the result lands in `recipe.train_dir / "model"`."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    t = recipe.train
+    recipe.train_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(start_from))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(str(start_from), dtype=torch_dtype(recipe.model))
+    settings = common_args(recipe, recipe.train_dir, False)
+    settings["train_sampling_strategy"] = (
+        "random"  # length grouping reads input_ids; pairs have two
+    )
+    args = DPOConfig(**settings, beta=beta, max_length=t.max_length)
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(
+            fit_examples(
+                tokenizer, to_dpo_rows(recipe, pairs), ("chosen", "rejected"), t.max_length
+            )
+        ),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe) if t.lora.enabled else None,
+        callbacks=callbacks(recipe.train_dir),
+    )
+    return train_and_save(trainer, tokenizer, recipe, "dpo", resume=False)

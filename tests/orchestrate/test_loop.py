@@ -1,0 +1,62 @@
+import json
+
+from typer.testing import CliRunner
+
+from kollm.cli import app
+from kollm.config import load_recipe, recipe_text
+from kollm.feedback.store import FeedbackStore
+from kollm.orchestrate.loop import history, run_loop
+from kollm.orchestrate.pipeline import run_recipe
+from kollm.registry import Registry
+from kollm.serve.log import RequestLog
+
+
+def rate_answers(home, recipe, start: int, count: int) -> None:
+    """Log answers to dev dialogues and correct each with its gold summary, as users would."""
+    log, store = RequestLog(home), FeedbackStore(home)
+    rows = [json.loads(x) for x in (recipe.data_dir / "train.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows[start : start + count], start=start):
+        request = {"model": "tiny", "messages": [{"role": "user", "content": row["dialogue"]}]}
+        log.write(f"r{i}", "chat", "tiny", "tiny:1", request, " 모르겠습니다.", 10, 3, "stop", 5.0)
+        store.add(f"r{i}", "bad", ["evasive"], correction=row["summary"])
+
+
+def test_the_loop_promotes_a_passing_candidate_and_rejects_a_worse_one(tiny_recipe, tmp_path):
+    registry = Registry(tmp_path / "home")
+    overrides = [
+        "registry.alias=production",
+        "loop.trigger.min_corrections=3",
+        "loop.max_steps=4",
+        "loop.gate.epsilon=100",
+        "eval.max_samples=3",
+    ]
+    recipe = load_recipe(tiny_recipe, overrides)
+    run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
+    assert run_loop(recipe, registry).decision == "not triggered"
+
+    rate_answers(registry.home, recipe, 0, 4)
+    decision = run_loop(recipe, registry)
+    assert decision.decision == "promoted" and "4 new corrections" in decision.trigger
+    production = registry.get("tiny@production")
+    assert production.version == 2 and production.parent_version == 1 and production.method == "dpo"
+    assert set(decision.metrics["candidate"]) >= {"score", "rouge1"}
+    assert run_loop(recipe, registry).decision == "not triggered"  # that feedback is used up
+
+    rate_answers(registry.home, recipe, 4, 4)
+    strict = load_recipe(
+        tiny_recipe, [*overrides[:-2], "loop.gate.epsilon=-100", "eval.max_samples=3"]
+    )
+    rejected = run_loop(strict, registry)
+    assert rejected.decision == "rejected" and rejected.metrics["gate_failures"]
+    assert registry.get("tiny@production").version == 2  # production stays where it was
+    assert [(h["decision"], h["candidate_version"]) for h in history(registry, "tiny")] == [
+        ("promoted", 2),
+        ("rejected", None),
+    ]
+
+
+def test_loop_history_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path))
+    Registry(tmp_path)
+    result = CliRunner().invoke(app, ["loop", "history"])
+    assert result.exit_code == 0 and "Loop decisions" in result.output
