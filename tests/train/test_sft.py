@@ -11,7 +11,9 @@ from kollm.train.common import COMPLETE_MARKER
 
 
 def test_training_lowers_the_loss_on_a_memorisable_set(tiny_recipe):
-    recipe = load_recipe(tiny_recipe, ["train.max_steps=60", "train.max_train_samples=8"])
+    recipe = load_recipe(
+        tiny_recipe, ["train.max_steps=60", "train.max_train_samples=4", "train.learning_rate=0.01"]
+    )
     result = run_training(recipe)
     losses = [e["loss"] for e in result.losses if "loss" in e]
     assert result.global_step == 60
