@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kollm demo
+	$(VENV)/bin/kollm demo --loop
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -510,6 +510,10 @@ def run(
 def demo(
     recipe: Annotated[Path, typer.Option(help="The demo recipe.")] = Path("recipes/demo.yaml"),
     force: Annotated[bool, typer.Option(help="Run every stage, changed or not.")] = False,
+    loop: Annotated[
+        bool,
+        typer.Option("--loop", help="Then serve it, post scripted feedback, and run the loop."),
+    ] = False,
 ) -> None:
     """The embedded default: a scratch model trained on the bundled Korean dialogues."""
     console.rule("kollm demo: data -> train -> eval -> register, on this CPU, offline")
@@ -525,6 +529,14 @@ def demo(
             f"registry:     {result.version.ref} aliases {result.version.aliases} "
             f"({Registry().path}); try: kollm registry list"
         )
+    if loop:
+        from kollm.orchestrate.demo import demo_loop
+
+        console.rule("kollm demo --loop: serve, feedback, retrain, gate")
+        with user_errors():
+            corrections, decision = demo_loop(r, Registry())
+        console.print(f"scripted users sent {corrections} corrections through POST /v1/feedback")
+        _print_decision(r, decision)
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -776,6 +788,10 @@ def loop_run(
     loaded = _load(recipe, overrides)
     with user_errors():
         decision = run_loop(loaded, force=force)
+    _print_decision(loaded, decision)
+
+
+def _print_decision(loaded: Recipe, decision) -> None:
     console.print(
         f"loop: {decision.decision} ({decision.trigger}); production was {decision.production}"
     )
