@@ -60,3 +60,24 @@ def test_loop_history_command(tmp_path, monkeypatch):
     Registry(tmp_path)
     result = CliRunner().invoke(app, ["loop", "history"])
     assert result.exit_code == 0 and "Loop decisions" in result.output
+
+
+def test_demo_loop_serves_collects_feedback_over_http_and_decides(tiny_recipe, tmp_path):
+    from kollm.orchestrate.demo import demo_loop
+
+    registry = Registry(tmp_path / "home")
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            "registry.alias=production",
+            "loop.max_steps=2",
+            "loop.gate.epsilon=100",
+            "eval.max_samples=2",
+        ],
+    )
+    run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
+    corrections, decision = demo_loop(recipe, registry, count=3)
+    assert corrections == 3  # a 30-step model never writes the gold summary
+    assert decision.decision == "promoted" and registry.get("tiny@production").version == 2
+    rows = FeedbackStore(registry.home).rows("tiny")
+    assert len(rows) == 3 and all(r["model_version"] == "tiny:1" for r in rows)
