@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from kollm import __version__
 from kollm.config import EvalConfig, Recipe, RecipeError, load_recipe, recipe_text
 from kollm.data.io import DataError
+from kollm.orchestrate.loop import LoopError
 from kollm.registry import Registry, RegistryError
 
 
@@ -77,7 +78,7 @@ def user_errors() -> Iterator[None]:
     """Errors in the user's input exit 2 with their message, without a traceback."""
     try:
         yield
-    except (RecipeError, DataError, RegistryError, FileNotFoundError) as err:
+    except (RecipeError, DataError, RegistryError, FileNotFoundError, LoopError) as err:
         fail(str(err))
 
 

@@ -81,3 +81,10 @@ def test_demo_loop_serves_collects_feedback_over_http_and_decides(tiny_recipe, t
     assert decision.decision == "promoted" and registry.get("tiny@production").version == 2
     rows = FeedbackStore(registry.home).rows("tiny")
     assert len(rows) == 3 and all(r["model_version"] == "tiny:1" for r in rows)
+
+
+def test_forcing_the_loop_without_feedback_is_a_clear_error(tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["loop", str(tiny_recipe), "--force"])
+    assert result.exit_code == 2 and "tiny@production" in result.output

@@ -23,6 +23,10 @@ from kollm.feedback.store import FeedbackStore
 from kollm.registry import ModelVersion, Registry
 
 
+class LoopError(ValueError):
+    """The loop cannot act: no production version, or nothing to train on."""
+
+
 @dataclass
 class LoopDecision:
     decision: str  # "promoted", "rejected" or "not triggered"
@@ -164,13 +168,22 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
     registry = registry or Registry()
     store = FeedbackStore(registry.home)
     name, alias = recipe.model_name, recipe.loop.alias
-    production = registry.get(f"{name}@{alias}")
+    try:
+        production = registry.get(f"{name}@{alias}")
+    except ValueError as err:
+        raise LoopError(
+            f"{name}@{alias}: {err}; run the recipe with registry.alias={alias} first"
+        ) from err
     since = last_decision_time(registry, name)
     rows = store.rows(name, since)
     reason = check_trigger(recipe, rows, store.rows(name))
     if reason is None and not force:
         return LoopDecision("not triggered", "no trigger rule met", production.ref)
     reason = reason or "forced"
+    if not any(r["correction"] for r in rows):
+        raise LoopError(
+            f"{name}: no corrections since the last decision ({since or 'ever'}): nothing to train"
+        )
     loop_dir = recipe.run_dir / "loop" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     candidate_dir, export_sha = _train_candidate(
         recipe, rows, Path(production.artifact_path), loop_dir
