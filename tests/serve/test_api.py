@@ -57,6 +57,18 @@ def test_models_completions_embeddings_and_metrics(start_server):
         temperature=0,
     )
     assert completion.choices[0].text
+    stream = list(
+        api.completions.create(
+            model="tiny",
+            prompt="다음 대화를 요약하세요.\n" + DIALOGUE + "\n요약:",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in stream if c.choices) == completion.choices[0].text
+    assert stream[-1].usage.completion_tokens == completion.usage.completion_tokens
     vectors = api.embeddings.create(model="tiny", input=["안녕하세요", "택배가 안 왔어요"]).data
     assert len(vectors) == 2 and len(vectors[0].embedding) == 32
     assert abs(sum(x * x for x in vectors[0].embedding) - 1) < 1e-4

@@ -398,10 +398,24 @@ def _usage(result: Generation) -> p.Usage:
     )
 
 
-async def _chat_stream(
-    rid, model, served, job: Job, request, with_usage: bool
-) -> AsyncIterator[str]:
-    def chunk(choices: list[p.ChatChunkChoice], use: p.Usage | None = None) -> str:
+async def _stream(job: Job, request, served, make, with_usage: bool, opening: str | None = None):
+    """SSE for one job: `make(delta, finish_reason, usage)` builds each chunk in its format."""
+    if opening is not None:
+        yield opening
+    async for delta in _deltas(job, request, served):
+        yield make(delta, None, None)
+    result = _finished(job)
+    if result is not None:
+        yield make(None, result.finish_reason, None)
+        if with_usage:  # as OpenAI: a last chunk with no choices and the usage
+            yield make(None, None, _usage(result))
+    yield "data: [DONE]\n\n"
+
+
+def _chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> AsyncIterator[str]:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+        content = {"content": delta} if delta is not None else {}
+        choices = [] if use else [p.ChatChunkChoice(delta=content, finish_reason=finish)]
         return _sse(
             p.ChatCompletionChunk(
                 id=rid,
@@ -413,21 +427,23 @@ async def _chat_stream(
             )
         )
 
-    yield chunk([p.ChatChunkChoice(delta={"role": "assistant", "content": ""})])
-    async for delta in _deltas(job, request, served):
-        yield chunk([p.ChatChunkChoice(delta={"content": delta})])
-    result = _finished(job)
-    if result is not None:
-        yield chunk([p.ChatChunkChoice(delta={}, finish_reason=result.finish_reason)])
-        if with_usage:  # as OpenAI: a last chunk with no choices and the usage
-            yield chunk([], _usage(result))
-    yield "data: [DONE]\n\n"
+    opening = _sse(
+        p.ChatCompletionChunk(
+            id=rid,
+            created=p.now(),
+            model=model,
+            model_version=served.version,
+            choices=[p.ChatChunkChoice(delta={"role": "assistant", "content": ""})],
+        )
+    )
+    return _stream(job, request, served, make, with_usage, opening)
 
 
-async def _completion_stream(
+def _completion_stream(
     rid, model, served, job: Job, request, with_usage: bool
 ) -> AsyncIterator[str]:
-    def chunk(choices: list[p.CompletionChoice], use: p.Usage | None = None) -> str:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+        choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
         return _sse(
             p.Completion(
                 id=rid,
@@ -439,14 +455,7 @@ async def _completion_stream(
             )
         )
 
-    async for delta in _deltas(job, request, served):
-        yield chunk([p.CompletionChoice(text=delta)])
-    result = _finished(job)
-    if result is not None:
-        yield chunk([p.CompletionChoice(text="", finish_reason=result.finish_reason)])
-        if with_usage:
-            yield chunk([], _usage(result))
-    yield "data: [DONE]\n\n"
+    return _stream(job, request, served, make, with_usage)
 
 
 async def _logged(stream: AsyncIterator[str], job: Job, on_done) -> AsyncIterator[str]:
