@@ -173,7 +173,11 @@ class ModelConfig(StrictModel):
 
 class LoraSettings(StrictModel):
     enabled: bool = False
-    """Train LoRA adapters (PEFT) instead of all weights."""
+    """Train a PEFT adapter (LoRA unless `method` says otherwise) instead of all weights."""
+    method: Literal["lora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"] = "lora"
+    """The PEFT method: LoRA, IA3, prompt tuning, prefix tuning or P-tuning."""
+    num_virtual_tokens: int = Field(20, ge=1)
+    """For prompt, prefix and P-tuning: the number of learnt virtual tokens."""
     r: int = Field(8, ge=1)
     """LoRA rank."""
     alpha: int = Field(16, ge=1)

@@ -100,3 +100,57 @@ def test_export_merges_lora_into_a_model_that_answers_the_same(tiny_recipe, loca
     assert TransformersEngine(adapter).generate(prompts, params) == TransformersEngine(
         merged
     ).generate(prompts, params)
+
+
+@pytest.mark.parametrize("method", ["ia3", "prompt_tuning", "p_tuning"])
+def test_other_peft_methods_train_and_generate(tiny_recipe, local_base, method):
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            f"model.base={local_base}",
+            "train.lora.enabled=true",
+            f"train.lora.method={method}",
+            "train.max_steps=4",
+            "train.lora.num_virtual_tokens=4",
+        ],
+    )
+    result = run_training(recipe)
+    config = json.loads((result.model_dir / "adapter_config.json").read_text())
+    assert (
+        config["peft_type"]
+        == {
+            "ia3": "IA3",
+            "prompt_tuning": "PROMPT_TUNING",
+            "prefix_tuning": "PREFIX_TUNING",
+            "p_tuning": "P_TUNING",
+        }[method]
+    )
+    (answer,) = TransformersEngine(result.model_dir).generate(
+        ["#Person1#: 안녕하세요"], GenerationParams(max_new_tokens=4)
+    )
+    assert answer.completion_tokens >= 1
+
+
+def test_prefix_tuning_is_for_seq2seq(tiny_recipe, local_base):
+    causal = load_recipe(
+        tiny_recipe,
+        [f"model.base={local_base}", "train.lora.enabled=true", "train.lora.method=prefix_tuning"],
+    )
+    with pytest.raises(ValueError, match=r"prefix_tuning works with train\.method seq2seq only"):
+        run_training(causal)
+    seq2seq = load_recipe(
+        tiny_recipe,
+        [
+            "train.method=seq2seq",
+            "model.architecture=bart",
+            "train.lora.enabled=true",
+            "train.lora.method=prefix_tuning",
+            "train.max_steps=3",
+            "train.lora.num_virtual_tokens=4",
+        ],
+    )
+    result = run_training(seq2seq)
+    assert (
+        json.loads((result.model_dir / "adapter_config.json").read_text())["peft_type"]
+        == "PREFIX_TUNING"
+    )

@@ -60,14 +60,31 @@ def _bnb_4bit():
 
 
 def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig
+    """The PEFT config of `train.lora`: LoRA, IA3, or prompt/prefix/P-tuning."""
+    import peft
 
-    lora = recipe.train.lora
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+    a = recipe.train.lora
+    if a.method == "prefix_tuning" and task_type == "CAUSAL_LM":
+        # The prefix's key/values lengthen the attention mask of every layer, which the causal-LM
+        # training path of TRL + PEFT does not follow (trl#4168): the first step fails.
+        raise ValueError(
+            "train.lora.method: prefix_tuning works with train.method seq2seq only here; "
+            "use p_tuning or prompt_tuning for causal models"
+        )
+    if a.method == "ia3":
+        return peft.IA3Config(task_type=task_type)  # PEFT's per-architecture target modules
+    if a.method in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+        cls = {
+            "prompt_tuning": peft.PromptTuningConfig,
+            "prefix_tuning": peft.PrefixTuningConfig,
+            "p_tuning": peft.PromptEncoderConfig,
+        }[a.method]
+        return cls(task_type=task_type, num_virtual_tokens=a.num_virtual_tokens)
+    return peft.LoraConfig(
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=a.target_modules,
         task_type=task_type,
     )
 
