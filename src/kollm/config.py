@@ -191,8 +191,11 @@ class LoraSettings(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    method: Literal["sft", "seq2seq", "pretrain"] = "sft"
-    """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5) or `pretrain` (plain text)."""
+    method: Literal["sft", "seq2seq", "pretrain", "dpo", "rm"] = "sft"
+    """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5), `pretrain` (plain text),
+    `dpo` or `rm` (a reward model) on preference records (prompt, chosen, rejected)."""
+    beta: float = Field(0.1, gt=0)
+    """For dpo: how far the model may move from the starting model."""
     prompt_template: str | None = None
     """Prompt built from record fields (`{dialogue}`); default by record kind."""
     response_template: str | None = None

@@ -154,3 +154,72 @@ def test_prefix_tuning_is_for_seq2seq(tiny_recipe, local_base):
         json.loads((result.model_dir / "adapter_config.json").read_text())["peft_type"]
         == "PREFIX_TUNING"
     )
+
+
+def test_reward_model_learns_to_prefer_the_chosen_answer(tiny_recipe):
+    from kollm.train.rm import score, train_reward_model
+
+    rows = [
+        json.loads(x)
+        for x in (load_recipe(tiny_recipe).data_dir / "train.jsonl").read_text().splitlines()
+    ]
+    pairs = [
+        {"prompt": r["dialogue"][:60], "chosen": r["summary"], "rejected": "모르겠습니다."}
+        for r in rows[:8]
+    ]
+    recipe = load_recipe(tiny_recipe, ["train.max_steps=30", "train.learning_rate=0.003"])
+    result = train_reward_model(recipe, pairs)
+    assert result.method == "rm"
+    chosen = score(result.model_dir, [f"{p['prompt']}\n{p['chosen']}" for p in pairs])
+    rejected = score(result.model_dir, [f"{p['prompt']}\n{p['rejected']}" for p in pairs])
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == len(pairs)
+
+
+def test_train_dpo_and_rm_from_a_preference_recipe(tmp_path, local_base):
+    from kollm.data.pipeline import prepare
+    from kollm.samples.generate import generate_dialogues
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"prompt": r["dialogue"][:80], "chosen": r["summary"], "rejected": "잘 모르겠어요."}
+        for r in generate_dialogues(12, seed=9, prefix="p", noise=False)
+    ]
+    write_jsonl(tmp_path / "prefs.jsonl", rows)
+    path = recipe_file(
+        tmp_path,
+        f"""name: prefs
+output_dir: {tmp_path}/run
+data:
+  input: {tmp_path}/prefs.jsonl
+  kind: preference
+  report: {{tokenizer: null}}
+  split: {{dev: 0.0}}
+  dedup: {{near: false}}
+model: {{base: {local_base}}}
+train:
+  method: dpo
+  max_steps: 3
+  batch_size: 2
+  prompt_template: "{{prompt}}"
+  response_template: " {{chosen}}"
+""",
+    )
+    recipe = load_recipe(path)
+    prepare(recipe.data, recipe.data_dir)
+    dpo = run_training(recipe)
+    assert dpo.method == "dpo" and (dpo.model_dir / "model.safetensors").exists()
+    rm = run_training(
+        load_recipe(
+            path,
+            [
+                "train.method=rm",
+                "model.base=scratch",
+                "model.vocab_size=300",
+                "model.hidden_size=32",
+                "model.layers=1",
+                "model.heads=2",
+                "model.intermediate_size=64",
+            ],
+        )
+    )
+    assert rm.method == "rm" and rm.global_step == 3

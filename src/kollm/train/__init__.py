@@ -34,6 +34,18 @@ def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
         from kollm.train.seq2seq import train_seq2seq
 
         return train_seq2seq(recipe, splits, resume)
+    if recipe.train.method == "rm":
+        from kollm.train.rm import train_reward_model
+
+        return train_reward_model(recipe, splits["train"])
+    if recipe.train.method == "dpo":
+        from pathlib import Path
+
+        from kollm.train.dpo import train_dpo
+
+        if recipe.model.base == "scratch":
+            raise ValueError("train.method dpo starts from a trained model: set model.base")
+        return train_dpo(recipe, splits["train"], Path(recipe.model.base), recipe.train.beta)
     if recipe.train.method == "pretrain":
         from kollm.train.pretrain import train_pretrain
 
