@@ -838,3 +838,33 @@ def loop_history(
             scores,
         )
     console.print(table)
+
+
+# --- tune --------------------------------------------------------------------------------------
+
+
+@app.command("tune")
+def tune_cmd(
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Trials to run now (default: tune.trials).")
+    ] = None,
+) -> None:
+    """Optuna over the recipe's `tune.space`, maximising the eval metric; resumable."""
+    from kollm.orchestrate.tune import tune
+
+    _load(recipe, overrides)
+    try:
+        result = tune(recipe, trials, overrides)
+    except ValueError as err:
+        fail(str(err))
+    table = Table(
+        title=f"Best of {result.trials} trials ({result.pruned} pruned): {result.best_value:.3f}"
+    )
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in result.best_params.items():
+        table.add_row(name, str(value))
+    console.print(table)
+    console.print(f"summary: {result.files['summary']}  plot: {result.files['plot']}")

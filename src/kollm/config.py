@@ -288,6 +288,42 @@ class RegistryConfig(StrictModel):
     """Point this alias (e.g. `production`) at the new version."""
 
 
+class SearchSpace(StrictModel):
+    type: Literal["float", "log_float", "int", "categorical"] = "float"
+    """How the value is drawn: uniform float, log-uniform float, integer, or one of `choices`."""
+    low: float | None = None
+    """Lowest value (float, log_float, int)."""
+    high: float | None = None
+    """Highest value (float, log_float, int)."""
+    choices: list[Any] | None = None
+    """The values to choose from (categorical)."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchSpace:
+        if self.type == "categorical" and not self.choices:
+            raise ValueError("a categorical search space needs choices")
+        if self.type != "categorical" and (
+            self.low is None or self.high is None or self.low > self.high
+        ):
+            raise ValueError("a numeric search space needs low <= high")
+        return self
+
+
+class TuneConfig(StrictModel):
+    space: dict[str, SearchSpace] = Field(
+        default_factory=lambda: {
+            "train.learning_rate": SearchSpace(type="log_float", low=1e-4, high=3e-3)
+        }
+    )
+    """Recipe fields (dotted paths) to search, each with its search space."""
+    metric: str = "score"
+    """The eval metric to maximise (`score`, `rouge1`, `rouge2`, `rougeL`)."""
+    trials: int = Field(10, ge=1)
+    """Trials to run (a resumed study counts those it already has)."""
+    prune: bool = True
+    """Skip the evaluation of a trial whose final training loss is worse than the median."""
+
+
 class TriggerConfig(StrictModel):
     min_corrections: int | None = Field(20, ge=1)
     """Fire when at least this many new corrections arrived since the last loop decision."""
@@ -379,6 +415,8 @@ class Recipe(StrictModel):
     """Serving settings (`kollm serve --recipe RECIPE`)."""
     loop: LoopConfig = Field(default_factory=LoopConfig)
     """The feedback loop (`kollm loop RECIPE`)."""
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    """Hyper-parameter search (`kollm tune RECIPE`)."""
 
     @property
     def run_dir(self) -> Path:
