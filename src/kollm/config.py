@@ -191,11 +191,18 @@ class LoraSettings(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    method: Literal["sft", "seq2seq", "pretrain", "dpo", "rm"] = "sft"
+    method: Literal["sft", "seq2seq", "pretrain", "dpo", "rm", "grpo"] = "sft"
     """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5), `pretrain` (plain text),
-    `dpo` or `rm` (a reward model) on preference records (prompt, chosen, rejected)."""
-    beta: float = Field(0.1, gt=0)
-    """For dpo: how far the model may move from the starting model."""
+    `dpo` or `rm` (a reward model) on preference records (prompt, chosen, rejected), or `grpo`
+    (online RL against `reward_model`; TRL 1.x has no PPO)."""
+    beta: float = Field(0.1, ge=0)
+    """For dpo and grpo: how far the model may move from the starting model (KL weight)."""
+    reward_model: str | None = None
+    """For grpo: the reward model dir (trained with `method: rm`) that scores sampled answers."""
+    num_generations: int = Field(4, ge=2)
+    """For grpo: answers sampled per prompt and compared with each other."""
+    max_completion_length: int = Field(64, ge=1)
+    """For grpo: longest sampled answer in tokens."""
     prompt_template: str | None = None
     """Prompt built from record fields (`{dialogue}`); default by record kind."""
     response_template: str | None = None

@@ -223,3 +223,32 @@ train:
         )
     )
     assert rm.method == "rm" and rm.global_step == 3
+
+
+def test_online_rl_against_a_reward_model(tiny_recipe, local_base):
+    from kollm.train.rm import train_reward_model
+
+    rows = [
+        json.loads(x)
+        for x in (load_recipe(tiny_recipe).data_dir / "train.jsonl").read_text().splitlines()
+    ]
+    pairs = [{"prompt": "", "chosen": r["summary"], "rejected": "모르겠습니다."} for r in rows[:6]]
+    rm = train_reward_model(load_recipe(tiny_recipe, ["train.max_steps=5"]), pairs).model_dir
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            f"model.base={local_base}",
+            "train.method=grpo",
+            f"train.reward_model={rm}",
+            "train.max_steps=2",
+            "train.num_generations=2",
+            "train.max_completion_length=6",
+            "train.max_train_samples=4",
+            "output_dir=" + str(load_recipe(tiny_recipe).run_dir / "rl"),
+            f"data.output_dir={load_recipe(tiny_recipe).data_dir}",
+            "train.logging_steps=1",
+        ],
+    )
+    result = run_training(recipe)
+    assert result.method == "grpo" and result.global_step == 2
+    assert (result.model_dir / "model.safetensors").exists()

@@ -46,6 +46,16 @@ def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
         if recipe.model.base == "scratch":
             raise ValueError("train.method dpo starts from a trained model: set model.base")
         return train_dpo(recipe, splits["train"], Path(recipe.model.base), recipe.train.beta)
+    if recipe.train.method == "grpo":
+        from pathlib import Path
+
+        from kollm.train.rl import train_rl
+
+        if recipe.train.reward_model is None or recipe.model.base == "scratch":
+            raise ValueError(
+                "train.method grpo needs model.base (the policy) and train.reward_model"
+            )
+        return train_rl(recipe, splits["train"], Path(recipe.train.reward_model))
     if recipe.train.method == "pretrain":
         from kollm.train.pretrain import train_pretrain
 
