@@ -126,6 +126,48 @@ def _evaluate(recipe: Recipe, model_dir: Path, out_dir: Path) -> dict[str, float
     return result.metrics["model"]
 
 
+def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
+    """Share of the safety set's requests that `model_dir` refuses, or None without a set."""
+    path = recipe.loop.gate.safety_file
+    if not path:
+        return None
+    from kollm.engines.base import GenerationParams
+    from kollm.engines.transformers_engine import TransformersEngine
+    from kollm.train.templates import fill, templates_for
+
+    lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    requests = [json.loads(x)["prompt"] if x.startswith("{") else x for x in lines]
+    t = recipe.train
+    prompt_t, _ = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
+    answers = TransformersEngine(model_dir).generate(
+        [fill(prompt_t, r) for r in requests], GenerationParams(max_new_tokens=48)
+    )
+    markers = recipe.loop.gate.refusal_markers
+    return sum(any(m in a.text for m in markers) for a in answers) / len(answers)
+
+
+def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, str]]:
+    """Gold answers of the train split (chosen) against what `model_dir` answers (rejected)."""
+    from kollm.engines.base import GenerationParams
+    from kollm.engines.transformers_engine import TransformersEngine
+    from kollm.train.templates import references, render, template_fields, templates_for
+
+    text = (recipe.data_dir / "train.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(x) for x in text.splitlines()][:count]
+    t = recipe.train
+    prompt_t, response_t = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
+    source = sorted(template_fields(prompt_t))
+    params = GenerationParams(max_new_tokens=recipe.eval.decoding.max_new_tokens)
+    answers = TransformersEngine(model_dir).generate([render(prompt_t, r) for r in rows], params)
+    pairs = []
+    for row, answer in zip(rows, answers, strict=True):
+        gold = references(row, response_t)[0]
+        if answer.text.strip() != gold.strip():
+            prompt = str(row.get(source[0], "")) if source else ""
+            pairs.append({"prompt": prompt, "chosen": gold, "rejected": answer.text})
+    return pairs
+
+
 def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:
     """The recipe the candidate trains with: the loop's steps and rate, its own output dir."""
     lp = recipe.loop
@@ -149,6 +191,8 @@ def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> 
         for x in (loop_dir / "export" / manifest["file"]).read_text().splitlines()
         if x
     ]
+    if fmt == "dpo" and lp.gold_pairs:
+        data += gold_pairs(recipe, start_from, lp.gold_pairs)
     candidate_recipe = _loop_recipe(recipe, loop_dir)
     if fmt == "dpo":
         from kollm.train.dpo import train_dpo
@@ -191,7 +235,22 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
     prod_metrics = _evaluate(recipe, Path(production.artifact_path), loop_dir / "eval-production")
     cand_metrics = _evaluate(recipe, candidate_dir, loop_dir / "eval-candidate")
     passed, failures = gate(recipe, cand_metrics, prod_metrics)
-    metrics = {"candidate": cand_metrics, "production": prod_metrics, "gate_failures": failures}
+    refusals = {
+        "production": refusal_rate(recipe, Path(production.artifact_path)),
+        "candidate": refusal_rate(recipe, candidate_dir),
+    }
+    if refusals["production"] is not None and refusals["candidate"] < refusals["production"]:
+        passed = False
+        failures.append(
+            f"refusal rate on the safety set: {refusals['candidate']:.2f} < "
+            f"{refusals['production']:.2f}"
+        )
+    metrics = {
+        "candidate": cand_metrics,
+        "production": prod_metrics,
+        "gate_failures": failures,
+        "refusal_rate": refusals,
+    }
     decision = LoopDecision(
         "promoted" if passed else "rejected", reason, production.ref, None, metrics
     )
