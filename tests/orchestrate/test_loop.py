@@ -115,15 +115,9 @@ def test_safety_regression_rejects_and_gold_pairs_join_the_feedback(
     )
     run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
     production = registry.get("tiny@production")
-    pairs = loop.gold_pairs(
-        recipe, production.artifact_path and __import__("pathlib").Path(production.artifact_path), 3
-    )
+    pairs = loop.gold_pairs(recipe, Path(production.artifact_path), 3)
     assert pairs and all(set(p) == {"prompt", "chosen", "rejected"} for p in pairs)
-    assert loop.refusal_rate(recipe, __import__("pathlib").Path(production.artifact_path)) in (
-        0.0,
-        0.5,
-        1.0,
-    )
+    assert loop.refusal_rate(recipe, Path(production.artifact_path)) in (0.0, 0.5, 1.0)
 
     rate_answers(registry.home, recipe, 0, 2)
     rates = iter([1.0, 0.5])  # production refuses both requests; the candidate only one
