@@ -782,14 +782,23 @@ def loop_run(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     force: Annotated[bool, typer.Option(help="Retrain even when no trigger rule is met.")] = False,
+    every: Annotated[
+        float | None, typer.Option(help="Check again every N seconds (a schedule) until Ctrl-C.")
+    ] = None,
 ) -> None:
     """Check the trigger; when it fires: export, retrain, evaluate both, gate, promote or reject."""
+    import time
+
     from kollm.orchestrate.loop import run_loop
 
     loaded = _load(recipe, overrides)
-    with user_errors():
-        decision = run_loop(loaded, force=force)
-    _print_decision(loaded, decision)
+    while True:
+        with user_errors():
+            decision = run_loop(loaded, force=force)
+        _print_decision(loaded, decision)
+        if every is None:
+            return
+        time.sleep(every)
 
 
 def _print_decision(loaded: Recipe, decision) -> None:

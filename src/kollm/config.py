@@ -355,8 +355,9 @@ class GateConfig(StrictModel):
 
 
 class LoopConfig(StrictModel):
-    method: Literal["dpo", "sft"] = "dpo"
-    """Retrain on preference pairs (DPO) or on corrections (SFT), from the production version."""
+    method: Literal["dpo", "kto", "sft"] = "dpo"
+    """Retrain from the production version on preference pairs (DPO), on thumbs up/down (KTO),
+    or on corrections (SFT)."""
     alias: str = "production"
     """The alias the loop retrains from and promotes to."""
     trigger: TriggerConfig = Field(default_factory=TriggerConfig)

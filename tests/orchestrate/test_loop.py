@@ -125,3 +125,23 @@ def test_safety_regression_rejects_and_gold_pairs_join_the_feedback(
     decision = run_loop(recipe, registry)
     assert decision.decision == "rejected"
     assert decision.metrics["gate_failures"] == ["refusal rate on the safety set: 0.50 < 1.00"]
+
+
+def test_the_loop_can_retrain_with_kto_on_thumbs(tiny_recipe, tmp_path):
+    registry = Registry(tmp_path / "home")
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            "registry.alias=production",
+            "loop.method=kto",
+            "loop.max_steps=2",
+            "loop.trigger.min_corrections=2",
+            "loop.gate.epsilon=100",
+            "eval.max_samples=2",
+        ],
+    )
+    run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
+    rate_answers(registry.home, recipe, 0, 3)
+    decision = run_loop(recipe, registry)
+    assert decision.decision == "promoted"
+    assert registry.get("tiny@production").method == "kto"

@@ -80,7 +80,9 @@ def export_feedback(rows: list[dict[str, Any]], fmt: str, out_dir: Path, kind: s
         ("dialogue", "summary") if fmt == "sft" and kind == "dialogue_summary" else _FIELDS[fmt]
     )
     key = fields[:2] if fmt != "kto" else fields  # a pair is the same pair whatever it rejects
-    steps = [PiiMasker(fields), ExactDeduplicator(key), MinhashDeduplicator(key)]
+    steps = [PiiMasker(fields), ExactDeduplicator(key)]
+    if fmt != "kto":  # a thumbs-down answer and its correction share a prompt but are both kept
+        steps.append(MinhashDeduplicator(key))
     kept = list(run_steps(steps, records))
     data = out_dir / f"{fmt}.jsonl"
     write_jsonl(data, kept)

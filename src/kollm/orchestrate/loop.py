@@ -184,7 +184,7 @@ def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:
 
 def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> tuple[Path, str]:
     lp = recipe.loop
-    fmt = "dpo" if lp.method == "dpo" else "sft"
+    fmt = lp.method
     manifest = export_feedback(rows, fmt, loop_dir / "export", kind=recipe.data.kind)
     data = [
         json.loads(x)
@@ -198,6 +198,10 @@ def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> 
         from kollm.train.dpo import train_dpo
 
         result = train_dpo(candidate_recipe, data, start_from, lp.beta)
+    elif fmt == "kto":
+        from kollm.train.dpo import train_kto
+
+        result = train_kto(candidate_recipe, data, start_from, lp.beta)
     else:
         from kollm.train.sft import train_sft
 
@@ -224,7 +228,7 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
     if reason is None and not force:
         return LoopDecision("not triggered", "no trigger rule met", production.ref)
     reason = reason or "forced"
-    if not any(r["correction"] for r in rows):
+    if not rows or (recipe.loop.method != "kto" and not any(r["correction"] for r in rows)):
         raise LoopError(
             f"{name}: no corrections since the last decision ({since or 'ever'}): nothing to train"
         )

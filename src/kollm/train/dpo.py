@@ -1,4 +1,4 @@
-"""Direct preference optimisation through TRL's DPOTrainer, from an existing model dir.
+"""Preference training from an existing model dir: DPO (pairs) and KTO (thumbs), through TRL.
 
 Pairs are (prompt, chosen, rejected) as the feedback export writes them; the prompt goes through
 the recipe's prompt template and both answers through its response template, so the model sees
@@ -65,3 +65,45 @@ def train_dpo(
         callbacks=callbacks(recipe.train_dir),
     )
     return train_and_save(trainer, tokenizer, recipe, "dpo", resume=False)
+
+
+def train_kto(
+    recipe: Recipe, rows: list[dict[str, Any]], start_from: Path, beta: float = 0.1
+) -> TrainResult:
+    """KTO on thumbs: (prompt, completion, label) rows as the feedback export writes them."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import KTOConfig, KTOTrainer
+
+    if not rows or len({bool(r["label"]) for r in rows}) < 2:
+        raise ValueError("KTO needs both good and bad examples")
+    t = recipe.train
+    recipe.train_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(start_from))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompt_t, response_t = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
+    data = [
+        {
+            "prompt": fill(prompt_t, r["prompt"]),
+            "completion": fill(response_t, r["completion"].strip()),
+            "label": bool(r["label"]),
+        }
+        for r in rows
+    ]
+    settings = common_args(recipe, recipe.train_dir, False)
+    # KTO's KL estimate pairs each example with its neighbours in a fixed order.
+    settings["train_sampling_strategy"] = "sequential"
+    trainer = KTOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(
+            str(start_from), dtype=torch_dtype(recipe.model)
+        ),
+        args=KTOConfig(**settings, beta=beta, max_length=t.max_length),
+        train_dataset=Dataset.from_list(
+            fit_examples(tokenizer, data, ("completion",), t.max_length)
+        ),
+        processing_class=tokenizer,
+        peft_config=lora_config(recipe) if t.lora.enabled else None,
+        callbacks=callbacks(recipe.train_dir),
+    )
+    return train_and_save(trainer, tokenizer, recipe, "kto", resume=False)
