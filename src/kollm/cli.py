@@ -877,3 +877,79 @@ def tune_cmd(
         table.add_row(name, str(value))
     console.print(table)
     console.print(f"summary: {result.files['summary']}  plot: {result.files['plot']}")
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+
+@app.command("plan")
+def plan_cmd(
+    model: Annotated[
+        str, typer.Argument(help="A model dir, a config.json, or a registry reference.")
+    ],
+    task: Annotated[str, typer.Option(help="inference, full, lora or qlora.")] = "inference",
+    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16, int8, int4 or nf4.")] = "bf16",
+    context: Annotated[int, typer.Option(help="Context length in tokens.")] = 8192,
+    concurrency: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (lora, qlora).")] = 16,
+    gpu: Annotated[
+        str | None, typer.Option(help="Card for the KV budget (see the catalogue).")
+    ] = None,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="vLLM's share of the card.")] = 0.9,
+    activation_gib: Annotated[
+        float | None, typer.Option(help="Activation peak, if known (GiB).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Memory a model needs for a task, which cards hold it, and its KV budget (vLLM blocks)."""
+    from kollm.orchestrate.planner import BYTES, CARDS, ModelShape, kv_budget, plan
+
+    if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
+        fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))
+    if gpu is not None and gpu not in CARDS:
+        fail(f"--gpu: unknown card {gpu!r}; known: {', '.join(CARDS)}")
+    source = Path(model)
+    with user_errors():
+        if not source.exists():
+            source = Path(Registry().get(model).artifact_path)
+        shape = ModelShape.load(source)
+    result = plan(
+        shape,
+        task,
+        precision,
+        context,
+        concurrency,
+        lora_rank,
+        gpu_memory_utilization,
+        activation_gib,
+    )
+    card = gpu or next(iter(result.fits or []), None)
+    if card is not None and task == "inference":
+        result = kv_budget(result, CARDS[card], gpu_memory_utilization, context)
+    if as_json:
+        print(json.dumps({**result.as_dict(), "card": card}))
+        return
+    table = Table(
+        title=f"{model}: {task} at {precision}, context {context}, concurrency {concurrency}"
+    )
+    table.add_column("")
+    table.add_column("GiB", justify="right")
+    for label, value in (
+        ("weights", result.weights_gib),
+        ("activations (peak)", result.activation_gib),
+        ("gradients + optimizer / adapters", result.training_gib),
+        (
+            "KV cache for the context x concurrency",
+            result.total_gib - result.weights_gib - result.activation_gib - result.training_gib,
+        ),
+        ("total", result.total_gib),
+        ("rule of thumb: 2 GB per billion (FP16)", result.rule_of_thumb_gib),
+    ):
+        table.add_row(label, f"{value:.2f}")
+    console.print(table)
+    console.print(f"fits alone on: {', '.join(result.fits) or 'none'}")
+    if result.kv_cache_gib is not None:
+        console.print(
+            f"on {card}: KV cache {result.kv_cache_gib:.2f} GiB, {result.kv_blocks} blocks of 16 "
+            f"tokens, max concurrency {result.max_concurrency:.1f} at {context} tokens"
+        )
