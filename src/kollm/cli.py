@@ -248,7 +248,7 @@ def train(
         bool, typer.Option(help="Continue from the newest complete checkpoint.")
     ] = False,
 ) -> None:
-    """Train the recipe's model (SFT, seq2seq or continued pretraining; full or LoRA)."""
+    """Train the recipe's model: SFT, seq2seq, pretraining, DPO, RM or GRPO; full or PEFT."""
     from kollm.train import run_training
 
     loaded = _load(recipe, overrides)
