@@ -177,7 +177,8 @@ def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
             )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.legend()
+    if ax.get_lines():  # a run shorter than logging_steps logged no loss
+        ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
