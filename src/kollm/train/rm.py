@@ -31,27 +31,16 @@ def _model_and_tokenizer(recipe: Recipe, pairs: list[dict[str, Any]]):
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
-        LlamaConfig,
         LlamaForSequenceClassification,
     )
 
     cfg = recipe.model
     if cfg.base == "scratch":
-        from kollm.train.scratch import train_tokenizer
+        from kollm.train.scratch import llama_config, train_tokenizer
 
         texts = (r["chosen"] + r["rejected"] for r in _texts(pairs))
         tokenizer = train_tokenizer(texts, cfg.vocab_size, recipe.train_dir / "tokenizer")
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads,
-            max_position_embeddings=cfg.max_positions,
-            num_labels=1,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        config = llama_config(cfg, tokenizer, num_labels=1, pad_token_id=tokenizer.pad_token_id)
         return tokenizer, LlamaForSequenceClassification(config)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     if tokenizer.pad_token is None:

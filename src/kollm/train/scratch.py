@@ -36,10 +36,26 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
     return fast
 
 
+def llama_config(cfg: ModelConfig, tokenizer, **extra):
+    """A Llama config of the recipe's shape, sized to the tokenizer."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=cfg.max_positions,
+        **extra,
+    )
+
+
 def build_model(cfg: ModelConfig, tokenizer, seed: int):
     """A randomly initialised model of the recipe's shape, sized to the tokenizer."""
     import torch
-    from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForCausalLM
+    from transformers import BartConfig, BartForConditionalGeneration, LlamaForCausalLM
 
     torch.manual_seed(seed)
     ids = {
@@ -48,18 +64,7 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
         "eos_token_id": tokenizer.eos_token_id,
     }
     if cfg.architecture == "llama":
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads,
-            max_position_embeddings=cfg.max_positions,
-            tie_word_embeddings=True,
-            **ids,
-        )
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(llama_config(cfg, tokenizer, tie_word_embeddings=True, **ids))
     config = BartConfig(
         vocab_size=len(tokenizer),
         d_model=cfg.hidden_size,
