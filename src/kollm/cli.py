@@ -953,3 +953,95 @@ def plan_cmd(
             f"on {card}: KV cache {result.kv_cache_gib:.2f} GiB, {result.kv_blocks} blocks of 16 "
             f"tokens, max concurrency {result.max_concurrency:.1f} at {context} tokens"
         )
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+jobs_app = typer.Typer(
+    help="Jobs: recipe stages run in the background (local executor).", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _executor(max_running: int = 2):
+    from kollm.orchestrate.jobs import LocalExecutor
+
+    return LocalExecutor(max_running=max_running)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    stage: Annotated[str, typer.Argument(help="train, eval, tune, loop, run or data.")],
+    recipe: RecipeArg,
+    overrides: OverridesArg = None,
+    cpus: Annotated[int, typer.Option(help="CPUs the job needs.")] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
+    memory_gib: Annotated[float, typer.Option(help="Memory the job needs (GiB).")] = 0.0,
+    max_running: Annotated[int, typer.Option(help="Jobs running at once on this machine.")] = 2,
+) -> None:
+    """Start a recipe stage in the background; it outlives this command."""
+    from kollm.orchestrate.jobs import JobError
+
+    _load(recipe, overrides)
+    try:
+        job_id = _executor(max_running).submit(
+            stage,
+            str(recipe),
+            overrides or [],
+            {"cpus": cpus, "gpus": gpus, "memory_gib": memory_gib},
+        )
+    except JobError as err:
+        fail(str(err))
+    console.print(f"job {job_id} submitted; follow it with: kollm jobs logs {job_id}")
+
+
+@jobs_app.command("list")
+def jobs_list() -> None:
+    """Every job with its status."""
+    table = Table(title="Jobs")
+    for column in ("id", "stage", "status", "submitted", "exit", "command"):
+        table.add_column(column)
+    for job in _executor().list():
+        table.add_row(
+            str(job["id"]),
+            job["stage"],
+            job["status"],
+            job["submitted_at"],
+            str(job["exit_code"] if job["exit_code"] is not None else "-"),
+            " ".join(job["command"][3:]),
+        )
+    console.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """One job as JSON."""
+    from kollm.orchestrate.jobs import JobError
+
+    try:
+        console.print_json(json.dumps(_executor().get(job_id)))
+    except JobError as err:
+        fail(str(err))
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """The job's output so far."""
+    from kollm.orchestrate.jobs import JobError
+
+    try:
+        print(_executor().logs(job_id), end="")
+    except JobError as err:
+        fail(str(err))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """End a job and its child processes."""
+    from kollm.orchestrate.jobs import JobError
+
+    try:
+        job = _executor().stop(job_id)
+    except JobError as err:
+        fail(str(err))
+    console.print(f"job {job_id}: {job['status']}")

@@ -117,6 +117,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         BEGIN SELECT RAISE(ABORT, 'loop_decisions is append-only'); END;
         """,
     ),
+    (
+        "006_jobs",
+        """
+        -- Jobs of the local executor: a recipe stage run as a detached process.
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            stage TEXT NOT NULL,
+            command TEXT NOT NULL,
+            executor TEXT NOT NULL,
+            resources TEXT NOT NULL DEFAULT '{}',
+            status TEXT NOT NULL,
+            submitted_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT,
+            pid INTEGER,
+            exit_code INTEGER,
+            log_path TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 
