@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.registry import Registry
+from kollm.registry.store import connect
 from kollm.text.pii import mask_pii
 
 CATEGORIES = ("hallucination", "harmful", "biased", "evasive", "off-domain", "other")
@@ -57,10 +58,7 @@ class FeedbackStore:
         self.path = Registry(home).path  # opening the registry applies the migrations
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=60000")
-        return conn
+        return connect(self.path)
 
     def add(
         self,

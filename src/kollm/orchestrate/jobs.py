@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.registry import Registry
+from kollm.registry.store import connect
 
 STAGES = ("train", "eval", "tune", "loop", "run", "data")
 ACTIVE = ("queued", "running")
@@ -57,10 +58,7 @@ class LocalExecutor:
         self.max_running = max_running
 
     def _conn(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db, timeout=60, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=60000")
-        return conn
+        return connect(self.db)
 
     def submit(
         self,

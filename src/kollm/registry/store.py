@@ -34,6 +34,16 @@ class RegistryError(ValueError):
 __all__ = ["ArtifactError", "ModelVersion", "Registry", "RegistryError", "weights_sha256"]
 
 
+def connect(path: Path | str) -> sqlite3.Connection:
+    """A connection to the store as every writer uses it: autocommit (writers open their own
+    `BEGIN IMMEDIATE`), rows by column name, a long busy timeout, foreign keys enforced."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=60000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
 def default_home() -> Path:
     return Path(os.environ.get("KOLLM_HOME", ".kollm"))
 
@@ -74,12 +84,9 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        conn = connect(self.path)
         try:
-            conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute("PRAGMA foreign_keys=ON")
             yield conn
         finally:
             conn.close()

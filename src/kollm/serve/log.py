@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from kollm.registry import Registry
+from kollm.registry.store import connect
 from kollm.text.pii import mask_pii
 
 
@@ -55,12 +56,10 @@ class RequestLog:
             finish_reason,
             latency_ms,
         )
-        with sqlite3.connect(self.path, timeout=60) as conn:
-            conn.execute("PRAGMA busy_timeout=60000")
+        with closing(connect(self.path)) as conn:
             conn.execute("INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
 
     def get(self, response_id: str) -> dict[str, Any] | None:
-        with sqlite3.connect(self.path) as conn:
-            conn.row_factory = sqlite3.Row
+        with closing(connect(self.path)) as conn:
             row = conn.execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
         return dict(row) if row else None
