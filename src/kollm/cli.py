@@ -237,7 +237,9 @@ def _train_table(summary: dict[str, Any]) -> str:
     first, last = summary.get("first_loss"), summary.get("last_loss")
     losses = f"{first:.3f} -> {last:.3f}" if first is not None and last is not None else "-"
     steps = summary["global_step"]
-    return f"{summary['method']} on {summary['base_model']}: {steps} steps, loss {losses}"
+    processes = summary.get("processes", 1)
+    on = f" on {processes} processes" if processes > 1 else ""
+    return f"{summary['method']} on {summary['base_model']}{on}: {steps} steps, loss {losses}"
 
 
 @app.command("train")
@@ -881,6 +883,21 @@ def tune_cmd(
 
 # --- plan --------------------------------------------------------------------------------------
 
+InventoryOpt = Annotated[
+    Path | None, typer.Option(help="Inventory YAML of nodes and GPUs (default: this machine).")
+]
+
+
+def _inventory(path: Path | None):
+    from kollm.orchestrate.inventory import InventoryError, load_inventory
+
+    if path is None:
+        return None
+    try:
+        return load_inventory(path)
+    except InventoryError as err:
+        fail(str(err))
+
 
 @app.command("plan")
 def plan_cmd(
@@ -899,15 +916,18 @@ def plan_cmd(
     activation_gib: Annotated[
         float | None, typer.Option(help="Activation peak, if known (GiB).")
     ] = None,
+    inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Memory a model needs for a task, which cards hold it, and its KV budget (vLLM blocks)."""
+    from kollm.orchestrate.inventory import placements
     from kollm.orchestrate.planner import BYTES, CARDS, ModelShape, kv_budget, plan
 
     if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
         fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))
     if gpu is not None and gpu not in CARDS:
         fail(f"--gpu: unknown card {gpu!r}; known: {', '.join(CARDS)}")
+    inv = _inventory(inventory)
     source = Path(model)
     with user_errors():
         if not source.exists():
@@ -922,12 +942,15 @@ def plan_cmd(
         lora_rank,
         gpu_memory_utilization,
         activation_gib,
+        cards=inv.cards() if inv is not None else None,
     )
+    cards = {**CARDS, **(inv.cards() if inv is not None else {})}
     card = gpu or next(iter(result.fits or []), None)
     if card is not None and task == "inference":
-        result = kv_budget(result, CARDS[card], gpu_memory_utilization, context)
+        result = kv_budget(result, cards[card], gpu_memory_utilization, context)
+    rows = placements(result.total_gib, inv, gpu_memory_utilization) if inv is not None else None
     if as_json:
-        print(json.dumps({**result.as_dict(), "card": card}))
+        print(json.dumps({**result.as_dict(), "card": card, "inventory": rows}))
         return
     table = Table(
         title=f"{model}: {task} at {precision}, context {context}, concurrency {concurrency}"
@@ -948,6 +971,11 @@ def plan_cmd(
         table.add_row(label, f"{value:.2f}")
     console.print(table)
     console.print(f"fits alone on: {', '.join(result.fits) or 'none'}")
+    for row in rows or []:
+        holds = "holds it" if row["holds"] else "too few"
+        console.print(
+            f"{row['node']}: needs {row['needed']} of its {row['count']} {row['card']} ({holds})"
+        )
     if result.kv_cache_gib is not None:
         console.print(
             f"on {card}: KV cache {result.kv_cache_gib:.2f} GiB, {result.kv_blocks} blocks of 16 "
@@ -958,15 +986,31 @@ def plan_cmd(
 # --- jobs --------------------------------------------------------------------------------------
 
 jobs_app = typer.Typer(
-    help="Jobs: recipe stages run in the background (local executor).", no_args_is_help=True
+    help="Jobs: recipe stages run in the background, on this machine or on a Ray cluster.",
+    no_args_is_help=True,
 )
 app.add_typer(jobs_app, name="jobs")
 
 
-def _executor(max_running: int = 2):
-    from kollm.orchestrate.jobs import LocalExecutor
+def _job_executor(job_id: int | None = None, **options: Any):
+    """The executor of an existing job (the one its row names), or of a new one."""
+    from kollm.orchestrate.jobs import JobError, LocalExecutor
+    from kollm.orchestrate.ray_jobs import RayExecutor
 
-    return LocalExecutor(max_running=max_running)
+    local = LocalExecutor(
+        max_running=options.get("max_running", 2), inventory=options.get("inventory")
+    )
+    try:
+        row = local.get(job_id) if job_id is not None else None
+    except JobError as err:
+        fail(str(err))
+    address = row["address"] if row is not None else options.get("address")
+    if (row is not None and row["executor"] == "ray") or options.get("executor") == "ray":
+        if not address:
+            fail("--executor ray needs --address http://HOST:8265 (the Ray dashboard)")
+        keep = ("token", "python", "working_dir", "inventory")
+        return RayExecutor(address, **{k: v for k, v in options.items() if k in keep})
+    return local
 
 
 @jobs_app.command("submit")
@@ -974,74 +1018,94 @@ def jobs_submit(
     stage: Annotated[str, typer.Argument(help="train, eval, tune, loop, run or data.")],
     recipe: RecipeArg,
     overrides: OverridesArg = None,
-    cpus: Annotated[int, typer.Option(help="CPUs the job needs.")] = 1,
+    cpus: Annotated[float, typer.Option(help="CPUs the job needs.")] = 1,
     gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
     memory_gib: Annotated[float, typer.Option(help="Memory the job needs (GiB).")] = 0.0,
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray dashboard address, e.g. http://HOST:8265.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Ray auth token (default: RAY_AUTH_TOKEN).")
+    ] = None,
+    python: Annotated[str, typer.Option(help="The Python the Ray job runs.")] = "python",
+    working_dir: Annotated[
+        str | None, typer.Option(help="A directory Ray uploads for the job.")
+    ] = None,
+    inventory: InventoryOpt = None,
     max_running: Annotated[int, typer.Option(help="Jobs running at once on this machine.")] = 2,
 ) -> None:
     """Start a recipe stage in the background; it outlives this command."""
-    from kollm.orchestrate.jobs import JobError
+    from kollm.orchestrate.jobspec import JobError, JobSpec
 
+    if executor not in ("local", "ray"):
+        fail(f"--executor: expected local or ray, got {executor!r}")
     _load(recipe, overrides)
+    options = {"executor": executor, "address": address, "token": token, "python": python}
+    options.update(working_dir=working_dir, inventory=_inventory(inventory))
     try:
-        job_id = _executor(max_running).submit(
-            stage,
-            str(recipe),
-            overrides or [],
-            {"cpus": cpus, "gpus": gpus, "memory_gib": memory_gib},
-        )
+        spec = JobSpec(stage, str(recipe), overrides or [], cpus, gpus, memory_gib)
+        job_id = _job_executor(max_running=max_running, **options).submit(spec)
     except JobError as err:
         fail(str(err))
-    console.print(f"job {job_id} submitted; follow it with: kollm jobs logs {job_id}")
+    console.print(f"job {job_id} submitted; follow it with: kollm jobs logs {job_id} --follow")
 
 
 @jobs_app.command("list")
 def jobs_list() -> None:
     """Every job with its status."""
     table = Table(title="Jobs")
-    for column in ("id", "stage", "status", "submitted", "exit", "command"):
+    for column in ("id", "stage", "executor", "status", "submitted", "exit", "command"):
         table.add_column(column)
-    for job in _executor().list():
+    for job in _job_executor().list():
         table.add_row(
             str(job["id"]),
             job["stage"],
+            job["executor"] + (f" {job['address']}" if job["address"] else ""),
             job["status"],
             job["submitted_at"],
             str(job["exit_code"] if job["exit_code"] is not None else "-"),
-            " ".join(job["command"][3:]),
+            " ".join(job["command"][job["command"].index("kollm") + 1 :]),
         )
     console.print(table)
 
 
-@jobs_app.command("status")
-def jobs_status(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
-    """One job as JSON."""
-    from kollm.orchestrate.jobs import JobError
+def _on_job(job_id: int, action: Callable[[Any], Any]) -> Any:
+    from kollm.orchestrate.jobspec import JobError
 
     try:
-        console.print_json(json.dumps(_executor().get(job_id)))
+        return action(_job_executor(job_id))
     except JobError as err:
         fail(str(err))
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """One job as JSON (its status asked of Ray for a Ray job)."""
+    console.print_json(json.dumps(_on_job(job_id, lambda ex: ex.get(job_id))))
 
 
 @jobs_app.command("logs")
-def jobs_logs(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
-    """The job's output so far."""
-    from kollm.orchestrate.jobs import JobError
+def jobs_logs(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream until the job ends.")
+    ] = False,
+) -> None:
+    """The job's output so far, or all of it as it comes with --follow."""
+    if not follow:
+        print(_on_job(job_id, lambda ex: ex.logs(job_id)), end="")
+        return
 
-    try:
-        print(_executor().logs(job_id), end="")
-    except JobError as err:
-        fail(str(err))
+    def stream(executor: Any) -> None:
+        for chunk in executor.follow(job_id):
+            print(chunk, end="", flush=True)
+
+    _on_job(job_id, stream)
 
 
 @jobs_app.command("stop")
 def jobs_stop(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """End a job and its child processes."""
-    from kollm.orchestrate.jobs import JobError
-
-    try:
-        job = _executor().stop(job_id)
-    except JobError as err:
-        fail(str(err))
+    job = _on_job(job_id, lambda ex: ex.stop(job_id))
     console.print(f"job {job_id}: {job['status']}")

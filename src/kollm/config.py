@@ -190,6 +190,20 @@ class LoraSettings(StrictModel):
     """QLoRA: load the base in 4-bit (bitsandbytes; GPU only)."""
 
 
+class DistributedConfig(StrictModel):
+    launcher: Literal["none", "accelerate", "torchrun"] = "none"
+    """How a train job starts: one process, or `num_processes` through accelerate or torchrun
+    (one per GPU; gloo on the CPU). Used by `kollm jobs submit train|run`."""
+    num_processes: int = Field(1, ge=1)
+    """Processes on the node, usually one per GPU."""
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    """With accelerate: plain data parallel, FSDP, or DeepSpeed (`deepspeed_config`)."""
+    deepspeed_config: str | None = None
+    """DeepSpeed JSON config file (ZeRO stage, offload), for `strategy: deepspeed`."""
+    accelerate_config: str | None = None
+    """An accelerate config file; when given, it replaces the flags above for accelerate."""
+
+
 class TrainConfig(StrictModel):
     method: Literal["sft", "seq2seq", "pretrain", "dpo", "rm", "grpo"] = "sft"
     """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5), `pretrain` (plain text),
@@ -246,6 +260,8 @@ class TrainConfig(StrictModel):
     """Use at most this many training records (quick runs)."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
     """LoRA / QLoRA settings."""
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    """Multi-GPU training through accelerate or torchrun."""
 
 
 class DecodingConfig(StrictModel):

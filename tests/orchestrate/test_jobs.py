@@ -1,18 +1,18 @@
 import pytest
 
-from kollm.orchestrate.jobs import JobError, LocalExecutor, group_alive
+from kollm.orchestrate.jobs import JobError, JobSpec, LocalExecutor, group_alive
 
 
 def test_a_job_runs_detached_and_is_tracked(tiny_recipe, tmp_path):
     executor = LocalExecutor(tmp_path / "home", max_running=1)
-    job_id = executor.submit("train", str(tiny_recipe), ["train.max_steps=3"])
+    job_id = executor.submit(JobSpec("train", str(tiny_recipe), ["train.max_steps=3"]))
     job = executor.wait(job_id, 300)
     assert job["status"] == "succeeded" and job["exit_code"] == 0
     assert "sft on scratch: 3 steps" in executor.logs(job_id)
     with pytest.raises(JobError, match="no job 99"):
         executor.get(99)
     with pytest.raises(JobError, match="stage: expected one of"):
-        executor.submit("deploy", str(tiny_recipe))
+        JobSpec("deploy", str(tiny_recipe))
 
 
 def test_the_queue_holds_jobs_and_stop_ends_a_job_and_its_children(tiny_recipe, tmp_path):
@@ -20,9 +20,9 @@ def test_the_queue_holds_jobs_and_stop_ends_a_job_and_its_children(tiny_recipe, 
 
     executor = LocalExecutor(tmp_path / "home", max_running=1)
     long_job = executor.submit(
-        "train", str(tiny_recipe), ["train.max_steps=100000", "train.save_steps=100000"]
+        JobSpec("train", str(tiny_recipe), ["train.max_steps=100000", "train.save_steps=100000"])
     )
-    waiting = executor.submit("train", str(tiny_recipe), ["train.max_steps=2"])
+    waiting = executor.submit(JobSpec("train", str(tiny_recipe), ["train.max_steps=2"]))
     deadline = time.monotonic() + 120
     while executor.get(long_job)["status"] != "running":
         assert time.monotonic() < deadline
@@ -51,3 +51,108 @@ def test_jobs_commands(tiny_recipe, tmp_path, monkeypatch):
     assert status["status"] == "succeeded" and status["resources"]["cpus"] == 1
     assert "Data stage" in runner.invoke(app, ["jobs", "logs", "1"]).output
     assert runner.invoke(app, ["jobs", "status", "7"]).exit_code == 2
+
+
+def _two_t4s(tmp_path):
+    from kollm.orchestrate.inventory import load_inventory
+
+    path = tmp_path / "inventory.yaml"
+    path.write_text(
+        "nodes:\n  - name: local\n    cpus: 2\n    memory_gib: 24\n"
+        "    gpus:\n      - {card: T4, count: 2}\n"
+    )
+    return load_inventory(path)
+
+
+def test_gpu_jobs_are_placed_on_free_cards_and_wait_for_one(tiny_recipe, tmp_path):
+    executor = LocalExecutor(tmp_path / "home", max_running=3, inventory=_two_t4s(tmp_path))
+    slow = ["train.max_steps=100000", "train.save_steps=100000"]
+    first = executor.submit(JobSpec("train", str(tiny_recipe), slow, gpus=1))
+    second = executor.submit(JobSpec("train", str(tiny_recipe), slow, gpus=1))
+    third = executor.submit(JobSpec("train", str(tiny_recipe), ["train.max_steps=2"], gpus=1))
+    try:
+        for job_id in (first, second):
+            executor.wait_for(job_id, "running", 120)
+        devices = sorted(executor.get(j)["devices"] for j in (first, second))
+        assert devices == [[0], [1]]  # one card each
+        assert executor.get(third)["status"] == "queued"  # a free slot, but no free card
+        executor.stop(first)
+        assert executor.wait(third, 300)["status"] == "succeeded"
+        assert executor.get(third)["devices"] == executor.get(first)["devices"]
+        assert "CUDA_VISIBLE_DEVICES=" in executor.logs(third)
+    finally:
+        for job_id in (first, second, third):
+            executor.stop(job_id)
+
+
+def test_a_job_the_inventory_cannot_hold_is_refused_and_not_queued(tiny_recipe, tmp_path):
+    executor = LocalExecutor(tmp_path / "home", inventory=_two_t4s(tmp_path))
+    with pytest.raises(JobError, match=r"3 GPUs \(most on a node: 2\)"):
+        executor.submit(JobSpec("train", str(tiny_recipe), gpus=3))
+    with pytest.raises(JobError, match=r"8 CPUs \(most on a node: 2\)"):
+        executor.submit(JobSpec("train", str(tiny_recipe), cpus=8))
+    # the planner says a full fine-tune of a 70B-shaped scratch model needs more than a T4
+    big = ["model.hidden_size=8192", "model.layers=80", "model.heads=64"]
+    big.append("model.intermediate_size=28672")
+    with pytest.raises(JobError, match="GPUs of at least"):
+        executor.submit(JobSpec("train", str(tiny_recipe), big, gpus=2))
+    assert executor.list() == []
+
+
+def test_an_inventory_with_an_unknown_card_names_it(tmp_path):
+    from kollm.orchestrate.inventory import InventoryError, load_inventory
+
+    path = tmp_path / "inventory.yaml"
+    path.write_text("nodes:\n  - name: a\n    cpus: 4\n    memory_gib: 8\n    gpus: [{card: X9}]\n")
+    with pytest.raises(InventoryError, match=r"nodes\.0\.gpus\.0.*unknown card 'X9'"):
+        load_inventory(path)
+    path.write_text("nodes:\n  - name: a\n    cpus: 4\n    memory_gib: 8\n")
+    path.write_text(path.read_text() + "    gpus: [{card: X9, memory_gib: 20}]\n")
+    assert load_inventory(path).cards() == {"a/X9": 20}
+
+
+def test_a_train_job_with_torchrun_trains_on_two_processes(tiny_recipe, tmp_path):
+    executor = LocalExecutor(tmp_path / "home")
+    launch = ["train.distributed.launcher=torchrun", "train.distributed.num_processes=2"]
+    spec = JobSpec("train", str(tiny_recipe), [*launch, "train.max_steps=2"])
+    job_id = executor.submit(spec)
+    assert executor.get(job_id)["command"][1:4] == [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+    ]
+    job = executor.wait(job_id, 300)
+    assert job["status"] == "succeeded", executor.logs(job_id)
+    assert "on 2 processes: 2 steps" in executor.logs(job_id)
+
+
+def test_accelerate_commands_carry_the_recipes_strategy(tiny_recipe):
+    from kollm.orchestrate.jobspec import stage_command
+
+    base = ["train.distributed.launcher=accelerate", "train.distributed.num_processes=4"]
+    fsdp = stage_command(
+        JobSpec("train", str(tiny_recipe), [*base, "train.distributed.strategy=fsdp"])
+    )
+    assert fsdp[:7] == [
+        "python",
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "4",
+        "--use_fsdp",
+        "-m",
+    ]
+    ds = [
+        *base,
+        "train.distributed.strategy=deepspeed",
+        "train.distributed.deepspeed_config=z3.json",
+    ]
+    command = stage_command(JobSpec("run", str(tiny_recipe), ds))
+    assert command[5:8] == ["--use_deepspeed", "--deepspeed_config_file", "z3.json"]
+    assert command[8:11] == ["-m", "kollm", "run"]
+    assert stage_command(JobSpec("eval", str(tiny_recipe), base))[:4] == [
+        "python",
+        "-m",
+        "kollm",
+        "eval",
+    ]

@@ -5,6 +5,11 @@ session, so the job outlives the CLI that started it. That runner waits for a fr
 most `max_running` jobs at once), starts the stage with its output in the job's log, records
 the exit code, and marks the job succeeded or failed. `stop` ends the runner's whole process
 group (the stage and its children).
+
+GPU jobs are placed on free cards: at submit the inventory (this machine's, or the first node of
+an inventory file) is checked and the cards with the memory the planner asks for are recorded;
+the runner waits until enough of them are free of other running jobs, records them in `devices`
+and runs the stage with CUDA_VISIBLE_DEVICES set to them.
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
+from kollm.orchestrate.inventory import Inventory, InventoryError, local_inventory
+from kollm.orchestrate.jobspec import JobError, JobSpec, planned_card_gib, stage_command
 from kollm.registry import Registry
 from kollm.registry.store import connect
 
-STAGES = ("train", "eval", "tune", "loop", "run", "data")
 ACTIVE = ("queued", "running")
+RUNNING_LOCAL = "SELECT * FROM jobs WHERE status = 'running' AND executor = 'local'"
+__all__ = ["JobError", "JobSpec", "LocalExecutor", "group_alive"]
 
 
 def group_alive(pgid: int) -> bool:
@@ -43,64 +52,75 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-class JobError(ValueError):
-    """An unknown job, or a stage that cannot be submitted."""
-
-
-def _now() -> str:
+def utc_now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def follow_text(
+    read: Callable[[], str], job: Callable[[], dict[str, Any]], poll_s: float
+) -> Iterator[str]:
+    """What `read()` adds between polls, until `job()` is no longer active."""
+    shown = 0
+    while True:
+        active = job()["status"] in ACTIVE
+        text = read()
+        if len(text) > shown:
+            yield text[shown:]
+            shown = len(text)
+        if not active:
+            return
+        time.sleep(poll_s)
+
+
+def decode(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        **dict(row),
+        "command": json.loads(row["command"]),
+        "resources": json.loads(row["resources"]),
+        "devices": json.loads(row["devices"]),
+    }
+
+
 class LocalExecutor:
-    def __init__(self, home: Path | str | None = None, max_running: int = 2) -> None:
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        max_running: int = 2,
+        inventory: Inventory | None = None,
+    ) -> None:
         registry = Registry(home)  # applies the migrations
         self.home, self.db = registry.home, registry.path
         self.max_running = max_running
+        self._inventory = inventory
+
+    @property
+    def node(self) -> Inventory:
+        """This machine as a one-node inventory."""
+        inventory = self._inventory or local_inventory()
+        return Inventory(nodes=inventory.nodes[:1])
 
     def _conn(self) -> sqlite3.Connection:
         return connect(self.db)
 
-    def submit(
-        self,
-        stage: str,
-        recipe: str,
-        overrides: list[str] | None = None,
-        resources: dict[str, Any] | None = None,
-    ) -> int:
-        if stage not in STAGES:
-            raise JobError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
-        if stage == "data":
-            command = [sys.executable, "-m", "kollm", "data", "prepare", recipe, *(overrides or [])]
-        else:
-            command = [sys.executable, "-m", "kollm", stage, recipe, *(overrides or [])]
-        with closing(self._conn()) as conn:
-            cursor = conn.execute(
-                "INSERT INTO jobs (stage, command, executor, resources, status, submitted_at,"
-                " log_path) VALUES (?,?,?,?,?,?,?)",
-                (
-                    stage,
-                    json.dumps(command),
-                    "local",
-                    json.dumps(resources or {}),
-                    "queued",
-                    _now(),
-                    "",
-                ),
-            )
-            job_id = int(cursor.lastrowid)
-            log = self.home / "jobs" / f"{job_id}.log"
-            conn.execute("UPDATE jobs SET log_path = ? WHERE id = ?", (str(log), job_id))
-        log.parent.mkdir(parents=True, exist_ok=True)
-        runner = [
-            sys.executable,
-            "-m",
-            "kollm.orchestrate.jobs",
-            "RUN",
-            str(job_id),
-            str(self.home),
-            str(self.max_running),
-        ]
-        with log.open("ab") as out:
+    def _candidates(self, spec: JobSpec) -> list[int]:
+        """CUDA indexes of the cards big enough for the job; InventoryError if too few exist."""
+        need = planned_card_gib(spec)
+        node = self.node
+        node.check(spec.cpus, spec.gpus, spec.memory_gib, need)
+        return [i for i, _card, gib in node.nodes[0].devices() if gib >= need]
+
+    def submit(self, spec: JobSpec) -> int:
+        """Queue the job and start its detached runner; nothing is queued if the job cannot run."""
+        try:
+            candidates = self._candidates(spec)
+        except InventoryError as err:
+            raise JobError(str(err)) from err
+        resources = {**spec.resources(), "candidate_devices": candidates}
+        command = stage_command(spec, sys.executable)
+        job_id = self.record(spec.stage, command, "local", resources)
+        runner = [sys.executable, "-m", "kollm.orchestrate.jobs", "RUN", str(job_id)]
+        runner += [str(self.home), str(self.max_running)]
+        with Path(self.get(job_id)["log_path"]).open("ab") as out:
             proc = subprocess.Popen(
                 runner,
                 stdout=out,
@@ -108,10 +128,34 @@ class LocalExecutor:
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
-        self._set(job_id, pid=proc.pid)
+        self.update(job_id, pid=proc.pid)
         return job_id
 
-    def _set(self, job_id: int, **fields: Any) -> None:
+    def record(
+        self, stage: str, command: list[str], executor: str, resources: dict[str, Any], **more: Any
+    ) -> int:
+        """Add a queued job to the table; its log goes to HOME/jobs/ID.log."""
+        with closing(self._conn()) as conn:
+            cursor = conn.execute(
+                "INSERT INTO jobs (stage, command, executor, resources, status, submitted_at,"
+                " log_path) VALUES (?,?,?,?,?,?,?)",
+                (
+                    stage,
+                    json.dumps(command),
+                    executor,
+                    json.dumps(resources),
+                    "queued",
+                    utc_now(),
+                    "",
+                ),
+            )
+            job_id = int(cursor.lastrowid)
+        log = self.home / "jobs" / f"{job_id}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.update(job_id, log_path=str(log), **more)
+        return job_id
+
+    def update(self, job_id: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with closing(self._conn()) as conn:
             conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
@@ -121,26 +165,25 @@ class LocalExecutor:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobError(f"no job {job_id}")
-        return {
-            **dict(row),
-            "command": json.loads(row["command"]),
-            "resources": json.loads(row["resources"]),
-        }
+        return decode(row)
 
     def list(self) -> list[dict[str, Any]]:
         with closing(self._conn()) as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM jobs ORDER BY id")]
-        return [self.get(i) for i in ids]
+            return [decode(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
 
     def logs(self, job_id: int) -> str:
         path = Path(self.get(job_id)["log_path"])
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
+    def follow(self, job_id: int, poll_s: float = 0.5) -> Iterator[str]:
+        """The job's log as it grows, until the job ends."""
+        yield from follow_text(lambda: self.logs(job_id), lambda: self.get(job_id), poll_s)
+
     def stop(self, job_id: int) -> dict[str, Any]:
         """End the job's runner and every process under it."""
         job = self.get(job_id)
         if job["status"] in ACTIVE and job["pid"]:
-            self._set(job_id, status="stopped", finished_at=_now())
+            self.update(job_id, status="stopped", finished_at=utc_now())
             for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
                 with suppress(ProcessLookupError):
                     os.killpg(job["pid"], sig)
@@ -150,6 +193,15 @@ class LocalExecutor:
                 if not group_alive(job["pid"]):
                     break
         return self.get(job_id)
+
+    def wait_for(self, job_id: int, status: str, timeout_s: float = 60) -> dict[str, Any]:
+        """Block until the job reaches `status`; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while (job := self.get(job_id))["status"] != status:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is {job['status']}, not {status}")
+            time.sleep(0.2)
+        return job
 
     def wait(self, job_id: int, timeout_s: float = 600) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -162,18 +214,28 @@ class LocalExecutor:
     # --- the runner, in its own process session --------------------------------------------
 
     def _claim_slot(self, job_id: int) -> bool:
-        """Mark the job running if fewer than `max_running` run; False while the queue is full."""
+        """Mark the job running if fewer than `max_running` run and its cards are free; False
+        while it must wait."""
         with closing(self._conn()) as conn:
             conn.execute("BEGIN IMMEDIATE")
-            running = conn.execute("SELECT COUNT(*) FROM jobs WHERE status = 'running'").fetchone()[
-                0
-            ]
-            status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-            if status != "queued" or running >= self.max_running:
+            running = [decode(r) for r in conn.execute(RUNNING_LOCAL)]
+            job = decode(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            earlier = conn.execute(  # first in, first out: an earlier live job goes first
+                "SELECT pid FROM jobs WHERE status = 'queued' AND executor = 'local' AND id < ?",
+                (job_id,),
+            ).fetchall()
+            if any(pid and group_alive(pid) for (pid,) in earlier):
                 conn.execute("COMMIT")
-                return status != "queued"
+                return False
+            busy = {d for other in running for d in other["devices"]}
+            free = [d for d in job["resources"].get("candidate_devices", []) if d not in busy]
+            wanted = job["resources"].get("gpus", 0)
+            if job["status"] != "queued" or len(running) >= self.max_running or len(free) < wanted:
+                conn.execute("COMMIT")
+                return job["status"] != "queued"
             conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ?", (_now(), job_id)
+                "UPDATE jobs SET status = 'running', started_at = ?, devices = ? WHERE id = ?",
+                (utc_now(), json.dumps(free[:wanted]), job_id),
             )
             conn.execute("COMMIT")
             return True
@@ -184,13 +246,21 @@ class LocalExecutor:
         job = self.get(job_id)
         if job["status"] != "running":  # stopped while it waited
             return 0
-        code = subprocess.call(job["command"], stdin=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if job["resources"].get("gpus"):
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in job["devices"])
+            # the runner's stdout is the job's log: say where the job was placed
+            sys.stdout.write(
+                f"kollm job {job_id}: CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}\n"
+            )
+            sys.stdout.flush()
+        code = subprocess.call(job["command"], stdin=subprocess.DEVNULL, env=env)
         if self.get(job_id)["status"] == "running":
-            self._set(
+            self.update(
                 job_id,
                 status="succeeded" if code == 0 else "failed",
                 exit_code=code,
-                finished_at=_now(),
+                finished_at=utc_now(),
             )
         return code
 

@@ -137,6 +137,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "007_job_placement",
+        """
+        -- Where a job runs: the CUDA devices the local executor gave it, or the Ray cluster
+        -- (dashboard address) and the submission id Ray knows it by.
+        ALTER TABLE jobs ADD COLUMN devices TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE jobs ADD COLUMN address TEXT;
+        ALTER TABLE jobs ADD COLUMN external_id TEXT;
+        """,
+    ),
 ]
 
 

@@ -9,6 +9,7 @@ half-written one.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class TrainResult:
             "last_loss": train[-1] if train else None,
             "resumed_from": self.resumed_from,
             "is_adapter": self.is_adapter,
+            # torchrun and accelerate set WORLD_SIZE: the processes that trained together
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),
         }
 
 

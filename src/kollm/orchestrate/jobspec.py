@@ -1,0 +1,115 @@
+"""What a job is, whichever executor runs it: a recipe stage, its overrides and its resources.
+
+`stage_command` turns a spec into the command line both executors run: `python -m kollm STAGE
+RECIPE ...`, or, for a train stage whose recipe sets `train.distributed.launcher`, the same
+module under `accelerate launch` or `torchrun` with one process per GPU.
+`planned_card_gib` asks the planner how much memory each card of a GPU job needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.config import Recipe, load_recipe
+from kollm.orchestrate.planner import ModelShape, plan
+
+STAGES = ("train", "eval", "tune", "loop", "run", "data")
+
+
+class JobError(ValueError):
+    """An unknown job, or a job that cannot be submitted."""
+
+
+@dataclass
+class JobSpec:
+    stage: str
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    cpus: float = 1
+    gpus: int = 0
+    memory_gib: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise JobError(f"stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
+        self.recipe = str(Path(self.recipe).resolve())  # the job may run from another directory
+
+    def resources(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "gpus": self.gpus, "memory_gib": self.memory_gib}
+
+    def load(self) -> Recipe:
+        return load_recipe(self.recipe, self.overrides)
+
+
+def _launcher(recipe: Recipe, python: str) -> list[str]:
+    """The launcher prefix of a train stage: nothing, accelerate or torchrun."""
+    dist = recipe.train.distributed if recipe.train is not None else None
+    if dist is None or dist.launcher == "none":
+        return [python]
+    if dist.launcher == "torchrun":
+        return [python, "-m", "torch.distributed.run", f"--nproc_per_node={dist.num_processes}"]
+    command = [python, "-m", "accelerate.commands.launch"]
+    if dist.accelerate_config:
+        return [*command, "--config_file", dist.accelerate_config]
+    command += ["--num_processes", str(dist.num_processes)]
+    if dist.strategy == "fsdp":
+        command.append("--use_fsdp")
+    elif dist.strategy == "deepspeed":
+        command.append("--use_deepspeed")
+        if dist.deepspeed_config:
+            command += ["--deepspeed_config_file", dist.deepspeed_config]
+    elif dist.num_processes > 1:
+        command.append("--multi_gpu")
+    return command
+
+
+def stage_command(spec: JobSpec, python: str = "python") -> list[str]:
+    """The command line that runs the spec's stage with `python` (the cluster's interpreter)."""
+    if spec.stage == "data":
+        return [python, "-m", "kollm", "data", "prepare", spec.recipe, *spec.overrides]
+    prefix = [python]
+    if spec.stage in ("train", "run"):
+        prefix = _launcher(spec.load(), python)
+    return [*prefix, "-m", "kollm", spec.stage, spec.recipe, *spec.overrides]
+
+
+def _shape(recipe: Recipe) -> ModelShape | None:
+    """The model's shape from the recipe (scratch) or its local config.json; None for a hub id,
+    which the planner would have to download."""
+    m = recipe.model
+    if m.base == "scratch":
+        return ModelShape(
+            vocab=m.vocab_size,
+            hidden=m.hidden_size,
+            layers=m.layers,
+            heads=m.heads,
+            kv_heads=m.heads,
+            head_dim=m.hidden_size // m.heads,
+            intermediate=m.intermediate_size,
+        )
+    config = Path(m.base) / "config.json"
+    return ModelShape.load(config) if config.exists() else None
+
+
+def planned_card_gib(spec: JobSpec) -> float:
+    """Memory each of the job's cards needs by the planner (the model split over `gpus` cards);
+    0 when the job uses no GPU or its model's config is not on this machine."""
+    if spec.gpus == 0:
+        return 0.0
+    recipe = spec.load()
+    shape = _shape(recipe)
+    if shape is None:
+        return 0.0
+    train = recipe.train
+    if spec.stage == "eval" or train is None:
+        task, precision, context, batch, rank = "inference", "bf16", 2048, 1, 8
+    else:
+        lora = train.lora
+        task = "qlora" if lora.quantize_4bit else "lora" if lora.enabled else "full"
+        precision = "nf4" if task == "qlora" else "bf16"
+        context, batch, rank = train.max_length, train.batch_size, lora.r
+    result = plan(shape, task, precision, context, 1, rank, batch_tokens=batch * context)
+    return math.ceil(result.total_gib / spec.gpus * 100) / 100
