@@ -1,0 +1,53 @@
+"""A local Ray cluster for the ray executor and Ray Serve tests: `ray start --head` on 127.0.0.1
+with 2 CPUs, started once for the session and stopped after it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayCluster:
+    address: str  # the GCS, for ray.init
+    dashboard: str  # http://127.0.0.1:PORT, for the Jobs and Serve REST APIs
+    serve_port: int
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    pytest.importorskip("ray")
+    ray = str(Path(sys.executable).parent / "ray")
+    # Every Ray process binds the loopback address only: without this Ray picks the host's
+    # outward-facing address for some of its agents.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's unix sockets live here
+    gcs, dashboard = _free_port(), _free_port()
+    command = [ray, "start", "--head", "--num-cpus", "2", "--num-gpus", "0"]
+    command += ["--node-ip-address", "127.0.0.1", "--port", str(gcs), "--temp-dir", temp]
+    command += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+    command += ["--ray-client-server-port", str(_free_port()), "--disable-usage-stats"]
+    command += ["--dashboard-agent-listen-port", str(_free_port())]
+    started = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    if started.returncode != 0:
+        pytest.fail(f"ray start failed:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield RayCluster(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", _free_port())
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)

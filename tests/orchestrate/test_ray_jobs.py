@@ -1,0 +1,51 @@
+import json
+import sys
+
+from typer.testing import CliRunner
+
+from kollm.cli import app
+from kollm.orchestrate.jobs import LocalExecutor
+from kollm.registry import Registry
+
+
+def test_a_training_job_runs_on_a_ray_cluster_and_registers_its_model(
+    ray_cluster, tiny_recipe, tmp_path, monkeypatch
+):
+    home = tmp_path / "home"
+    monkeypatch.setenv("KOLLM_HOME", str(home))  # passed to the job's environment
+    runner = CliRunner()
+    submit = ["jobs", "submit", "run", str(tiny_recipe), "train.max_steps=3"]
+    submit += ["--executor", "ray", "--address", ray_cluster.dashboard, "--python", sys.executable]
+    submitted = runner.invoke(app, submit)
+    assert submitted.exit_code == 0, submitted.output
+    assert "job 1 submitted" in submitted.output
+
+    followed = runner.invoke(app, ["jobs", "logs", "1", "--follow"])  # returns when it ends
+    assert followed.exit_code == 0
+    assert "sft on scratch: 3 steps" in followed.output
+    status = json.loads(runner.invoke(app, ["jobs", "status", "1"]).output)
+    assert status["status"] == "succeeded" and status["exit_code"] == 0
+    assert status["executor"] == "ray" and status["external_id"].startswith("kollm-1-")
+    assert Registry(home).get("tiny").version == 1  # registered by the job on the cluster
+    assert "ray" in runner.invoke(app, ["jobs", "list"]).output
+    assert "sft on scratch" in LocalExecutor(home).logs(1)  # the log is kept here
+
+
+def test_an_unreachable_ray_address_is_named_and_nothing_is_queued(tiny_recipe, tmp_path):
+    from kollm.orchestrate.jobs import JobError, JobSpec
+    from kollm.orchestrate.ray_jobs import RayExecutor
+
+    result = CliRunner().invoke(
+        app,
+        ["jobs", "submit", "train", str(tiny_recipe), "--executor", "ray"],
+        env={"KOLLM_HOME": str(tmp_path / "home")},
+    )
+    assert result.exit_code == 2 and "--address" in result.output
+    executor = RayExecutor("http://127.0.0.1:1", tmp_path / "home")
+    try:
+        executor.submit(JobSpec("train", str(tiny_recipe)))
+    except JobError as err:
+        assert "--address http://127.0.0.1:1: cannot reach the Ray cluster" in str(err)
+    else:
+        raise AssertionError("submitted to a cluster that is not there")
+    assert executor.table.list() == []
