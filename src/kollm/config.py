@@ -427,6 +427,57 @@ class ServeConfig(StrictModel):
     """Per served model id: the domain guard."""
 
 
+class DeployConfig(StrictModel):
+    tier: Literal["always-on", "scale-to-zero", "batch"] = "always-on"
+    """always-on: replicas stay up; scale-to-zero: none while idle, and the first request waits
+    for a cold start; batch: a job generates over `input` into `output`, no server."""
+    target: Literal["ray", "local"] = "ray"
+    """Where it runs: a Ray cluster (Ray Serve, or a Ray job for batch) or this machine."""
+    min_replicas: int | None = Field(None, ge=0)
+    """Fewest replicas; default 1 for always-on, 0 for scale-to-zero."""
+    max_replicas: int = Field(2, ge=1)
+    """Most replicas the autoscaler starts."""
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    """Requests in flight per replica the autoscaler aims for."""
+    idle_s: float = Field(300.0, gt=0)
+    """Seconds of low traffic before a replica is removed (down to `min_replicas`)."""
+    replica_cpus: float = Field(1.0, gt=0)
+    """CPUs each replica reserves."""
+    replica_gpus: float = Field(0.0, ge=0)
+    """GPUs each replica reserves (vllm engine)."""
+    host: str = "127.0.0.1"
+    """Address Ray Serve's HTTP proxy listens on."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Port of Ray Serve's HTTP proxy."""
+    route_prefix: str = "/"
+    """URL prefix of the application."""
+    app_name: str | None = None
+    """Ray Serve application name; default: the model's name."""
+    input: str | None = None
+    """batch: JSONL of requests (`prompt` or `messages` per line)."""
+    output: str | None = None
+    """batch: where the JSONL of answers goes."""
+
+    @model_validator(mode="after")
+    def _tier_settings(self) -> DeployConfig:
+        low = self.replicas_min
+        if self.tier == "always-on" and low < 1:
+            raise ValueError("tier always-on keeps a replica up: min_replicas must be >= 1")
+        if self.tier == "scale-to-zero" and low != 0:
+            raise ValueError("tier scale-to-zero: min_replicas must be 0")
+        if low > self.max_replicas:
+            raise ValueError(f"min_replicas {low} is more than max_replicas {self.max_replicas}")
+        if self.tier == "batch" and not (self.input and self.output):
+            raise ValueError("tier batch needs input and output files")
+        return self
+
+    @property
+    def replicas_min(self) -> int:
+        if self.min_replicas is not None:
+            return self.min_replicas
+        return 0 if self.tier == "scale-to-zero" else 1
+
+
 class Recipe(StrictModel):
     name: str = Field("kollm-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run, and of the model in the registry."""
@@ -444,6 +495,8 @@ class Recipe(StrictModel):
     """Registration of the trained model."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """Serving settings (`kollm serve --recipe RECIPE`)."""
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    """Scale-out serving (`kollm deploy REF --recipe RECIPE`): cost tier and autoscaling."""
     loop: LoopConfig = Field(default_factory=LoopConfig)
     """The feedback loop (`kollm loop RECIPE`)."""
     tune: TuneConfig = Field(default_factory=TuneConfig)

@@ -9,7 +9,9 @@ per-step callback, so a streamed answer is batched like any other.
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
@@ -38,20 +40,29 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
     out = converted_dir(model_dir, quantization, sha)
     if (out / "model.bin").exists():
         return out
+    # Names unique to this process: replicas started together convert at once, and the first
+    # rename wins; the others drop their copy and use it.
+    unique = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     source = model_dir
     if (model_dir / "adapter_config.json").exists():
         from kollm.engines.lora import merge_lora
 
-        source = merge_lora(model_dir, out.with_name(out.name + ".merged"))
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _bart_config_compat()
-    ctranslate2.converters.TransformersConverter(str(source)).convert(
-        str(tmp), quantization=quantization
-    )
-    tmp.rename(out)
-    if source != model_dir:
-        shutil.rmtree(source, ignore_errors=True)
+        source = merge_lora(model_dir, out.with_name(f"{out.name}.merged-{unique}"))
+    tmp = out.with_name(f"{out.name}.tmp-{unique}")
+    try:
+        _bart_config_compat()
+        ctranslate2.converters.TransformersConverter(str(source)).convert(
+            str(tmp), quantization=quantization
+        )
+        try:
+            tmp.rename(out)
+        except OSError:  # another process renamed its conversion first
+            if not (out / "model.bin").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if source != model_dir:
+            shutil.rmtree(source, ignore_errors=True)
     return out
 
 

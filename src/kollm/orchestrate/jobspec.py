@@ -16,7 +16,7 @@ from typing import Any
 from kollm.config import Recipe, load_recipe
 from kollm.orchestrate.planner import ModelShape, plan
 
-STAGES = ("train", "eval", "tune", "loop", "run", "data")
+STAGES = ("train", "eval", "tune", "loop", "run", "data", "batch")
 
 
 class JobError(ValueError):
@@ -31,11 +31,13 @@ class JobSpec:
     cpus: float = 1
     gpus: int = 0
     memory_gib: float = 0.0
+    args: list[str] = field(default_factory=list)  # `kollm batch`'s arguments (no recipe)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise JobError(f"stage: expected one of {', '.join(STAGES)}, got {self.stage!r}")
-        self.recipe = str(Path(self.recipe).resolve())  # the job may run from another directory
+        if self.recipe:  # the job may run from another directory
+            self.recipe = str(Path(self.recipe).resolve())
 
     def resources(self) -> dict[str, Any]:
         return {"cpus": self.cpus, "gpus": self.gpus, "memory_gib": self.memory_gib}
@@ -68,6 +70,8 @@ def _launcher(recipe: Recipe, python: str) -> list[str]:
 
 def stage_command(spec: JobSpec, python: str = "python") -> list[str]:
     """The command line that runs the spec's stage with `python` (the cluster's interpreter)."""
+    if spec.stage == "batch":
+        return [python, "-m", "kollm", "batch", *spec.args]
     if spec.stage == "data":
         return [python, "-m", "kollm", "data", "prepare", spec.recipe, *spec.overrides]
     prefix = [python]
@@ -97,7 +101,7 @@ def _shape(recipe: Recipe) -> ModelShape | None:
 def planned_card_gib(spec: JobSpec) -> float:
     """Memory each of the job's cards needs by the planner (the model split over `gpus` cards);
     0 when the job uses no GPU or its model's config is not on this machine."""
-    if spec.gpus == 0:
+    if spec.gpus == 0 or not spec.recipe:
         return 0.0
     recipe = spec.load()
     shape = _shape(recipe)

@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -37,6 +37,10 @@ class ServeSettings:
     log_requests: bool = True
     alias_poll_s: float = 2.0
     default_max_tokens: int = 128
+    # Load the models before the app takes traffic (a Ray Serve replica is routed requests once
+    # its ASGI start-up returns); the stand-alone server starts at once and answers 503 meanwhile.
+    load_before_ready: bool = False
+    on_ready: Callable[[], None] | None = None  # called once the models are loaded
 
 
 class ApiError(Exception):
@@ -68,6 +72,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loader = asyncio.create_task(manager.start())
+        if settings.load_before_ready:
+            await loader
+            if manager.failure:  # fail the start-up, so Ray starts another replica
+                raise RuntimeError(f"loading models failed: {manager.failure}")
+            if settings.on_ready is not None:
+                settings.on_ready()
         watcher = asyncio.create_task(manager.watch_aliases(settings.alias_poll_s))
         yield
         watcher.cancel()
