@@ -8,7 +8,20 @@ from pathlib import Path
 from kollm.samples.generate import generate_dialogues
 from kollm.samples.instructions import generate_instructions
 
-SAMPLE_FILES = ("dialogsum_train.jsonl", "dialogsum_dev.jsonl", "instructions.jsonl")
+SAMPLE_FILES = (
+    "dialogsum_train.jsonl",
+    "dialogsum_dev.jsonl",
+    "instructions.jsonl",
+    "batch_requests.jsonl",
+)
+
+
+def batch_requests(n: int, seed: int) -> list[dict]:
+    """Chat requests for the batch tier (`kollm batch`): a dialogue to summarise each."""
+    return [
+        {"id": r["id"], "messages": [{"role": "user", "content": r["dialogue"]}]}
+        for r in generate_dialogues(n, seed, "req", noise=False)
+    ]
 
 
 def write_samples(
@@ -22,6 +35,7 @@ def write_samples(
         "dialogsum_train.jsonl": train,
         "dialogsum_dev.jsonl": dev,
         "instructions.jsonl": list(generate_instructions(clean, 100, seed + 3)),
+        "batch_requests.jsonl": batch_requests(20, seed + 4),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
