@@ -900,11 +900,27 @@ def _inventory(path: Path | None):
         fail(str(err))
 
 
+def _plan_shape(model: str | None, numbers: dict[str, Any]):
+    from kollm.orchestrate.planner import ModelShape, PlanInputError
+
+    try:
+        if model is None:
+            return ModelShape.from_config(numbers, "the numbers given")
+        source = Path(model)
+        with user_errors():
+            if not source.exists():
+                source = Path(Registry().get(model).artifact_path)
+        return ModelShape.load(source, numbers)
+    except PlanInputError as err:
+        fail(str(err))
+
+
 @app.command("plan")
 def plan_cmd(
     model: Annotated[
-        str, typer.Argument(help="A model dir, a config.json, or a registry reference.")
-    ],
+        str | None,
+        typer.Argument(help="A model dir, a config.json, or a registry reference."),
+    ] = None,
     task: Annotated[str, typer.Option(help="inference, full, lora or qlora.")] = "inference",
     precision: Annotated[str, typer.Option(help="fp32, bf16, fp16, int8, int4 or nf4.")] = "bf16",
     context: Annotated[int, typer.Option(help="Context length in tokens.")] = 8192,
@@ -918,22 +934,39 @@ def plan_cmd(
         float | None, typer.Option(help="Activation peak, if known (GiB).")
     ] = None,
     inventory: InventoryOpt = None,
+    params_b: Annotated[float | None, typer.Option(help="Parameters, billions.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Decoder layers.")] = None,
+    hidden_size: Annotated[int | None, typer.Option(help="Hidden size.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads.")] = None,
+    kv_heads: Annotated[int | None, typer.Option(help="KV heads (GQA).")] = None,
+    head_dim: Annotated[int | None, typer.Option(help="Head dimension.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Vocabulary size.")] = None,
+    intermediate_size: Annotated[int | None, typer.Option(help="MLP size.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Memory a model needs for a task, which cards hold it, and its KV budget (vLLM blocks)."""
+    """Memory a model needs for a task, which cards hold it, and its KV budget (vLLM blocks).
+
+    The model is a config (a dir, a config.json, a registry reference), explicit numbers
+    (--layers --hidden-size --heads --kv-heads --vocab-size ...), or a config and numbers."""
     from kollm.orchestrate.inventory import placements
-    from kollm.orchestrate.planner import BYTES, CARDS, ModelShape, kv_budget, plan
+    from kollm.orchestrate.planner import BYTES, CARDS, kv_budget, plan
 
     if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
         fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))
     if gpu is not None and gpu not in CARDS:
         fail(f"--gpu: unknown card {gpu!r}; known: {', '.join(CARDS)}")
     inv = _inventory(inventory)
-    source = Path(model)
-    with user_errors():
-        if not source.exists():
-            source = Path(Registry().get(model).artifact_path)
-        shape = ModelShape.load(source)
+    numbers = {
+        "num_parameters": int(params_b * 1e9) if params_b else None,
+        "num_hidden_layers": layers,
+        "hidden_size": hidden_size,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab_size,
+        "intermediate_size": intermediate_size,
+    }
+    shape = _plan_shape(model, {k: v for k, v in numbers.items() if v is not None})
     result = plan(
         shape,
         task,
@@ -954,7 +987,8 @@ def plan_cmd(
         print(json.dumps({**result.as_dict(), "card": card, "inventory": rows}))
         return
     table = Table(
-        title=f"{model}: {task} at {precision}, context {context}, concurrency {concurrency}"
+        title=f"{model or f'{shape.parameters / 1e9:.1f}B'}: {task} at {precision}, "
+        f"context {context}, concurrency {concurrency}"
     )
     table.add_column("")
     table.add_column("GiB", justify="right")

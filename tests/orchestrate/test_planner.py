@@ -58,3 +58,40 @@ def test_plan_command_reads_a_config_and_prints_json(tmp_path):
     assert out["max_concurrency"] == pytest.approx(11.1, rel=0.02)
     bad = CliRunner().invoke(app, ["plan", str(tmp_path), "--gpu", "Voodoo5"])
     assert bad.exit_code == 2 and "unknown card" in bad.output
+
+
+LLAMA3_70B_NUMBERS = ["--layers", "80", "--hidden-size", "8192", "--heads", "64"]
+LLAMA3_70B_NUMBERS += ["--kv-heads", "8", "--vocab-size", "128256", "--intermediate-size", "28672"]
+
+
+def test_explicit_numbers_and_an_inventory_say_how_many_cards_each_node_needs():
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    inventory = str(repo / "examples" / "inventory.yaml")
+    result = CliRunner().invoke(
+        app, ["plan", *LLAMA3_70B_NUMBERS, "--inventory", inventory, "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["parameters_b"] == pytest.approx(70.6, rel=0.01)  # Llama-3-70B's published size
+    assert out["fits"] == []  # no single card holds 131 GiB of weights
+    rows = {(r["node"], r["card"]): r for r in out["inventory"]}
+    assert rows["gpu-01", "A100-80GB"]["needed"] == 2 and rows["gpu-01", "A100-80GB"]["holds"]
+    assert not rows["gpu-02", "L4"]["holds"]
+
+
+def test_a_config_missing_a_field_is_named_and_other_families_names_are_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    result = CliRunner().invoke(app, ["plan", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "lacks vocab_size, num_hidden_layers, num_attention_heads" in result.output
+    # the numbers on the command line complete the config
+    filled = CliRunner().invoke(
+        app,
+        ["plan", str(tmp_path), "--layers", "2", "--heads", "4", "--vocab-size", "300", "--json"],
+    )
+    assert filled.exit_code == 0, filled.output
+    gpt2 = {"n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257}
+    shape = ModelShape.from_config(gpt2)
+    assert (shape.hidden, shape.layers, shape.heads, shape.kv_heads) == (768, 12, 12, 12)
+    nested = ModelShape.from_config({"architectures": ["X"], "text_config": LLAMA3_8B})
+    assert nested.parameters == 8_030_261_248

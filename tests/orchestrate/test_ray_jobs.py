@@ -49,3 +49,19 @@ def test_an_unreachable_ray_address_is_named_and_nothing_is_queued(tiny_recipe, 
     else:
         raise AssertionError("submitted to a cluster that is not there")
     assert executor.table.list() == []
+
+
+def test_a_ray_job_larger_than_the_inventory_is_refused_before_any_call(tiny_recipe, tmp_path):
+    from kollm.orchestrate.inventory import Inventory, Node
+    from kollm.orchestrate.jobs import JobError, JobSpec
+    from kollm.orchestrate.ray_jobs import RayExecutor
+
+    inventory = Inventory(nodes=[Node(name="n1", cpus=8, memory_gib=64, gpus=[{"card": "L4"}])])
+    executor = RayExecutor("http://127.0.0.1:1", tmp_path / "home", inventory=inventory)
+    try:
+        executor.submit(JobSpec("train", str(tiny_recipe), gpus=2))
+    except JobError as err:
+        assert "2 GPUs (most on a node: 1)" in str(err)
+    else:
+        raise AssertionError("a job larger than the inventory was submitted")
+    assert executor.table.list() == []

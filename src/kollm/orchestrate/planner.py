@@ -36,6 +36,38 @@ CARDS = {
 }
 
 
+# Names other model families give the fields the planner reads (GPT-2, BLOOM, Falcon, MPT).
+ALIASES = {
+    "n_embd": "hidden_size",
+    "d_model": "hidden_size",
+    "n_layer": "num_hidden_layers",
+    "num_layers": "num_hidden_layers",
+    "n_layers": "num_hidden_layers",
+    "n_head": "num_attention_heads",
+    "n_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+    "ffn_dim": "intermediate_size",
+    "n_inner": "intermediate_size",
+}
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+
+
+class PlanInputError(ValueError):
+    """A model description the planner cannot use; the message names what is missing."""
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config with the planner's field names: the text model's config of a multimodal model,
+    other families' names mapped to Llama's."""
+    if "text_config" in config and "hidden_size" not in config:
+        config = {**config, **config["text_config"]}
+    out = dict(config)
+    for alias, name in ALIASES.items():
+        if alias in config and config[alias] is not None and name not in config:
+            out[name] = config[alias]
+    return out
+
+
 @dataclass(frozen=True)
 class ModelShape:
     vocab: int
@@ -46,9 +78,17 @@ class ModelShape:
     head_dim: int
     intermediate: int
     tied: bool = False
+    parameter_count: int | None = None  # when known; else counted from the shapes
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+    def from_config(cls, config: dict[str, Any], source: str = "config") -> ModelShape:
+        config = normalise_config(config)
+        missing = [name for name in REQUIRED if not config.get(name)]
+        if missing:
+            raise PlanInputError(
+                f"{source}: lacks {', '.join(missing)}, which the planner needs "
+                "(give them with --vocab-size, --hidden-size, --layers, --heads)"
+            )
         heads = config["num_attention_heads"]
         hidden = config["hidden_size"]
         return cls(
@@ -56,18 +96,25 @@ class ModelShape:
             hidden=hidden,
             layers=config["num_hidden_layers"],
             heads=heads,
-            kv_heads=config.get("num_key_value_heads", heads),
+            kv_heads=config.get("num_key_value_heads") or heads,
             head_dim=config.get("head_dim") or hidden // heads,
-            intermediate=config.get("intermediate_size", 4 * hidden),
+            intermediate=config.get("intermediate_size") or 4 * hidden,
             tied=bool(config.get("tie_word_embeddings", False)),
+            parameter_count=config.get("num_parameters"),
         )
 
     @classmethod
-    def load(cls, source: str | Path) -> ModelShape:
+    def load(cls, source: str | Path, overrides: dict[str, Any] | None = None) -> ModelShape:
+        """From a model dir or a config.json, with `overrides` (config names) on top."""
         path = Path(source)
-        return cls.from_config(
-            json.loads((path / "config.json" if path.is_dir() else path).read_text())
-        )
+        file = path / "config.json" if path.is_dir() else path
+        try:
+            config = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise PlanInputError(f"{file}: no such file") from err
+        except json.JSONDecodeError as err:
+            raise PlanInputError(f"{file}: not valid JSON: {err.msg} (line {err.lineno})") from err
+        return cls.from_config({**config, **(overrides or {})}, str(file))
 
     def linear_shapes(self) -> list[tuple[int, int]]:
         """(d_in, d_out) of every linear layer in one decoder layer (Llama-style, gated MLP)."""
@@ -88,6 +135,8 @@ class ModelShape:
 
     @property
     def parameters(self) -> int:
+        if self.parameter_count:
+            return self.parameter_count
         per_layer = sum(a * b for a, b in self.linear_shapes()) + 2 * self.hidden  # + two norms
         return self.embedding_params + self.layers * per_layer + self.hidden
 
