@@ -114,26 +114,23 @@ class ServeClient:
     def applications(self) -> dict[str, Any]:
         return self._call("GET").get("applications") or {}
 
+    def _others(self, name: str) -> list[dict[str, Any]]:
+        """The deployed configs of every application but `name`."""
+        return [
+            info["deployed_app_config"]
+            for other, info in self.applications().items()
+            if other != name and info.get("deployed_app_config")
+        ]
+
     def put(self, app: dict[str, Any], http: dict[str, Any]) -> None:
         """Declare `app`, keeping every other running application as it was deployed."""
-        current = self.applications()
-        kept = [
-            info["deployed_app_config"]
-            for name, info in current.items()
-            if name != app["name"] and info.get("deployed_app_config")
-        ]
+        kept = self._others(app["name"])
         self._call("PUT", {"http_options": http, "applications": [*kept, app]})
 
     def delete(self, name: str, timeout_s: float = 120) -> None:
-        current = self.applications()
-        if name not in current:
+        if name not in self.applications():
             raise DeployError(f"no application {name!r} on {self.address}")
-        kept = [
-            info["deployed_app_config"]
-            for other, info in current.items()
-            if other != name and info.get("deployed_app_config")
-        ]
-        self._call("PUT", {"applications": kept})
+        self._call("PUT", {"applications": self._others(name)})
         deadline = time.monotonic() + timeout_s
         while name in self.applications():  # Ray deletes asynchronously
             if time.monotonic() > deadline:
