@@ -889,6 +889,12 @@ InventoryOpt = Annotated[
 ]
 
 
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="Ray dashboard address, e.g. http://HOST:8265.")
+]
+RayTokenOpt = Annotated[str | None, typer.Option(help="Ray auth token (default: RAY_AUTH_TOKEN).")]
+
+
 def _inventory(path: Path | None):
     from kollm.orchestrate.inventory import InventoryError, load_inventory
 
@@ -1057,12 +1063,8 @@ def jobs_submit(
     gpus: Annotated[int, typer.Option(help="GPUs the job needs.")] = 0,
     memory_gib: Annotated[float, typer.Option(help="Memory the job needs (GiB).")] = 0.0,
     executor: Annotated[str, typer.Option(help="local (this machine) or ray.")] = "local",
-    address: Annotated[
-        str | None, typer.Option(help="Ray dashboard address, e.g. http://HOST:8265.")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="Ray auth token (default: RAY_AUTH_TOKEN).")
-    ] = None,
+    address: RayAddressOpt = None,
+    token: RayTokenOpt = None,
     python: Annotated[str, typer.Option(help="The Python the Ray job runs.")] = "python",
     working_dir: Annotated[
         str | None, typer.Option(help="A directory Ray uploads for the job.")
@@ -1204,12 +1206,8 @@ def deploy(
     recipe: Annotated[
         Path | None, typer.Option(help="Take the deploy and serve sections from this recipe.")
     ] = None,
-    address: Annotated[
-        str | None, typer.Option(help="Ray dashboard address, e.g. http://HOST:8265.")
-    ] = None,
-    token: Annotated[
-        str | None, typer.Option(help="Ray auth token (default: RAY_AUTH_TOKEN).")
-    ] = None,
+    address: RayAddressOpt = None,
+    token: RayTokenOpt = None,
     python: Annotated[str, typer.Option(help="The Python a batch job runs.")] = "python",
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for RUNNING (0: no wait).")] = 300,
     probe: Annotated[
