@@ -1095,6 +1095,7 @@ def jobs_list() -> None:
     for column in ("id", "stage", "executor", "status", "submitted", "exit", "command"):
         table.add_column(column)
     for job in _job_executor().list():
+        job = _refreshed(job)
         table.add_row(
             str(job["id"]),
             job["stage"],
@@ -1105,6 +1106,20 @@ def jobs_list() -> None:
             " ".join(job["command"][job["command"].index("kollm") + 1 :]),
         )
     console.print(table)
+
+
+def _refreshed(job: dict[str, Any]) -> dict[str, Any]:
+    """A Ray job's row with its status asked of Ray; as stored when the cluster cannot answer."""
+    from kollm.orchestrate.jobs import ACTIVE
+    from kollm.orchestrate.jobspec import JobError
+    from kollm.orchestrate.ray_jobs import RayExecutor
+
+    if job["executor"] != "ray" or job["status"] not in ACTIVE:
+        return job
+    try:
+        return RayExecutor(job["address"]).get(job["id"])
+    except JobError:
+        return job
 
 
 def _on_job(job_id: int, action: Callable[[Any], Any]) -> Any:

@@ -1,5 +1,6 @@
 import json
 import sys
+import time
 
 from typer.testing import CliRunner
 
@@ -65,3 +66,21 @@ def test_a_ray_job_larger_than_the_inventory_is_refused_before_any_call(tiny_rec
     else:
         raise AssertionError("a job larger than the inventory was submitted")
     assert executor.table.list() == []
+
+
+def test_stop_ends_a_ray_job(ray_cluster, tiny_recipe, tmp_path, monkeypatch):
+    from kollm.orchestrate.jobs import JobSpec
+    from kollm.orchestrate.ray_jobs import RayExecutor
+
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
+    executor = RayExecutor(ray_cluster.dashboard, tmp_path / "home", python=sys.executable)
+    slow = ["train.max_steps=100000", "train.save_steps=100000"]
+    job_id = executor.submit(JobSpec("train", str(tiny_recipe), slow))
+    deadline = time.monotonic() + 120
+    while executor.get(job_id)["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    job = executor.stop(job_id)
+    assert job["status"] == "stopped"
+    listed = CliRunner().invoke(app, ["jobs", "list"])
+    assert "stopped" in listed.output
