@@ -220,3 +220,71 @@ def start_server(served_home):
     yield start
     for server in servers:
         server.stop()
+
+
+# --- Hugging Face-format bases, as a user would point a recipe at them --------------------------
+
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}{%- if message.role != 'system' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _bpe_tokenizer(texts: list[str], vocab: int, special: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def qwen2_chat_base(tmp_path_factory, repo=REPO) -> Path:
+    """A Qwen2-shaped chat model: ChatML template with a default system turn, `<|im_end|>` as
+    EOS, no BOS; random weights, saved as a hub model dir."""
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    rows = read_jsonl(repo / "data" / "sample" / "chats.jsonl")
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe_tokenizer(texts, 600, special),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = QWEN2_CHAT_TEMPLATE
+    out = tmp_path_factory.mktemp("qwen2-chat")
+    tok.save_pretrained(str(out))
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(str(out))
+    return out

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kollm.cli import app
@@ -20,7 +21,16 @@ def test_every_bundled_recipe_loads(repo):
     recipes = sorted((repo / "recipes").glob("*.yaml"))
     assert recipes
     for path in recipes:
-        assert isinstance(load_recipe(path), Recipe)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        recipe = load_recipe(path)
+        assert recipe.name == raw["name"]
+        for section in ("data", "train", "eval"):  # a section the file has is one it runs
+            assert (getattr(recipe, section) is not None) == (section in raw), (path, section)
+        given = recipe.data.input if recipe.data else {}
+        inputs = given if isinstance(given, dict) else {"": given}
+        for source in inputs.values():  # bundled inputs exist; others are the user's own
+            if source.startswith("data/"):
+                assert (repo / source).is_file(), f"{path}: {source} is not bundled"
         first_line = path.read_text(encoding="utf-8").splitlines()[0]
         assert first_line.startswith("# Run: kollm "), f"{path} must open with its command"
 

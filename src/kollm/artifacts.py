@@ -1,15 +1,35 @@
-"""Model artifacts on disk: what counts as weights, and their content hash."""
+"""Model artifacts on disk: weights and their hash, and the content-addressed store.
+
+A registered version's files are put under `$KOLLM_HOME/artifacts/<sha256>/`, where the sha256
+is over every file's name and bytes: a reflink where the file system has them (btrfs, XFS: no
+extra space), else a copy. Not a hard link: `save_pretrained` into the run dir again truncates
+and rewrites the same inode, which would change the stored version through the other name. The
+per-file hashes are checked on load all the same, so a stored file that changed is refused.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import shutil
+import uuid
 from pathlib import Path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+_FICLONE = 0x40049409  # linux/fs.h: share the blocks of another file (btrfs, xfs, ...)
 
 
 class ArtifactError(ValueError):
-    """A model dir without weights."""
+    """A model dir without weights, or a stored artifact whose files changed."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_sha256(artifact: Path) -> str:
@@ -28,3 +48,56 @@ def weights_sha256(artifact: Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def file_hashes(artifact: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file of a model dir (or of one file)."""
+    if artifact.is_file():
+        return {artifact.name: file_sha256(artifact)}
+    return {
+        p.relative_to(artifact).as_posix(): file_sha256(p)
+        for p in sorted(artifact.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _place(source: Path, target: Path) -> None:
+    """Reflink `source` to `target` where the file system can, else copy it."""
+    with contextlib.suppress(OSError), source.open("rb") as src, target.open("wb") as dst:
+        fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        return
+    shutil.copy2(source, target)
+
+
+def store_artifact(artifact: Path, root: Path, hashes: dict[str, str]) -> Path:
+    """Put `artifact`'s files under `root/<sha256 of names and hashes>/`; returns that dir."""
+    key = hashlib.sha256(
+        "".join(f"{name}\0{sha}\n" for name, sha in sorted(hashes.items())).encode()
+    ).hexdigest()
+    final = root / key
+    if final.is_dir():
+        return final
+    tmp = root / f".tmp-{uuid.uuid4().hex}"
+    for name in hashes:
+        source = artifact if artifact.is_file() else artifact / name
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        _place(source, tmp / name)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process stored the same content first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def verify_artifact(path: Path, hashes: dict[str, str], what: str) -> None:
+    """Refuse a stored artifact whose files are missing or differ from the recorded hashes."""
+    for name, expected in sorted(hashes.items()):
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{what}: {file} is missing from the stored artifact")
+        actual = file_sha256(file)
+        if actual != expected:
+            raise ArtifactError(
+                f"{what}: {file} changed after registration (sha256 {actual[:12]}, recorded "
+                f"{expected[:12]}); refusing to load it"
+            )

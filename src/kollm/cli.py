@@ -19,6 +19,7 @@ from kollm import __version__
 from kollm.config import EvalConfig, Recipe, RecipeError, load_recipe, recipe_text
 from kollm.data.io import DataError
 from kollm.orchestrate.loop import LoopError
+from kollm.prompts import PromptError
 from kollm.registry import Registry, RegistryError
 
 
@@ -79,7 +80,14 @@ def user_errors() -> Iterator[None]:
     """Errors in the user's input exit 2 with their message, without a traceback."""
     try:
         yield
-    except (RecipeError, DataError, RegistryError, FileNotFoundError, LoopError) as err:
+    except (
+        RecipeError,
+        DataError,
+        RegistryError,
+        FileNotFoundError,
+        LoopError,
+        PromptError,
+    ) as err:
         fail(str(err))
 
 
@@ -307,7 +315,8 @@ def eval_run(
     ] = Path("runs/eval"),
 ) -> None:
     """Generate for the eval split and score ROUGE beside the lead baseline."""
-    from kollm.eval.evaluate import evaluate_model, read_records
+    from kollm.eval.evaluate import evaluate_model, model_format, read_records
+    from kollm.prompts import recipe_format, resolve_format
 
     with user_errors():
         if recipe is not None:
@@ -317,16 +326,16 @@ def eval_run(
                 loaded.train_dir / "model",
                 loaded.data_dir / f"{cfg.split}.jsonl",
             )
-            kind, output = loaded.data.kind, loaded.eval_dir
-            t = loaded.train
-            templates = (t.prompt_template, t.response_template) if t else (None, None)
+            output = loaded.eval_dir
+            fmt = model_format(model_dir, recipe_format(loaded))
         elif model is not None and data is not None:
-            cfg, model_dir, data_file, templates = EvalConfig(), model, data, (None, None)
+            cfg, model_dir, data_file = EvalConfig(), model, data
+            fmt = model_format(model_dir, resolve_format(kind))
         else:
             fail("give a RECIPE, or both --model DIR and --data FILE")
         records = read_records(data_file, cfg.max_samples)
         with progress_bar("generating", len(records)) as advance:
-            result = evaluate_model(model_dir, records, kind, cfg, output, *templates, advance)
+            result = evaluate_model(model_dir, records, fmt, cfg, output, advance)
     if "model" in result.metrics:
         console.print(_metrics_table(result.metrics))
     if "perplexity" in result.metrics:
@@ -449,6 +458,32 @@ def registry_log(name: Annotated[str, typer.Argument(help="Model name.")]) -> No
             e["at"], e["alias"], e["action"], str(e["from_version"] or "-"), str(e["to_version"])
         )
     console.print(table)
+
+
+@registry_app.command("verify")
+def registry_verify(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+) -> None:
+    """Check a version's stored files against the sha256 recorded when it was registered."""
+    with user_errors():
+        version = Registry().checkout(ref)
+    console.print(
+        f"{version.ref}: {len(version.files or {})} files match ({version.artifact_path})"
+    )
+
+
+@registry_app.command("gc")
+def registry_gc(
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Delete them (default: list only).")
+    ] = False,
+) -> None:
+    """Stored artifacts that no version points at; a dry run unless --apply."""
+    unused = Registry().gc(apply=apply)
+    for path in unused:
+        console.print(f"{'removed' if apply else 'unused'}: {path}")
+    verb = "removed" if apply else "would remove (run with --apply)"
+    console.print(f"{len(unused)} unused artifact(s) {verb}" if unused else "nothing to collect")
 
 
 # --- run and demo ------------------------------------------------------------------------------

@@ -143,13 +143,6 @@ class DataConfig(StrictModel):
     """EDA report."""
 
 
-DEFAULT_TEMPLATES = {
-    "dialogue_summary": ("다음 대화를 요약하세요.\n{dialogue}\n요약:", " {summary}"),
-    "instruction": ("### 질문: {instruction}\n{input}\n\n### 답변:", " {output}"),
-    "text": ("", "{text}"),
-}
-
-
 class ModelConfig(StrictModel):
     base: str = "scratch"
     """A Hugging Face model id, a local model dir, or `scratch` (a small model built here)."""
@@ -221,6 +214,9 @@ class TrainConfig(StrictModel):
     """Prompt built from record fields (`{dialogue}`); default by record kind."""
     response_template: str | None = None
     """Answer built from record fields (`{summary}`); the loss is computed on it alone."""
+    chat_template: str | None = None
+    """For `chat` records on a base without a chat template: `chatml` or a Jinja template.
+    A base with its own chat template keeps it unless this is set."""
     max_length: int = Field(512, ge=16)
     """Longest tokenized example (prompt + answer); longer ones are truncated."""
     max_target_length: int = Field(128, ge=4)

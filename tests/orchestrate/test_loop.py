@@ -10,6 +10,7 @@ from kollm.orchestrate.loop import history, run_loop
 from kollm.orchestrate.pipeline import run_recipe
 from kollm.registry import Registry
 from kollm.serve.log import RequestLog
+from tests.conftest import read_jsonl
 
 
 def rate_answers(home, recipe, start: int, count: int) -> None:
@@ -115,9 +116,34 @@ def test_safety_regression_rejects_and_gold_pairs_join_the_feedback(
     )
     run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
     production = registry.get("tiny@production")
-    pairs = loop.gold_pairs(recipe, Path(production.artifact_path), 3)
-    assert pairs and all(set(p) == {"prompt", "chosen", "rejected"} for p in pairs)
-    assert loop.refusal_rate(recipe, Path(production.artifact_path)) in (0.0, 0.5, 1.0)
+    model_dir = Path(production.artifact_path)
+    pairs = loop.gold_pairs(recipe, model_dir, 3)
+    train = read_jsonl(recipe.data_dir / "train.jsonl")[:3]
+    assert [p["chosen"] for p in pairs] == [r["summary"] for r in train]  # a tiny model errs
+    for pair, row in zip(pairs, train, strict=True):
+        assert pair["prompt"] == row["dialogue"] and pair["rejected"] != row["summary"]
+        assert pair["messages"] == [{"role": "user", "content": row["dialogue"]}]
+    # The rate counts the answers that hold a marker: every answer holds "", none a stray word.
+    every = recipe.model_copy(
+        deep=True,
+        update={
+            "loop": recipe.loop.model_copy(
+                update={"gate": recipe.loop.gate.model_copy(update={"refusal_markers": [""]})}
+            )
+        },
+    )
+    none = recipe.model_copy(
+        deep=True,
+        update={
+            "loop": recipe.loop.model_copy(
+                update={
+                    "gate": recipe.loop.gate.model_copy(update={"refusal_markers": ["없을표식"]})
+                }
+            )
+        },
+    )
+    assert loop.refusal_rate(every, model_dir) == 1.0
+    assert loop.refusal_rate(none, model_dir) == 0.0
 
     rate_answers(registry.home, recipe, 0, 2)
     rates = iter([1.0, 0.5])  # production refuses both requests; the candidate only one

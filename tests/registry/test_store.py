@@ -1,5 +1,6 @@
 import multiprocessing as mp
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,41 @@ def test_concurrent_registrations_lose_nothing(tmp_path, artifact):
         assert p.exitcode == 0
     versions = [v.version for v in Registry(tmp_path).list("shared")]
     assert versions == list(range(1, 33))
+
+
+def test_a_version_is_a_stored_copy_that_later_writes_cannot_change(tmp_path, artifact):
+    reg = Registry(tmp_path / "home")
+    v1 = reg.register("demo", artifact)
+    (artifact / "model.safetensors").write_bytes(b"weights-v2")  # the run dir, rewritten in place
+    v2 = reg.register("demo", artifact)
+    assert v1.artifact_path != str(artifact) and v1.artifact_path != v2.artifact_path
+    stored = reg.checkout("demo:1")
+    assert (Path(stored.artifact_path) / "model.safetensors").read_bytes() == b"weights-v1"
+    assert set(stored.files) == {"model.safetensors", "config.json"}
+
+
+def test_a_tampered_stored_file_is_refused_by_name(tmp_path, artifact):
+    reg = Registry(tmp_path / "home")
+    version = reg.register("demo", artifact)
+    (Path(version.artifact_path) / "model.safetensors").write_bytes(b"evil")
+    with pytest.raises(RegistryError, match=r"demo:1: .*model\.safetensors changed"):
+        reg.checkout("demo:1")
+    (Path(version.artifact_path) / "config.json").unlink()
+    (Path(version.artifact_path) / "model.safetensors").write_bytes(b"weights-v1")
+    with pytest.raises(RegistryError, match=r"config\.json is missing"):
+        reg.checkout("demo@production" if version.aliases else "demo:1")
+
+
+def test_gc_lists_then_removes_only_unreferenced_artifacts(tmp_path, artifact):
+    reg = Registry(tmp_path / "home")
+    kept = Path(reg.register("demo", artifact).artifact_path)
+    orphan = reg.artifacts_dir / ("0" * 64)
+    orphan.mkdir()
+    (orphan / "model.safetensors").write_bytes(b"x")
+    conversion = reg.artifacts_dir / f"{kept.name}.ct2-int8-abc"
+    conversion.mkdir()
+    assert reg.gc() == [orphan]
+    assert orphan.exists()  # a dry run by default
+    assert reg.gc(apply=True) == [orphan]
+    assert not orphan.exists() and kept.exists() and conversion.exists()
+    assert reg.checkout("demo:1").version == 1

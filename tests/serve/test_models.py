@@ -5,7 +5,6 @@ import pytest
 
 from kollm.engines.vllm_engine import vllm_command
 from kollm.registry import Registry
-from kollm.serve.service import build_prompt, recipe_prompt_template
 
 
 @pytest.fixture
@@ -113,18 +112,6 @@ def test_vllm_engine_live(local_base):
         assert answer.completion_tokens >= 1
     finally:
         engine.unload()
-
-
-def test_prompts_follow_the_recipe_template():
-    recipe = (
-        "data: {kind: dialogue_summary}\n"
-        'train: {prompt_template: "요약하세요.\\n{dialogue}\\n요약:"}\n'
-    )
-    template = recipe_prompt_template(recipe)
-    assert template == "요약하세요.\n{dialogue}\n요약:"
-    prompt = build_prompt([("system", "무시"), ("user", "#Person1#: 안녕")], None, template)
-    assert prompt == "요약하세요.\n#Person1#: 안녕\n요약:"
-    assert build_prompt([("user", "안녕")], None, None) == "user: 안녕\nassistant:"
 
 
 def test_serve_settings_come_from_the_recipe_and_the_command_line(tmp_path):

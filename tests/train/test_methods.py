@@ -6,6 +6,7 @@ from kollm.config import EvalConfig, load_recipe
 from kollm.engines.base import GenerationParams
 from kollm.engines.transformers_engine import TransformersEngine
 from kollm.eval.evaluate import evaluate_model, read_records
+from kollm.prompts import resolve_format
 from kollm.train import run_training
 from kollm.train.export import merge_lora
 from tests.test_config import recipe_file
@@ -26,7 +27,7 @@ def test_seq2seq_bart_from_scratch_trains_and_generates(tiny_recipe, tmp_path):
     assert result.method == "seq2seq" and losses[-1] < losses[0]
     records = read_records(recipe.data_dir / "dev.jsonl")
     ev = evaluate_model(
-        result.model_dir, records, "dialogue_summary", EvalConfig(), tmp_path / "ev"
+        result.model_dir, records, resolve_format("dialogue_summary"), EvalConfig(), tmp_path / "ev"
     )
     assert ev.metrics["examples"] == len(records) and "perplexity" not in ev.metrics
     assert all(isinstance(row["prediction"], str) for row in ev.predictions)
@@ -73,7 +74,9 @@ train: {{method: pretrain, max_steps: 20, batch_size: 4, learning_rate: 0.003, l
     losses = [e["loss"] for e in result.losses if "loss" in e]
     assert result.method == "pretrain" and losses[-1] < losses[0]
     records = read_records(recipe.data_dir / "dev.jsonl")
-    ev = evaluate_model(result.model_dir, records, "text", EvalConfig(), tmp_path / "ev")
+    ev = evaluate_model(
+        result.model_dir, records, resolve_format("text"), EvalConfig(), tmp_path / "ev"
+    )
     assert (
         set(ev.metrics) == {"perplexity", "examples", "model_dir"} and ev.metrics["perplexity"] > 1
     )

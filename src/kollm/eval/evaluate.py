@@ -20,7 +20,7 @@ from kollm.eval.baseline import lead
 from kollm.eval.perplexity import answer_perplexity
 from kollm.eval.report import write_eval_report
 from kollm.eval.rouge import corpus_rouge
-from kollm.train.templates import references, render, templates_for
+from kollm.prompts import PromptFormat, load_format, recipe_format, record_prompt, references
 
 Advance = Callable[[int], None]
 
@@ -66,19 +66,17 @@ def generate_all(engine, prompts: list[str], cfg: EvalConfig, advance: Advance |
 def evaluate_model(
     model_dir: Path,
     records: list[dict[str, Any]],
-    kind: str,
+    fmt: PromptFormat,
     cfg: EvalConfig,
     out_dir: Path,
-    prompt_template: str | None = None,
-    response_template: str | None = None,
     advance: Advance | None = None,
 ) -> EvalResult:
     """Generate, score against references and the lead baseline, and write every output."""
-    prompt_t, response_t = templates_for(kind, prompt_template, response_template)
-    prompts = [render(prompt_t, r) for r in records]
-    refs = [references(r, response_t) for r in records]
     engine = TransformersEngine(model_dir)
     engine.load()
+    prompts = [record_prompt(fmt, r, engine.tokenizer) for r in records]
+    refs = [references(fmt, r) for r in records]
+    kind = fmt.kind
     if kind == "text":
         return _perplexity_only(engine, prompts, refs, model_dir, out_dir)
     predictions = generate_all(engine, prompts, cfg, advance)
@@ -88,7 +86,7 @@ def evaluate_model(
         "morpheme_tokenizer": cfg.morpheme_tokenizer,
     }
     model_scores, per_example = corpus_rouge(predictions, refs, **rouge_args)
-    source_field = next(iter(_source_fields(kind, prompt_t, records)), None)
+    source_field = next(iter(_source_fields(kind, records)), None)
     metrics: dict[str, Any] = {
         "model": model_scores,
         "examples": len(records),
@@ -115,6 +113,21 @@ def evaluate_model(
     return EvalResult(metrics, rows, files)
 
 
+def model_format(model_dir: Path, fallback: PromptFormat) -> PromptFormat:
+    """The format a model dir was trained with (`kollm_prompt.json`), else `fallback`."""
+    return load_format(model_dir) or fallback
+
+
+def evaluate_recipe(
+    recipe, model_dir: Path, out_dir: Path, advance: Advance | None = None
+) -> EvalResult:
+    """The one way a stage asks for an evaluation: the recipe's eval split and settings."""
+    cfg = recipe.eval or EvalConfig()
+    records = read_records(recipe.data_dir / f"{cfg.split}.jsonl", cfg.max_samples)
+    fmt = model_format(model_dir, recipe_format(recipe))
+    return evaluate_model(model_dir, records, fmt, cfg, out_dir, advance)
+
+
 def _perplexity_only(engine, prompts, refs, model_dir: Path, out_dir: Path) -> EvalResult:
     """Plain-text (pretraining) recipes: nothing to summarise, so perplexity alone."""
     answers = [r[0] for r in refs]
@@ -125,7 +138,7 @@ def _perplexity_only(engine, prompts, refs, model_dir: Path, out_dir: Path) -> E
     return EvalResult(metrics, [], files)
 
 
-def _source_fields(kind: str, prompt_template: str, records: list[dict[str, Any]]) -> list[str]:
+def _source_fields(kind: str, records: list[dict[str, Any]]) -> list[str]:
     """The field the lead baseline extracts from: the dialogue, the input, or the text."""
     preferred = {"dialogue_summary": "dialogue", "instruction": "input", "text": "text"}.get(kind)
     if preferred and records and records[0].get(preferred):

@@ -3,7 +3,7 @@
 Input is JSONL, one request a line: `{"prompt": ...}` (a completion) or `{"messages": [...]}`
 (a chat, OpenAI's message format), with any other fields carried through. Each output line is
 the input plus `output`, `finish_reason` and `model_version`. Chats get the same prompt as
-`kollm serve` builds (the tokenizer's chat template, else the recipe's prompt template). The
+`kollm serve` builds (the version's prompt format, `kollm.prompts`). The
 output is written under a temporary name and renamed at the end, so a failed run leaves none.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from kollm.engines.base import GenerationParams
 from kollm.registry import Registry
 from kollm.serve.metrics import ServerMetrics
-from kollm.serve.service import ModelManager, build_prompt
+from kollm.serve.service import ModelManager
 
 log = logging.getLogger("kollm.batch")
 
@@ -47,8 +47,8 @@ def read_requests(path: Path) -> list[dict[str, Any]]:
 def _prompt(row: dict[str, Any], served) -> str:
     if "prompt" in row:
         return str(row["prompt"])
-    messages = [(m["role"], str(m["content"])) for m in row["messages"]]
-    return build_prompt(messages, getattr(served.engine, "tokenizer", None), served.prompt_template)
+    messages = [{"role": m["role"], "content": str(m["content"])} for m in row["messages"]]
+    return served.prompt_for(messages)
 
 
 def generate_file(

@@ -115,15 +115,9 @@ def gate(
 
 
 def _evaluate(recipe: Recipe, model_dir: Path, out_dir: Path) -> dict[str, float]:
-    from kollm.eval.evaluate import evaluate_model, read_records
+    from kollm.eval.evaluate import evaluate_recipe
 
-    cfg = recipe.eval
-    records = read_records(recipe.data_dir / f"{cfg.split}.jsonl", cfg.max_samples)
-    t = recipe.train
-    result = evaluate_model(
-        model_dir, records, recipe.data.kind, cfg, out_dir, t.prompt_template, t.response_template
-    )
-    return result.metrics["model"]
+    return evaluate_recipe(recipe, model_dir, out_dir).metrics["model"]
 
 
 def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
@@ -133,15 +127,18 @@ def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
         return None
     from kollm.engines.base import GenerationParams
     from kollm.engines.transformers_engine import TransformersEngine
-    from kollm.train.templates import fill, templates_for
+    from kollm.eval.evaluate import model_format
+    from kollm.prompts import recipe_format, request_prompt
 
     lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
     requests = [json.loads(x)["prompt"] if x.startswith("{") else x for x in lines]
-    t = recipe.train
-    prompt_t, _ = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
-    answers = TransformersEngine(model_dir).generate(
-        [fill(prompt_t, r) for r in requests], GenerationParams(max_new_tokens=48)
-    )
+    fmt = model_format(model_dir, recipe_format(recipe))
+    engine = TransformersEngine(model_dir)
+    engine.load()
+    prompts = [
+        request_prompt(fmt, [{"role": "user", "content": r}], engine.tokenizer) for r in requests
+    ]
+    answers = engine.generate(prompts, GenerationParams(max_new_tokens=48))
     markers = recipe.loop.gate.refusal_markers
     return sum(any(m in a.text for m in markers) for a in answers) / len(answers)
 
@@ -150,21 +147,29 @@ def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, st
     """Gold answers of the train split (chosen) against what `model_dir` answers (rejected)."""
     from kollm.engines.base import GenerationParams
     from kollm.engines.transformers_engine import TransformersEngine
-    from kollm.train.templates import references, render, template_fields, templates_for
+    from kollm.eval.evaluate import model_format
+    from kollm.prompts import recipe_format, record_messages, record_prompt, references
 
     text = (recipe.data_dir / "train.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(x) for x in text.splitlines()][:count]
-    t = recipe.train
-    prompt_t, response_t = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
-    source = sorted(template_fields(prompt_t))
+    fmt = model_format(model_dir, recipe_format(recipe))
     params = GenerationParams(max_new_tokens=recipe.eval.decoding.max_new_tokens)
-    answers = TransformersEngine(model_dir).generate([render(prompt_t, r) for r in rows], params)
+    engine = TransformersEngine(model_dir)
+    engine.load()
+    answers = engine.generate([record_prompt(fmt, r, engine.tokenizer) for r in rows], params)
     pairs = []
     for row, answer in zip(rows, answers, strict=True):
-        gold = references(row, response_t)[0]
+        gold = references(fmt, row)[0]
         if answer.text.strip() != gold.strip():
-            prompt = str(row.get(source[0], "")) if source else ""
-            pairs.append({"prompt": prompt, "chosen": gold, "rejected": answer.text})
+            messages = record_messages(fmt, row)
+            pairs.append(
+                {
+                    "prompt": messages[-1]["content"],
+                    "messages": messages,
+                    "chosen": gold,
+                    "rejected": answer.text,
+                }
+            )
     return pairs
 
 
@@ -217,7 +222,7 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
     store = FeedbackStore(registry.home)
     name, alias = recipe.model_name, recipe.loop.alias
     try:
-        production = registry.get(f"{name}@{alias}")
+        production = registry.checkout(f"{name}@{alias}")
     except ValueError as err:
         raise LoopError(
             f"{name}@{alias}: {err}; run the recipe with registry.alias={alias} first"

@@ -104,7 +104,7 @@ def train_stage(recipe: Recipe, force: bool, resume: bool = False) -> StageOutco
 
 
 def eval_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
-    from kollm.eval.evaluate import evaluate_model, read_records
+    from kollm.eval.evaluate import evaluate_recipe
 
     cfg = recipe.eval
     model_dir = recipe.train_dir / "model"
@@ -113,18 +113,7 @@ def eval_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOut
     out = recipe.eval_dir
     if not force and _fresh(out, fingerprint, [out / "metrics.json"]):
         return StageOutcome("eval", True, _stored_summary(out))
-    records = read_records(data_file, cfg.max_samples)
-    t = recipe.train
-    result = evaluate_model(
-        model_dir,
-        records,
-        recipe.data.kind,
-        cfg,
-        out,
-        t.prompt_template if t else None,
-        t.response_template if t else None,
-        advance,
-    )
+    result = evaluate_recipe(recipe, model_dir, out, advance)
     _mark(out, fingerprint, result.metrics)
     return StageOutcome("eval", False, result.metrics)
 

@@ -37,7 +37,7 @@ def suggest(trial, name: str, space: SearchSpace) -> Any:
 def _trial(recipe_path: Path, base: Recipe, trial, overrides: list[str]) -> float:
     import optuna
 
-    from kollm.eval.evaluate import evaluate_model, read_records
+    from kollm.eval.evaluate import evaluate_recipe
     from kollm.train import run_training
 
     params = {name: suggest(trial, name, space) for name, space in base.tune.space.items()}
@@ -57,18 +57,7 @@ def _trial(recipe_path: Path, base: Recipe, trial, overrides: list[str]) -> floa
         trial.report(-final[-1], step=0)  # the study maximises, so the pruner sees minus the loss
         if trial.should_prune():
             raise optuna.TrialPruned()
-    cfg = recipe.eval
-    records = read_records(recipe.data_dir / f"{cfg.split}.jsonl", cfg.max_samples)
-    t = recipe.train
-    ev = evaluate_model(
-        result.model_dir,
-        records,
-        recipe.data.kind,
-        cfg,
-        trial_dir / "eval",
-        t.prompt_template,
-        t.response_template,
-    )
+    ev = evaluate_recipe(recipe, result.model_dir, trial_dir / "eval")
     return float(ev.metrics["model"][base.tune.metric])
 
 

@@ -147,6 +147,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN external_id TEXT;
         """,
     ),
+    (
+        "008_immutable_versions",
+        """
+        -- A version's files are stored content-addressed under KOLLM_HOME/artifacts; `files`
+        -- holds each file's sha256 (checked on load), `prompt_format` the format it trained with.
+        ALTER TABLE model_versions ADD COLUMN files TEXT;
+        ALTER TABLE model_versions ADD COLUMN prompt_format TEXT;
+        """,
+    ),
 ]
 
 

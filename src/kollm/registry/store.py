@@ -1,7 +1,9 @@
 """The registry store: model versions with lineage, aliases, and an append-only alias log.
 
 SQLite in WAL mode under `KOLLM_HOME` (default `.kollm/`). A version number is taken inside a
-`BEGIN IMMEDIATE` transaction, so registrations from several processes never collide.
+`BEGIN IMMEDIATE` transaction, so registrations from several processes never collide. A
+version is immutable: its files are copied into the content-addressed store
+(`KOLLM_HOME/artifacts/`) when it is registered, and `checkout` verifies them before a load.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from kollm import __version__
-from kollm.artifacts import ArtifactError, weights_sha256
+from kollm.artifacts import (
+    ArtifactError,
+    file_hashes,
+    store_artifact,
+    verify_artifact,
+    weights_sha256,
+)
 from kollm.registry.migrations import migrate
 
 _REF_RE = re.compile(
@@ -67,11 +76,20 @@ class ModelVersion:
     kollm_version: str
     created_at: str
     parent_version: int | None
+    files: dict[str, str] | None = None
+    prompt_format: str | None = None
     aliases: list[str] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def format(self):
+        """The PromptFormat the version was trained with, or None (registered without one)."""
+        from kollm.prompts import PromptFormat
+
+        return PromptFormat.from_json(self.prompt_format)
 
 
 class Registry:
@@ -116,8 +134,12 @@ class Registry:
         recipe_text: str | None = None,
         metrics: dict[str, Any] | None = None,
         parent_version: int | None = None,
+        prompt_format: str | None = None,
     ) -> ModelVersion:
-        """Add the next version of `name`; the artifact's weights are hashed first."""
+        """Add the next version of `name`: its files are hashed and stored content-addressed,
+        and the version points at the stored copy, never at the run dir."""
+        from kollm.prompts import load_format
+
         if not _REF_RE.match(name) or ":" in name or "@" in name:
             raise RegistryError(f"invalid model name {name!r}")
         artifact = Path(artifact).resolve()
@@ -125,6 +147,11 @@ class Registry:
             sha = weights_sha256(artifact)
         except ArtifactError as err:
             raise RegistryError(str(err)) from err
+        hashes = file_hashes(artifact)
+        stored = store_artifact(artifact, self.artifacts_dir, hashes)
+        if prompt_format is None and artifact.is_dir():
+            fmt = load_format(artifact)
+            prompt_format = fmt.to_json() if fmt else None
         recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest() if recipe_text else None
         with self._write() as conn:
             row = conn.execute(
@@ -132,11 +159,11 @@ class Registry:
             ).fetchone()
             version = int(row[0])
             conn.execute(
-                "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     name,
                     version,
-                    str(artifact),
+                    str(stored),
                     sha,
                     base_model,
                     method,
@@ -147,9 +174,44 @@ class Registry:
                     __version__,
                     _now(),
                     parent_version,
+                    json.dumps(hashes),
+                    prompt_format,
                 ),
             )
         return self.get(f"{name}:{version}")
+
+    @property
+    def artifacts_dir(self) -> Path:
+        path = self.home / "artifacts"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def checkout(self, ref: str) -> ModelVersion:
+        """The version `ref` names, after checking its stored files against their sha256."""
+        version = self.get(ref)
+        path = Path(version.artifact_path)
+        try:
+            if version.files is not None:
+                verify_artifact(path, version.files, version.ref)
+            elif weights_sha256(path) != version.weights_sha256:
+                raise ArtifactError(
+                    f"{version.ref}: the weights in {path} changed after registration"
+                )
+        except ArtifactError as err:
+            raise RegistryError(str(err)) from err
+        return version
+
+    def gc(self, apply: bool = False) -> list[Path]:
+        """Stored artifacts (and their engine conversions) no version points at; removed only
+        with `apply`."""
+        used = {Path(v.artifact_path).name for v in self.list()}
+        unused = [
+            p for p in sorted(self.artifacts_dir.iterdir()) if p.name.split(".ct2-")[0] not in used
+        ]
+        if apply:
+            for path in unused:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return unused
 
     def _row_to_version(self, conn: sqlite3.Connection, row: sqlite3.Row) -> ModelVersion:
         aliases = [
@@ -161,6 +223,7 @@ class Registry:
         ]
         data = dict(row)
         data["metrics"] = json.loads(data["metrics"])
+        data["files"] = json.loads(data["files"]) if data.get("files") else None
         return ModelVersion(**data, aliases=aliases)
 
     def resolve(self, ref: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kollm.samples.chats import generate_chats
 from kollm.samples.generate import generate_dialogues
 from kollm.samples.instructions import generate_instructions
 
@@ -13,6 +14,7 @@ SAMPLE_FILES = (
     "dialogsum_dev.jsonl",
     "instructions.jsonl",
     "batch_requests.jsonl",
+    "chats.jsonl",
 )
 
 
@@ -36,6 +38,7 @@ def write_samples(
         "dialogsum_dev.jsonl": dev,
         "instructions.jsonl": list(generate_instructions(clean, 100, seed + 3)),
         "batch_requests.jsonl": batch_requests(20, seed + 4),
+        "chats.jsonl": list(generate_chats(160, seed + 5)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():

@@ -25,7 +25,7 @@ from kollm.engines.base import Generation, GenerationParams
 from kollm.serve import protocol as p
 from kollm.serve.batching import Job, QueueFull
 from kollm.serve.log import RequestLog
-from kollm.serve.service import ModelManager, ServedModel, build_prompt
+from kollm.serve.service import ModelManager, ServedModel
 
 log = logging.getLogger("kollm.serve")
 
@@ -236,18 +236,16 @@ def create_app(
         warn_unknown(body)
         started = time.perf_counter()
         served, adapter = find(body.model)
-        messages = [(m.role, m.text()) for m in body.messages]
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         rid = p.new_id("chatcmpl")
-        user_text = " ".join(c for r, c in messages if r == "user")
+        user_text = " ".join(m["content"] for m in messages if m["role"] == "user")
         if served.guard is not None and not await asyncio.to_thread(
             served.guard.allows, user_text, served.engine
         ):
             metrics.off_domain.labels(served.model_id).inc()
             result = Generation(served.guard.refusal, 0, 0, "stop")
             return _chat_response(rid, body.model, served, result, usage(result))
-        prompt = build_prompt(
-            messages, getattr(served.engine, "tokenizer", None), served.prompt_template
-        )
+        prompt = served.prompt_for(messages)
         params = params_of(body, body.max_completion_tokens or body.max_tokens)
         check_length(served, prompt, params)
         job = submit(served, prompt, params, adapter, body.stream)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kollm.engines.base import Engine, GenerationParams
+from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
 from kollm.serve.batching import Batcher
 from kollm.serve.metrics import ServerMetrics
@@ -69,41 +67,12 @@ class ServedModel:
     engine: Engine
     batcher: Batcher
     adapters: dict[str, str] = field(default_factory=dict)  # API id suffix -> adapter name
-    prompt_template: str | None = None
+    prompt_format: PromptFormat | None = None
     guard: DomainGuard | None = None
 
-
-def recipe_prompt_template(recipe_text: str | None) -> str | None:
-    """The prompt template a registered model was trained with, from its recorded recipe."""
-    if not recipe_text:
-        return None
-    try:
-        recipe = yaml.safe_load(recipe_text) or {}
-    except yaml.YAMLError:
-        return None
-    template = (recipe.get("train") or {}).get("prompt_template")
-    kind = (recipe.get("data") or {}).get("kind")
-    if template is None and kind == "dialogue_summary":
-        from kollm.config import DEFAULT_TEMPLATES
-
-        template = DEFAULT_TEMPLATES["dialogue_summary"][0]
-    return template
-
-
-def build_prompt(messages: list[tuple[str, str]], tokenizer: Any, template: str | None) -> str:
-    """Chat messages -> the prompt: the tokenizer's chat template, else the recipe's prompt
-    template with the last user message in its one field, else a plain role: text script."""
-    if getattr(tokenizer, "chat_template", None):
-        chat = [{"role": r, "content": c} for r, c in messages]
-        return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    user = next((c for r, c in reversed(messages) if r == "user"), messages[-1][1])
-    if template:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-        return template.format(
-            **{name: (user if i == 0 else "") for i, name in enumerate(sorted(fields))}
-        )
-    lines = [f"{role}: {content}" for role, content in messages]
-    return "\n".join([*lines, "assistant:"])
+    def prompt_for(self, messages: Messages) -> str:
+        """The prompt for a chat request, in the format the version was trained with."""
+        return request_prompt(self.prompt_format, messages, getattr(self.engine, "tokenizer", None))
 
 
 class ModelManager:
@@ -129,14 +98,14 @@ class ModelManager:
         self.ready = False
         self.failure: str | None = None
 
-    def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, str | None]:
-        """(model id, version, dir, sha256, recipe text) of a reference."""
+    def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, PromptFormat | None]:
+        """(model id, version, dir, sha256, prompt format) of a reference."""
         path = Path(ref)
         if path.is_dir():
-            return path.name, str(path), path, None, None
+            return path.name, str(path), path, None, load_format(path)
         registry = self.registry or Registry()
         try:
-            version = registry.get(ref)
+            version = registry.checkout(ref)  # the stored files, checked against their sha256
         except RegistryError as err:
             raise ValueError(f"{ref}: {err}") from err
         return (
@@ -144,7 +113,7 @@ class ModelManager:
             version.ref,
             Path(version.artifact_path),
             version.weights_sha256,
-            version.recipe_text,
+            version.format,
         )
 
     def _open_engine(self, model_dir: Path, sha256: str | None) -> Engine:
@@ -160,7 +129,7 @@ class ModelManager:
 
     def _load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
-        model_id, version, model_dir, sha, recipe_text = self._resolve(ref)
+        model_id, version, model_dir, sha, fmt = self._resolve(ref)
         engine = self._open_engine(model_dir, sha)
         engine.load()
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
@@ -178,7 +147,7 @@ class ModelManager:
             engine,
             batcher,
             {name: name for name in self.adapters},
-            recipe_prompt_template(recipe_text),
+            fmt,
             self.guards.get(model_id),
         )
 

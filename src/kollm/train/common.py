@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from kollm.config import ModelConfig, Recipe
 from kollm.data.io import atomic_path, write_json
+from kollm.prompts import PromptFormat, recipe_format, save_format
 
 COMPLETE_MARKER = "KOLLM_COMPLETE"
 
@@ -188,12 +189,13 @@ def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def save_final(trainer, tokenizer, model_dir: Path) -> None:
-    """Save model and tokenizer into a temporary dir, then swap it into place."""
+def save_final(trainer, tokenizer, model_dir: Path, fmt: PromptFormat) -> None:
+    """Save model, tokenizer and prompt format into a temporary dir, then swap it into place."""
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save_model(str(tmp))
     tokenizer.save_pretrained(str(tmp))
+    save_format(tmp, fmt)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     tmp.rename(model_dir)
@@ -227,7 +229,7 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
         resumed_from=str(checkpoint) if checkpoint else None,
         is_adapter=recipe.train.lora.enabled,
     )
-    save_final(trainer, tokenizer, result.model_dir)
+    save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe))
     result.losses = read_losses(train_dir / "loss.jsonl")
     plot_losses(result.losses, train_dir / "loss.png")
     write_json(train_dir / "train_summary.json", result.summary())

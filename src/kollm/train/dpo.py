@@ -1,9 +1,9 @@
 """Preference training from an existing model dir: DPO (pairs) and KTO (thumbs), through TRL.
 
-Pairs are (prompt, chosen, rejected) as the feedback export writes them; the prompt goes through
-the recipe's prompt template and both answers through its response template, so the model sees
-what it saw in SFT. The reference model is the starting model (TRL copies it, or disables the
-LoRA adapter).
+Pairs are (messages or prompt, chosen, rejected) as the feedback export writes them: the
+conversation the answer was given in becomes the prompt through `kollm.prompts`, exactly as the
+server built it, and both answers are rendered as training rendered answers. The reference
+model is the starting model (TRL copies it, or disables the LoRA adapter).
 """
 
 from __future__ import annotations
@@ -12,23 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.prompts import recipe_format, request_example
 from kollm.train.common import TrainResult, callbacks, common_args, torch_dtype, train_and_save
 from kollm.train.sft import lora_config
-from kollm.train.templates import fill, fit_examples, templates_for
+from kollm.train.templates import fit_examples
 
 
-def to_dpo_rows(recipe: Recipe, pairs: list[dict[str, Any]]) -> list[dict[str, str]]:
-    prompt_t, response_t = templates_for(
-        recipe.data.kind, recipe.train.prompt_template, recipe.train.response_template
-    )
-    return [
-        {
-            "prompt": fill(prompt_t, p["prompt"]),
-            "chosen": fill(response_t, p["chosen"].strip()),
-            "rejected": fill(response_t, p["rejected"].strip()),
-        }
-        for p in pairs
-    ]
+def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The turns an exported row's answer followed: its `messages`, or its one `prompt`."""
+    return row.get("messages") or [{"role": "user", "content": row["prompt"]}]
+
+
+def to_dpo_rows(recipe: Recipe, pairs: list[dict[str, Any]], tokenizer) -> list[dict[str, str]]:
+    fmt = recipe_format(recipe)
+    rows = []
+    for p in pairs:
+        prompt, chosen = request_example(fmt, conversation(p), p["chosen"], tokenizer)
+        _, rejected = request_example(fmt, conversation(p), p["rejected"], tokenizer)
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows
 
 
 def train_dpo(
@@ -57,7 +59,10 @@ def train_dpo(
         args=args,
         train_dataset=Dataset.from_list(
             fit_examples(
-                tokenizer, to_dpo_rows(recipe, pairs), ("chosen", "rejected"), t.max_length
+                tokenizer,
+                to_dpo_rows(recipe, pairs, tokenizer),
+                ("chosen", "rejected"),
+                t.max_length,
             )
         ),
         processing_class=tokenizer,
@@ -82,15 +87,11 @@ def train_kto(
     tokenizer = AutoTokenizer.from_pretrained(str(start_from))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompt_t, response_t = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
-    data = [
-        {
-            "prompt": fill(prompt_t, r["prompt"]),
-            "completion": fill(response_t, r["completion"].strip()),
-            "label": bool(r["label"]),
-        }
-        for r in rows
-    ]
+    fmt = recipe_format(recipe)
+    data = []
+    for r in rows:
+        prompt, completion = request_example(fmt, conversation(r), r["completion"], tokenizer)
+        data.append({"prompt": prompt, "completion": completion, "label": bool(r["label"])})
     settings = common_args(recipe, recipe.train_dir, False)
     # KTO's KL estimate pairs each example with its neighbours in a fixed order.
     settings["train_sampling_strategy"] = "sequential"

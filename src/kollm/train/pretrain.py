@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.prompts import recipe_format, render
 from kollm.train.common import (
     callbacks,
     common_args,
@@ -12,7 +13,6 @@ from kollm.train.common import (
     train_and_save,
 )
 from kollm.train.sft import load_causal, lora_config
-from kollm.train.templates import render, templates_for
 
 
 def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
@@ -22,14 +22,16 @@ def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resu
     t = recipe.train
     train_dir = recipe.train_dir
     train_dir.mkdir(parents=True, exist_ok=True)
-    prompt_t, response_t = templates_for(recipe.data.kind, t.prompt_template, t.response_template)
+    fmt = recipe_format(recipe)
 
     def texts(records: list[dict[str, Any]]) -> list[dict[str, str]]:
-        return [{"text": render(prompt_t, r) + render(response_t, r)} for r in records]
+        return [
+            {"text": render(fmt.prompt_template, r) + render(fmt.response_template, r)}
+            for r in records
+        ]
 
     train_rows, eval_rows = texts(splits["train"]), texts(splits.get("dev", []))
-    as_pairs = [{"prompt": "", "completion": row["text"]} for row in train_rows]
-    tokenizer, model = load_causal(recipe, as_pairs, train_dir)
+    tokenizer, model = load_causal(recipe, train_rows, train_dir)
     args = SFTConfig(
         **common_args(recipe, train_dir, bool(eval_rows)),
         max_length=t.max_length,

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.prompts import recipe_format, record_prompt
 from kollm.train.common import TrainResult, callbacks, common_args, train_and_save
-from kollm.train.templates import render, templates_for
 
 
 def reward_from(model_dir: Path):
@@ -41,9 +41,7 @@ def train_rl(recipe: Recipe, records: list[dict[str, Any]], reward_model: Path) 
         recipe.train.max_completion_length,
     )
     recipe.train_dir.mkdir(parents=True, exist_ok=True)
-    prompt_t, _ = templates_for(
-        recipe.data.kind, recipe.train.prompt_template, recipe.train.response_template
-    )
+    fmt = recipe_format(recipe)
     tokenizer = AutoTokenizer.from_pretrained(recipe.model.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -61,7 +59,9 @@ def train_rl(recipe: Recipe, records: list[dict[str, Any]], reward_model: Path) 
         model=AutoModelForCausalLM.from_pretrained(recipe.model.base),
         reward_funcs=reward_from(reward_model),
         args=args,
-        train_dataset=Dataset.from_list([{"prompt": render(prompt_t, r)} for r in records]),
+        train_dataset=Dataset.from_list(
+            [{"prompt": record_prompt(fmt, r, tokenizer)} for r in records]
+        ),
         processing_class=tokenizer,
         callbacks=callbacks(recipe.train_dir),
     )

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from kollm.config import ModelConfig
+from kollm.prompts import set_chat_template
 from kollm.text.normalize import PLACEHOLDER_RE
 
 SPECIAL = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
@@ -32,6 +33,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
     tok.train_from_iterator((PLACEHOLDER_RE.sub(" ", t) for t in texts), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.add_tokens(placeholders)
+    # Every scratch model is a chat model too: ChatML turns, served through /v1/chat/completions.
+    set_chat_template(fast, "chatml")
     fast.save_pretrained(str(out_dir))
     return fast
 
@@ -82,7 +85,7 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
     return BartForConditionalGeneration(config)
 
 
-def scratch_model(cfg: ModelConfig, examples: list[dict[str, str]], train_dir: Path, seed: int):
+def scratch_model(cfg: ModelConfig, texts: list[str], train_dir: Path, seed: int):
     """(tokenizer, model) for `model.base: scratch`; a resumed run reuses its tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
@@ -90,6 +93,5 @@ def scratch_model(cfg: ModelConfig, examples: list[dict[str, str]], train_dir: P
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     else:
-        texts = (e["prompt"] + e["completion"] for e in examples)
         tokenizer = train_tokenizer(texts, cfg.vocab_size, tok_dir)
     return tokenizer, build_model(cfg, tokenizer, seed)

@@ -17,17 +17,17 @@ from kollm.train.common import (
     train_and_save,
 )
 from kollm.train.scratch import scratch_model
-from kollm.train.sft import lora_config, to_examples
+from kollm.train.sft import lora_config, scratch_texts, to_examples
 
 
-def load_seq2seq(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
+def load_seq2seq(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     cfg = recipe.model
     if cfg.base == "scratch":
         if cfg.architecture != "bart":
             raise ValueError("train.method seq2seq from scratch needs model.architecture: bart")
-        return scratch_model(cfg, examples, train_dir, recipe.train.seed)
+        return scratch_model(cfg, scratch_texts(recipe, records), train_dir, recipe.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     return tokenizer, AutoModelForSeq2SeqLM.from_pretrained(cfg.base, dtype=torch_dtype(cfg))
 
@@ -62,9 +62,9 @@ def train_seq2seq(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resum
     t = recipe.train
     train_dir = recipe.train_dir
     train_dir.mkdir(parents=True, exist_ok=True)
-    train_examples = to_examples(recipe, splits["train"])
-    eval_examples = to_examples(recipe, splits.get("dev", []))
-    tokenizer, model = load_seq2seq(recipe, train_examples, train_dir)
+    tokenizer, model = load_seq2seq(recipe, splits["train"], train_dir)
+    train_examples = to_examples(recipe, splits["train"], tokenizer)
+    eval_examples = to_examples(recipe, splits.get("dev", []), tokenizer)
     if t.lora.enabled:
         from peft import get_peft_model
 

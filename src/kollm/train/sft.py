@@ -1,7 +1,8 @@
 """Causal-LM supervised fine-tuning through TRL's SFTTrainer: full or LoRA, loss on the answer.
 
-Records become prompt/completion pairs with the recipe's templates; TRL masks the prompt so
-the loss covers the answer (and its EOS) only. `train.packing` packs examples (TRL packing).
+Records become prompt/completion pairs through `kollm.prompts` (the recipe's templates, or the
+tokenizer's chat template for `chat` records, one example per assistant turn); TRL masks the
+prompt so the loss covers the answer (and its EOS) only. `train.packing` packs examples.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.prompts import PromptError, recipe_format, set_chat_template, training_examples
 from kollm.train.common import (
     callbacks,
     common_args,
@@ -18,31 +20,70 @@ from kollm.train.common import (
     train_and_save,
 )
 from kollm.train.scratch import scratch_model
-from kollm.train.templates import fit_examples, render, templates_for
+from kollm.train.templates import fit_examples
 
 
-def to_examples(recipe: Recipe, records: list[dict[str, Any]]) -> list[dict[str, str]]:
-    assert recipe.data is not None and recipe.train is not None
-    prompt_t, response_t = templates_for(
-        recipe.data.kind, recipe.train.prompt_template, recipe.train.response_template
-    )
-    return [{"prompt": render(prompt_t, r), "completion": render(response_t, r)} for r in records]
+def to_examples(recipe: Recipe, records: list[dict[str, Any]], tokenizer=None) -> list[dict]:
+    """Prompt/completion rows of the records, in the recipe's prompt format."""
+    fmt = recipe_format(recipe)
+    return [
+        {"prompt": prompt, "completion": completion}
+        for r in records
+        for prompt, completion in training_examples(fmt, r, tokenizer)
+    ]
 
 
-def load_causal(recipe: Recipe, examples: list[dict[str, str]], train_dir: Path):
+def scratch_texts(recipe: Recipe, records: list[dict[str, Any]]) -> list[str]:
+    """What a scratch tokenizer learns from: the rendered examples, or a chat's turns."""
+    if recipe_format(recipe).style == "template":
+        return [e["prompt"] + e["completion"] for e in to_examples(recipe, records)]
+    texts = []
+    for r in records:
+        for key, value in r.items():
+            if key == "id":
+                continue
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, list):
+                texts += [m["content"] if isinstance(m, dict) else str(m) for m in value]
+    return texts
+
+
+def prepare_tokenizer(recipe: Recipe, tokenizer) -> None:
+    """Padding, and for chat records the chat template (the recipe's, or the base's own)."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if recipe.data.kind != "chat":
+        return
+    if recipe.train.chat_template:
+        set_chat_template(tokenizer, recipe.train.chat_template)
+    elif not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            f"{recipe.model.base}: the tokenizer has no chat template, so chat records cannot "
+            "be rendered; set train.chat_template (`chatml` or a Jinja template)"
+        )
+
+
+def load_causal(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
     """(tokenizer, model) for the recipe: built from scratch, or loaded from a hub id/local dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = recipe.model
     if cfg.base == "scratch":
-        return scratch_model(cfg, examples, train_dir, recipe.train.seed)
+        tokenizer, model = scratch_model(
+            cfg, scratch_texts(recipe, records), train_dir, recipe.train.seed
+        )
+        prepare_tokenizer(recipe, tokenizer)
+        return tokenizer, model
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    prepare_tokenizer(recipe, tokenizer)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
     if recipe.train.lora.quantize_4bit:
         kwargs["quantization_config"] = _bnb_4bit()
-    return tokenizer, AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # chat tokens were added
+        model.resize_token_embeddings(len(tokenizer))
+    return tokenizer, model
 
 
 def _bnb_4bit():
@@ -96,9 +137,9 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
     t = recipe.train
     train_dir = recipe.train_dir
     train_dir.mkdir(parents=True, exist_ok=True)
-    train_examples = to_examples(recipe, splits["train"])
-    eval_examples = to_examples(recipe, splits.get("dev", []))
-    tokenizer, model = load_causal(recipe, train_examples, train_dir)
+    tokenizer, model = load_causal(recipe, splits["train"], train_dir)
+    train_examples = to_examples(recipe, splits["train"], tokenizer)
+    eval_examples = to_examples(recipe, splits.get("dev", []), tokenizer)
     train_examples = fit_examples(tokenizer, train_examples, ("completion",), t.max_length)
     eval_examples = fit_examples(tokenizer, eval_examples, ("completion",), t.max_length)
     args = SFTConfig(
