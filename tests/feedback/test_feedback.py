@@ -129,3 +129,42 @@ def test_concurrent_feedback_from_several_processes_all_lands(tmp_path):
         assert p.exitcode == 0
     with sqlite3.connect(tmp_path / "registry.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 40
+
+
+def test_exports_keep_the_whole_conversation_of_a_multi_turn_answer(tmp_path):
+    from kollm.serve.log import RequestLog
+
+    turns = [
+        {"role": "system", "content": "구청 민원 상담원입니다."},
+        {
+            "role": "user",
+            "content": "마포구 주민인데 전입신고 하려고요. 제 번호는 010-1234-5678이에요.",
+        },
+        {"role": "assistant", "content": "네, 마포구 전입신고 안내해 드리겠습니다."},
+        {"role": "user", "content": "어디로 가면 되나요?"},
+    ]
+    request = {"model": "tiny", "messages": turns}
+    RequestLog(tmp_path).write(
+        "m1", "chat", "tiny", "tiny:1", request, "모릅니다.", 9, 2, "stop", 1
+    )
+    FeedbackStore(tmp_path).add("m1", "bad", correction="마포구청 민원여권과로 가시면 됩니다.")
+    rows = FeedbackStore(tmp_path).rows()
+
+    export_feedback(rows, "dpo", tmp_path / "dpo")
+    (pair,) = [json.loads(x) for x in (tmp_path / "dpo" / "dpo.jsonl").read_text().splitlines()]
+    assert [m["role"] for m in pair["messages"]] == ["system", "user", "assistant", "user"]
+    assert pair["messages"][1]["content"].startswith("마포구 주민인데 전입신고")
+    assert "#PhoneNumber#" in pair["messages"][1]["content"]  # masked like every other field
+    assert pair["prompt"] == "어디로 가면 되나요?" and pair["rejected"] == "모릅니다."
+
+    export_feedback(rows, "sft", tmp_path / "sft", kind="chat")
+    (chat,) = [json.loads(x) for x in (tmp_path / "sft" / "sft.jsonl").read_text().splitlines()]
+    assert chat["messages"][:3] == pair["messages"][:3]
+    assert chat["messages"][-1] == {
+        "role": "assistant",
+        "content": "마포구청 민원여권과로 가시면 됩니다.",
+    }
+
+    export_feedback(rows, "kto", tmp_path / "kto")
+    kto = [json.loads(x) for x in (tmp_path / "kto" / "kto.jsonl").read_text().splitlines()]
+    assert all(len(r["messages"]) == 4 for r in kto)

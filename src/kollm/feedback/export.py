@@ -19,48 +19,66 @@ from kollm.data.steps.pii import PiiMasker
 FORMATS = ("sft", "dpo", "kto")
 
 
-def user_text(request_json: str) -> str:
-    """What the user asked, from a logged request: the last user message, or the prompt."""
+def conversation(request_json: str) -> list[dict[str, str]]:
+    """Every turn of a logged request before the answer (system included), or its prompt."""
     request = json.loads(request_json)
     if "messages" in request:
-        users = [m for m in request["messages"] if m.get("role") == "user"]
-        content = (users or request["messages"])[-1]["content"]
-        return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+        return [
+            {"role": m.get("role", "user"), "content": _content(m.get("content", ""))}
+            for m in request["messages"]
+        ]
     prompt = request.get("prompt", "")
-    return prompt if isinstance(prompt, str) else prompt[0]
+    return [{"role": "user", "content": prompt if isinstance(prompt, str) else prompt[0]}]
+
+
+def _content(content: Any) -> str:
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
+
+
+def user_text(turns: list[dict[str, str]]) -> str:
+    """The last user turn: what a single-turn record keeps."""
+    users = [m["content"] for m in turns if m["role"] == "user"]
+    return (users or [turns[-1]["content"]])[-1]
+
+
+def _sft_row(base: dict[str, Any], turns: list[dict[str, str]], answer: str, kind: str):
+    if kind == "chat":
+        return {**base, "messages": [*turns, {"role": "assistant", "content": answer}]}
+    if kind == "dialogue_summary":
+        return {**base, "dialogue": user_text(turns), "summary": answer}
+    return {**base, "instruction": user_text(turns), "input": "", "output": answer}
 
 
 def to_rows(
     rows: list[dict[str, Any]], fmt: str, kind: str = "instruction"
 ) -> list[dict[str, Any]]:
+    """Feedback rows as training rows; DPO and KTO rows keep the whole conversation the rated
+    answer was given in (`messages`) beside its last user turn (`prompt`)."""
     out = []
     for row in rows:
-        prompt, answer, correction = user_text(row["request"]), row["response"], row["correction"]
+        turns, answer, correction = conversation(row["request"]), row["response"], row["correction"]
         base = {
             "id": f"fb{row['id']}",
             "response_id": row["response_id"],
             "model_version": row["model_version"],
         }
+        asked = {"prompt": user_text(turns), "messages": turns}
         if fmt == "kto":
-            out.append(
-                {**base, "prompt": prompt, "completion": answer, "label": bool(row["is_good"])}
-            )
+            out.append({**base, **asked, "completion": answer, "label": bool(row["is_good"])})
             if correction:
                 out.append(
                     {
                         **base,
+                        **asked,
                         "id": f"fb{row['id']}c",
-                        "prompt": prompt,
                         "completion": correction,
                         "label": True,
                     }
                 )
         elif correction and fmt == "dpo":
-            out.append({**base, "prompt": prompt, "chosen": correction, "rejected": answer})
-        elif correction and kind == "dialogue_summary":
-            out.append({**base, "dialogue": prompt, "summary": correction})
+            out.append({**base, **asked, "chosen": correction, "rejected": answer})
         elif correction:
-            out.append({**base, "instruction": prompt, "input": "", "output": correction})
+            out.append(_sft_row(base, turns, correction, kind))
     return out
 
 
@@ -76,11 +94,12 @@ def export_feedback(rows: list[dict[str, Any]], fmt: str, out_dir: Path, kind: s
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
     records = to_rows(rows, fmt, kind)
-    fields = (
-        ("dialogue", "summary") if fmt == "sft" and kind == "dialogue_summary" else _FIELDS[fmt]
-    )
+    fields = _FIELDS[fmt]
+    if fmt == "sft" and kind in ("dialogue_summary", "chat"):
+        fields = {"dialogue_summary": ("dialogue", "summary"), "chat": ("messages",)}[kind]
     key = fields[:2] if fmt != "kto" else fields  # a pair is the same pair whatever it rejects
-    steps = [PiiMasker(fields), ExactDeduplicator(key)]
+    masked = fields if fmt == "sft" else (*fields, "messages")
+    steps = [PiiMasker(masked), ExactDeduplicator(key)]
     if fmt != "kto":  # a thumbs-down answer and its correction share a prompt but are both kept
         steps.append(MinhashDeduplicator(key))
     kept = list(run_steps(steps, records))
