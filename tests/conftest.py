@@ -201,6 +201,7 @@ def start_server(served_home):
         registry_home=served_home,
         alias_poll_s=2.0,
         log_requests=True,
+        admin_keys=(),
         **manager_options,
     ):
         manager = ModelManager(
@@ -208,6 +209,7 @@ def start_server(served_home):
         )
         settings = ServeSettings(
             api_keys=list(api_keys),
+            admin_keys=list(admin_keys),
             alias_poll_s=alias_poll_s,
             request_timeout_s=60,
             log_requests=log_requests,

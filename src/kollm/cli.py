@@ -602,6 +602,12 @@ def _api_keys(api_key: str | None, api_key_file: Path | None) -> list[str]:
     return keys
 
 
+def _admin_keys(admin_key: str | None) -> list[str]:
+    import os
+
+    return [k for k in (admin_key, os.environ.get("KOLLM_ADMIN_KEY")) if k]
+
+
 def _guards(domains: dict) -> dict:
     from kollm.serve.service import DomainGuard
 
@@ -684,6 +690,14 @@ def serve(
     alias_poll: Annotated[
         float | None, typer.Option(help="Seconds between alias checks [2].")
     ] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(help="Key of POST /v1/load_lora_adapter and unload (also KOLLM_ADMIN_KEY)."),
+    ] = None,
+    adapter_root: Annotated[
+        Path | None,
+        typer.Option(help="Directory that adapters loaded at run time by path must lie under."),
+    ] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
@@ -715,9 +729,14 @@ def serve(
         max_queue=cfg.max_queue,
         adapters=cfg.adapters,
         guards=_guards(domains),
+        adapter_root=adapter_root,
     )
     settings = ServeSettings(
-        _api_keys(api_key, api_key_file), cfg.request_timeout_s, cfg.log_requests, cfg.alias_poll_s
+        api_keys=_api_keys(api_key, api_key_file),
+        admin_keys=_admin_keys(admin_key),
+        request_timeout_s=cfg.request_timeout_s,
+        log_requests=cfg.log_requests,
+        alias_poll_s=cfg.alias_poll_s,
     )
     console.print(
         f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"

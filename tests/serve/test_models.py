@@ -45,6 +45,70 @@ def test_two_lora_adapters_answer_differently_over_one_base(start_server, local_
     assert ask("base:a") == answers["base:a"]  # switching back and forth is stable
     engine = server.manager.models["base"].engine
     assert set(engine.model.peft_config) == {"a", "b"}  # one base, both adapters loaded on it
+    # The plain base id is the base weights alone, whichever adapter ran last.
+    alone = start_server(refs=[str(local_base)], engine="transformers")
+    api_alone = openai.OpenAI(base_url=alone.base_url + "/v1", api_key="x", max_retries=0)
+    reply = api_alone.chat.completions.create(
+        model="base", messages=messages, max_tokens=12, temperature=0
+    )
+    assert answers["base"] == reply.choices[0].message.content
+    assert answers["base"] not in (answers["base:a"], answers["base:b"])
+
+
+def test_adapters_load_and_unload_while_serving(start_server, local_base, two_adapters, tmp_path):
+    import shutil
+
+    import httpx
+
+    root = tmp_path / "adapters"
+    root.mkdir()
+    shutil.copytree(two_adapters["a"], root / "a")
+    (root / "escape").symlink_to(two_adapters["b"])  # a link out of the root
+    home = tmp_path / "home"
+    Registry(home).register("ko-lora", two_adapters["b"])
+    server = start_server(
+        refs=[str(local_base)],
+        engine="transformers",
+        registry_home=home,
+        admin_keys=("admin-secret",),
+        adapter_root=root,
+    )
+    admin = {"Authorization": "Bearer admin-secret"}
+
+    def post(path, body, headers=admin):
+        return httpx.post(server.base_url + path, json=body, headers=headers, timeout=60)
+
+    def ask(model):
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "안녕하세요"}],
+            "max_tokens": 10,
+            "temperature": 0,
+        }
+        return post("/v1/chat/completions", body, {})
+
+    base_answer = ask("base").json()["choices"][0]["message"]["content"]
+    assert (
+        post("/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "a"}, {}).status_code == 401
+    )
+    for bad in ("../adapters/a/../../x", str(two_adapters["a"]), "escape", "missing"):
+        refused = post("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": bad})
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["param"] == "lora_path"
+
+    assert post("/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "a"}).status_code == 200
+    loaded = post("/v1/load_lora_adapter", {"lora_name": "ko-lora:1", "lora_path": "ko-lora:1"})
+    assert loaded.status_code == 200, loaded.text
+    ids = {m["id"] for m in httpx.get(server.base_url + "/v1/models").json()["data"]}
+    assert {"base", "base:a", "base:ko-lora:1"} <= ids
+    with_a = ask("base:a").json()["choices"][0]["message"]["content"]
+    with_b = ask("base:ko-lora:1").json()["choices"][0]["message"]["content"]
+    assert len({base_answer, with_a, with_b}) == 3
+    assert ask("base").json()["choices"][0]["message"]["content"] == base_answer
+
+    assert post("/v1/unload_lora_adapter", {"lora_name": "a"}).status_code == 200
+    assert ask("base:a").status_code == 404
+    assert post("/v1/unload_lora_adapter", {"lora_name": "a"}).status_code == 400
 
 
 def test_a_moved_alias_is_served_without_restart(start_server, served_home, tmp_path):

@@ -1,13 +1,16 @@
 """The transformers engine: any causal or seq2seq model dir, and LoRA adapters over one base.
 
 Several adapters load onto one base model (PEFT `load_adapter`) and a batch picks one with
-`adapter=`; the base is never reloaded. Tokens reach `on_token` through a streamer that HF's
-`generate` feeds one step (shape (batch,)) at a time.
+`adapter=`; a batch without one runs on the base weights alone (adapters disabled), unless the
+model dir is itself an adapter, which is then the default. Adapters load and unload while
+serving (`load_adapter`, `unload_adapter`); the base is never reloaded. Tokens reach
+`on_token` through a streamer that HF's `generate` feeds one step (shape (batch,)) at a time.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
@@ -52,6 +55,7 @@ class TransformersEngine:
         self.model = None
         self.tokenizer = None
         self.is_encoder_decoder = False
+        self.default_adapter: str | None = None
         self.context_length = 2048
         self._lock = threading.Lock()  # one generate at a time per loaded model
 
@@ -70,6 +74,7 @@ class TransformersEngine:
         own_adapter = adapter_base(self.model_dir)
         if own_adapter is not None:  # the dir is an adapter: serve it as "default" over its base
             self.adapters = {"default": self.model_dir, **self.adapters}
+            self.default_adapter = "default"
         base = own_adapter or str(self.model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         config = AutoConfig.from_pretrained(base)
@@ -130,9 +135,7 @@ class TransformersEngine:
             kwargs["streamer"] = _CallbackStreamer(
                 on_token, len(prompts), self.tokenizer.eos_token_id
             )
-        with self._lock, torch.inference_mode():
-            if adapter is not None:
-                self.model.set_adapter(adapter)
+        with self._lock, torch.inference_mode(), self._adapter(adapter):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             out = self.model.generate(**batch, **kwargs)
@@ -143,6 +146,37 @@ class TransformersEngine:
             self._finish(row.tolist(), n, params)
             for row, n in zip(new, prompt_lengths, strict=True)
         ]
+
+    def _adapter(self, name: str | None):
+        """Activate adapter `name`; with none (and no default), run on the base weights."""
+        name = name or self.default_adapter
+        if name is not None:
+            self.model.set_adapter(name)
+            return nullcontext()
+        if getattr(self.model, "peft_config", None):
+            return self.model.disable_adapter()
+        return nullcontext()
+
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Put another adapter on the loaded base."""
+        from peft import PeftModel
+
+        with self._lock:
+            if name in self.adapters:
+                raise ValueError(f"an adapter named '{name}' is already loaded")
+            if getattr(self.model, "peft_config", None):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            self.model.eval()
+            self.adapters[name] = Path(path)
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self.adapters or name == self.default_adapter:
+                raise ValueError(f"no adapter named '{name}' was loaded at run time")
+            self.model.delete_adapter(name)
+            del self.adapters[name]
 
     def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
         eos = self.tokenizer.eos_token_id
@@ -173,7 +207,7 @@ class TransformersEngine:
             truncation=True,
             max_length=self.context_length,
         ).to(self.device)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._adapter(None):
             if self.is_encoder_decoder:
                 hidden = self.model.get_encoder()(**batch).last_hidden_state
             else:

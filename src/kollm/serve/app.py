@@ -25,7 +25,7 @@ from kollm.engines.base import Generation, GenerationParams
 from kollm.serve import protocol as p
 from kollm.serve.batching import Job, QueueFull
 from kollm.serve.log import RequestLog
-from kollm.serve.service import ModelManager, ServedModel
+from kollm.serve.service import AdapterError, ModelManager, ServedModel
 
 log = logging.getLogger("kollm.serve")
 
@@ -33,6 +33,8 @@ log = logging.getLogger("kollm.serve")
 @dataclass
 class ServeSettings:
     api_keys: list[str] = field(default_factory=list)
+    # Keys of the admin endpoints (load/unload adapters); with none, those endpoints are off.
+    admin_keys: list[str] = field(default_factory=list)
     request_timeout_s: float = 120.0
     log_requests: bool = True
     alias_poll_s: float = 2.0
@@ -100,14 +102,16 @@ def create_app(
         )
 
     def authorize(request: Request) -> None:
-        if not settings.api_keys:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        # compare_digest against every key, so timing tells nothing about which matched
-        matched = [hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys]
-        if not any(matched):
+        if settings.api_keys and not _key_matches(request, settings.api_keys):
             raise ApiError(401, "missing or invalid API key", "authentication_error")
+
+    def authorize_admin(request: Request) -> None:
+        if not settings.admin_keys:
+            raise ApiError(
+                403, "adapter loading is off: start the server with --admin-key", "forbidden"
+            )
+        if not _key_matches(request, settings.admin_keys):
+            raise ApiError(401, "missing or invalid admin key", "authentication_error")
 
     def ready() -> None:
         if not manager.ready:
@@ -322,6 +326,24 @@ def create_app(
             model_version=served.version,
         )
 
+    admin = [Depends(authorize_admin), Depends(ready)]
+
+    @app.post("/v1/load_lora_adapter", dependencies=admin)
+    async def load_lora_adapter(body: p.LoadLoraAdapterRequest):
+        try:
+            model_id = await manager.load_adapter(body.lora_name, body.lora_path, body.base_model)
+        except AdapterError as err:
+            raise ApiError(400, str(err), "invalid_request_error", str(err).split(":")[0]) from None
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added as {model_id}")
+
+    @app.post("/v1/unload_lora_adapter", dependencies=admin)
+    async def unload_lora_adapter(body: p.UnloadLoraAdapterRequest):
+        try:
+            model_id = await manager.unload_adapter(body.lora_name, body.base_model)
+        except AdapterError as err:
+            raise ApiError(400, str(err), "invalid_request_error", str(err).split(":")[0]) from None
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed ({model_id})")
+
     @app.post("/v1/feedback", dependencies=[Depends(authorize)])
     async def feedback(body: p.FeedbackRequest):
         from kollm.feedback.store import FeedbackError, FeedbackStore
@@ -349,6 +371,13 @@ def create_app(
         return stored
 
     return app
+
+
+def _key_matches(request: Request, keys: list[str]) -> bool:
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    # compare_digest against every key, so timing tells nothing about which matched
+    return any([hmac.compare_digest(given.encode(), key.encode()) for key in keys])
 
 
 def _chat_response(

@@ -88,6 +88,23 @@ class EmbeddingRequest(_Request):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
+class LoadLoraAdapterRequest(BaseModel):
+    """vLLM's runtime adapter loading body; `base_model` picks the base when several are served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1, pattern=r"^[\w.@:-]+$")
+    lora_path: str = Field(min_length=1)
+    base_model: str | None = None
+
+
+class UnloadLoraAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str = Field(min_length=1)
+    base_model: str | None = None
+
+
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -24,6 +24,10 @@ log = logging.getLogger("kollm.serve")
 SANITY_PROMPT = "안녕하세요"
 
 
+class AdapterError(ValueError):
+    """An adapter that cannot be loaded or unloaded; the message names the field."""
+
+
 @dataclass
 class DomainGuard:
     """Declines requests outside a model's domain. A request passes when it holds one of
@@ -87,6 +91,7 @@ class ModelManager:
         adapters: dict[str, str] | None = None,
         guards: dict[str, DomainGuard] | None = None,
         engine_options: dict[str, Any] | None = None,
+        adapter_root: Path | str | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
         self.registry = registry
@@ -94,6 +99,7 @@ class ModelManager:
         self.adapters = adapters or {}
         self.guards = guards or {}
         self.engine_options = engine_options or {}
+        self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.failure: str | None = None
@@ -180,6 +186,60 @@ class ModelManager:
         if served.version == model:
             return served, None
         return None
+
+    # --- adapters loaded while serving ---------------------------------------------------------
+
+    def _adapter_dir(self, source: str) -> Path:
+        """A registered adapter version (`NAME:VERSION`, `NAME@ALIAS`), or a dir under the
+        adapter root; `..`, links out of the root and other paths are refused."""
+        registry = self.registry or Registry()
+        try:
+            return Path(registry.checkout(source).artifact_path)
+        except RegistryError as err:
+            if "no model named" not in str(err) and "invalid model reference" not in str(err):
+                raise AdapterError(f"lora_path: {err}") from None
+        if self.adapter_root is None:
+            raise AdapterError(
+                f"lora_path: {source!r} is not a registered version, and the server has no "
+                "--adapter-root to load directories from"
+            )
+        path = (self.adapter_root / source).resolve()  # follows links and `..`
+        if not path.is_relative_to(self.adapter_root):
+            raise AdapterError(f"lora_path: {source!r} is outside the adapter root")
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterError(f"lora_path: {source!r} is not a PEFT adapter dir")
+        return path
+
+    def _adapter_host(self, base: str | None) -> ServedModel:
+        hosts = [m for m in self.models.values() if hasattr(m.engine, "load_adapter")]
+        if base is not None:
+            hosts = [m for m in hosts if m.model_id == base]
+        if len(hosts) != 1:
+            what = f"'{base}' is not" if base else "no single model is"
+            raise AdapterError(f"base_model: {what} served by the transformers engine here")
+        return hosts[0]
+
+    async def load_adapter(self, name: str, source: str, base: str | None = None) -> str:
+        """Load an adapter onto a served base; returns its API id `BASE:NAME`."""
+        served = self._adapter_host(base)
+        if name in served.adapters:
+            raise AdapterError(f"lora_name: '{name}' is already loaded on {served.model_id}")
+        path = await asyncio.to_thread(self._adapter_dir, source)
+        try:
+            await asyncio.to_thread(served.engine.load_adapter, name, path)
+        except Exception as err:  # a PEFT dir for another base fails here
+            raise AdapterError(f"lora_path: cannot load {source!r}: {err}") from None
+        served.adapters[name] = name
+        log.info("adapter %s loaded on %s from %s", name, served.model_id, path)
+        return f"{served.model_id}:{name}"
+
+    async def unload_adapter(self, name: str, base: str | None = None) -> str:
+        served = self._adapter_host(base)
+        if name not in served.adapters:
+            raise AdapterError(f"lora_name: no adapter '{name}' on {served.model_id}")
+        await asyncio.to_thread(served.engine.unload_adapter, name)
+        del served.adapters[name]
+        return f"{served.model_id}:{name}"
 
     async def watch_aliases(self, interval_s: float) -> None:
         """Reload a model whose alias now points at another version."""
