@@ -31,6 +31,7 @@ PiiType = Literal[
     "account",
     "ip",
     "address",
+    "name",
 ]
 Tokenizer = Literal["mecab", "kiwi", "whitespace"]
 

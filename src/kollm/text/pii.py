@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kollm.text.names import mask_names, normalise_masks
+
 PLACEHOLDERS = {
     "rrn": "#SSN#",
     "alien": "#AlienRegistrationNumber#",
@@ -26,6 +28,7 @@ PLACEHOLDERS = {
     "account": "#AccountNumber#",
     "ip": "#IPAddress#",
     "address": "#Address#",
+    "name": "#Name#",
 }
 
 _NOT_DIGIT_BEFORE = r"(?<![\d\-.])"
@@ -218,16 +221,19 @@ DETECTORS: dict[str, Detector] = {
     "ip": _sub_if(_IPV4_RE, _accept_ip),
     "account": _sub_if(_ACCOUNT_RE, _accept_account),
     "address": _sub_if(_ADDRESS_RE, lambda m: "address"),
+    "name": mask_names,
 }
 
 
 def mask_pii(text: str, options: PiiOptions | None = None) -> PiiResult:
     """Replace PII in `text` with typed placeholders and count what was masked per type.
 
-    `alien` (외국인등록번호) is found by the `rrn` detector; selecting `rrn` masks both.
+    `alien` (외국인등록번호) is found by the `rrn` detector; selecting `rrn` masks both. Broken
+    and foreign masks (`#Person1 #`, `○○○`) are made canonical first (`mask_fixed`).
     """
     opts = options or PiiOptions()
     counts: Counter[str] = Counter()
+    text = normalise_masks(text, counts)
     for name, detect in DETECTORS.items():
         if name in opts.types:
             text = detect(text, counts)
