@@ -50,7 +50,7 @@ def main() -> None:
     names = sum(len(c["names"]) for c in cases)
     print(f"{len(cases)} cases: {names} names, {sum(not c['names'] for c in cases)} decoys")
     print(f"kollm      name recall {recall:.3f}  decoys kept {kept:.3f}  ({seconds:.2f} s)")
-    print(f"baseline   name recall {base_recall:.3f}  decoys kept {base_kept:.3f}  (MeCab NNP 인명)")
+    print(f"baseline   name recall {base_recall:.3f}  decoys kept {base_kept:.3f}  (NNP 인명)")
     print(f"ratio      recall x{recall / max(base_recall, 1e-9):.2f} of the baseline")
     if "--show" in sys.argv:
         print("\n".join(misses))

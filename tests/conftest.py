@@ -290,3 +290,45 @@ def qwen2_chat_base(tmp_path_factory, repo=REPO) -> Path:
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def kobart_base(tmp_path_factory, repo=REPO) -> Path:
+    """A KoBART-shaped seq2seq model: BART with `<s>`/`</s>`/`<pad>`/`<unk>`/`<mask>` and the
+    decoder starting from `</s>`; random weights, saved as a hub model dir."""
+    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+
+    rows = read_jsonl(repo / "data" / "sample" / "dialogsum_train.jsonl")[:300]
+    texts = [r["dialogue"] + "\n" + r["summary"] for r in rows]
+    special = ["<s>", "</s>", "<pad>", "<unk>", "<mask>"]
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe_tokenizer(texts, 800, special),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    out = tmp_path_factory.mktemp("kobart")
+    tok.save_pretrained(str(out))
+    config = BartConfig(
+        vocab_size=len(tok),
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+        forced_eos_token_id=tok.eos_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(str(out))
+    return out
