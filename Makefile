@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/data_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/pii_names_bench.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample
