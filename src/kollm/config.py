@@ -255,6 +255,9 @@ class TrainConfig(StrictModel):
     """Log the training loss every N steps."""
     max_train_samples: int | None = Field(None, ge=1)
     """Use at most this many training records (quick runs)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision: `auto` is bf16 on a GPU or CPU with bf16 hardware (AMX, AVX-512 BF16),
+    float32 elsewhere; fp16 needs a CUDA GPU."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
     """LoRA / QLoRA settings."""
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
