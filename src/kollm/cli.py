@@ -737,15 +737,25 @@ def serve(
         request_timeout_s=cfg.request_timeout_s,
         log_requests=cfg.log_requests,
         alias_poll_s=cfg.alias_poll_s,
+        load_before_ready=True,  # a model that cannot load stops the server (exit 2)
     )
+    try:
+        manager.check_refs()
+    except ValueError as err:
+        fail(f"cannot serve: {err}")
     console.print(
         f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"
     )
-    uvicorn.run(
-        create_app(manager, settings, RequestLog() if cfg.log_requests else None),
-        host=cfg.host,
-        port=cfg.port,
-    )
+    try:
+        uvicorn.run(
+            create_app(manager, settings, RequestLog() if cfg.log_requests else None),
+            host=cfg.host,
+            port=cfg.port,
+        )
+    except SystemExit:
+        if manager.failure:  # uvicorn exits 3 on a failed start-up; the reason is ours
+            fail(f"cannot serve: {manager.failure}")
+        raise
 
 
 # --- feedback ----------------------------------------------------------------------------------

@@ -228,3 +228,30 @@ def test_two_versions_of_one_model_side_by_side(start_server, served_home, tmp_p
     for model, version in (("tiny", v1.ref), (v2.ref, v2.ref), (v1.ref, v1.ref)):
         reply = api.chat.completions.create(model=model, messages=messages, max_tokens=2)
         assert reply.model_extra["model_version"] == version
+
+
+def test_kollm_serve_exits_2_when_a_model_cannot_be_loaded(served_home, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "home"  # its own store: the weights are tampered with below
+    source = Registry(served_home).get("tiny:1").artifact_path
+    Registry(home).promote("tiny", Registry(home).register("tiny", source).version)
+    env = {**os.environ, "KOLLM_HOME": str(home)}
+    kollm = [str(Path(sys.executable).parent / "kollm"), "serve", "--port", "0"]
+
+    unknown = subprocess.run([*kollm, "tiny@nosuch"], env=env, capture_output=True, text=True)
+    assert unknown.returncode == 2 and "tiny has no alias 'nosuch'" in unknown.stderr
+
+    missing = subprocess.run([*kollm, "./no/such/dir"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such model dir" in missing.stderr
+
+    weights = Path(Registry(home).get("tiny:1").artifact_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    broken = subprocess.run(
+        [*kollm, "tiny:1"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert broken.returncode == 2
+    assert "cannot serve" in broken.stderr and "model.safetensors changed" in broken.stderr

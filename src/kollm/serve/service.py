@@ -122,6 +122,18 @@ class ModelManager:
             version.format,
         )
 
+    def check_refs(self) -> None:
+        """Fail fast on a reference that names nothing (an unknown model, alias or dir)."""
+        for ref in self.refs:
+            if Path(ref).is_dir():
+                continue
+            if ("/" in ref or ref.startswith(".")) and not Path(ref).exists():
+                raise ValueError(f"{ref}: no such model dir")
+            try:
+                (self.registry or Registry()).get(ref)
+            except RegistryError as err:
+                raise ValueError(f"{ref}: {err}") from err
+
     def _open_engine(self, model_dir: Path, sha256: str | None) -> Engine:
         from kollm.engines import open_engine
 
