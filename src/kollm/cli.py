@@ -924,7 +924,8 @@ def tune_cmd(
     recipe: RecipeArg,
     overrides: OverridesArg = None,
     trials: Annotated[
-        int | None, typer.Option(help="Trials to run now (default: tune.trials).")
+        int | None,
+        typer.Option(help="Run this many more trials now (default: up to tune.trials in all)."),
     ] = None,
 ) -> None:
     """Optuna over the recipe's `tune.space`, maximising the eval metric; resumable."""

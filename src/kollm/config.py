@@ -342,7 +342,8 @@ class TuneConfig(StrictModel):
     metric: str = "score"
     """The eval metric to maximise (`score`, `rouge1`, `rouge2`, `rougeL`)."""
     trials: int = Field(10, ge=1)
-    """Trials to run (a resumed study counts those it already has)."""
+    """Trials the study should have in all: a resumed study runs only the missing ones
+    (finished and pruned trials count; failed ones run again)."""
     prune: bool = True
     """Skip the evaluation of a trial whose final training loss is worse than the median."""
 

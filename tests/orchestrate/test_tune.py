@@ -15,11 +15,16 @@ def test_tune_searches_resumes_and_summarises(tiny_recipe, tmp_path, monkeypatch
         f"tune.space={space}",
     ]
     runner = CliRunner()
-    first = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "--trials", "2"])
+    first = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "tune.trials=2"])
     assert first.exit_code == 0, first.output
-    again = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "--trials", "1"])
-    assert again.exit_code == 0, again.output
-    assert "Best of 3 trials" in again.output  # the study resumed from SQLite
+    assert "Best of 2 trials" in first.output
+    again = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "tune.trials=2"])
+    assert "Best of 2 trials" in again.output  # resumed, and already complete: nothing ran
+    more = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "tune.trials=3"])
+    assert "Best of 3 trials" in more.output  # one more, to the new total
+    extra = runner.invoke(app, ["tune", str(tiny_recipe), *overrides, "--trials", "1"])
+    assert extra.exit_code == 0, extra.output
+    assert "Best of 4 trials" in extra.output  # --trials runs that many more now
     summary = json.loads((tmp_path / "run" / "tune" / "summary.json").read_text())
     values = [t["value"] for t in summary["trials"]]
     assert summary["best"]["value"] == max(values)

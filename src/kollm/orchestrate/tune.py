@@ -89,9 +89,18 @@ def tune(
     )
     study.optimize(
         lambda trial: _trial(recipe_path, base, trial, overrides),
-        n_trials=trials or base.tune.trials,
+        n_trials=trials if trials is not None else missing_trials(study, base.tune.trials),
     )
     return summarise(study, base.run_dir / "tune")
+
+
+def missing_trials(study, total: int) -> int:
+    """How many trials a study lacks of `total`: finished and pruned ones count, failed and
+    interrupted ones are run again."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return max(total - len(study.get_trials(deepcopy=False, states=states)), 0)
 
 
 def summarise(study, out_dir: Path) -> TuneResult:
