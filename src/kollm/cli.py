@@ -109,10 +109,26 @@ def _load(recipe: Path, overrides: list[str] | None) -> Recipe:
         return load_recipe(recipe, overrides)
 
 
+def _log_to_stderr() -> None:
+    """kollm's progress lines (stages, training steps) on stderr, above any Rich bar."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("kollm")
+    if not logger.handlers:
+        handler = RichHandler(console=err_console, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
+    _log_to_stderr()
     if version:
         console.print(f"kollm {__version__}")
         raise typer.Exit()
@@ -494,9 +510,11 @@ def _run_table(result) -> Table:
     table.add_column("stage")
     table.add_column("")
     table.add_column("result")
+    table.add_column("time", justify="right")
     for stage in result.stages:
         status = "skipped (unchanged)" if stage.skipped else "ran"
-        table.add_row(stage.name, status, _stage_line(stage.name, stage.summary))
+        line = _stage_line(stage.name, stage.summary)
+        table.add_row(stage.name, status, line, f"{stage.seconds:.0f} s")
     return table
 
 
@@ -555,8 +573,12 @@ def demo(
     ] = False,
 ) -> None:
     """The embedded default: a scratch model trained on the bundled Korean dialogues."""
+    import time
+
+    started = time.monotonic()
     console.rule("kollm demo: data -> train -> eval -> register, on this CPU, offline")
     result = run_and_report(recipe, None, force)
+    times = {s.name: s.seconds for s in result.stages}
     r = result.recipe
     console.print(f"data report:  {r.data_dir / 'report' / 'report.html'}")
     if r.train is not None:
@@ -572,10 +594,16 @@ def demo(
         from kollm.orchestrate.demo import demo_loop
 
         console.rule("kollm demo --loop: serve, feedback, retrain, gate")
+        loop_started = time.monotonic()
         with user_errors():
             corrections, decision = demo_loop(r, Registry())
+        times["loop"] = time.monotonic() - loop_started
         console.print(f"scripted users sent {corrections} corrections through POST /v1/feedback")
+        if decision.decision != "not triggered":
+            console.print(f"the trigger fired by itself: {decision.trigger}")
         _print_decision(r, decision)
+    spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
+    console.print(f"demo: {time.monotonic() - started:.0f} s in all ({spent})")
 
 
 # --- serve -------------------------------------------------------------------------------------

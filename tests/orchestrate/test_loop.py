@@ -74,13 +74,16 @@ def test_demo_loop_serves_collects_feedback_over_http_and_decides(tiny_recipe, t
             "registry.alias=production",
             "loop.max_steps=2",
             "loop.gate.epsilon=100",
+            "loop.trigger.min_corrections=2",
             "eval.max_samples=2",
         ],
     )
     run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
     corrections, decision = demo_loop(recipe, registry, count=3)
     assert corrections == 3  # a 30-step model never writes the gold summary
+    assert decision.trigger == "3 new corrections >= 2"  # fired by itself, not forced
     assert decision.decision == "promoted" and registry.get("tiny@production").version == 2
+    assert set(decision.metrics["seconds"]) == {"retrain", "evaluate"}
     rows = FeedbackStore(registry.home).rows("tiny")
     assert len(rows) == 3 and all(r["model_version"] == "tiny:1" for r in rows)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from kollm.config import Recipe
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackStore
 from kollm.registry import ModelVersion, Registry
+
+log = logging.getLogger("kollm.loop")
 
 
 class LoopError(ValueError):
@@ -237,12 +241,21 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
         raise LoopError(
             f"{name}: no corrections since the last decision ({since or 'ever'}): nothing to train"
         )
+    log.info(
+        "loop: fired (%s); retraining from %s with %s", reason, production.ref, recipe.loop.method
+    )
     loop_dir = recipe.run_dir / "loop" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
     candidate_dir, export_sha = _train_candidate(
         recipe, rows, Path(production.artifact_path), loop_dir
     )
+    seconds["retrain"] = time.monotonic() - started
+    log.info("loop: candidate trained in %.1f s; evaluating both", seconds["retrain"])
+    started = time.monotonic()
     prod_metrics = _evaluate(recipe, Path(production.artifact_path), loop_dir / "eval-production")
     cand_metrics = _evaluate(recipe, candidate_dir, loop_dir / "eval-candidate")
+    seconds["evaluate"] = time.monotonic() - started
     passed, failures = gate(recipe, cand_metrics, prod_metrics)
     refusals = {
         "production": refusal_rate(recipe, Path(production.artifact_path)),
@@ -259,6 +272,7 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
         "production": prod_metrics,
         "gate_failures": failures,
         "refusal_rate": refusals,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     decision = LoopDecision(
         "promoted" if passed else "rejected", reason, production.ref, None, metrics

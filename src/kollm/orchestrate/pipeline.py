@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from kollm.config import Recipe
 from kollm.data.io import write_json
 from kollm.registry import ModelVersion, Registry
 
+log = logging.getLogger("kollm.run")
 Advance = Callable[[int], None]
 ProgressFactory = Callable[[str, int | None], Any]
 
@@ -28,6 +31,7 @@ class StageOutcome:
     name: str
     skipped: bool
     summary: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -38,6 +42,17 @@ class RunResult:
 
     def stage(self, name: str) -> StageOutcome | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    def add(self, run: Callable[[], StageOutcome], name: str) -> StageOutcome:
+        """Run one stage, timed, with a log line before and after."""
+        log.info("%s: starting", name)
+        started = time.monotonic()
+        outcome = run()
+        outcome.seconds = time.monotonic() - started
+        how = "skipped (unchanged)" if outcome.skipped else "done"
+        log.info("%s: %s in %.1f s", name, how, outcome.seconds)
+        self.stages.append(outcome)
+        return outcome
 
 
 def _sha(*parts: Any) -> str:
@@ -184,17 +199,21 @@ def run_recipe(
         return progress(description, total) if progress else _no_progress()
 
     with bar("data: reading and cleaning", None) as advance:
-        result.stages.append(data_stage(recipe, force, advance))
+        result.add(lambda: data_stage(recipe, force, advance), "data")
     if recipe.train is None:
         return result
-    result.stages.append(train_stage(recipe, force))
+    result.add(lambda: train_stage(recipe, force), "train")
     if recipe.eval is not None:
-        n = recipe.eval.max_samples
-        with bar("eval: generating", n) as advance:
-            result.stages.append(eval_stage(recipe, force, advance))
+        with bar("eval: generating", recipe.eval.max_samples) as advance:
+            result.add(lambda: eval_stage(recipe, force, advance), "eval")
     if recipe.registry.enabled:
-        outcome, result.version = register_stage(recipe, recipe_text, registry or Registry())
-        result.stages.append(outcome)
+        registry = registry or Registry()
+
+        def register() -> StageOutcome:
+            outcome, result.version = register_stage(recipe, recipe_text, registry)
+            return outcome
+
+        result.add(register, "register")
     return result
 
 

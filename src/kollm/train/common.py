@@ -9,8 +9,11 @@ half-written one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from kollm.data.io import atomic_path, write_json
 from kollm.prompts import PromptFormat, recipe_format, save_format
 
 COMPLETE_MARKER = "KOLLM_COMPLETE"
+log = logging.getLogger("kollm.train")
 
 
 @dataclass
@@ -164,6 +168,56 @@ class LossLogger(TrainerCallback):
         return control
 
 
+class ProgressLog(TrainerCallback):
+    """A log line at the start, every `interval_s` seconds and at the end of training, so a
+    run piped into a file (`make demo | tee demo.log`) shows its progress too."""
+
+    interval_s = 5.0
+
+    def __init__(self) -> None:
+        self.started = self.last = 0.0
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.last = time.monotonic()
+        where = "cpu" if args.use_cpu else "cuda"
+        precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+        log.info("train: %d steps on %s, %s", state.max_steps, where, precision)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        if now - self.last >= self.interval_s and state.is_world_process_zero:
+            self.last = now
+            self._line(state, now)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._line(state, time.monotonic())
+        return control
+
+    def _line(self, state, now: float) -> None:
+        done, total = state.global_step, max(state.max_steps, 1)
+        elapsed = now - self.started
+        left = elapsed / done * (total - done) if done else 0.0
+        loss = f", loss {self.loss:.3f}" if self.loss is not None else ""
+        log.info(
+            "train: step %d/%d (%d%%)%s, %.0f s, ~%.0f s left",
+            done,
+            total,
+            100 * done // total,
+            loss,
+            elapsed,
+            left,
+        )
+
+
 def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest `checkpoint-N` with the completion marker; incomplete newer ones are removed."""
     if not checkpoints.is_dir():
@@ -224,9 +278,11 @@ def save_final(trainer, tokenizer, model_dir: Path, fmt: PromptFormat) -> None:
 
 
 def callbacks(train_dir: Path) -> list[TrainerCallback]:
+    """Checkpoint markers, the loss log, progress lines, and on a terminal TRL's Rich bar."""
     from trl.trainer.callbacks import RichProgressCallback
 
-    return [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl"), RichProgressCallback()]
+    found = [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl"), ProgressLog()]
+    return [*found, RichProgressCallback()] if sys.stderr.isatty() else found
 
 
 def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool) -> TrainResult:
