@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The versions the tests passed with; `make lock` re-resolves pyproject.toml and rewrites it.
+LOCK := requirements/lock.txt
 # On these machines torch==2.13.0 is a CPU build on local disk; an unpinned torch would pull a
 # multi-GB CUDA build. GPU users: make TORCH='torch==2.13.0 --index-url <your CUDA wheel index>'.
 TORCH ?= torch==2.13.0
@@ -11,13 +13,22 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench sample clean
+.PHONY: install demo test lint bench sample clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
+
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q $(TORCH)
+	.lock-venv/bin/pip install -q -e '.[dev]'
+	(head -n 3 $(LOCK); .lock-venv/bin/pip freeze --exclude-editable \
+		| grep -v -i -E '^(torch|nvidia-|triton)[=-]') > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK) && rm -rf .lock-venv
+	@echo "rewrote $(LOCK); run make test on a clean clone before committing it"
 
 install: $(STAMP)
 
