@@ -24,14 +24,14 @@ def open_engine(
         from kollm.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine(model_dir, adapters=adapters)
+    if kind == "vllm":
+        from kollm.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(model_dir, adapters=adapters, **options)
     if adapters:
-        raise ValueError(f"LoRA adapters are served by the transformers engine, not {kind}")
+        raise ValueError(f"LoRA adapters are served by the transformers or vllm engine, not {kind}")
     if kind == "ctranslate2":
         from kollm.engines.ctranslate2_engine import CTranslate2Engine
 
         return CTranslate2Engine(model_dir, sha256=sha256, **options)
-    if kind == "vllm":
-        from kollm.engines.vllm_engine import VllmEngine
-
-        return VllmEngine(model_dir, **options)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

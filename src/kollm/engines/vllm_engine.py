@@ -1,13 +1,20 @@
 """The vLLM engine (GPU, optional extra `kollm[gpu]`): vLLM's own OpenAI server as a subprocess.
 
-kollm launches `vllm serve` on a loopback port, waits for its /health, and routes generation
-to its /v1/completions; vLLM does its own continuous batching, so one kollm batch becomes one
-request per prompt, sent together.
+kollm launches `vllm serve` on a free loopback port (one per process, so several models and an
+alias reload never collide), waits for its /health, and routes generation to its
+/v1/completions; vLLM does its own continuous batching, so one kollm batch becomes one request
+per prompt, sent together. Streaming is real: each request streams from vLLM (SSE), and the
+server is started with `--return-tokens-as-token-ids` so every chunk names its token ids
+(`logprobs.tokens`: `token_id:123`), which feed the engine protocol's per-token callback as
+they arrive. LoRA adapters are passed through (`--enable-lora --lora-modules NAME=DIR`) and
+picked per request by name.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -16,38 +23,46 @@ from pathlib import Path
 
 from kollm.engines.base import Generation, GenerationParams, TokenCallback
 
+SERVED_NAME = "model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def vllm_command(
     model_dir: Path,
     port: int,
-    served_name: str = "model",
+    served_name: str = SERVED_NAME,
     gpu_memory_utilization: float = 0.9,
     max_model_len: int | None = None,
     dtype: str = "auto",
+    adapters: dict[str, str | Path] | None = None,
+    executable: list[str] | None = None,
 ) -> list[str]:
     """The command line that starts vLLM's OpenAI-compatible server for `model_dir`."""
-    exe = shutil.which("vllm")
-    cmd = (
-        [exe, "serve"]
-        if exe
-        else [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
-    )
-    cmd += [
-        str(model_dir),
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        dtype,
-        "--gpu-memory-utilization",
-        str(gpu_memory_utilization),
-    ]
+    if executable is not None:
+        cmd = [*executable, str(model_dir)]
+    elif shutil.which("vllm"):
+        cmd = [shutil.which("vllm"), "serve", str(model_dir)]
+    else:
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+        cmd.append(str(model_dir))
+    cmd += ["--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--dtype", dtype, "--gpu-memory-utilization", str(gpu_memory_utilization)]
+    cmd += ["--return-tokens-as-token-ids"]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if adapters:
+        cmd += ["--enable-lora", "--lora-modules"]
+        cmd += [f"{name}={path}" for name, path in adapters.items()]
     return cmd
+
+
+class VllmError(RuntimeError):
+    """vLLM answered with an error; the message is vLLM's."""
 
 
 class VllmEngine:
@@ -56,26 +71,49 @@ class VllmEngine:
     def __init__(
         self,
         model_dir: str | Path,
-        port: int = 8100,
+        port: int | None = None,
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         startup_timeout_s: float = 600,
+        adapters: dict[str, str | Path] | None = None,
+        executable: list[str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.port, self.startup_timeout_s = port, startup_timeout_s
-        self.command = vllm_command(
-            self.model_dir, port, "model", gpu_memory_utilization, max_model_len
-        )
+        self.port = port  # None: a free port, chosen at each load
+        self.startup_timeout_s = startup_timeout_s
+        self.adapters = dict(adapters or {})
+        self._command_args = (gpu_memory_utilization, max_model_len, executable)
         self.context_length = max_model_len or 4096
         self.process: subprocess.Popen | None = None
         self.tokenizer = None
+        self.command: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def load(self) -> None:
-        import httpx
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.port = self.port or free_port()
+        memory, max_len, executable = self._command_args
+        self.command = vllm_command(
+            self.model_dir,
+            self.port,
+            SERVED_NAME,
+            memory,
+            max_len,
+            "auto",
+            self.adapters,
+            executable,
+        )
         self.process = subprocess.Popen(self.command)
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        import httpx
+
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -83,43 +121,68 @@ class VllmEngine:
                     f"vLLM exited with code {self.process.returncode}: {' '.join(self.command)}"
                 )
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(2)
+            time.sleep(0.5)
+        self.unload()
         raise TimeoutError(f"vLLM did not report healthy within {self.startup_timeout_s}s")
 
-    def _one(self, prompt: str, params: GenerationParams) -> Generation:
-        import httpx
-
-        body = {
-            "model": "model",
+    def _body(self, prompt: str, params: GenerationParams, adapter: str | None) -> dict:
+        return {
+            "model": adapter or SERVED_NAME,
             "prompt": prompt,
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature if params.do_sample else 0.0,
             "top_p": params.top_p,
             "stop": list(params.stop) or None,
             "seed": params.seed,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "logprobs": 0,  # with --return-tokens-as-token-ids, each chunk names its token ids
         }
-        reply = httpx.post(
-            f"http://127.0.0.1:{self.port}/v1/completions", json=body, timeout=600
-        ).json()
-        choice, use = reply["choices"][0], reply["usage"]
+
+    def _one(self, index: int, prompt, params, adapter, on_token) -> Generation:
+        """Stream one completion from vLLM, passing each token id on as it arrives."""
+        import httpx
+
+        text, finish, usage = [], "length", {}
+        body = self._body(prompt, params, adapter)
+        with httpx.stream("POST", self.url + "/v1/completions", json=body, timeout=600) as reply:
+            if reply.status_code >= 400:
+                reply.read()
+                raise VllmError(f"vLLM answered {reply.status_code}: {_message(reply.text)}")
+            for chunk in _events(reply.iter_lines()):
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    text.append(choice.get("text", ""))
+                    finish = choice.get("finish_reason") or finish
+                    for token in (choice.get("logprobs") or {}).get("tokens") or []:
+                        if on_token is not None and token.startswith("token_id:"):
+                            on_token(index, int(token.split(":", 1)[1]))
         return Generation(
-            choice["text"], use["prompt_tokens"], use["completion_tokens"], choice["finish_reason"]
+            "".join(text),
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            finish,
         )
 
     def generate(
-        self, prompts: list[str], params: GenerationParams, on_token: TokenCallback | None = None
+        self,
+        prompts: list[str],
+        params: GenerationParams,
+        on_token: TokenCallback | None = None,
+        adapter: str | None = None,
     ) -> list[Generation]:
+        if adapter is not None and adapter not in self.adapters:
+            raise ValueError(f"no LoRA adapter '{adapter}' was given to vLLM")
         with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-            results = list(pool.map(lambda text: self._one(text, params), prompts))
-        if on_token is not None:  # vLLM streams text, not ids: replay the answer's tokens
-            for i, result in enumerate(results):
-                for token in self.tokenize(result.text):
-                    on_token(i, token)
-        return results
+            futures = [
+                pool.submit(self._one, i, p, params, adapter, on_token)
+                for i, p in enumerate(prompts)
+            ]
+            return [f.result() for f in futures]
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -133,5 +196,28 @@ class VllmEngine:
     def unload(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            self.process.wait(30)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
             self.process = None
+
+
+def _events(lines):
+    """The JSON objects of an SSE stream, up to `data: [DONE]`."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _message(body: str) -> str:
+    try:
+        error = json.loads(body)
+    except ValueError:
+        return body[:200]
+    inner = error.get("error", error) if isinstance(error, dict) else error
+    return str(inner.get("message", inner) if isinstance(inner, dict) else inner)[:300]
