@@ -1025,6 +1025,13 @@ def plan_cmd(
     context: Annotated[int, typer.Option(help="Context length in tokens.")] = 8192,
     concurrency: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank (lora, qlora).")] = 16,
+    batch: Annotated[int, typer.Option(help="Training: sequences per step.")] = 1,
+    checkpointing: Annotated[
+        bool, typer.Option(help="Training: gradient checkpointing (TRL's default).")
+    ] = True,
+    attention: Annotated[
+        str, typer.Option(help="Training: sdpa, flash or eager (keeps the score matrices).")
+    ] = "sdpa",
     gpu: Annotated[
         str | None, typer.Option(help="Card for the KV budget (see the catalogue).")
     ] = None,
@@ -1048,10 +1055,12 @@ def plan_cmd(
     The model is a config (a dir, a config.json, a registry reference), explicit numbers
     (--layers --hidden-size --heads --kv-heads --vocab-size ...), or a config and numbers."""
     from kollm.orchestrate.inventory import placements
-    from kollm.orchestrate.planner import BYTES, CARDS, kv_budget, plan
+    from kollm.orchestrate.planner import ATTENTION, BYTES, CARDS, kv_budget, max_context, plan
 
     if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
         fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))
+    if attention not in ATTENTION:
+        fail(f"--attention: one of {', '.join(ATTENTION)}, got {attention!r}")
     if gpu is not None and gpu not in CARDS:
         fail(f"--gpu: unknown card {gpu!r}; known: {', '.join(CARDS)}")
     inv = _inventory(inventory)
@@ -1076,14 +1085,22 @@ def plan_cmd(
         gpu_memory_utilization,
         activation_gib,
         cards=inv.cards() if inv is not None else None,
+        checkpointing=checkpointing,
+        attention=attention,
+        batch=batch,
     )
     cards = {**CARDS, **(inv.cards() if inv is not None else {})}
     card = gpu or next(iter(result.fits or []), None)
     if card is not None and task == "inference":
         result = kv_budget(result, cards[card], gpu_memory_utilization, context)
+    longest = None
+    if card is not None and task != "inference":
+        options = {"checkpointing": checkpointing, "attention": attention, "batch": batch}
+        longest = max_context(shape, task, cards[card], lora_rank, **options)
     rows = placements(result.total_gib, inv, gpu_memory_utilization) if inv is not None else None
     if as_json:
-        print(json.dumps({**result.as_dict(), "card": card, "inventory": rows}))
+        out = {**result.as_dict(), "card": card, "inventory": rows, "max_context": longest}
+        print(json.dumps(out))
         return
     table = Table(
         title=f"{model or f'{shape.parameters / 1e9:.1f}B'}: {task} at {precision}, "
@@ -1096,7 +1113,9 @@ def plan_cmd(
         ("activations (peak)", result.activation_gib),
         ("gradients + optimizer / adapters", result.training_gib),
         (
-            "KV cache for the context x concurrency",
+            "KV cache for the context x concurrency"
+            if task == "inference"
+            else "CUDA context and workspace",
             result.total_gib - result.weights_gib - result.activation_gib - result.training_gib,
         ),
         ("total", result.total_gib),
@@ -1104,7 +1123,10 @@ def plan_cmd(
     ):
         table.add_row(label, f"{value:.2f}")
     console.print(table)
+    console.print(f"assumes: {result.assumes}")
     console.print(f"fits alone on: {', '.join(result.fits) or 'none'}")
+    if longest is not None:
+        console.print(f"on {card}: the longest sequence that trains is {longest} tokens")
     for row in rows or []:
         holds = "holds it" if row["holds"] else "too few"
         console.print(

@@ -255,6 +255,13 @@ class TrainConfig(StrictModel):
     """Log the training loss every N steps."""
     max_train_samples: int | None = Field(None, ge=1)
     """Use at most this many training records (quick runs)."""
+    gradient_checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass instead of storing them: much
+    less memory for long sequences, about a third more compute (TRL's default). `kollm plan`
+    and job placement count memory the same way."""
+    attention: Literal["sdpa", "flash", "eager"] = "sdpa"
+    """Attention kernel: SDPA (PyTorch's default), FlashAttention-2 (`flash_attention_2`, needs
+    the flash-attn package and a GPU) or eager (keeps every score matrix)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Mixed precision: `auto` is bf16 on a GPU or CPU with bf16 hardware (AMX, AVX-512 BF16),
     float32 elsewhere; fp16 needs a CUDA GPU."""

@@ -115,5 +115,17 @@ def planned_card_gib(spec: JobSpec) -> float:
         task = "qlora" if lora.quantize_4bit else "lora" if lora.enabled else "full"
         precision = "nf4" if task == "qlora" else "bf16"
         context, batch, rank = train.max_length, train.batch_size, lora.r
-    result = plan(shape, task, precision, context, 1, rank, batch_tokens=batch * context)
+    checkpointing = train.gradient_checkpointing if train else True
+    attention = train.attention if train else "sdpa"
+    result = plan(
+        shape,
+        task,
+        precision,
+        context,
+        1,
+        rank,
+        checkpointing=checkpointing,
+        attention=attention,
+        batch=batch,
+    )
     return math.ceil(result.total_gib / spec.gpus * 100) / 100

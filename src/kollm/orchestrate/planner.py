@@ -3,9 +3,21 @@
 Reads a model's config (never its weights). Inference follows vLLM's accounting: the card's
 memory x gpu_memory_utilization, minus the weights and the activation peak, is the KV cache;
 it is cut into 16-token blocks of `kv_bytes_per_token` x 16 bytes, and the blocks bound the
-concurrency at a context length. Training adds gradients and optimizer states (about 16 bytes
-per parameter for mixed-precision AdamW), LoRA's r x (d_in + d_out) per adapted matrix, or
-QLoRA's ~0.52 bytes per quantised parameter with embeddings and lm_head in bf16.
+concurrency at a context length.
+
+Training adds gradients and optimizer states (16 bytes per trainable parameter for
+mixed-precision AdamW: bf16 weight and gradient, fp32 master and two moments), LoRA's
+r x (d_in + d_out) per adapted matrix, or QLoRA's 0.516 bytes per quantised parameter (NF4 with
+double-quantised scales) with the other parameters in fp32, as PEFT's
+`prepare_model_for_kbit_training` (which TRL calls) leaves them. Activations per token:
+- the logits: vocab x 16 bytes (bf16 logits, their fp32 copy for the loss, the fp32
+  log-softmax, and the gradients), the largest term for a 128k vocabulary;
+- with gradient checkpointing (TRL's default): each layer's bf16 input, plus one layer's
+  tensors while it is recomputed; without it, every layer's tensors;
+- eager attention keeps each layer's score matrix (heads x seq^2, bf16 and its fp32 softmax);
+  SDPA and FlashAttention do not.
+Training also counts `TRAIN_OVERHEAD_GIB` for the CUDA context and cuBLAS workspace, and fits
+against the whole card (vLLM's utilisation share is for inference).
 """
 
 from __future__ import annotations
@@ -17,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 GIB = 1024**3
+NF4_BYTES = 0.516  # 4 bits + an 8-bit scale per 64 weights + a 32-bit scale per 256 scales
+LOGIT_BYTES = 16  # per vocabulary entry and token in training (see the module docstring)
+TRAIN_OVERHEAD_GIB = 1.0
+ATTENTION = ("sdpa", "flash", "eager")
 BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5}
 # Memory the driver reports for each card (GiB), as vLLM's start-up log prints it.
 CARDS = {
@@ -160,17 +176,36 @@ class Plan:
     max_concurrency: float | None = None
     fits: list[str] | None = None
     cards_needed: dict[str, int] | None = None
+    assumes: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def activation_gib(shape: ModelShape, tokens: int, task: str) -> float:
-    """A rough activation peak: fp32 logits over `tokens` plus a few hidden-size buffers per layer
-    (inference), or the whole stored forward (training, no checkpointing)."""
-    logits = tokens * shape.vocab * 4
-    per_layer = tokens * (4 * shape.hidden + 2 * shape.intermediate) * 2
-    return (logits + per_layer * (shape.layers if task != "inference" else 2)) / GIB
+def activation_gib(
+    shape: ModelShape,
+    tokens: int,
+    task: str,
+    checkpointing: bool = True,
+    attention: str = "sdpa",
+    batch: int = 1,
+) -> float:
+    """The activation peak over `tokens` (all sequences of a step): for inference, fp32 logits
+    and a few buffers; for training, see the module docstring."""
+    if task == "inference":
+        per_layer = tokens * (4 * shape.hidden + 2 * shape.intermediate) * 2
+        return (tokens * shape.vocab * 4 + per_layer * 2) / GIB
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    layer = tokens * (10 * shape.hidden + q + 2 * kv + 4 * shape.intermediate) * 2
+    if attention == "eager":  # bf16 scores and the fp32 softmax of every head
+        seq = tokens / max(batch, 1)
+        layer += batch * shape.heads * seq * seq * 6
+    stored = (
+        tokens * shape.hidden * 2 * shape.layers + layer
+        if checkpointing
+        else (layer * shape.layers)
+    )
+    return (tokens * shape.vocab * LOGIT_BYTES + stored) / GIB
 
 
 def plan(
@@ -182,38 +217,90 @@ def plan(
     lora_rank: int = 16,
     gpu_memory_utilization: float = 0.9,
     activation: float | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     cards: dict[str, float] | None = None,
+    checkpointing: bool = True,
+    attention: str = "sdpa",
+    batch: int = 1,
 ) -> Plan:
+    """Memory for `task`. Inference holds `context` x `concurrency` tokens of KV cache; a
+    training step holds `batch` sequences of `context` tokens (or `batch_tokens` in all)."""
     cards = cards or CARDS
     params = shape.parameters
-    if task == "qlora":  # quantised linear layers at ~0.52 B/param; embeddings and lm_head in bf16
-        weights = (params - shape.embedding_params) * 0.52 + shape.embedding_params * 2
+    weights = _weight_bytes(shape, task, precision)
+    kv_token = shape.kv_bytes_per_token(
+        2.0 if precision in ("int8", "int4", "nf4") else BYTES[precision]
+    )
+    tokens = batch_tokens or (batch * context if task != "inference" else 8192)
+    act = (
+        activation
+        if activation is not None
+        else activation_gib(shape, tokens, task, checkpointing, attention, batch)
+    )
+    train = _training_bytes(shape, task, weights, lora_rank)
+    if task == "inference":
+        total = (weights + kv_token * context * concurrency) / GIB + act
+        share = gpu_memory_utilization
     else:
-        weights = params * BYTES[precision]
-    kv_dtype_bytes = 2.0 if precision in ("int8", "int4", "nf4") else BYTES[precision]
-    kv_token = shape.kv_bytes_per_token(kv_dtype_bytes)
-    act = activation if activation is not None else activation_gib(shape, batch_tokens, task)
-    train = 0.0
-    if task == "full":
-        train = (
-            params * 16 - weights
-        )  # mixed-precision AdamW: weights, grads, fp32 master and moments
-    elif task in ("lora", "qlora"):
-        lora_params = shape.layers * sum(lora_rank * (a + b) for a, b in shape.linear_shapes())
-        train = lora_params * 16
-    need_kv = kv_token * context * concurrency
-    total = weights / GIB + act + train / GIB + need_kv / GIB
-    # Operators' rule: "2 GB per billion parameters in FP16", weights alone.
-    rule = params * 2 / GIB
+        total = (weights + train) / GIB + act + TRAIN_OVERHEAD_GIB
+        share = 1.0  # the overhead is counted; the whole card is the budget
+    rule = params * 2 / GIB  # operators' rule: "2 GB per billion parameters in FP16"
     result = Plan(
         task, precision, params / 1e9, weights / GIB, kv_token, act, train / GIB, total, rule
     )
-    result.fits = [name for name, gib in cards.items() if gib * gpu_memory_utilization >= total]
-    result.cards_needed = {
-        name: math.ceil(total / (gib * gpu_memory_utilization)) for name, gib in cards.items()
-    }
+    result.assumes = _assumptions(task, checkpointing, attention, batch, tokens)
+    result.fits = [name for name, gib in cards.items() if gib * share >= total]
+    result.cards_needed = {name: math.ceil(total / (gib * share)) for name, gib in cards.items()}
     return result
+
+
+def _weight_bytes(shape: ModelShape, task: str, precision: str) -> float:
+    if task == "qlora":  # NF4 linear layers; embeddings, lm_head and norms kept in fp32
+        linear = shape.layers * sum(a * b for a, b in shape.linear_shapes())
+        return linear * NF4_BYTES + (shape.parameters - linear) * 4
+    return shape.parameters * BYTES[precision]
+
+
+def _training_bytes(shape: ModelShape, task: str, weights: float, lora_rank: int) -> float:
+    """Gradients and AdamW states: of every parameter (full), or of the adapters."""
+    if task == "full":
+        return shape.parameters * 16 - weights
+    if task in ("lora", "qlora"):
+        adapters = shape.layers * sum(lora_rank * (a + b) for a, b in shape.linear_shapes())
+        return adapters * 16
+    return 0.0
+
+
+def _assumptions(task: str, checkpointing: bool, attention: str, batch: int, tokens: int) -> str:
+    if task == "inference":
+        return "vLLM's accounting: weights, the activation peak, then the KV cache"
+    ckpt = "gradient checkpointing" if checkpointing else "no gradient checkpointing"
+    return f"{ckpt}, {attention} attention, batch {batch}, {tokens} tokens a step, AdamW"
+
+
+def max_context(
+    shape: ModelShape, task: str, card_gib: float, lora_rank: int = 16, **options: Any
+) -> int:
+    """The longest sequence (batch 1 unless `batch` is given) whose training step fits
+    `card_gib`; 0 when not even one token does."""
+    low, high = 0, 1 << 22
+    while low < high:
+        mid = (low + high + 1) // 2
+        if (
+            plan(
+                shape,
+                task,
+                "nf4" if task == "qlora" else "bf16",
+                mid,
+                lora_rank=lora_rank,
+                **options,
+            ).total_gib
+            <= card_gib
+        ):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def kv_budget(

@@ -137,6 +137,7 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "dataloader_num_workers": 0,
         "train_sampling_strategy": "group_by_length" if t.group_by_length else "random",
         "disable_tqdm": True,  # RichProgressCallback draws the bar instead
+        "gradient_checkpointing": t.gradient_checkpointing,
         **device_settings(t.precision),
     }
 

@@ -22,6 +22,8 @@ from kollm.train.common import (
 from kollm.train.scratch import scratch_model
 from kollm.train.templates import fit_examples
 
+ATTENTION_IMPLEMENTATIONS = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
+
 
 def to_examples(recipe: Recipe, records: list[dict[str, Any]], tokenizer=None) -> list[dict]:
     """Prompt/completion rows of the records, in the recipe's prompt format."""
@@ -77,7 +79,10 @@ def load_causal(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
         return tokenizer, model
     tokenizer = AutoTokenizer.from_pretrained(cfg.base)
     prepare_tokenizer(recipe, tokenizer)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(cfg),
+        "attn_implementation": ATTENTION_IMPLEMENTATIONS[recipe.train.attention],
+    }
     if recipe.train.lora.quantize_4bit:
         kwargs["quantization_config"] = _bnb_4bit()
     model = AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
