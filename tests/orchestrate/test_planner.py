@@ -139,3 +139,48 @@ def test_plan_command_shows_what_it_assumes_and_the_longest_sequence(tmp_path):
     assert out["max_context"] < with_ckpt["max_context"]
     bad = CliRunner().invoke(app, [*args, "--attention", "magic"])
     assert bad.exit_code == 2 and "--attention" in bad.output
+
+
+# A second source, for full fine-tuning: Korthikanti et al. 2022, "Reducing Activation
+# Recomputation in Large Transformer Models", eq. (1): a GPT layer keeps s*b*h*(34 + 5*a*s/h)
+# bytes of fp16 activations, of which 5*a*s^2*b are the attention scores (gone with a fused
+# kernel); and Rajbhandari et al. 2020 (ZeRO), section 3.1: mixed-precision Adam needs 16 bytes
+# of model states per parameter, "at least 24 GB" for the 1.5B-parameter GPT-2.
+GPT3_175B = {
+    "model_type": "gpt2",
+    "vocab_size": 51200,
+    "hidden_size": 12288,
+    "num_hidden_layers": 96,
+    "num_attention_heads": 96,
+    "intermediate_size": 4 * 12288,
+}
+
+
+def test_full_training_activations_match_the_megatron_formula():
+    from kollm.orchestrate.planner import GIB, LOGIT_BYTES, activation_gib
+
+    shape = ModelShape.from_config(GPT3_175B)
+    s, b, h, layers = 2048, 1, 12288, 96
+    logits = s * b * shape.vocab * LOGIT_BYTES / GIB
+    stored = activation_gib(shape, s * b, "full", checkpointing=False, attention="flash") - logits
+    assert stored == pytest.approx(layers * s * b * h * 34 / GIB, rel=0.01)
+    eager = activation_gib(shape, s * b, "full", checkpointing=False, attention="eager") - logits
+    published = layers * s * b * h * (34 + 5 * 96 * s / h) / GIB
+    assert eager == pytest.approx(published, rel=0.15)  # HF's eager softmax is fp32: 6, not 5
+
+
+def test_full_training_model_states_match_zero():
+    gpt2_xl = {
+        **GPT3_175B,
+        "hidden_size": 1600,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 25,
+        "tie_word_embeddings": True,
+        "intermediate_size": 6400,
+        "vocab_size": 50257,
+    }
+    shape = ModelShape.from_config(gpt2_xl)
+    assert shape.parameters == pytest.approx(1.56e9, rel=0.01)  # GPT-2 XL: 1.5B
+    full = plan(shape, "full", "bf16", 1024)
+    states_gb = (full.weights_gib + full.training_gib) * 2**30 / 1e9
+    assert states_gb == pytest.approx(24 * shape.parameters / 1.5e9, rel=0.01)

@@ -65,6 +65,8 @@ ALIASES = {
     "ffn_dim": "intermediate_size",
     "n_inner": "intermediate_size",
 }
+# Families whose MLP is two matrices with GeLU between (no gate).
+UNGATED_MODEL_TYPES = {"gpt2", "gpt_neox", "gptj", "bloom", "falcon", "mpt", "opt", "gpt_bigcode"}
 REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
 
 
@@ -95,6 +97,7 @@ class ModelShape:
     intermediate: int
     tied: bool = False
     parameter_count: int | None = None  # when known; else counted from the shapes
+    gated: bool = True  # a gated MLP (SwiGLU, GeGLU: Llama, Qwen, Gemma); GPT-2-style has two
 
     @classmethod
     def from_config(cls, config: dict[str, Any], source: str = "config") -> ModelShape:
@@ -117,6 +120,7 @@ class ModelShape:
             intermediate=config.get("intermediate_size") or 4 * hidden,
             tied=bool(config.get("tie_word_embeddings", False)),
             parameter_count=config.get("num_parameters"),
+            gated=config.get("model_type") not in UNGATED_MODEL_TYPES,
         )
 
     @classmethod
@@ -133,17 +137,12 @@ class ModelShape:
         return cls.from_config({**config, **(overrides or {})}, str(file))
 
     def linear_shapes(self) -> list[tuple[int, int]]:
-        """(d_in, d_out) of every linear layer in one decoder layer (Llama-style, gated MLP)."""
+        """(d_in, d_out) of every linear layer in one decoder layer: q, k, v, o, then the MLP
+        (gate, up, down; or up and down without a gate)."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return [
-            (self.hidden, q),
-            (self.hidden, kv),
-            (self.hidden, kv),
-            (q, self.hidden),
-            (self.hidden, self.intermediate),
-            (self.hidden, self.intermediate),
-            (self.intermediate, self.hidden),
-        ]
+        attention = [(self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden)]
+        mlp = [(self.hidden, self.intermediate)] * (2 if self.gated else 1)
+        return [*attention, *mlp, (self.intermediate, self.hidden)]
 
     @property
     def embedding_params(self) -> int:
@@ -196,7 +195,11 @@ def activation_gib(
         per_layer = tokens * (4 * shape.hidden + 2 * shape.intermediate) * 2
         return (tokens * shape.vocab * 4 + per_layer * 2) / GIB
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    layer = tokens * (10 * shape.hidden + q + 2 * kv + 4 * shape.intermediate) * 2
+    # bf16 tensors a layer keeps for its backward: two norms' inputs, the attention and MLP
+    # inputs, q/k/v, the attention output; the MLP's gate, up, activation and product (two
+    # without a gate). For GPT shapes this is Korthikanti et al.'s 34 x s x b x h.
+    mlp = (8 if shape.gated else 4) * shape.intermediate
+    layer = tokens * (2 * (6 * shape.hidden + q + 2 * kv) + mlp)
     if attention == "eager":  # bf16 scores and the fp32 softmax of every head
         seq = tokens / max(batch, 1)
         layer += batch * shape.heads * seq * seq * 6

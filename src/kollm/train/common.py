@@ -137,7 +137,10 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "dataloader_num_workers": 0,
         "train_sampling_strategy": "group_by_length" if t.group_by_length else "random",
         "disable_tqdm": True,  # RichProgressCallback draws the bar instead
-        "gradient_checkpointing": t.gradient_checkpointing,
+        # Prefix tuning feeds its virtual keys/values through the cache that checkpointing
+        # turns off, so its first step fails with checkpointing on.
+        "gradient_checkpointing": t.gradient_checkpointing
+        and not (t.lora.enabled and t.lora.method == "prefix_tuning"),
         **device_settings(t.precision),
     }
 
