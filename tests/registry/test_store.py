@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kollm.registry import Registry, RegistryError
-from kollm.registry.migrations import MIGRATIONS
+from kollm.store import MIGRATIONS
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kollm.registry import Registry
-from kollm.registry.store import connect
+from kollm.store import connect, open_store
 from kollm.text.pii import mask_pii
 
 CATEGORIES = ("hallucination", "harmful", "biased", "evasive", "off-domain", "other")
@@ -55,7 +54,7 @@ def parse_rating(value: str | int) -> Rating:
 
 class FeedbackStore:
     def __init__(self, home: Path | str | None = None) -> None:
-        self.path = Registry(home).path  # opening the registry applies the migrations
+        _, self.path = open_store(home)
 
     def _connect(self) -> sqlite3.Connection:
         return connect(self.path)

@@ -29,8 +29,7 @@ from typing import Any
 
 from kollm.orchestrate.inventory import Inventory, InventoryError, local_inventory
 from kollm.orchestrate.jobspec import JobError, JobSpec, planned_card_gib, stage_command
-from kollm.registry import Registry
-from kollm.registry.store import connect
+from kollm.store import connect, open_store
 
 ACTIVE = ("queued", "running")
 RUNNING_LOCAL = "SELECT * FROM jobs WHERE status = 'running' AND executor = 'local'"
@@ -88,8 +87,7 @@ class LocalExecutor:
         max_running: int = 2,
         inventory: Inventory | None = None,
     ) -> None:
-        registry = Registry(home)  # applies the migrations
-        self.home, self.db = registry.home, registry.path
+        self.home, self.db = open_store(home)
         self.max_running = max_running
         self._inventory = inventory
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from kollm.config import Recipe
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackStore
 from kollm.registry import ModelVersion, Registry
+from kollm.store import connect
 
 log = logging.getLogger("kollm.loop")
 
@@ -45,7 +45,7 @@ def _now() -> str:
 
 
 def last_decision_time(registry: Registry, model: str) -> str | None:
-    with closing(sqlite3.connect(registry.path)) as conn:
+    with closing(connect(registry.path)) as conn:
         row = conn.execute(
             "SELECT MAX(at) FROM loop_decisions WHERE model = ? AND decision != 'not triggered'",
             (model,),
@@ -77,7 +77,7 @@ def record(
     cand_version: int | None,
     export_sha: str | None,
 ) -> None:
-    with closing(sqlite3.connect(registry.path, timeout=60)) as conn, conn:
+    with closing(connect(registry.path)) as conn:
         conn.execute(
             "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
             " candidate_version, decision, metrics, export_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -96,8 +96,7 @@ def record(
 
 
 def history(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
-    with closing(sqlite3.connect(registry.path)) as conn:
-        conn.row_factory = sqlite3.Row
+    with closing(connect(registry.path)) as conn:
         query = (
             "SELECT * FROM loop_decisions" + (" WHERE model = ?" if model else "") + " ORDER BY id"
         )

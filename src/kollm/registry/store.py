@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -29,7 +28,7 @@ from kollm.artifacts import (
     verify_artifact,
     weights_sha256,
 )
-from kollm.registry.migrations import migrate
+from kollm.store import connect, default_home, open_store
 
 _REF_RE = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:(?::(?P<version>\d+))|(?:@(?P<alias>[\w.-]+)))?$"
@@ -40,21 +39,15 @@ class RegistryError(ValueError):
     """An unknown model, version or alias, or a move the registry cannot make."""
 
 
-__all__ = ["ArtifactError", "ModelVersion", "Registry", "RegistryError", "weights_sha256"]
-
-
-def connect(path: Path | str) -> sqlite3.Connection:
-    """A connection to the store as every writer uses it: autocommit (writers open their own
-    `BEGIN IMMEDIATE`), rows by column name, a long busy timeout, foreign keys enforced."""
-    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout=60000")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("KOLLM_HOME", ".kollm"))
+__all__ = [
+    "ArtifactError",
+    "ModelVersion",
+    "Registry",
+    "RegistryError",
+    "connect",
+    "default_home",
+    "weights_sha256",
+]
 
 
 def _now() -> str:
@@ -94,11 +87,7 @@ class ModelVersion:
 
 class Registry:
     def __init__(self, home: Path | str | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.path = self.home / "registry.db"
-        with self._connect() as conn:
-            migrate(conn)
+        self.home, self.path = open_store(home)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

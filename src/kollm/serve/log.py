@@ -8,8 +8,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from kollm.registry import Registry
-from kollm.registry.store import connect
+from kollm.store import connect, open_store
 from kollm.text.pii import mask_pii
 
 
@@ -27,8 +26,7 @@ class RequestLog:
     """Appends to the `responses` table of the store under KOLLM_HOME (same migrations)."""
 
     def __init__(self, home: Path | str | None = None) -> None:
-        registry = Registry(home)  # opening the registry applies the migrations
-        self.home, self.path = registry.home, registry.path
+        self.home, self.path = open_store(home)
 
     def write(
         self,
