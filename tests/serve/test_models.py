@@ -162,7 +162,7 @@ def test_vllm_engine_live(local_base):
 
 
 def test_serve_settings_come_from_the_recipe_and_the_command_line(tmp_path):
-    from kollm.cli import serve_settings
+    from kollm.cli.serve import serve_settings
     from kollm.config import load_recipe
 
     path = tmp_path / "r.yaml"

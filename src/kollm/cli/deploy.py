@@ -1,0 +1,152 @@
+"""`kollm batch` and `kollm deploy`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.progress import Progress
+
+from kollm.cli.common import (
+    OverridesArg,
+    RayAddressOpt,
+    RayTokenOpt,
+    _load,
+    app,
+    console,
+    fail,
+    user_errors,
+)
+from kollm.cli.jobs import _job_executor
+from kollm.config import Recipe, RecipeError
+from kollm.registry import Registry
+
+
+@app.command("batch")
+def batch(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME:VERSION, NAME or a model dir.")],
+    input: Annotated[Path, typer.Option(help="JSONL of requests: prompt or messages a line.")],
+    output: Annotated[Path, typer.Option(help="JSONL of answers (written whole at the end).")],
+    engine: Annotated[str, typer.Option(help="ctranslate2, transformers or vllm.")] = "ctranslate2",
+    max_tokens: Annotated[int, typer.Option(help="Most tokens per answer.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Requests per engine call.")] = 8,
+) -> None:
+    """Generate an answer for every request in a file (the batch tier: no server)."""
+
+    from kollm.engines.base import GenerationParams
+    from kollm.orchestrate.batch import BatchInputError, generate_file
+
+    params = GenerationParams(max_new_tokens=max_tokens)
+    with Progress(console=console) as progress, user_errors():
+        task = progress.add_task("generating", total=None)
+        try:
+            count = generate_file(
+                ref,
+                input,
+                output,
+                engine,
+                params,
+                batch_size,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        except (BatchInputError, ValueError) as err:
+            fail(str(err))
+    console.print(f"batch: {count} answers from {ref} -> {output}")
+
+
+def _deploy_recipe(recipe: Path | None, overrides: list[str] | None) -> Recipe:
+    from kollm.config import apply_overrides, format_validation_error, parse_overrides
+
+    if recipe is not None:
+        return _load(recipe, overrides)
+    try:
+        raw = apply_overrides({}, parse_overrides(overrides or []))
+        return Recipe.model_validate(raw)
+    except RecipeError as err:
+        fail(str(err))
+    except ValidationError as err:
+        fail(format_validation_error("overrides", err, Recipe))
+    raise AssertionError  # fail() exits
+
+
+@app.command("deploy")
+def deploy(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME:VERSION or NAME in the registry.")],
+    overrides: OverridesArg = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Take the deploy and serve sections from this recipe.")
+    ] = None,
+    address: RayAddressOpt = None,
+    token: RayTokenOpt = None,
+    python: Annotated[str, typer.Option(help="The Python a batch job runs.")] = "python",
+    wait_s: Annotated[float, typer.Option(help="Seconds to wait for RUNNING (0: no wait).")] = 300,
+    probe: Annotated[
+        bool, typer.Option(help="Send one request and report its time (a cold start if none ran).")
+    ] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the application.")] = False,
+) -> None:
+    """Deploy a model on Ray Serve (always-on, scale-to-zero) or run it over a file (batch).
+
+    Settings come from the recipe's `deploy` section and overrides such as
+    deploy.tier=scale-to-zero deploy.max_replicas=4."""
+    from kollm.orchestrate.deploy import DeployError, ServeClient, deploy_to_ray
+
+    cfg = _deploy_recipe(recipe, overrides)
+    d = cfg.deploy
+    with user_errors():
+        version = Registry().get(ref)
+    if d.tier == "batch":
+        _deploy_batch(ref, cfg, address, token, python)
+        return
+    if d.target == "local":
+        fail(f"tier {d.tier} on this machine is `kollm serve {ref}`; deploy.target=ray scales out")
+    if not address:
+        fail("--address http://HOST:8265 (the Ray dashboard) is needed for deploy.target ray")
+    client = ServeClient(address, token)
+    name = d.app_name or version.name
+    try:
+        if delete:
+            client.delete(name)
+            console.print(f"deploy: application {name} removed from {address}")
+            return
+        url = deploy_to_ray(version, ref, d, cfg.serve, str(Registry().home), client, wait_s)
+    except DeployError as err:
+        fail(str(err))
+    low, high = d.replicas_min, d.max_replicas
+    console.print(f"deploy: {version.ref} as {name} ({d.tier}, {low}-{high} replicas) at {url}")
+    if probe:
+        _probe(url, name)
+
+
+def _probe(url: str, model: str) -> None:
+    import time
+
+    import httpx
+
+    body = {"model": model, "messages": [{"role": "user", "content": "안녕하세요"}]}
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/chat/completions", json={**body, "max_tokens": 8}, timeout=600)
+    took = time.perf_counter() - started
+    if response.status_code != 200:
+        fail(f"probe: HTTP {response.status_code}: {response.text[:300]}")
+    start = response.headers.get("x-kollm-replica-start-s", "?")
+    console.print(f"probe: answered in {took:.2f} s (the replica took {start} s to start)")
+
+
+def _deploy_batch(ref: str, cfg: Recipe, address: str | None, token: str | None, python: str):
+    from kollm.orchestrate.jobspec import JobError, JobSpec
+
+    d = cfg.deploy
+    args = [ref, "--input", str(Path(d.input).resolve()), "--output", str(Path(d.output).resolve())]
+    args += ["--engine", cfg.serve.engine, "--batch-size", str(cfg.serve.max_batch)]
+    spec = JobSpec("batch", "", cpus=d.replica_cpus, gpus=int(d.replica_gpus), args=args)
+    executor = "ray" if d.target == "ray" else "local"
+    try:
+        job_id = _job_executor(
+            executor=executor, address=address, token=token, python=python
+        ).submit(spec)
+    except JobError as err:
+        fail(str(err))
+    console.print(f"deploy: batch job {job_id} ({executor}); see: kollm jobs logs {job_id} -f")

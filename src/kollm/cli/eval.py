@@ -1,0 +1,123 @@
+"""`kollm eval [run]|rouge`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from kollm.cli.common import (
+    OverridesArg,
+    _load,
+    console,
+    eval_app,
+    fail,
+    progress_bar,
+    user_errors,
+)
+from kollm.config import EvalConfig
+from kollm.data.io import DataError
+
+
+def _metrics_table(metrics: dict[str, Any]) -> Table:
+    from kollm.eval.report import score_rows
+
+    table = Table(title=f"ROUGE on {metrics['examples']} examples (F1; score = mean x 100)")
+    for column in ("", "ROUGE-1", "ROUGE-2", "ROUGE-L", "score"):
+        table.add_column(column, justify="right")
+    for row in score_rows(metrics):
+        table.add_row(*row)
+    return table
+
+
+@eval_app.command("run", hidden=True)
+def eval_run(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+    ] = None,
+    overrides: OverridesArg = None,
+    model: Annotated[Path | None, typer.Option(help="Model dir (without a recipe).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="JSONL records to evaluate (without a recipe).")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="Record kind of --data.")] = "dialogue_summary",
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output dir (without a recipe).")
+    ] = Path("runs/eval"),
+) -> None:
+    """Generate for the eval split and score ROUGE beside the lead baseline."""
+    from kollm.eval.evaluate import evaluate_model, model_format, read_records
+    from kollm.prompts import recipe_format, resolve_format
+
+    with user_errors():
+        if recipe is not None:
+            loaded = _load(recipe, overrides)
+            cfg = loaded.eval or EvalConfig()
+            model_dir, data_file = (
+                loaded.train_dir / "model",
+                loaded.data_dir / f"{cfg.split}.jsonl",
+            )
+            output = loaded.eval_dir
+            fmt = model_format(model_dir, recipe_format(loaded))
+        elif model is not None and data is not None:
+            cfg, model_dir, data_file = EvalConfig(), model, data
+            fmt = model_format(model_dir, resolve_format(kind))
+        else:
+            fail("give a RECIPE, or both --model DIR and --data FILE")
+        records = read_records(data_file, cfg.max_samples)
+        with progress_bar("generating", len(records)) as advance:
+            result = evaluate_model(model_dir, records, fmt, cfg, output, advance)
+    if "model" in result.metrics:
+        console.print(_metrics_table(result.metrics))
+    if "perplexity" in result.metrics:
+        console.print(f"perplexity: {result.metrics['perplexity']:.2f}")
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
+
+
+def _rows_with(path: Path, required: tuple[str, ...], one_of: tuple[str, ...] = ()) -> list[dict]:
+    """JSONL rows that have every `required` field and one of `one_of`; else FILE:LINE error."""
+    from kollm.data.io import Malformed, read_rows
+
+    rows = []
+    for line, row in read_rows(path, "jsonl"):
+        missing = [] if isinstance(row, Malformed) else [f for f in required if f not in row]
+        if isinstance(row, Malformed) or missing or (one_of and not any(f in row for f in one_of)):
+            reason = row if isinstance(row, Malformed) else f"needs {', '.join(missing or one_of)}"
+            raise DataError(f"{path}:{line}: {reason}")
+        rows.append(row)
+    return rows
+
+
+@eval_app.command("rouge")
+def eval_rouge(
+    pred: Annotated[Path, typer.Option(help="JSONL rows with id and prediction.")],
+    ref: Annotated[Path, typer.Option(help="JSONL rows with id and references (list) or summary.")],
+    tokenize: Annotated[str, typer.Option(help="morpheme or whitespace.")] = "morpheme",
+    multi_ref: Annotated[str, typer.Option(help="max or mean over references.")] = "max",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Korean ROUGE-1/2/L F1 on files alone."""
+    from kollm.eval.rouge import corpus_rouge
+
+    if tokenize not in ("morpheme", "whitespace") or multi_ref not in ("max", "mean"):
+        fail("--tokenize is morpheme or whitespace; --multi-ref is max or mean")
+    with user_errors():
+        preds = {row["id"]: row["prediction"] for row in _rows_with(pred, ("id", "prediction"))}
+        refs = {
+            row["id"]: row.get("references") or [row["summary"]]
+            for row in _rows_with(ref, ("id",), one_of=("references", "summary"))
+        }
+    missing = sorted(set(refs) - set(preds), key=str)
+    if missing:
+        fail(f"{pred}: no prediction for id(s) {missing[:5]}")
+    ids = list(refs)
+    refs_list = [r if isinstance(r, list) else [r] for r in (refs[i] for i in ids)]
+    totals, _ = corpus_rouge([preds[i] for i in ids], refs_list, tokenize, multi_ref)
+    if as_json:
+        print(json.dumps(totals))
+        return
+    console.print(_metrics_table({"examples": len(ids), "model": totals}))
