@@ -19,10 +19,15 @@ ALLOWED = {
     "engines": {"artifacts"},
     "registry": {"store", "artifacts", "prompts"},
 }
+HIGH = {"pipeline", "cluster", "cli"}
 FORBIDDEN = {
-    "data": {"train", "serve", "eval", "orchestrate", "cli", "feedback"},
-    "registry": {"serve", "train", "cli", "orchestrate", "eval", "feedback"},
-    "engines": {"serve", "train", "cli", "orchestrate", "eval", "feedback", "registry"},
+    "data": {"train", "serve", "eval", "feedback", *HIGH},
+    "registry": {"serve", "train", "eval", "feedback", *HIGH},
+    "engines": {"serve", "train", "eval", "feedback", "registry", *HIGH},
+    "train": {"serve", "eval", "feedback", *HIGH},
+    "eval": {"serve", "train", "feedback", *HIGH},
+    "serve": {"train", "eval", *HIGH},
+    "feedback": {"serve", "train", "eval", *HIGH},
 }
 
 

@@ -6,7 +6,7 @@ import httpx
 import yaml
 
 from kollm.config import load_recipe, recipe_text
-from kollm.orchestrate.pipeline import run_recipe
+from kollm.pipeline.run import run_recipe
 from kollm.registry import Registry
 from tests.conftest import write_jsonl
 

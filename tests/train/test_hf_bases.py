@@ -7,7 +7,7 @@ import httpx
 from kollm.config import load_recipe, recipe_text
 from kollm.engines.base import GenerationParams
 from kollm.engines.transformers_engine import TransformersEngine
-from kollm.orchestrate.pipeline import run_recipe
+from kollm.pipeline.run import run_recipe
 from kollm.prompts import record_prompt
 from kollm.registry import Registry
 from tests.conftest import read_jsonl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ from typer.core import TyperGroup
 from kollm import __version__
 from kollm.config import Recipe, RecipeError, load_recipe
 from kollm.data.io import DataError
-from kollm.orchestrate.loop import LoopError
+from kollm.pipeline.loop import LoopError
 from kollm.prompts import PromptError
 from kollm.registry import RegistryError
 
@@ -115,19 +117,35 @@ def _load(recipe: Path, overrides: list[str] | None) -> Recipe:
         return load_recipe(recipe, overrides)
 
 
-def _log_to_stderr() -> None:
-    """kollm's progress lines (stages, training steps) on stderr, above any Rich bar."""
-    import logging
+class _StderrHandler(logging.StreamHandler):
+    """Plain lines on whatever `sys.stderr` is at the time (a pipe, a file, a test's capture)."""
 
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """kollm's progress lines (stages, training steps) on stderr: above the Rich bar on a
+    terminal, as plain timestamped lines in a pipe or a log file."""
     from rich.logging import RichHandler
 
     logger = logging.getLogger("kollm")
-    if not logger.handlers:
-        handler = RichHandler(console=err_console, show_path=False, markup=False)
+    if logger.handlers:
+        return
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 @app.callback(invoke_without_command=True)

@@ -36,7 +36,7 @@ def batch(
     """Generate an answer for every request in a file (the batch tier: no server)."""
 
     from kollm.engines.base import GenerationParams
-    from kollm.orchestrate.batch import BatchInputError, generate_file
+    from kollm.serve.batch import BatchInputError, generate_file
 
     params = GenerationParams(max_new_tokens=max_tokens)
     with Progress(console=console) as progress, user_errors():
@@ -91,7 +91,7 @@ def deploy(
 
     Settings come from the recipe's `deploy` section and overrides such as
     deploy.tier=scale-to-zero deploy.max_replicas=4."""
-    from kollm.orchestrate.deploy import DeployError, ServeClient, deploy_to_ray
+    from kollm.cluster.deploy import DeployError, ServeClient, deploy_to_ray
 
     cfg = _deploy_recipe(recipe, overrides)
     d = cfg.deploy
@@ -136,7 +136,7 @@ def _probe(url: str, model: str) -> None:
 
 
 def _deploy_batch(ref: str, cfg: Recipe, address: str | None, token: str | None, python: str):
-    from kollm.orchestrate.jobspec import JobError, JobSpec
+    from kollm.cluster.jobspec import JobError, JobSpec
 
     d = cfg.deploy
     args = [ref, "--input", str(Path(d.input).resolve()), "--output", str(Path(d.output).resolve())]

@@ -31,8 +31,8 @@ app.add_typer(jobs_app, name="jobs")
 
 def _job_executor(job_id: int | None = None, **options: Any):
     """The executor of an existing job (the one its row names), or of a new one."""
-    from kollm.orchestrate.jobs import JobError, LocalExecutor
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.jobs import JobError, LocalExecutor
+    from kollm.cluster.ray_jobs import RayExecutor
 
     local = LocalExecutor(
         max_running=options.get("max_running", 2), inventory=options.get("inventory")
@@ -69,7 +69,7 @@ def jobs_submit(
     max_running: Annotated[int, typer.Option(help="Jobs running at once on this machine.")] = 2,
 ) -> None:
     """Start a recipe stage in the background; it outlives this command."""
-    from kollm.orchestrate.jobspec import JobError, JobSpec
+    from kollm.cluster.jobspec import JobError, JobSpec
 
     if executor not in ("local", "ray"):
         fail(f"--executor: expected local or ray, got {executor!r}")
@@ -106,9 +106,9 @@ def jobs_list() -> None:
 
 def _refreshed(job: dict[str, Any]) -> dict[str, Any]:
     """A Ray job's row with its status asked of Ray; as stored when the cluster cannot answer."""
-    from kollm.orchestrate.jobs import ACTIVE
-    from kollm.orchestrate.jobspec import JobError
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.jobs import ACTIVE
+    from kollm.cluster.jobspec import JobError
+    from kollm.cluster.ray_jobs import RayExecutor
 
     if job["executor"] != "ray" or job["status"] not in ACTIVE:
         return job
@@ -119,7 +119,7 @@ def _refreshed(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _on_job(job_id: int, action: Callable[[Any], Any]) -> Any:
-    from kollm.orchestrate.jobspec import JobError
+    from kollm.cluster.jobspec import JobError
 
     try:
         return action(_job_executor(job_id))

@@ -31,7 +31,7 @@ def loop_run(
     """Check the trigger; when it fires: export, retrain, evaluate both, gate, promote or reject."""
     import time
 
-    from kollm.orchestrate.loop import run_loop
+    from kollm.pipeline.loop import run_loop
 
     loaded = _load(recipe, overrides)
     while True:
@@ -63,7 +63,7 @@ def loop_history(
     name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
 ) -> None:
     """Every loop decision with the metrics that led to it."""
-    from kollm.orchestrate.loop import history
+    from kollm.pipeline.loop import history
 
     table = Table(title="Loop decisions")
     for column in (

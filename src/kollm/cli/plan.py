@@ -20,7 +20,7 @@ from kollm.registry import Registry
 
 
 def _inventory(path: Path | None):
-    from kollm.orchestrate.inventory import InventoryError, load_inventory
+    from kollm.cluster.inventory import InventoryError, load_inventory
 
     if path is None:
         return None
@@ -31,7 +31,7 @@ def _inventory(path: Path | None):
 
 
 def _plan_shape(model: str | None, numbers: dict[str, Any]):
-    from kollm.orchestrate.planner import ModelShape, PlanInputError
+    from kollm.cluster.planner import ModelShape, PlanInputError
 
     try:
         if model is None:
@@ -85,8 +85,8 @@ def plan_cmd(
 
     The model is a config (a dir, a config.json, a registry reference), explicit numbers
     (--layers --hidden-size --heads --kv-heads --vocab-size ...), or a config and numbers."""
-    from kollm.orchestrate.inventory import placements
-    from kollm.orchestrate.planner import ATTENTION, BYTES, CARDS, kv_budget, max_context, plan
+    from kollm.cluster.inventory import placements
+    from kollm.cluster.planner import ATTENTION, BYTES, CARDS, kv_budget, max_context, plan
 
     if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
         fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))

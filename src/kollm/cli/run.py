@@ -60,7 +60,7 @@ def _progress_factory(description: str, total: int | None):
 
 
 def run_and_report(recipe_path: Path, overrides: list[str] | None, force: bool):
-    from kollm.orchestrate.pipeline import run_recipe
+    from kollm.pipeline.run import run_recipe
 
     loaded = _load(recipe_path, overrides)
     # The registry records the recipe as it ran: the file, and the overrides given with it.
@@ -109,7 +109,7 @@ def demo(
             f"({Registry().path}); try: kollm registry list"
         )
     if loop:
-        from kollm.orchestrate.demo import demo_loop
+        from kollm.pipeline.demo import demo_loop
 
         console.rule("kollm demo --loop: serve, feedback, retrain, gate")
         loop_started = time.monotonic()

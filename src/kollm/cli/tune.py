@@ -27,7 +27,7 @@ def tune_cmd(
     ] = None,
 ) -> None:
     """Optuna over the recipe's `tune.space`, maximising the eval metric; resumable."""
-    from kollm.orchestrate.tune import tune
+    from kollm.pipeline.tune import tune
 
     _load(recipe, overrides)
     try:

@@ -2,7 +2,7 @@
 runs, with its own ModelManager (engine, batcher, metrics).
 
 Ray imports `kollm.serve.ray_app:build` with the application's `args` (see
-`kollm.orchestrate.deploy`). A replica loads its models during its ASGI start-up, so Ray routes
+`kollm.cluster.deploy`). A replica loads its models during its ASGI start-up, so Ray routes
 it no request before it can answer; every response says which replica answered
 (`x-kollm-replica`, its process id in `x-kollm-replica-pid`) and how long that replica took to
 start (`x-kollm-replica-start-s`: replica constructor to models loaded, the part of a

@@ -139,7 +139,7 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "disable_tqdm": True,  # RichProgressCallback draws the bar instead
         # Prefix tuning feeds its virtual keys/values through the cache that checkpointing
         # turns off, so its first step fails with checkpointing on.
-        "gradient_checkpointing": t.gradient_checkpointing
+        "activation_checkpointing": t.gradient_checkpointing
         and not (t.lora.enabled and t.lora.method == "prefix_tuning"),
         **device_settings(t.precision),
     }

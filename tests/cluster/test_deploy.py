@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from kollm.orchestrate.deploy import ServeClient
+from kollm.cluster.deploy import ServeClient
 
 CHAT = {
     "model": "tiny",
@@ -73,7 +73,7 @@ def test_scale_to_zero_starts_a_replica_for_the_first_request(
 
 
 def test_the_batch_tier_is_a_ray_job_over_a_file(ray_cluster, served_home, tmp_path, monkeypatch):
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.ray_jobs import RayExecutor
 
     monkeypatch.setenv("KOLLM_HOME", str(served_home))
     requests = tmp_path / "requests.jsonl"
@@ -113,8 +113,8 @@ def test_deploy_errors_name_the_setting(served_home, monkeypatch):
 
 
 def test_the_vllm_engine_deploys_ray_serve_llm(served_home):
+    from kollm.cluster.deploy import application
     from kollm.config import DeployConfig, ServeConfig
-    from kollm.orchestrate.deploy import application
     from kollm.registry import Registry
 
     version = Registry(served_home).get("tiny@production")
@@ -131,7 +131,7 @@ def test_the_vllm_engine_deploys_ray_serve_llm(served_home):
 
 
 def test_batch_generates_over_a_file_and_names_a_bad_line(served_home, tmp_path):
-    from kollm.orchestrate.batch import BatchInputError, generate_file
+    from kollm.serve.batch import BatchInputError, generate_file
 
     requests = tmp_path / "in.jsonl"
     requests.write_text(

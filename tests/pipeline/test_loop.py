@@ -6,8 +6,8 @@ from typer.testing import CliRunner
 from kollm.cli import app
 from kollm.config import load_recipe, recipe_text
 from kollm.feedback.store import FeedbackStore
-from kollm.orchestrate.loop import history, run_loop
-from kollm.orchestrate.pipeline import run_recipe
+from kollm.pipeline.loop import history, run_loop
+from kollm.pipeline.run import run_recipe
 from kollm.registry import Registry
 from kollm.serve.log import RequestLog
 from tests.conftest import read_jsonl
@@ -65,7 +65,7 @@ def test_loop_history_command(tmp_path, monkeypatch):
 
 
 def test_demo_loop_serves_collects_feedback_over_http_and_decides(tiny_recipe, tmp_path):
-    from kollm.orchestrate.demo import demo_loop
+    from kollm.pipeline.demo import demo_loop
 
     registry = Registry(tmp_path / "home")
     recipe = load_recipe(
@@ -98,7 +98,7 @@ def test_forcing_the_loop_without_feedback_is_a_clear_error(tiny_recipe, tmp_pat
 def test_safety_regression_rejects_and_gold_pairs_join_the_feedback(
     tiny_recipe, tmp_path, monkeypatch
 ):
-    import kollm.orchestrate.loop as loop
+    import kollm.pipeline.loop as loop
 
     registry = Registry(tmp_path / "home")
     safety = tmp_path / "safety.jsonl"

@@ -1,6 +1,6 @@
 """The local job executor: a recipe stage as a detached process, tracked in the SQLite store.
 
-`submit` records the job and starts `python -m kollm.orchestrate.jobs RUN ID` in a new process
+`submit` records the job and starts `python -m kollm.cluster.jobs RUN ID` in a new process
 session, so the job outlives the CLI that started it. That runner waits for a free slot (at
 most `max_running` jobs at once), starts the stage with its output in the job's log, records
 the exit code, and marks the job succeeded or failed. `stop` ends the runner's whole process
@@ -27,8 +27,8 @@ from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
-from kollm.orchestrate.inventory import Inventory, InventoryError, local_inventory
-from kollm.orchestrate.jobspec import JobError, JobSpec, planned_card_gib, stage_command
+from kollm.cluster.inventory import Inventory, InventoryError, local_inventory
+from kollm.cluster.jobspec import JobError, JobSpec, planned_card_gib, stage_command
 from kollm.store import connect, open_store
 
 ACTIVE = ("queued", "running")
@@ -116,7 +116,7 @@ class LocalExecutor:
         resources = {**spec.resources(), "candidate_devices": candidates}
         command = stage_command(spec, sys.executable)
         job_id = self.record(spec.stage, command, "local", resources)
-        runner = [sys.executable, "-m", "kollm.orchestrate.jobs", "RUN", str(job_id)]
+        runner = [sys.executable, "-m", "kollm.cluster.jobs", "RUN", str(job_id)]
         runner += [str(self.home), str(self.max_running)]
         with Path(self.get(job_id)["log_path"]).open("ab") as out:
             proc = subprocess.Popen(

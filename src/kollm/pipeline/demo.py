@@ -16,7 +16,7 @@ import time
 import httpx
 
 from kollm.config import Recipe
-from kollm.orchestrate.loop import LoopDecision, run_loop
+from kollm.pipeline.loop import LoopDecision, run_loop
 from kollm.registry import Registry
 
 

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from kollm.orchestrate.planner import ModelShape, kv_budget, max_context, plan
+from kollm.cluster.planner import ModelShape, kv_budget, max_context, plan
 
 LLAMA3_8B = {
     "vocab_size": 128256,
@@ -157,7 +157,7 @@ GPT3_175B = {
 
 
 def test_full_training_activations_match_the_megatron_formula():
-    from kollm.orchestrate.planner import GIB, LOGIT_BYTES, activation_gib
+    from kollm.cluster.planner import GIB, LOGIT_BYTES, activation_gib
 
     shape = ModelShape.from_config(GPT3_175B)
     s, b, h, layers = 2048, 1, 12288, 96

@@ -1,6 +1,6 @@
 import pytest
 
-from kollm.orchestrate.jobs import JobError, JobSpec, LocalExecutor, group_alive
+from kollm.cluster.jobs import JobError, JobSpec, LocalExecutor, group_alive
 
 
 def test_a_job_runs_detached_and_is_tracked(tiny_recipe, tmp_path):
@@ -54,7 +54,7 @@ def test_jobs_commands(tiny_recipe, tmp_path, monkeypatch):
 
 
 def _two_t4s(tmp_path):
-    from kollm.orchestrate.inventory import load_inventory
+    from kollm.cluster.inventory import load_inventory
 
     path = tmp_path / "inventory.yaml"
     path.write_text(
@@ -100,7 +100,7 @@ def test_a_job_the_inventory_cannot_hold_is_refused_and_not_queued(tiny_recipe, 
 
 
 def test_an_inventory_with_an_unknown_card_names_it(tmp_path):
-    from kollm.orchestrate.inventory import InventoryError, load_inventory
+    from kollm.cluster.inventory import InventoryError, load_inventory
 
     path = tmp_path / "inventory.yaml"
     path.write_text("nodes:\n  - name: a\n    cpus: 4\n    memory_gib: 8\n    gpus: [{card: X9}]\n")
@@ -127,7 +127,7 @@ def test_a_train_job_with_torchrun_trains_on_two_processes(tiny_recipe, tmp_path
 
 
 def test_accelerate_commands_carry_the_recipes_strategy(tiny_recipe):
-    from kollm.orchestrate.jobspec import stage_command
+    from kollm.cluster.jobspec import stage_command
 
     base = ["train.distributed.launcher=accelerate", "train.distributed.num_processes=4"]
     fsdp = stage_command(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kollm.cluster.planner import ModelShape, plan
 from kollm.config import Recipe, load_recipe
-from kollm.orchestrate.planner import ModelShape, plan
 
 STAGES = ("train", "eval", "tune", "loop", "run", "data", "batch")
 

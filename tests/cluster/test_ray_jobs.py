@@ -5,7 +5,7 @@ import time
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from kollm.orchestrate.jobs import LocalExecutor
+from kollm.cluster.jobs import LocalExecutor
 from kollm.registry import Registry
 
 
@@ -33,8 +33,8 @@ def test_a_training_job_runs_on_a_ray_cluster_and_registers_its_model(
 
 
 def test_an_unreachable_ray_address_is_named_and_nothing_is_queued(tiny_recipe, tmp_path):
-    from kollm.orchestrate.jobs import JobError, JobSpec
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.jobs import JobError, JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
 
     result = CliRunner().invoke(
         app,
@@ -53,9 +53,9 @@ def test_an_unreachable_ray_address_is_named_and_nothing_is_queued(tiny_recipe, 
 
 
 def test_a_ray_job_larger_than_the_inventory_is_refused_before_any_call(tiny_recipe, tmp_path):
-    from kollm.orchestrate.inventory import Inventory, Node
-    from kollm.orchestrate.jobs import JobError, JobSpec
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.inventory import Inventory, Node
+    from kollm.cluster.jobs import JobError, JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
 
     inventory = Inventory(nodes=[Node(name="n1", cpus=8, memory_gib=64, gpus=[{"card": "L4"}])])
     executor = RayExecutor("http://127.0.0.1:1", tmp_path / "home", inventory=inventory)
@@ -69,8 +69,8 @@ def test_a_ray_job_larger_than_the_inventory_is_refused_before_any_call(tiny_rec
 
 
 def test_stop_ends_a_ray_job(ray_cluster, tiny_recipe, tmp_path, monkeypatch):
-    from kollm.orchestrate.jobs import JobSpec
-    from kollm.orchestrate.ray_jobs import RayExecutor
+    from kollm.cluster.jobs import JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
 
     monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
     executor = RayExecutor(ray_cluster.dashboard, tmp_path / "home", python=sys.executable)

@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from kollm.cluster.planner import CARDS, GIB
 from kollm.config import StrictModel, format_validation_error
-from kollm.orchestrate.planner import CARDS, GIB
 
 
 class InventoryError(ValueError):

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kollm.orchestrate.inventory import Inventory, InventoryError
-from kollm.orchestrate.jobs import ACTIVE, LocalExecutor, follow_text, utc_now
-from kollm.orchestrate.jobspec import JobError, JobSpec, stage_command
+from kollm.cluster.inventory import Inventory, InventoryError
+from kollm.cluster.jobs import ACTIVE, LocalExecutor, follow_text, utc_now
+from kollm.cluster.jobspec import JobError, JobSpec, stage_command
 
 GIB = 1024**3
 STATUS = {  # Ray's JobStatus -> the job table's status

@@ -4,7 +4,7 @@ from typer.testing import CliRunner
 
 from kollm.cli import app
 from kollm.config import load_recipe, recipe_text
-from kollm.orchestrate.pipeline import run_recipe
+from kollm.pipeline.run import run_recipe
 from kollm.registry import Registry
 
 

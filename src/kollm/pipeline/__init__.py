@@ -1,0 +1,2 @@
+"""The stage pipeline: `kollm run` (data -> train -> eval -> register), tune, the feedback loop
+and the demo."""
