@@ -144,3 +144,26 @@ def test_batch_generates_over_a_file_and_names_a_bad_line(served_home, tmp_path)
     with pytest.raises(BatchInputError, match=r"in\.jsonl: line 2: expected an object"):
         generate_file("tiny@production", requests, tmp_path / "bad.jsonl", home=served_home)
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_a_ray_replica_builds_its_server_with_the_adapters_and_domain_guards(served_home):
+    from kollm.cluster.deploy import application
+    from kollm.config import DeployConfig, DomainConfig, ServeConfig
+    from kollm.registry import Registry
+    from kollm.serve.ray_app import replica_config
+    from kollm.serve.server import build_manager
+
+    serve = ServeConfig(
+        engine="transformers",
+        max_batch=4,
+        adapters={"civil": "/srv/adapters/civil"},
+        domains={"tiny": DomainConfig(keywords=["예약"])},
+    )
+    version = Registry(served_home).get("tiny@production")
+    args = application(version, "tiny@production", DeployConfig(), serve, str(served_home))["args"]
+    cfg = replica_config(json.loads(json.dumps(args)))  # as Ray hands the args over
+    assert cfg.models == ["tiny@production"] and cfg.max_batch == 4
+    assert cfg.adapters == {"civil": "/srv/adapters/civil"}
+    manager = build_manager(cfg, Registry(served_home))
+    assert manager.adapters == {"civil": "/srv/adapters/civil"}
+    assert manager.guards["tiny"].keywords == ["예약"]

@@ -162,8 +162,8 @@ def test_vllm_engine_live(local_base):
 
 
 def test_serve_settings_come_from_the_recipe_and_the_command_line(tmp_path):
-    from kollm.cli.serve import serve_settings
     from kollm.config import load_recipe
+    from kollm.serve.server import resolve_config
 
     path = tmp_path / "r.yaml"
     path.write_text(
@@ -173,9 +173,8 @@ def test_serve_settings_come_from_the_recipe_and_the_command_line(tmp_path):
     )
     keywords = tmp_path / "kw.txt"
     keywords.write_text("세금\n", encoding="utf-8")
-    cfg, domains = serve_settings(
-        load_recipe(path), [], {"port": 9100, "engine": None, "domain_files": [f"tax={keywords}"]}
-    )
+    cfg = resolve_config(load_recipe(path), [], {"port": 9100, "engine": None}, {"tax": keywords})
+    domains = cfg.domains
     assert cfg.models == ["civil@production"] and cfg.engine == "transformers" and cfg.port == 9100
     assert domains["civil"].keywords == ["민원"] and domains["tax"].keywords == ["세금"]
 

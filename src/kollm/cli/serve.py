@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -13,9 +12,7 @@ from kollm.cli.common import (
     app,
     console,
     fail,
-    user_errors,
 )
-from kollm.config import Recipe
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -43,49 +40,6 @@ def _admin_keys(admin_key: str | None) -> list[str]:
     import os
 
     return [k for k in (admin_key, os.environ.get("KOLLM_ADMIN_KEY")) if k]
-
-
-def _guards(domains: dict) -> dict:
-    from kollm.serve.service import DomainGuard
-
-    guards = {}
-    for model_id, d in domains.items():
-        examples = []
-        if d.examples_file:
-            for line in Path(d.examples_file).read_text(encoding="utf-8").splitlines():
-                line = line.strip()
-                if line:
-                    examples.append(
-                        json.loads(line).get("text", "") if line.startswith("{") else line
-                    )
-        guards[model_id] = DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
-    return guards
-
-
-def serve_settings(recipe: Recipe | None, models: list[str], options: dict[str, Any]):
-    """The recipe's `serve` section (or the defaults), overridden by the command line's options."""
-    from kollm.config import DomainConfig, ServeConfig
-
-    cfg = recipe.serve if recipe is not None else ServeConfig()
-    domain_files = options.pop("domain_files", None)
-    given = {k: v for k, v in options.items() if v is not None}
-    if models:
-        given["models"] = models
-    cfg = cfg.model_copy(update=given)
-    if not cfg.models and recipe is not None:
-        alias = recipe.registry.alias
-        cfg = cfg.model_copy(
-            update={"models": [f"{recipe.model_name}@{alias}" if alias else recipe.model_name]}
-        )
-    if not cfg.models:
-        fail("name the models to serve, or give --recipe")
-    domains = dict(cfg.domains)
-    for model_id, path in _pairs(domain_files, "--domain").items():
-        words = [
-            w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip()
-        ]
-        domains[model_id] = DomainConfig(keywords=words)
-    return cfg, domains
 
 
 @app.command("serve")
@@ -139,10 +93,7 @@ def serve(
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
 
-    from kollm.serve.app import ServeSettings, create_app
-    from kollm.serve.log import RequestLog
-    from kollm.serve.metrics import ServerMetrics
-    from kollm.serve.service import ModelManager
+    from kollm.serve.server import Access, build_server, resolve_config
 
     loaded = _load(recipe, None) if recipe is not None else None
     options = {
@@ -156,26 +107,13 @@ def serve(
         "log_requests": False if no_log else None,
         "adapters": _pairs(adapter, "--adapter") or None,
     }
-    with user_errors():
-        cfg, domains = serve_settings(loaded, models or [], {**options, "domain_files": domain})
-    manager = ModelManager(
-        cfg.models,
-        cfg.engine,
-        ServerMetrics(),
-        max_batch=cfg.max_batch,
-        max_queue=cfg.max_queue,
-        adapters=cfg.adapters,
-        guards=_guards(domains),
-        adapter_root=adapter_root,
-    )
-    settings = ServeSettings(
-        api_keys=_api_keys(api_key, api_key_file),
-        admin_keys=_admin_keys(admin_key),
-        request_timeout_s=cfg.request_timeout_s,
-        log_requests=cfg.log_requests,
-        alias_poll_s=cfg.alias_poll_s,
-        load_before_ready=True,  # a model that cannot load stops the server (exit 2)
-    )
+    try:
+        cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
+    except ValueError as err:
+        fail(str(err))
+    access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key), adapter_root)
+    # A model that cannot load stops the server (exit 2), not a 503 forever.
+    app, manager = build_server(cfg, None, access, load_before_ready=True)
     try:
         manager.check_refs()
     except ValueError as err:
@@ -184,11 +122,7 @@ def serve(
         f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"
     )
     try:
-        uvicorn.run(
-            create_app(manager, settings, RequestLog() if cfg.log_requests else None),
-            host=cfg.host,
-            port=cfg.port,
-        )
+        uvicorn.run(app, host=cfg.host, port=cfg.port)
     except SystemExit:
         if manager.failure:  # uvicorn exits 3 on a failed start-up; the reason is ours
             fail(f"cannot serve: {manager.failure}")

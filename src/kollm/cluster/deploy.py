@@ -61,15 +61,12 @@ def application(
             "args": {"llm_configs": [llm]},
             "runtime_env": {"env_vars": env},
         }
+    # The recipe's whole serve section (adapters and domain guards included), as a replica
+    # builds its server from it; the files it names must be on storage the cluster sees.
     args = {
+        **serve.model_dump(mode="json", exclude={"host", "port", "models"}),
         "models": [ref],
-        "engine": serve.engine,
         "home": home,
-        "max_batch": serve.max_batch,
-        "max_queue": serve.max_queue,
-        "request_timeout_s": serve.request_timeout_s,
-        "log_requests": serve.log_requests,
-        "alias_poll_s": serve.alias_poll_s,
     }
     return {
         "name": name,

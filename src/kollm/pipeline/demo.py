@@ -26,16 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(ref: str, registry: Registry):
+def _serve(recipe: Recipe, ref: str, registry: Registry):
     import uvicorn
 
-    from kollm.serve.app import ServeSettings, create_app
-    from kollm.serve.log import RequestLog
-    from kollm.serve.metrics import ServerMetrics
-    from kollm.serve.service import ModelManager
+    from kollm.serve.server import build_server
 
-    manager = ModelManager([ref], "ctranslate2", ServerMetrics(), registry=registry)
-    app = create_app(manager, ServeSettings(), RequestLog(registry.home))
+    # The recipe's serve section (engine, domains, adapters), serving the production alias.
+    app, _ = build_server(recipe.serve.model_copy(update={"models": [ref]}), registry)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -87,7 +84,7 @@ def scripted_feedback(recipe: Recipe, url: str, count: int) -> int:
 
 def demo_loop(recipe: Recipe, registry: Registry, count: int = 24) -> tuple[int, LoopDecision]:
     ref = f"{recipe.model_name}@{recipe.loop.alias}"
-    server, url = _serve(ref, registry)
+    server, url = _serve(recipe, ref, registry)
     try:
         corrections = scripted_feedback(recipe, url, count)
     finally:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kollm.config import ServeConfig
 from kollm.engines.base import GenerationParams
 from kollm.registry import Registry
-from kollm.serve.metrics import ServerMetrics
-from kollm.serve.service import ModelManager
+from kollm.serve.server import build_manager
 
 log = logging.getLogger("kollm.batch")
 
@@ -64,8 +64,8 @@ def generate_file(
     """Generate an answer for every request in `input_path`; returns how many were written."""
     input_path, output_path = Path(input_path), Path(output_path)
     rows = read_requests(input_path)
-    manager = ModelManager([ref], engine, ServerMetrics(), registry=Registry(home))
-    served = manager._load(ref)
+    manager = build_manager(ServeConfig(models=[ref], engine=engine), Registry(home))
+    served = manager.load(ref)
     params = params or GenerationParams(max_new_tokens=128)
     tmp = output_path.with_name(output_path.name + ".tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)

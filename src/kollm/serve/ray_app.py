@@ -17,11 +17,9 @@ from typing import Any
 
 from ray import serve
 
+from kollm.config import ServeConfig
 from kollm.registry import Registry
-from kollm.serve.app import ServeSettings, create_app
-from kollm.serve.log import RequestLog
-from kollm.serve.metrics import ServerMetrics
-from kollm.serve.service import ModelManager
+from kollm.serve.server import Access, build_server
 
 
 @serve.deployment(name="kollm")
@@ -33,30 +31,18 @@ class KollmReplica:
 
     def __serve_build_asgi_app__(self):
         args = self.args
-        registry = Registry(args.get("home"))
-        manager = ModelManager(
-            list(args["models"]),
-            args.get("engine", "ctranslate2"),
-            ServerMetrics(),
-            registry=registry,
-            max_batch=args.get("max_batch", 8),
-            max_queue=args.get("max_queue", 64),
-        )
         started: dict[str, float] = {}
 
         def ready() -> None:
             started["s"] = time.monotonic() - self.born
 
-        settings = ServeSettings(
-            api_keys=list(args.get("api_keys", [])),
-            request_timeout_s=args.get("request_timeout_s", 120.0),
-            log_requests=args.get("log_requests", True),
-            alias_poll_s=args.get("alias_poll_s", 2.0),
+        app, _ = build_server(
+            replica_config(args),
+            Registry(args.get("home")),
+            Access(list(args.get("api_keys", [])), list(args.get("admin_keys", []))),
             load_before_ready=True,
             on_ready=ready,
         )
-        request_log = RequestLog(registry.home) if settings.log_requests else None
-        app = create_app(manager, settings, request_log)
         replica = serve.get_replica_context().replica_id.unique_id
 
         @app.middleware("http")
@@ -69,6 +55,13 @@ class KollmReplica:
             return response
 
         return app
+
+
+def replica_config(args: dict[str, Any]) -> ServeConfig:
+    """The replica's `serve` settings from the application's args: the same fields as a
+    recipe's `serve` section (models, engine, batch and queue sizes, adapters, domains ...)."""
+    fields = set(ServeConfig.model_fields)
+    return ServeConfig.model_validate({k: v for k, v in args.items() if k in fields})
 
 
 def build(args: dict[str, Any]):

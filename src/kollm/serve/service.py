@@ -145,7 +145,7 @@ class ModelManager:
             **self.engine_options,
         )
 
-    def _load(self, ref: str) -> ServedModel:
+    def load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
         model_id, version, model_dir, sha, fmt = self._resolve(ref)
         engine = self._open_engine(model_dir, sha)
@@ -172,7 +172,7 @@ class ModelManager:
     async def start(self) -> None:
         try:
             for ref in self.refs:
-                served = await asyncio.to_thread(self._load, ref)
+                served = await asyncio.to_thread(self.load, ref)
                 if (
                     served.model_id in self.models
                 ):  # a second version of one name: its id is NAME:VERSION
@@ -268,7 +268,7 @@ class ModelManager:
                     await self.reload(served)
 
     async def reload(self, old: ServedModel) -> None:
-        fresh = await asyncio.to_thread(self._load, old.ref)
+        fresh = await asyncio.to_thread(self.load, old.ref)
         fresh.model_id = fresh.batcher.model_name = old.model_id
         fresh.batcher.start()
         self.models[fresh.model_id] = fresh

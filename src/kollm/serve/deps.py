@@ -1,0 +1,81 @@
+"""What every route depends on: the server's state, API and admin keys, readiness."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Depends, Request
+
+from kollm.serve.errors import ApiError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from kollm.serve.generation import GenerationService
+    from kollm.serve.log import RequestLog
+    from kollm.serve.service import ModelManager
+
+
+@dataclass
+class ServeSettings:
+    api_keys: list[str] = field(default_factory=list)
+    # Keys of the admin endpoints (load/unload adapters); with none, those endpoints are off.
+    admin_keys: list[str] = field(default_factory=list)
+    request_timeout_s: float = 120.0
+    log_requests: bool = True
+    alias_poll_s: float = 2.0
+    default_max_tokens: int = 128
+    # Load the models before the app takes traffic (a Ray Serve replica is routed requests once
+    # its ASGI start-up returns; `kollm serve` exits 2 when one cannot load).
+    load_before_ready: bool = False
+    on_ready: Callable[[], None] | None = None  # called once the models are loaded
+
+
+@dataclass
+class ServerState:
+    manager: ModelManager
+    settings: ServeSettings
+    request_log: RequestLog | None
+    generation: GenerationService
+
+
+def state(request: Request) -> ServerState:
+    return request.app.state.kollm
+
+
+def _key_matches(request: Request, keys: list[str]) -> bool:
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    # compare_digest against every key, so timing tells nothing about which matched
+    return any([hmac.compare_digest(given.encode(), key.encode()) for key in keys])
+
+
+def authorize(request: Request) -> None:
+    keys = state(request).settings.api_keys
+    if keys and not _key_matches(request, keys):
+        raise ApiError(401, "missing or invalid API key", "authentication_error")
+
+
+def authorize_admin(request: Request) -> None:
+    keys = state(request).settings.admin_keys
+    if not keys:
+        raise ApiError(
+            403, "adapter loading is off: start the server with --admin-key", "forbidden"
+        )
+    if not _key_matches(request, keys):
+        raise ApiError(401, "missing or invalid admin key", "authentication_error")
+
+
+def ready(request: Request) -> None:
+    manager = state(request).manager
+    if not manager.ready:
+        reason = manager.failure or "models are still loading"
+        raise ApiError(
+            503, f"not ready: {reason}", "service_unavailable", headers={"Retry-After": "5"}
+        )
+
+
+GUARD = [Depends(authorize), Depends(ready)]
+ADMIN = [Depends(authorize_admin), Depends(ready)]

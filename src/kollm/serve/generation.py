@@ -1,0 +1,247 @@
+"""The generation service: what the chat and completion routes share (finding the model,
+decoding settings, the context check, queueing with 429, waiting with 499/504, the request
+log) and the SSE stream builders, in OpenAI's chunk format."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from kollm.engines.base import Generation, GenerationParams
+from kollm.serve import protocol as p
+from kollm.serve.batching import Job, QueueFull
+from kollm.serve.errors import ApiError
+from kollm.serve.log import RequestLog
+from kollm.serve.service import ModelManager, ServedModel
+
+log = logging.getLogger("kollm.serve")
+
+
+class GenerationService:
+    def __init__(
+        self,
+        manager: ModelManager,
+        request_log: RequestLog | None,
+        request_timeout_s: float = 120.0,
+        default_max_tokens: int = 128,
+        log_requests: bool = True,
+    ) -> None:
+        self.manager, self.request_log = manager, request_log
+        self.request_timeout_s, self.default_max_tokens = request_timeout_s, default_max_tokens
+        self.log_requests = log_requests and request_log is not None
+
+    def find(self, model: str) -> tuple[ServedModel, str | None]:
+        """The served model and adapter an API id names; 404 otherwise."""
+        found = self.manager.lookup(model)
+        if found is None:
+            raise ApiError(404, f"model '{model}' is not served here", "not_found_error", "model")
+        return found
+
+    def params(self, body: p._Sampling, max_tokens: int | None) -> GenerationParams:
+        """Decoding settings from a request body; temperature 0 is greedy."""
+        if body.unknown_fields():
+            log.info("ignored unknown request fields: %s", ", ".join(body.unknown_fields()))
+        sample = body.temperature > 0
+        return GenerationParams(
+            max_new_tokens=max_tokens or self.default_max_tokens,
+            do_sample=sample,
+            temperature=body.temperature if sample else 1.0,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop_list(),
+        )
+
+    def check_length(self, served: ServedModel, prompt: str, params: GenerationParams) -> None:
+        """413 when the prompt and max_tokens do not fit the model's context."""
+        n = len(served.engine.tokenize(prompt))
+        if n + params.max_new_tokens > served.engine.context_length:
+            raise ApiError(
+                413,
+                f"prompt of {n} tokens + max_tokens {params.max_new_tokens} exceeds the "
+                f"context of {served.engine.context_length}",
+                "invalid_request_error",
+                "messages",
+            )
+
+    def submit(
+        self, served: ServedModel, prompt: str, params: GenerationParams, adapter, stream: bool
+    ) -> Job:
+        """Queue a generation; 429 with Retry-After when the model's queue is full."""
+        self.check_length(served, prompt, params)
+        try:
+            return served.batcher.submit(prompt, params, adapter, stream)
+        except QueueFull:
+            raise ApiError(
+                429,
+                f"the queue of '{served.model_id}' is full; retry shortly",
+                "rate_limit_error",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def wait(self, request: Request, served: ServedModel, job: Job) -> Generation:
+        """The job's result; cancels it if the client leaves or the timeout passes."""
+        deadline = time.monotonic() + self.request_timeout_s
+        while True:
+            done, _ = await asyncio.wait({job.future}, timeout=0.25)
+            if done:
+                return job.future.result()
+            if await request.is_disconnected():
+                served.batcher.cancel(job)
+                raise ApiError(499, "client closed the request", "cancelled")
+            if time.monotonic() > deadline:
+                served.batcher.cancel(job)
+                raise ApiError(504, "the request timed out", "timeout")
+
+    async def record(
+        self, endpoint: str, rid: str, served: ServedModel, body, result: Generation, started
+    ) -> None:
+        """Log the request and its answer (PII-masked) with the version that answered."""
+        if not self.log_requests:
+            return
+        await asyncio.to_thread(
+            self.request_log.write,
+            rid,
+            endpoint,
+            served.model_id,
+            served.version,
+            body.model_dump(exclude_none=True),
+            result.text,
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.finish_reason,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def streamed(self, stream: AsyncIterator[str], job: Job, on_done) -> AsyncIterator[str]:
+        """Pass an SSE stream through, then log the whole answer once it finished."""
+        return _logged(stream, job, on_done)
+
+
+def chat_response(
+    rid: str, model: str, served: ServedModel, result: Generation, use: p.Usage
+) -> JSONResponse:
+    choice = p.ChatChoice(
+        message={"role": "assistant", "content": result.text}, finish_reason=result.finish_reason
+    )
+    body = p.ChatCompletion(
+        id=rid,
+        created=p.now(),
+        model=model,
+        choices=[choice],
+        usage=use,
+        model_version=served.version,
+    )
+    return JSONResponse(
+        body.model_dump(), headers={"X-Request-Id": rid, "X-Model-Version": served.version}
+    )
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj.model_dump(exclude_none=True), ensure_ascii=False)}\n\n"
+
+
+async def _deltas(job: Job, request: Request, served: ServedModel) -> AsyncIterator[str]:
+    """The job's text pieces as they come; cancels the job if the client leaves."""
+    try:
+        while True:
+            try:
+                delta = await asyncio.wait_for(job.deltas.get(), timeout=0.5)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    served.batcher.cancel(job)
+                    return
+                continue
+            if delta is None:
+                return
+            yield delta
+    except asyncio.CancelledError:
+        served.batcher.cancel(job)
+        raise
+
+
+def _finished(job: Job) -> Generation | None:
+    ok = job.future.done() and not job.future.cancelled() and job.future.exception() is None
+    return job.future.result() if ok else None
+
+
+def usage(result: Generation) -> p.Usage:
+    return p.Usage(
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.prompt_tokens + result.completion_tokens,
+    )
+
+
+async def _stream(job: Job, request, served, make, with_usage: bool, opening: str | None = None):
+    """SSE for one job: `make(delta, finish_reason, usage)` builds each chunk in its format."""
+    if opening is not None:
+        yield opening
+    async for delta in _deltas(job, request, served):
+        yield make(delta, None, None)
+    result = _finished(job)
+    if result is not None:
+        yield make(None, result.finish_reason, None)
+        if with_usage:  # as OpenAI: a last chunk with no choices and the usage
+            yield make(None, None, usage(result))
+    yield "data: [DONE]\n\n"
+
+
+def chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> AsyncIterator[str]:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+        content = {"content": delta} if delta is not None else {}
+        choices = [] if use else [p.ChatChunkChoice(delta=content, finish_reason=finish)]
+        return _sse(
+            p.ChatCompletionChunk(
+                id=rid,
+                created=p.now(),
+                model=model,
+                choices=choices,
+                usage=use,
+                model_version=served.version,
+            )
+        )
+
+    opening = _sse(
+        p.ChatCompletionChunk(
+            id=rid,
+            created=p.now(),
+            model=model,
+            model_version=served.version,
+            choices=[p.ChatChunkChoice(delta={"role": "assistant", "content": ""})],
+        )
+    )
+    return _stream(job, request, served, make, with_usage, opening)
+
+
+def completion_stream(
+    rid, model, served, job: Job, request, with_usage: bool
+) -> AsyncIterator[str]:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+        choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
+        return _sse(
+            p.Completion(
+                id=rid,
+                created=p.now(),
+                model=model,
+                choices=choices,
+                usage=use,
+                model_version=served.version,
+            )
+        )
+
+    return _stream(job, request, served, make, with_usage)
+
+
+async def _logged(stream: AsyncIterator[str], job: Job, on_done) -> AsyncIterator[str]:
+    """Pass the stream through, then log the whole answer once it finished."""
+
+    async for item in stream:
+        yield item
+    if job.future.done() and not job.future.cancelled() and job.future.exception() is None:
+        await on_done(job.future.result().text)

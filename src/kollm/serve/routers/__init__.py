@@ -1,0 +1,13 @@
+"""Thin routers, one per resource: parse the body, call the service, shape the answer."""
+
+from kollm.serve.routers import admin, chat, completions, embeddings, feedback, health, models
+
+ROUTERS = [
+    health.router,
+    models.router,
+    chat.router,
+    completions.router,
+    embeddings.router,
+    feedback.router,
+    admin.router,
+]

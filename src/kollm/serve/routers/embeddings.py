@@ -1,0 +1,35 @@
+"""`POST /v1/embeddings`: mean-pooled hidden states, L2-normalised (transformers engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from fastapi import APIRouter, Request
+
+from kollm.serve import protocol as p
+from kollm.serve.deps import GUARD, state
+from kollm.serve.errors import ApiError
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", dependencies=GUARD)
+async def embeddings(body: p.EmbeddingRequest, request: Request):
+    served, _ = state(request).generation.find(body.model)
+    try:
+        vectors = await asyncio.to_thread(served.engine.embed, body.texts())
+    except NotImplementedError as err:
+        raise ApiError(400, str(err), "invalid_request_error", "model") from None
+    tokens = sum(len(served.engine.tokenize(t)) for t in body.texts())
+    if body.encoding_format == "base64":  # what the openai client asks for by default
+        import numpy as np
+
+        vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    data = [p.Embedding(embedding=v, index=i) for i, v in enumerate(vectors)]
+    return p.EmbeddingList(
+        data=data,
+        model=body.model,
+        usage=p.Usage(prompt_tokens=tokens, total_tokens=tokens),
+        model_version=served.version,
+    )

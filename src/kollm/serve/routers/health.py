@@ -1,0 +1,32 @@
+"""`GET /health` (503 until every model loaded and answered its sanity prompt) and
+`GET /metrics` (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from kollm.serve.deps import state
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(request: Request):
+    manager = state(request).manager
+    if manager.ready:
+        return {
+            "status": "ok",
+            "models": {m.model_id: m.version for m in manager.models.values()},
+        }
+    return JSONResponse(
+        {"status": "loading" if not manager.failure else "failed", "reason": manager.failure},
+        status_code=503,
+    )
+
+
+@router.get("/metrics")
+async def prometheus(request: Request):
+    registry = state(request).manager.metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

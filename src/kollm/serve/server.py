@@ -1,0 +1,109 @@
+"""One way to assemble a server: `build_server(config, registry)`, used by `kollm serve`, the
+Ray Serve replica and the demo; `build_manager` is the same models without HTTP, for batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from kollm.config import DomainConfig, ServeConfig
+from kollm.registry import Registry
+from kollm.serve.app import create_app
+from kollm.serve.deps import ServeSettings
+from kollm.serve.log import RequestLog
+from kollm.serve.metrics import ServerMetrics
+from kollm.serve.service import DomainGuard, ModelManager
+
+
+@dataclass
+class Access:
+    """Who may call the server, and what it may load at run time."""
+
+    api_keys: list[str] = field(default_factory=list)
+    admin_keys: list[str] = field(default_factory=list)
+    adapter_root: Path | str | None = None
+
+
+def domain_guards(domains: dict[str, DomainConfig]) -> dict[str, DomainGuard]:
+    """The guard of each model id, its example requests read from their file."""
+    return {model_id: _guard(d) for model_id, d in domains.items()}
+
+
+def _guard(d: DomainConfig) -> DomainGuard:
+    examples = []
+    if d.examples_file:
+        for line in Path(d.examples_file).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                examples.append(json.loads(line).get("text", "") if line.startswith("{") else line)
+    return DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
+
+
+def build_manager(
+    cfg: ServeConfig, registry: Registry | None = None, access: Access | None = None
+) -> ModelManager:
+    """The models of `cfg` with their engine, batchers, adapters and domain guards."""
+    return ModelManager(
+        list(cfg.models),
+        cfg.engine,
+        ServerMetrics(),
+        registry=registry,
+        max_batch=cfg.max_batch,
+        max_queue=cfg.max_queue,
+        adapters=dict(cfg.adapters),
+        guards=domain_guards(cfg.domains),
+        adapter_root=access.adapter_root if access else None,
+    )
+
+
+def build_server(
+    cfg: ServeConfig,
+    registry: Registry | None = None,
+    access: Access | None = None,
+    load_before_ready: bool = False,
+    on_ready: Callable[[], None] | None = None,
+) -> tuple[FastAPI, ModelManager]:
+    """The OpenAI-compatible app for `cfg`, and the manager of its models."""
+    registry = registry or Registry()
+    access = access or Access()
+    manager = build_manager(cfg, registry, access)
+    settings = ServeSettings(
+        api_keys=list(access.api_keys),
+        admin_keys=list(access.admin_keys),
+        request_timeout_s=cfg.request_timeout_s,
+        log_requests=cfg.log_requests,
+        alias_poll_s=cfg.alias_poll_s,
+        load_before_ready=load_before_ready,
+        on_ready=on_ready,
+    )
+    request_log = RequestLog(registry.home) if cfg.log_requests else None
+    return create_app(manager, settings, request_log), manager
+
+
+def resolve_config(
+    recipe, models: list[str], options: dict, domain_files: dict[str, str] | None = None
+) -> ServeConfig:
+    """The recipe's `serve` section (or the defaults), overridden by the given options; with no
+    models named, the recipe's model at `registry.alias`. `domain_files` maps a model id to a
+    file of keywords, one a line."""
+    cfg = recipe.serve if recipe is not None else ServeConfig()
+    given = {k: v for k, v in options.items() if v is not None}
+    if models:
+        given["models"] = models
+    cfg = cfg.model_copy(update=given)
+    if not cfg.models and recipe is not None:
+        alias = recipe.registry.alias
+        cfg = cfg.model_copy(
+            update={"models": [f"{recipe.model_name}@{alias}" if alias else recipe.model_name]}
+        )
+    if not cfg.models:
+        raise ValueError("name the models to serve, or give --recipe")
+    domains = dict(cfg.domains)
+    for model_id, path in (domain_files or {}).items():
+        words = [w.strip() for w in Path(path).read_text(encoding="utf-8").splitlines()]
+        domains[model_id] = DomainConfig(keywords=[w for w in words if w])
+    return cfg.model_copy(update={"domains": domains})
