@@ -532,6 +532,10 @@ class Recipe(StrictModel):
             return Path(self.data.output_dir)
         return self.run_dir / "data"
 
+    def split_path(self, split: str) -> Path:
+        """The prepared JSONL of one split (`train`, `dev`, `test`)."""
+        return self.data_dir / f"{split}.jsonl"
+
 
 # --- loading ---------------------------------------------------------------------------------
 

@@ -75,3 +75,17 @@ def test_interrupted_write_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_jsonl(target, [{"a": 1}])
     assert read_jsonl(target) == [{"a": 1}]
+
+
+def test_the_one_jsonl_reader_names_the_file_and_line_of_a_bad_row(tmp_path):
+    import pytest
+
+    from kollm.data.io import DataError, read_jsonl
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": \n', encoding="utf-8")
+    assert read_jsonl(path, limit=2) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(DataError, match=r"x\.jsonl: line 4: malformed JSON"):
+        read_jsonl(path)
+    with pytest.raises(DataError, match="no such file"):
+        read_jsonl(tmp_path / "none.jsonl")

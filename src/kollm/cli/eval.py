@@ -58,7 +58,7 @@ def eval_run(
             cfg = loaded.eval or EvalConfig()
             model_dir, data_file = (
                 loaded.train_dir / "model",
-                loaded.data_dir / f"{cfg.split}.jsonl",
+                loaded.split_path(cfg.split),
             )
             output = loaded.eval_dir
             fmt = model_format(model_dir, recipe_format(loaded))

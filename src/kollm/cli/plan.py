@@ -86,14 +86,8 @@ def plan_cmd(
     The model is a config (a dir, a config.json, a registry reference), explicit numbers
     (--layers --hidden-size --heads --kv-heads --vocab-size ...), or a config and numbers."""
     from kollm.cluster.inventory import placements
-    from kollm.cluster.planner import ATTENTION, BYTES, CARDS, kv_budget, max_context, plan
+    from kollm.cluster.planner import PlanInputError, PlanRequest, plan_on_cards
 
-    if task not in ("inference", "full", "lora", "qlora") or precision not in BYTES:
-        fail("--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES))
-    if attention not in ATTENTION:
-        fail(f"--attention: one of {', '.join(ATTENTION)}, got {attention!r}")
-    if gpu is not None and gpu not in CARDS:
-        fail(f"--gpu: unknown card {gpu!r}; known: {', '.join(CARDS)}")
     inv = _inventory(inventory)
     numbers = {
         "num_parameters": int(params_b * 1e9) if params_b else None,
@@ -106,54 +100,58 @@ def plan_cmd(
         "intermediate_size": intermediate_size,
     }
     shape = _plan_shape(model, {k: v for k, v in numbers.items() if v is not None})
-    result = plan(
-        shape,
+    req = PlanRequest(
         task,
         precision,
         context,
         concurrency,
         lora_rank,
+        batch,
+        checkpointing,
+        attention,
         gpu_memory_utilization,
         activation_gib,
-        cards=inv.cards() if inv is not None else None,
-        checkpointing=checkpointing,
-        attention=attention,
-        batch=batch,
+        gpu,
     )
-    cards = {**CARDS, **(inv.cards() if inv is not None else {})}
-    card = gpu or next(iter(result.fits or []), None)
-    if card is not None and task == "inference":
-        result = kv_budget(result, cards[card], gpu_memory_utilization, context)
-    longest = None
-    if card is not None and task != "inference":
-        options = {"checkpointing": checkpointing, "attention": attention, "batch": batch}
-        longest = max_context(shape, task, cards[card], lora_rank, **options)
+    try:
+        result, card, longest = plan_on_cards(shape, req, inv.cards() if inv else None)
+    except PlanInputError as err:
+        fail(str(err))
     rows = placements(result.total_gib, inv, gpu_memory_utilization) if inv is not None else None
     if as_json:
         out = {**result.as_dict(), "card": card, "inventory": rows, "max_context": longest}
         print(json.dumps(out))
         return
+    console.print(_plan_table(result, model or f"{shape.parameters / 1e9:.1f}B", req))
+    _plan_lines(result, card, longest, rows, context)
+
+
+def _plan_table(result, name: str, req) -> Table:
     table = Table(
-        title=f"{model or f'{shape.parameters / 1e9:.1f}B'}: {task} at {precision}, "
-        f"context {context}, concurrency {concurrency}"
+        title=f"{name}: {req.task} at {req.precision}, context {req.context}, "
+        f"concurrency {req.concurrency}"
     )
     table.add_column("")
     table.add_column("GiB", justify="right")
+    rest = result.total_gib - result.weights_gib - result.activation_gib - result.training_gib
     for label, value in (
         ("weights", result.weights_gib),
         ("activations (peak)", result.activation_gib),
         ("gradients + optimizer / adapters", result.training_gib),
         (
             "KV cache for the context x concurrency"
-            if task == "inference"
+            if req.task == "inference"
             else "CUDA context and workspace",
-            result.total_gib - result.weights_gib - result.activation_gib - result.training_gib,
+            rest,
         ),
         ("total", result.total_gib),
         ("rule of thumb: 2 GB per billion (FP16)", result.rule_of_thumb_gib),
     ):
         table.add_row(label, f"{value:.2f}")
-    console.print(table)
+    return table
+
+
+def _plan_lines(result, card: str | None, longest: int | None, rows, context: int) -> None:
     console.print(f"assumes: {result.assumes}")
     console.print(f"fits alone on: {', '.join(result.fits) or 'none'}")
     if longest is not None:

@@ -61,15 +61,9 @@ def serve(
     api_key_file: Annotated[
         Path | None, typer.Option(help="File with one accepted key a line.")
     ] = None,
-    no_log: Annotated[
-        bool, typer.Option("--no-log", help="Do not log requests and answers.")
-    ] = False,
-    max_batch: Annotated[
-        int | None, typer.Option(help="Most requests in one engine batch [8].")
-    ] = None,
-    max_queue: Annotated[
-        int | None, typer.Option(help="Most requests waiting per model [64].")
-    ] = None,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Log no requests.")] = False,
+    max_batch: Annotated[int | None, typer.Option(help="Most requests a batch [8].")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Most waiting per model [64].")] = None,
     timeout: Annotated[float | None, typer.Option(help="Request timeout in seconds [120].")] = None,
     adapter: Annotated[
         list[str] | None, typer.Option(help="LoRA adapter NAME=DIR (transformers).")
@@ -78,9 +72,7 @@ def serve(
         list[str] | None,
         typer.Option(help="MODEL=FILE: keywords (one a line) of the model's domain."),
     ] = None,
-    alias_poll: Annotated[
-        float | None, typer.Option(help="Seconds between alias checks [2].")
-    ] = None,
+    alias_poll: Annotated[float | None, typer.Option(help="Seconds between alias checks.")] = None,
     admin_key: Annotated[
         str | None,
         typer.Option(help="Key of POST /v1/load_lora_adapter and unload (also KOLLM_ADMIN_KEY)."),

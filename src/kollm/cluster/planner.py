@@ -316,3 +316,62 @@ def kv_budget(
     result.kv_blocks = blocks
     result.max_concurrency = blocks * block_size / context
     return result
+
+
+@dataclass
+class PlanRequest:
+    """What `kollm plan` is asked: the task and its settings, and optionally the card."""
+
+    task: str = "inference"
+    precision: str = "bf16"
+    context: int = 8192
+    concurrency: int = 1
+    lora_rank: int = 16
+    batch: int = 1
+    checkpointing: bool = True
+    attention: str = "sdpa"
+    gpu_memory_utilization: float = 0.9
+    activation: float | None = None
+    gpu: str | None = None
+
+    def check(self, cards: dict[str, float]) -> None:
+        """Refuse an unknown task, precision, attention kernel or card, naming the option."""
+        if self.task not in ("inference", "full", "lora", "qlora") or self.precision not in BYTES:
+            raise PlanInputError(
+                "--task is inference, full, lora or qlora; --precision one of " + ", ".join(BYTES)
+            )
+        if self.attention not in ATTENTION:
+            raise PlanInputError(
+                f"--attention: one of {', '.join(ATTENTION)}, got {self.attention!r}"
+            )
+        if self.gpu is not None and self.gpu not in cards:
+            raise PlanInputError(f"--gpu: unknown card {self.gpu!r}; known: {', '.join(cards)}")
+
+
+def plan_on_cards(
+    shape: ModelShape, req: PlanRequest, cards: dict[str, float] | None = None
+) -> tuple[Plan, str | None, int | None]:
+    """The plan; the card it is sized for (the one asked, else the first that holds it); and on
+    that card the KV budget (inference, filled into the plan) or the longest sequence that
+    trains."""
+    cards = {**CARDS, **(cards or {})}
+    req.check(cards)
+    training = {"checkpointing": req.checkpointing, "attention": req.attention, "batch": req.batch}
+    result = plan(
+        shape,
+        req.task,
+        req.precision,
+        req.context,
+        req.concurrency,
+        req.lora_rank,
+        req.gpu_memory_utilization,
+        req.activation,
+        cards=cards,
+        **training,
+    )
+    card = req.gpu or next(iter(result.fits or []), None)
+    if card is None:
+        return result, None, None
+    if req.task == "inference":
+        return kv_budget(result, cards[card], req.gpu_memory_utilization, req.context), card, None
+    return result, card, max_context(shape, req.task, cards[card], req.lora_rank, **training)

@@ -117,6 +117,22 @@ def read_dataset_dir(path: Path) -> dict[str, list[Any]]:
     return {"all": loaded.to_list()}
 
 
+def read_jsonl(path: Path | str, limit: int | None = None) -> list[Any]:
+    """Every JSON value of a JSONL file (blank lines skipped), the first `limit` with one; a
+    malformed line is a DataError naming the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    rows = []
+    for line_no, row in _jsonl_rows(path):
+        if isinstance(row, Malformed):
+            raise DataError(f"{path}: line {line_no}: {row}")
+        rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
+    return rows
+
+
 # --- writers ---------------------------------------------------------------------------------
 
 

@@ -6,14 +6,13 @@ metrics.json, report.md and report.html (the table and the worst examples).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kollm.config import EvalConfig
-from kollm.data.io import write_json, write_jsonl
+from kollm.data.io import read_jsonl, write_json, write_jsonl
 from kollm.engines.base import GenerationParams
 from kollm.engines.transformers_engine import TransformersEngine
 from kollm.eval.baseline import lead
@@ -33,9 +32,8 @@ class EvalResult:
 
 
 def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    return rows[:limit] if limit else rows
+    """The records to evaluate: the project's one JSONL reader."""
+    return read_jsonl(path, limit)
 
 
 def generation_params(cfg: EvalConfig) -> GenerationParams:
@@ -123,7 +121,7 @@ def evaluate_recipe(
 ) -> EvalResult:
     """The one way a stage asks for an evaluation: the recipe's eval split and settings."""
     cfg = recipe.eval or EvalConfig()
-    records = read_records(recipe.data_dir / f"{cfg.split}.jsonl", cfg.max_samples)
+    records = read_records(recipe.split_path(cfg.split), cfg.max_samples)
     fmt = model_format(model_dir, recipe_format(recipe))
     return evaluate_model(model_dir, records, fmt, cfg, out_dir, advance)
 

@@ -8,7 +8,6 @@ gate, and promotion or rejection.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -16,6 +15,7 @@ import time
 import httpx
 
 from kollm.config import Recipe
+from kollm.data.io import read_jsonl
 from kollm.pipeline.loop import LoopDecision, run_loop
 from kollm.registry import Registry
 
@@ -51,10 +51,7 @@ def _serve(recipe: Recipe, ref: str, registry: Registry):
 
 def scripted_feedback(recipe: Recipe, url: str, count: int) -> int:
     """Users ask for summaries and correct every answer with the gold one; returns corrections."""
-    rows = [
-        json.loads(x)
-        for x in (recipe.data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    ]
+    rows = read_jsonl(recipe.split_path("train"))
     corrections = 0
     with httpx.Client(base_url=url, timeout=120) as http:
         for row in rows[:count]:

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.data.io import read_jsonl
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackStore
+from kollm.prompts import recipe_format
 from kollm.registry import ModelVersion, Registry
 from kollm.store import connect
 
@@ -125,55 +127,25 @@ def _evaluate(recipe: Recipe, model_dir: Path, out_dir: Path) -> dict[str, float
 
 def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
     """Share of the safety set's requests that `model_dir` refuses, or None without a set."""
+    from kollm.eval import safety
+    from kollm.eval.evaluate import model_format
+
     path = recipe.loop.gate.safety_file
     if not path:
         return None
-    from kollm.engines.base import GenerationParams
-    from kollm.engines.transformers_engine import TransformersEngine
-    from kollm.eval.evaluate import model_format
-    from kollm.prompts import recipe_format, request_prompt
-
-    lines = [x.strip() for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
-    requests = [json.loads(x)["prompt"] if x.startswith("{") else x for x in lines]
     fmt = model_format(model_dir, recipe_format(recipe))
-    engine = TransformersEngine(model_dir)
-    engine.load()
-    prompts = [
-        request_prompt(fmt, [{"role": "user", "content": r}], engine.tokenizer) for r in requests
-    ]
-    answers = engine.generate(prompts, GenerationParams(max_new_tokens=48))
-    markers = recipe.loop.gate.refusal_markers
-    return sum(any(m in a.text for m in markers) for a in answers) / len(answers)
+    requests = safety.read_safety_set(path)
+    return safety.refusal_rate(model_dir, fmt, requests, recipe.loop.gate.refusal_markers)
 
 
 def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, str]]:
     """Gold answers of the train split (chosen) against what `model_dir` answers (rejected)."""
-    from kollm.engines.base import GenerationParams
-    from kollm.engines.transformers_engine import TransformersEngine
+    from kollm.eval import gold
     from kollm.eval.evaluate import model_format
-    from kollm.prompts import recipe_format, record_messages, record_prompt, references
 
-    text = (recipe.data_dir / "train.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(x) for x in text.splitlines()][:count]
+    rows = read_jsonl(recipe.split_path("train"), count)
     fmt = model_format(model_dir, recipe_format(recipe))
-    params = GenerationParams(max_new_tokens=recipe.eval.decoding.max_new_tokens)
-    engine = TransformersEngine(model_dir)
-    engine.load()
-    answers = engine.generate([record_prompt(fmt, r, engine.tokenizer) for r in rows], params)
-    pairs = []
-    for row, answer in zip(rows, answers, strict=True):
-        gold = references(fmt, row)[0]
-        if answer.text.strip() != gold.strip():
-            messages = record_messages(fmt, row)
-            pairs.append(
-                {
-                    "prompt": messages[-1]["content"],
-                    "messages": messages,
-                    "chosen": gold,
-                    "rejected": answer.text,
-                }
-            )
-    return pairs
+    return gold.gold_pairs(model_dir, fmt, rows, recipe.eval.decoding.max_new_tokens)
 
 
 def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:
@@ -194,11 +166,7 @@ def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> 
     lp = recipe.loop
     fmt = lp.method
     manifest = export_feedback(rows, fmt, loop_dir / "export", kind=recipe.data.kind)
-    data = [
-        json.loads(x)
-        for x in (loop_dir / "export" / manifest["file"]).read_text().splitlines()
-        if x
-    ]
+    data = read_jsonl(loop_dir / "export" / manifest["file"])
     if fmt == "dpo" and lp.gold_pairs:
         data += gold_pairs(recipe, start_from, lp.gold_pairs)
     candidate_recipe = _loop_recipe(recipe, loop_dir)

@@ -123,7 +123,7 @@ def eval_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOut
 
     cfg = recipe.eval
     model_dir = recipe.train_dir / "model"
-    data_file = recipe.data_dir / f"{cfg.split}.jsonl"
+    data_file = recipe.split_path(cfg.split)
     fingerprint = _sha(cfg.model_dump(), weights_sha256(model_dir), file_sha(data_file))
     out = recipe.eval_dir
     if not force and _fresh(out, fingerprint, [out / "metrics.json"]):

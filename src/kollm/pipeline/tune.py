@@ -75,7 +75,7 @@ def tune(
     base = load_recipe(recipe_path, overrides)
     if base.train is None or base.eval is None:
         raise ValueError("kollm tune needs a recipe with train and eval sections")
-    if not (base.data_dir / "train.jsonl").exists():
+    if not base.split_path("train").exists():
         prepare(base.data, base.data_dir)
     home = (registry or Registry()).home
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -5,21 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from kollm.config import Recipe
+from kollm.data.io import read_jsonl
 from kollm.train.common import TrainResult
 
 
 def read_splits(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
     """The data stage's output splits, cut to `train.max_train_samples` if set."""
-    import json
-
-    splits = {}
-    for name in ("train", "dev"):
-        path = recipe.data_dir / f"{name}.jsonl"
-        if path.exists():
-            with path.open(encoding="utf-8") as handle:
-                splits[name] = [json.loads(line) for line in handle if line.strip()]
+    splits = {
+        name: read_jsonl(recipe.split_path(name))
+        for name in ("train", "dev")
+        if recipe.split_path(name).exists()
+    }
     if "train" not in splits:
-        raise FileNotFoundError(f"{recipe.data_dir / 'train.jsonl'}: run the data stage first")
+        raise FileNotFoundError(f"{recipe.split_path('train')}: run the data stage first")
     limit = recipe.train.max_train_samples if recipe.train else None
     if limit:
         splits["train"] = splits["train"][:limit]
