@@ -25,6 +25,7 @@ class ArtifactError(ValueError):
 
 
 def file_sha256(path: Path) -> str:
+    """sha256 of one file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

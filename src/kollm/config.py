@@ -552,6 +552,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set each dotted key of `overrides` in the raw recipe mapping."""
     for dotted, value in overrides.items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -584,6 +585,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def recipe_text(path: str | Path) -> str:
+    """The recipe file's text, as the registry records it."""
     return Path(path).read_text(encoding="utf-8")
 
 

@@ -50,6 +50,7 @@ def schema_rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str,
 
 
 def recipe_markdown() -> str:
+    """The recipe reference (docs/recipe.md) from the field docstrings."""
     lines = [
         "# Recipe reference",
         "",

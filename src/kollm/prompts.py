@@ -240,10 +240,12 @@ def request_example(fmt: PromptFormat, messages: Messages, answer: str, tokenize
 
 
 def save_format(model_dir: Path, fmt: PromptFormat) -> None:
+    """Write the prompt format beside a model's weights."""
     (Path(model_dir) / FORMAT_FILE).write_text(fmt.to_json(), encoding="utf-8")
 
 
 def load_format(model_dir: Path) -> PromptFormat | None:
+    """The prompt format saved beside a model's weights, or None."""
     path = Path(model_dir) / FORMAT_FILE
     return PromptFormat.from_json(path.read_text(encoding="utf-8")) if path.exists() else None
 

@@ -103,6 +103,7 @@ class Inventory(StrictModel):
 
 
 def load_inventory(path: str | Path) -> Inventory:
+    """Read and check an inventory YAML; errors name the YAML path."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))

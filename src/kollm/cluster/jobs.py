@@ -52,6 +52,7 @@ def group_alive(pgid: int) -> bool:
 
 
 def utc_now() -> str:
+    """The current time, UTC, as ISO 8601."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
@@ -72,6 +73,7 @@ def follow_text(
 
 
 def decode(row: sqlite3.Row) -> dict[str, Any]:
+    """A job row with its JSON columns decoded."""
     return {
         **dict(row),
         "command": json.loads(row["command"]),

@@ -24,6 +24,7 @@ class DataError(ValueError):
 
 
 def detect_format(path: Path, declared: str = "auto") -> str:
+    """The input format: the declared one, else by suffix (a dir is a datasets dir)."""
     if declared != "auto":
         return declared
     if path.is_dir():
@@ -152,6 +153,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_jsonl(path: Path, records: Iterable[Record]) -> int:
+    """Write records as JSONL atomically; returns how many."""
     count = 0
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         for record in records:
@@ -161,11 +163,13 @@ def write_jsonl(path: Path, records: Iterable[Record]) -> int:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write a JSON document atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write text atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 

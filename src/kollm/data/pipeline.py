@@ -91,6 +91,7 @@ def _with_ids(records: Iterable[Record], split: str) -> Iterator[Record]:
 
 
 def counted(records: Iterable[Record], advance: Advance | None) -> Iterator[Record]:
+    """Pass records through, advancing the progress bar for each."""
     for record in records:
         yield record
         if advance is not None:

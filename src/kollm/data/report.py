@@ -145,6 +145,7 @@ def _images(report: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any], stats: dict[str, Any]) -> str:
+    """The EDA report as Markdown."""
     lines = ["# Data report", ""]
     for title, header, rows in _sections(report, stats):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -154,6 +155,7 @@ def render_markdown(report: dict[str, Any], stats: dict[str, Any]) -> str:
 
 
 def render_html(report: dict[str, Any], stats: dict[str, Any]) -> str:
+    """The EDA report as one HTML page."""
     parts = [
         "<!doctype html><meta charset='utf-8'><title>kollm data report</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
@@ -171,6 +173,7 @@ def render_html(report: dict[str, Any], stats: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], stats: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write the report's JSON, Markdown, HTML and histograms."""
     paths = {"markdown": out_dir / "report.md", "html": out_dir / "report.html"}
     write_text(paths["markdown"], render_markdown(report, stats))
     write_text(paths["html"], render_html(report, stats))

@@ -18,6 +18,7 @@ from kollm.engines.base import Generation, GenerationParams, TokenCallback, adap
 
 
 def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
+    """Where a conversion of `model_dir` is cached, keyed by its weights' sha256."""
     return model_dir.with_name(f"{model_dir.name}.ct2-{quantization}-{sha256[:12]}")
 
 

@@ -27,6 +27,7 @@ SERVED_NAME = "model"
 
 
 def free_port() -> int:
+    """A free TCP port on the loopback address."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

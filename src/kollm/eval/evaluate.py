@@ -37,6 +37,7 @@ def read_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def generation_params(cfg: EvalConfig) -> GenerationParams:
+    """The decoding settings of an eval section."""
     d = cfg.decoding
     return GenerationParams(
         max_new_tokens=d.max_new_tokens,
@@ -51,6 +52,7 @@ def generation_params(cfg: EvalConfig) -> GenerationParams:
 
 
 def generate_all(engine, prompts: list[str], cfg: EvalConfig, advance: Advance | None) -> list[str]:
+    """Answers for every prompt, in batches of `cfg.batch_size`."""
     params = generation_params(cfg)
     outputs: list[str] = []
     for start in range(0, len(prompts), cfg.batch_size):

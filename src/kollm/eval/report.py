@@ -12,6 +12,7 @@ COLUMNS = ("rouge1", "rouge2", "rougeL", "score")
 
 
 def score_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """Rows of the metrics table: model and baseline."""
     rows = []
     for label, key in (("model", "model"), ("lead baseline", "baseline_lead")):
         if key in metrics:
@@ -25,11 +26,13 @@ def score_rows(metrics: dict[str, Any]) -> list[list[str]]:
 def worst(
     rows: list[dict[str, Any]], prompts: list[str], n: int
 ) -> list[tuple[dict[str, Any], str]]:
+    """The examples with the lowest ROUGE-L."""
     order = sorted(range(len(rows)), key=lambda i: rows[i]["rougeL"])
     return [(rows[i], prompts[i]) for i in order[:n]]
 
 
 def render_markdown(metrics: dict[str, Any], rows, prompts, n_worst: int) -> str:
+    """The eval report as Markdown."""
     lines = [
         "# Eval report",
         "",
@@ -56,6 +59,7 @@ def render_markdown(metrics: dict[str, Any], rows, prompts, n_worst: int) -> str
 
 
 def render_html(metrics: dict[str, Any], rows, prompts, n_worst: int) -> str:
+    """The eval report as one HTML page."""
     head = "".join(f"<th>{h}</th>" for h in ("", "ROUGE-1", "ROUGE-2", "ROUGE-L", "score"))
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
@@ -80,6 +84,7 @@ def render_html(metrics: dict[str, Any], rows, prompts, n_worst: int) -> str:
 
 
 def write_eval_report(metrics, rows, prompts, out_dir: Path, n_worst: int) -> dict[str, Path]:
+    """Write report.md and report.html beside metrics.json."""
     paths = {"report_md": out_dir / "report.md", "report_html": out_dir / "report.html"}
     write_text(paths["report_md"], render_markdown(metrics, rows, prompts, n_worst))
     write_text(paths["report_html"], render_html(metrics, rows, prompts, n_worst))

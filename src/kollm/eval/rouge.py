@@ -39,6 +39,7 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
 
 
 def rouge_n(pred: Sequence[str], ref: Sequence[str], n: int) -> Score:
+    """ROUGE-N precision, recall and F1 of two token lists."""
     p, r = _ngrams(pred, n), _ngrams(ref, n)
     overlap = sum(min(count, r[gram]) for gram, count in p.items())
     return _f1(overlap, sum(p.values()), sum(r.values()))
@@ -56,10 +57,12 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def rouge_l(pred: Sequence[str], ref: Sequence[str]) -> Score:
+    """ROUGE-L (longest common subsequence) of two token lists."""
     return _f1(lcs_length(pred, ref), len(pred), len(ref))
 
 
 def score_tokens(pred: Sequence[str], ref: Sequence[str]) -> dict[str, Score]:
+    """ROUGE-1/2/L F1 of a prediction against one reference."""
     return {
         "rouge1": rouge_n(pred, ref, 1),
         "rouge2": rouge_n(pred, ref, 2),

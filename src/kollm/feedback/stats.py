@@ -15,6 +15,7 @@ def _rate(part: int, whole: int) -> float:
 
 
 def feedback_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and bad rates per category, model version and day."""
     total = len(rows)
     bad = sum(1 for r in rows if not r["is_good"])
     categories = Counter(c for r in rows for c in r["categories"])

@@ -38,6 +38,7 @@ class Rating:
 
 
 def parse_rating(value: str | int) -> Rating:
+    """`good`/`bad` or 1-5 as a Rating; anything else names the field."""
     if isinstance(value, str) and value.lower() in ("good", "bad"):
         good = value.lower() == "good"
         return Rating(value.lower(), 5 if good else 1, good)

@@ -80,6 +80,7 @@ def scripted_feedback(recipe: Recipe, url: str, count: int) -> int:
 
 
 def demo_loop(recipe: Recipe, registry: Registry, count: int = 24) -> tuple[int, LoopDecision]:
+    """Serve production, post scripted feedback over HTTP, then run the loop."""
     ref = f"{recipe.model_name}@{recipe.loop.alias}"
     server, url = _serve(recipe, ref, registry)
     try:

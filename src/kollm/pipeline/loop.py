@@ -47,6 +47,7 @@ def _now() -> str:
 
 
 def last_decision_time(registry: Registry, model: str) -> str | None:
+    """When the loop last decided for `model` (not counting 'not triggered')."""
     with closing(connect(registry.path)) as conn:
         row = conn.execute(
             "SELECT MAX(at) FROM loop_decisions WHERE model = ? AND decision != 'not triggered'",
@@ -79,6 +80,7 @@ def record(
     cand_version: int | None,
     export_sha: str | None,
 ) -> None:
+    """Append a decision to the loop's audit log."""
     with closing(connect(registry.path)) as conn:
         conn.execute(
             "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
@@ -98,6 +100,7 @@ def record(
 
 
 def history(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
+    """Every loop decision, oldest first."""
     with closing(connect(registry.path)) as conn:
         query = (
             "SELECT * FROM loop_decisions" + (" WHERE model = ?" if model else "") + " ORDER BY id"
@@ -189,6 +192,7 @@ def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> 
 
 
 def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
+    """Check the trigger; retrain, evaluate both, gate, and promote or reject."""
     registry = registry or Registry()
     store = FeedbackStore(registry.home)
     name, alias = recipe.model_name, recipe.loop.alias

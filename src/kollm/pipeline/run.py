@@ -63,6 +63,7 @@ def _sha(*parts: Any) -> str:
 
 
 def file_sha(path: Path) -> str:
+    """sha256 of a file, or of a directory's files and names."""
     if path.is_dir():
         return _sha(
             sorted(
@@ -90,6 +91,7 @@ def _stored_summary(stage_dir: Path) -> dict[str, Any]:
 
 
 def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
+    """Prepare the data unless its recipe section and inputs are unchanged."""
     from kollm.data.pipeline import prepare
 
     cfg = recipe.data
@@ -104,6 +106,7 @@ def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOut
 
 
 def train_stage(recipe: Recipe, force: bool, resume: bool = False) -> StageOutcome:
+    """Train unless the model, train section and data are unchanged."""
     from kollm.train import run_training
 
     manifest = json.loads((recipe.data_dir / "stats.json").read_text())["manifest_sha256"]
@@ -119,6 +122,7 @@ def train_stage(recipe: Recipe, force: bool, resume: bool = False) -> StageOutco
 
 
 def eval_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
+    """Evaluate unless the eval section, weights and split are unchanged."""
     from kollm.eval.evaluate import evaluate_recipe
 
     cfg = recipe.eval

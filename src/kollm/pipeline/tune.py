@@ -27,6 +27,7 @@ class TuneResult:
 
 
 def suggest(trial, name: str, space: SearchSpace) -> Any:
+    """Draw one value of a search space for an Optuna trial."""
     if space.type == "categorical":
         return trial.suggest_categorical(name, space.choices)
     if space.type == "int":
@@ -67,6 +68,7 @@ def tune(
     overrides: list[str] | None = None,
     registry: Registry | None = None,
 ) -> TuneResult:
+    """Run the study's missing trials (or `trials` more) and summarise it."""
     import optuna
 
     from kollm.data.pipeline import prepare
@@ -104,6 +106,7 @@ def missing_trials(study, total: int) -> int:
 
 
 def summarise(study, out_dir: Path) -> TuneResult:
+    """The best trial, every trial's value, and the history plot."""
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

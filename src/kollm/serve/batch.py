@@ -28,6 +28,7 @@ class BatchInputError(ValueError):
 
 
 def read_requests(path: Path) -> list[dict[str, Any]]:
+    """Requests of a batch file; a bad line is named by file and line."""
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

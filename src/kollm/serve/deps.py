@@ -42,6 +42,7 @@ class ServerState:
 
 
 def state(request: Request) -> ServerState:
+    """The server's state (manager, settings, request log, generation)."""
     return request.app.state.kollm
 
 
@@ -53,12 +54,14 @@ def _key_matches(request: Request, keys: list[str]) -> bool:
 
 
 def authorize(request: Request) -> None:
+    """401 unless the request carries one of the API keys (when any is set)."""
     keys = state(request).settings.api_keys
     if keys and not _key_matches(request, keys):
         raise ApiError(401, "missing or invalid API key", "authentication_error")
 
 
 def authorize_admin(request: Request) -> None:
+    """403 without admin keys; 401 unless the request carries one."""
     keys = state(request).settings.admin_keys
     if not keys:
         raise ApiError(
@@ -69,6 +72,7 @@ def authorize_admin(request: Request) -> None:
 
 
 def ready(request: Request) -> None:
+    """503 with Retry-After until every model has loaded."""
     manager = state(request).manager
     if not manager.ready:
         reason = manager.failure or "models are still loading"

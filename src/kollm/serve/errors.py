@@ -28,6 +28,7 @@ class ApiError(Exception):
 def error_response(
     status: int, message: str, kind: str, param: str | None = None, headers=None
 ) -> JSONResponse:
+    """An error in OpenAI's JSON shape."""
     body = p.ErrorResponse(
         error=p.ErrorBody(message=message, type=kind, param=param, code=str(status))
     )

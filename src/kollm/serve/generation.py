@@ -126,6 +126,7 @@ class GenerationService:
 def chat_response(
     rid: str, model: str, served: ServedModel, result: Generation, use: p.Usage
 ) -> JSONResponse:
+    """A chat completion in OpenAI's shape, with the model version."""
     choice = p.ChatChoice(
         message={"role": "assistant", "content": result.text}, finish_reason=result.finish_reason
     )
@@ -171,6 +172,7 @@ def _finished(job: Job) -> Generation | None:
 
 
 def usage(result: Generation) -> p.Usage:
+    """Token usage of a generation."""
     return p.Usage(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
@@ -193,6 +195,8 @@ async def _stream(job: Job, request, served, make, with_usage: bool, opening: st
 
 
 def chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> AsyncIterator[str]:
+    """SSE chunks of a chat completion, opening with the assistant role."""
+
     def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
         content = {"content": delta} if delta is not None else {}
         choices = [] if use else [p.ChatChunkChoice(delta=content, finish_reason=finish)]
@@ -222,6 +226,8 @@ def chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> Asyn
 def completion_stream(
     rid, model, served, job: Job, request, with_usage: bool
 ) -> AsyncIterator[str]:
+    """SSE chunks of a text completion."""
+
     def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
         choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
         return _sse(

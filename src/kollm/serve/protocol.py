@@ -122,10 +122,12 @@ class Usage(BaseModel):
 
 
 def new_id(prefix: str) -> str:
+    """A fresh response id with OpenAI's prefix (`chatcmpl-...`)."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def now() -> int:
+    """Seconds since the epoch, as OpenAI's `created`."""
     return int(time.time())
 
 

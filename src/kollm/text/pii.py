@@ -80,6 +80,7 @@ def rrn_kind(number: str) -> str | None:
 
 
 def luhn_valid(number: str) -> bool:
+    """Whether a card number passes the Luhn check."""
     d = [int(c) for c in _digits(number)]
     total = 0
     for i, digit in enumerate(reversed(d)):

@@ -25,6 +25,7 @@ def read_splits(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
+    """Train with the recipe's method; returns where the model went."""
     if recipe.train is None:
         raise ValueError("the recipe has no 'train' section")
     splits = read_splits(recipe)

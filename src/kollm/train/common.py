@@ -100,6 +100,7 @@ def packing_strategy(choice: str) -> str:
 
 
 def torch_dtype(cfg: ModelConfig):
+    """The weights dtype of `model.dtype` (auto: bf16 on a bf16 GPU, else fp32)."""
     import torch
 
     if cfg.dtype == "auto":
@@ -239,6 +240,7 @@ def latest_complete_checkpoint(checkpoints: Path) -> Path | None:
 
 
 def read_losses(path: Path) -> list[dict[str, Any]]:
+    """The entries of a loss.jsonl."""
     if not path.exists():
         return []
     return [
@@ -247,6 +249,7 @@ def read_losses(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
+    """Train and eval loss against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

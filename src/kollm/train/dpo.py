@@ -24,6 +24,7 @@ def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def to_dpo_rows(recipe: Recipe, pairs: list[dict[str, Any]], tokenizer) -> list[dict[str, str]]:
+    """Preference pairs as DPO rows, rendered in the recipe's prompt format."""
     fmt = recipe_format(recipe)
     rows = []
     for p in pairs:

@@ -16,6 +16,7 @@ from kollm.train.sft import load_causal, lora_config
 
 
 def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
+    """Continued pretraining on plain text."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 

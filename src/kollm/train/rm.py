@@ -51,6 +51,7 @@ def _model_and_tokenizer(recipe: Recipe, pairs: list[dict[str, Any]]):
 
 
 def train_reward_model(recipe: Recipe, pairs: list[dict[str, Any]]) -> TrainResult:
+    """A reward model (TRL RewardTrainer) on preference pairs."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 

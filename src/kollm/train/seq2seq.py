@@ -21,6 +21,7 @@ from kollm.train.sft import lora_config, scratch_texts, to_examples
 
 
 def load_seq2seq(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
+    """(tokenizer, model) of a seq2seq recipe: scratch BART or a hub/local base."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     cfg = recipe.model
@@ -57,6 +58,7 @@ def _tokenize(
 
 
 def train_seq2seq(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
+    """Seq2seq fine-tuning (BART/T5) with the loss on the answer."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     t = recipe.train

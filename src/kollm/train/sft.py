@@ -136,6 +136,7 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
 
 
 def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
+    """Supervised fine-tuning of a causal model, full or PEFT."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 

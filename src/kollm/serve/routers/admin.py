@@ -20,6 +20,7 @@ def _refused(err: AdapterError) -> ApiError:
 
 @router.post("/v1/load_lora_adapter", dependencies=ADMIN)
 async def load_lora_adapter(body: p.LoadLoraAdapterRequest, request: Request):
+    """Load an adapter onto a served base (vLLM's endpoint)."""
     manager = state(request).manager
     try:
         model_id = await manager.load_adapter(body.lora_name, body.lora_path, body.base_model)
@@ -30,6 +31,7 @@ async def load_lora_adapter(body: p.LoadLoraAdapterRequest, request: Request):
 
 @router.post("/v1/unload_lora_adapter", dependencies=ADMIN)
 async def unload_lora_adapter(body: p.UnloadLoraAdapterRequest, request: Request):
+    """Unload an adapter loaded at run time."""
     manager = state(request).manager
     try:
         model_id = await manager.unload_adapter(body.lora_name, body.base_model)

@@ -19,6 +19,7 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", dependencies=GUARD)
 async def chat(body: p.ChatCompletionRequest, request: Request):
+    """OpenAI's chat completions, streamed or not."""
     service = state(request).generation
     started = time.perf_counter()
     served, adapter = service.find(body.model)

@@ -16,6 +16,7 @@ router = APIRouter()
 
 @router.post("/v1/completions", dependencies=GUARD)
 async def completions(body: p.CompletionRequest, request: Request):
+    """OpenAI's text completions, streamed or not."""
     service = state(request).generation
     started = time.perf_counter()
     served, adapter = service.find(body.model)

@@ -16,6 +16,7 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", dependencies=GUARD)
 async def embeddings(body: p.EmbeddingRequest, request: Request):
+    """OpenAI's embeddings (float or base64)."""
     served, _ = state(request).generation.find(body.model)
     try:
         vectors = await asyncio.to_thread(served.engine.embed, body.texts())

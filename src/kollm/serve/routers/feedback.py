@@ -16,6 +16,7 @@ router = APIRouter()
 
 @router.post("/v1/feedback", dependencies=[Depends(authorize)])
 async def feedback(body: p.FeedbackRequest, request: Request):
+    """Rate a logged answer, with an optional correction."""
     request_log = state(request).request_log
     if request_log is None:
         raise ApiError(

@@ -14,6 +14,7 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request):
+    """200 with the served versions once ready, else 503 with the reason."""
     manager = state(request).manager
     if manager.ready:
         return {
@@ -28,5 +29,6 @@ async def health(request: Request):
 
 @router.get("/metrics")
 async def prometheus(request: Request):
+    """Prometheus metrics."""
     registry = state(request).manager.metrics.registry
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

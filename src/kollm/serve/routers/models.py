@@ -12,6 +12,7 @@ router = APIRouter()
 
 @router.get("/v1/models", dependencies=GUARD)
 async def models(request: Request) -> p.ModelList:
+    """Every served model id, adapters as BASE:ADAPTER."""
     cards = []
     for m in state(request).manager.models.values():
         cards.append(p.ModelCard(id=m.model_id, created=p.now(), model_version=m.version))
