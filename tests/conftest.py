@@ -158,9 +158,9 @@ class LiveServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.base_url = f"http://127.0.0.1:{self.port}"
 
+    from kollm.feedback.responses import RequestLog
     from kollm.registry import Registry
     from kollm.serve.app import ServeSettings, create_app
-    from kollm.serve.log import RequestLog
     from kollm.serve.metrics import ServerMetrics
     from kollm.serve.service import ModelManager
 
@@ -187,9 +187,9 @@ def start_server(served_home):
     """start_server(refs, engine=..., **options) -> a started LiveServer, stopped after the test."""
     servers = []
 
+    from kollm.feedback.responses import RequestLog
     from kollm.registry import Registry
     from kollm.serve.app import ServeSettings, create_app
-    from kollm.serve.log import RequestLog
     from kollm.serve.metrics import ServerMetrics
     from kollm.serve.service import ModelManager
 

@@ -14,7 +14,7 @@ from kollm.feedback.store import FeedbackError, FeedbackStore, parse_rating
 def log_response(
     home, rid: str, user: str = "치과 예약하고 싶어요", answer: str = "네, 예약했습니다."
 ) -> None:
-    from kollm.serve.log import RequestLog
+    from kollm.feedback.responses import RequestLog
 
     request = {"model": "tiny", "messages": [{"role": "user", "content": user}]}
     RequestLog(home).write(rid, "chat", "tiny", "tiny:1", request, answer, 5, 4, "stop", 10.0)
@@ -132,7 +132,7 @@ def test_concurrent_feedback_from_several_processes_all_lands(tmp_path):
 
 
 def test_exports_keep_the_whole_conversation_of_a_multi_turn_answer(tmp_path):
-    from kollm.serve.log import RequestLog
+    from kollm.feedback.responses import RequestLog
 
     turns = [
         {"role": "system", "content": "구청 민원 상담원입니다."},

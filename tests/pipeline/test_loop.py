@@ -5,11 +5,11 @@ from typer.testing import CliRunner
 
 from kollm.cli import app
 from kollm.config import load_recipe, recipe_text
+from kollm.feedback.responses import RequestLog
 from kollm.feedback.store import FeedbackStore
 from kollm.pipeline.loop import history, run_loop
 from kollm.pipeline.run import run_recipe
 from kollm.registry import Registry
-from kollm.serve.log import RequestLog
 from tests.conftest import read_jsonl
 
 

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from kollm.feedback.responses import RequestLog
 from kollm.serve.deps import ServerState, ServeSettings
 from kollm.serve.errors import ApiError, install_handlers
 from kollm.serve.generation import GenerationService
-from kollm.serve.log import RequestLog
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
 

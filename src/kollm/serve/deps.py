@@ -13,8 +13,8 @@ from kollm.serve.errors import ApiError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from kollm.feedback.responses import RequestLog
     from kollm.serve.generation import GenerationService
-    from kollm.serve.log import RequestLog
     from kollm.serve.service import ModelManager
 
 

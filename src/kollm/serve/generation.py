@@ -14,10 +14,10 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from kollm.engines.base import Generation, GenerationParams
+from kollm.feedback.responses import RequestLog
 from kollm.serve import protocol as p
 from kollm.serve.batching import Job, QueueFull
 from kollm.serve.errors import ApiError
-from kollm.serve.log import RequestLog
 from kollm.serve.service import ModelManager, ServedModel
 
 log = logging.getLogger("kollm.serve")

@@ -11,10 +11,10 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from kollm.config import DomainConfig, ServeConfig
+from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry
 from kollm.serve.app import create_app
 from kollm.serve.deps import ServeSettings
-from kollm.serve.log import RequestLog
 from kollm.serve.metrics import ServerMetrics
 from kollm.serve.service import DomainGuard, ModelManager
 

@@ -1,4 +1,6 @@
-"""The request log: each answer, with the PII masker applied to what is stored."""
+"""The request log (`responses` table): each answer the server gave, with the model version
+that gave it and the PII masker applied to what is stored. Feedback rates these rows, so the
+table lives with feedback; the server writes it through `RequestLog`."""
 
 from __future__ import annotations
 
