@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from kollm.engines.base import Generation, GenerationParams
 from kollm.feedback.responses import RequestLog
@@ -118,9 +118,17 @@ class GenerationService:
             (time.perf_counter() - started) * 1000,
         )
 
-    def streamed(self, stream: AsyncIterator[str], job: Job, on_done) -> AsyncIterator[str]:
-        """Pass an SSE stream through, then log the whole answer once it finished."""
-        return _logged(stream, job, on_done)
+    def stream_response(
+        self, endpoint: str, rid: str, served: ServedModel, body, job: Job, stream, started
+    ) -> StreamingResponse:
+        """The SSE response of a job; the whole answer is logged once it has finished."""
+
+        async def log(_text: str) -> None:
+            await self.record(endpoint, rid, served, body, job.future.result(), started)
+
+        return StreamingResponse(
+            _logged(stream, job, log), media_type="text/event-stream", headers={"X-Request-Id": rid}
+        )
 
 
 def chat_response(

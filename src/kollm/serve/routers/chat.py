@@ -7,7 +7,6 @@ import asyncio
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from kollm.engines.base import Generation
 from kollm.serve import protocol as p
@@ -36,15 +35,7 @@ async def chat(body: p.ChatCompletionRequest, request: Request):
     job = service.submit(served, served.prompt_for(messages), params, adapter, body.stream)
     if body.stream:
         stream = chat_stream(rid, body.model, served, job, request, body.include_usage())
-
-        async def log(_text: str) -> None:
-            await service.record("chat", rid, served, body, job.future.result(), started)
-
-        return StreamingResponse(
-            service.streamed(stream, job, log),
-            media_type="text/event-stream",
-            headers={"X-Request-Id": rid},
-        )
+        return service.stream_response("chat", rid, served, body, job, stream, started)
     result = await service.wait(request, served, job)
     await service.record("chat", rid, served, body, result, started)
     return chat_response(rid, body.model, served, result, usage(result))

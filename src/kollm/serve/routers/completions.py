@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from kollm.serve import protocol as p
 from kollm.serve.deps import GUARD, state
@@ -25,15 +24,7 @@ async def completions(body: p.CompletionRequest, request: Request):
     job = service.submit(served, body.prompt_text(), params, adapter, body.stream)
     if body.stream:
         stream = completion_stream(rid, body.model, served, job, request, body.include_usage())
-
-        async def log(_text: str) -> None:
-            await service.record("completions", rid, served, body, job.future.result(), started)
-
-        return StreamingResponse(
-            service.streamed(stream, job, log),
-            media_type="text/event-stream",
-            headers={"X-Request-Id": rid},
-        )
+        return service.stream_response("completions", rid, served, body, job, stream, started)
     result = await service.wait(request, served, job)
     await service.record("completions", rid, served, body, result, started)
     choice = p.CompletionChoice(text=result.text, finish_reason=result.finish_reason)
