@@ -28,6 +28,7 @@ FORBIDDEN = {
     "eval": {"serve", "train", "feedback", *HIGH},
     "serve": {"train", "eval", *HIGH},
     "feedback": {"serve", "train", "eval", *HIGH},
+    "rag": {"serve", "train", "eval", "feedback", "registry", *HIGH},
 }
 
 

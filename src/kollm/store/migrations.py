@@ -156,6 +156,36 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE model_versions ADD COLUMN prompt_format TEXT;
         """,
     ),
+    (
+        "009_rag",
+        """
+        -- Retrieval: each indexed file (its content hash decides re-indexing), its chunks with
+        -- their place, and a keyword index over the chunks' content morphemes (FTS5, rowid =
+        -- chunk id; the terms are computed by kollm, so FTS5's own tokenizer only splits spaces).
+        CREATE TABLE rag_documents (
+            collection TEXT NOT NULL,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            indexed_at TEXT NOT NULL,
+            chunks INTEGER NOT NULL,
+            PRIMARY KEY (collection, path)
+        );
+        CREATE TABLE rag_chunks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            collection TEXT NOT NULL,
+            path TEXT NOT NULL,
+            doc_id TEXT NOT NULL,
+            ord INTEGER NOT NULL,
+            page INTEGER,
+            start INTEGER NOT NULL,
+            end INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX rag_chunks_path ON rag_chunks (collection, path);
+        CREATE VIRTUAL TABLE rag_terms USING fts5(terms, tokenize = 'unicode61');
+        """,
+    ),
 ]
 
 

@@ -103,3 +103,34 @@ def get_tokenizer(name: str = "mecab") -> MorphemeTokenizer:
     if name not in classes:
         raise ValueError(f"unknown tokenizer {name!r}; choose one of {', '.join(TOKENIZERS)}")
     return classes[name]()
+
+
+_CONTENT_TAGS = ("NN", "NR", "NP", "VV", "VA", "MAG", "XR", "SL", "SH", "SN")
+
+
+def content_morphemes(text: str) -> list[str]:
+    """The content words of `text` as MeCab-ko reads them: nouns, verb and adjective stems
+    (an inflected form is reduced to its stem: 갑니다 -> 가), adverbs, roots, foreign words and
+    numbers; particles, endings, suffixes and punctuation are dropped, so 규칙은 and 규칙이
+    both give 규칙. Used for keyword search."""
+    tagger = _mecab_tagger()
+    words = []
+    for line in tagger.parse(text).splitlines():
+        if "\t" not in line:
+            continue
+        surface, features = line.split("\t", 1)
+        fields = features.split(",")
+        tag = fields[0].split("+")[0]
+        if not tag.startswith(_CONTENT_TAGS):
+            continue
+        if len(fields) > 7 and fields[4] == "Inflect" and "/" in fields[7]:
+            surface = fields[7].split("/")[0]  # the stem of an inflected form
+        words.append(surface.lower())
+    return words
+
+
+@cache
+def _mecab_tagger():
+    import mecab_ko
+
+    return mecab_ko.Tagger()

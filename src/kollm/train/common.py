@@ -314,8 +314,11 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
         resumed_from=str(checkpoint) if checkpoint else None,
         is_adapter=recipe.train.lora.enabled,
     )
-    save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe))
     result.losses = read_losses(train_dir / "loss.jsonl")
-    plot_losses(result.losses, train_dir / "loss.png")
-    write_json(train_dir / "train_summary.json", result.summary())
+    # With torchrun or accelerate every process gets here; one writes the model and the files,
+    # or the processes race each other over model.tmp.
+    if trainer.is_world_process_zero():
+        save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe))
+        plot_losses(result.losses, train_dir / "loss.png")
+        write_json(train_dir / "train_summary.json", result.summary())
     return result

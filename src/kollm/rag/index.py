@@ -1,0 +1,267 @@
+"""The collection index in the shared store: `index_paths` adds or replaces the chunks of
+changed files (a file whose sha256 is unchanged is skipped; `prune` drops vanished files), and
+`search` ranks chunks by BM25 over content morphemes, so 규칙 finds 규칙은 and 규칙이."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.rag.chunk import chunk_text
+from kollm.rag.ingest import SUFFIXES, IngestError, Section, read_document
+from kollm.store import connect, open_store
+from kollm.text.morphemes import content_morphemes
+from kollm.text.normalize import normalize_text
+from kollm.text.pii import mask_pii
+
+
+@dataclass
+class Hit:
+    doc_id: str
+    chunk_id: int
+    source: str
+    page: int | None
+    start: int
+    end: int
+    score: float
+    text: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class IndexReport:
+    collection: str
+    files: int = 0
+    indexed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    chunks: int = 0
+    characters: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _files(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(file, root) of every supported file under `paths`; a file's root is its directory."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += [(f, path) for f in sorted(path.rglob("*")) if f.suffix.lower() in SUFFIXES]
+        else:
+            found.append((path, path.parent))
+    return found
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class RagIndex:
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home, self.path = open_store(home)
+
+    def index_paths(
+        self,
+        collection: str,
+        paths: list[Path],
+        mask: bool = False,
+        prune: bool = False,
+        max_chars: int = 400,
+        advance: Callable[[int], None] | None = None,
+    ) -> IndexReport:
+        """Index the supported files under `paths` into `collection`."""
+        report = IndexReport(collection)
+        seen = set()
+        for file, root in _files(paths):
+            report.files += 1
+            source = file.resolve().relative_to(root.resolve()).as_posix()
+            seen.add(source)
+            self._index_file(collection, file, source, mask, max_chars, report)
+            if advance is not None:
+                advance(1)
+        if prune:
+            report.removed = self._prune(collection, seen)
+        return report
+
+    def _index_file(self, collection, file: Path, source: str, mask, max_chars, report) -> None:
+        if not file.exists():
+            report.failures.append({"path": str(file), "reason": "no such file"})
+            return
+        sha = hashlib.sha256(file.read_bytes()).hexdigest()
+        if self._sha(collection, source) == sha:
+            report.unchanged += 1
+            return
+        try:
+            sections = read_document(file, source)
+        except IngestError as err:
+            report.failures.append({"path": str(file), "reason": str(err)})
+            return
+        rows = list(_chunk_rows(sections, mask, max_chars))
+        self._replace(collection, source, sha, rows)
+        report.indexed += 1
+        report.chunks += len(rows)
+        report.characters += sum(len(r["text"]) for r in rows)
+
+    def _sha(self, collection: str, source: str) -> str | None:
+        with closing(connect(self.path)) as conn:
+            row = conn.execute(
+                "SELECT sha256 FROM rag_documents WHERE collection = ? AND path = ?",
+                (collection, source),
+            ).fetchone()
+        return row[0] if row else None
+
+    def _replace(self, collection: str, source: str, sha: str, rows: list[dict]) -> None:
+        """The file's old chunks out and its new ones in, in one transaction."""
+        conn = connect(self.path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _delete(conn, collection, source)
+            for ordinal, row in enumerate(rows):
+                cur = conn.execute(
+                    "INSERT INTO rag_chunks (collection, path, doc_id, ord, page, start, end,"
+                    " text, meta) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (
+                        collection,
+                        source,
+                        row["doc_id"],
+                        ordinal,
+                        row["page"],
+                        row["start"],
+                        row["end"],
+                        row["text"],
+                        json.dumps(row["meta"], ensure_ascii=False),
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO rag_terms (rowid, terms) VALUES (?, ?)",
+                    (cur.lastrowid, " ".join(content_morphemes(row["text"]))),
+                )
+            conn.execute(
+                "INSERT INTO rag_documents VALUES (?,?,?,?,?)",
+                (collection, source, sha, _now(), len(rows)),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+    def _prune(self, collection: str, keep: set[str]) -> int:
+        conn = connect(self.path)
+        try:
+            gone = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT path FROM rag_documents WHERE collection = ?", (collection,)
+                )
+                if r[0] not in keep
+            ]
+            conn.execute("BEGIN IMMEDIATE")
+            for source in gone:
+                _delete(conn, collection, source)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return len(gone)
+
+    def search(self, collection: str, query: str, top_k: int = 5) -> list[Hit]:
+        """The best `top_k` chunks for `query` by BM25 over content morphemes."""
+        terms = sorted(set(content_morphemes(query)))
+        if not terms:
+            return []
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        with closing(connect(self.path)) as conn:
+            rows = conn.execute(
+                "SELECT c.*, bm25(rag_terms) AS rank FROM rag_terms"
+                " JOIN rag_chunks c ON c.id = rag_terms.rowid"
+                " WHERE rag_terms MATCH ? AND c.collection = ? ORDER BY rank LIMIT ?",
+                (match, collection, top_k),
+            ).fetchall()
+        return [
+            Hit(
+                r["doc_id"],
+                r["id"],
+                r["path"],
+                r["page"],
+                r["start"],
+                r["end"],
+                round(-r["rank"], 4),
+                r["text"],
+            )
+            for r in rows
+        ]
+
+    def write_report(self, report: IndexReport) -> tuple[Path, Path]:
+        """The index report as JSON and as an HTML table, under KOLLM_HOME/rag/<collection>/."""
+        import html
+
+        from kollm.data.io import write_json, write_text
+
+        out = self.home / "rag" / report.collection
+        write_json(out / "index_report.json", report.as_dict())
+        rows = "".join(
+            f"<tr><td>{html.escape(f['path'])}</td><td>{html.escape(f['reason'])}</td></tr>"
+            for f in report.failures
+        )
+        counts = "".join(
+            f"<tr><th>{k}</th><td>{v}</td></tr>"
+            for k, v in report.as_dict().items()
+            if k != "failures"
+        )
+        page = (
+            f"<!doctype html><meta charset='utf-8'><title>{html.escape(report.collection)}</title>"
+            f"<h1>Index report: {html.escape(report.collection)}</h1><table>{counts}</table>"
+            f"<h2>Failures</h2><table><tr><th>file</th><th>reason</th></tr>{rows}</table>"
+        )
+        write_text(out / "index_report.html", page)
+        return out / "index_report.json", out / "index_report.html"
+
+    def collections(self) -> dict[str, int]:
+        """Each collection with its number of chunks."""
+        with closing(connect(self.path)) as conn:
+            rows = conn.execute(
+                "SELECT collection, COUNT(*) FROM rag_chunks GROUP BY collection"
+            ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+
+def _delete(conn, collection: str, source: str) -> None:
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM rag_chunks WHERE collection = ? AND path = ?", (collection, source)
+        )
+    ]
+    conn.executemany("DELETE FROM rag_terms WHERE rowid = ?", [(i,) for i in ids])
+    conn.execute("DELETE FROM rag_chunks WHERE collection = ? AND path = ?", (collection, source))
+    conn.execute(
+        "DELETE FROM rag_documents WHERE collection = ? AND path = ?", (collection, source)
+    )
+
+
+def _chunk_rows(sections: list[Section], mask: bool, max_chars: int):
+    """Chunks of every section, normalised (and PII-masked with `mask`)."""
+    for section in sections:
+        text = normalize_text(section.text)
+        if mask:
+            text = mask_pii(text).text
+        for chunk in chunk_text(text, max_chars):
+            yield {
+                "doc_id": section.doc_id,
+                "page": section.page,
+                "start": chunk.start,
+                "end": chunk.end,
+                "text": chunk.text,
+                "meta": section.meta,
+            }

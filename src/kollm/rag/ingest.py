@@ -1,0 +1,144 @@
+"""Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
+HWPX (its zipped XML), PDF (pypdf, one section a page) and DOCX (python-docx). A file that
+cannot be read raises IngestError with the reason, so the index report can name it."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwpx", ".pdf", ".docx")
+
+
+class IngestError(ValueError):
+    """A document that cannot be read; the message says why."""
+
+
+@dataclass
+class Section:
+    """A piece of a document with its place: a page of a PDF, a record of a JSONL file."""
+
+    doc_id: str
+    text: str
+    page: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def read_document(path: Path, doc_id: str) -> list[Section]:
+    """The sections of one file, by its suffix."""
+    suffix = path.suffix.lower()
+    readers = {
+        ".pdf": _pdf,
+        ".docx": _docx,
+        ".hwpx": _hwpx,
+        ".jsonl": _jsonl,
+        ".html": _html,
+        ".htm": _html,
+    }
+    if suffix not in SUFFIXES:
+        raise IngestError(f"unknown format {suffix or '(none)'}")
+    try:
+        return readers.get(suffix, _text)(path, doc_id)
+    except IngestError:
+        raise
+    except Exception as err:  # a corrupt or encrypted file: named in the report, not fatal
+        raise IngestError(f"cannot read {suffix[1:].upper()}: {type(err).__name__}: {err}") from err
+
+
+def _text(path: Path, doc_id: str) -> list[Section]:
+    return [Section(doc_id, path.read_text(encoding="utf-8"))]
+
+
+def _jsonl(path: Path, doc_id: str) -> list[Section]:
+    sections = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise IngestError(f"line {number}: malformed JSON: {err.msg}") from err
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise IngestError(f"line {number}: expected an object with a string 'text'")
+        record_id = str(row.get("id", f"{doc_id}#{number}"))
+        meta = {k: v for k, v in row.items() if k not in ("id", "text")}
+        sections.append(Section(record_id, row["text"], None, meta))
+    return sections
+
+
+def _pdf(path: Path, doc_id: str) -> list[Section]:
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(path))
+    if reader.is_encrypted:
+        raise IngestError("the PDF is encrypted")
+    return [
+        Section(doc_id, page.extract_text() or "", number)
+        for number, page in enumerate(reader.pages, 1)
+    ]
+
+
+def _docx(path: Path, doc_id: str) -> list[Section]:
+    import docx
+
+    document = docx.Document(str(path))
+    return [Section(doc_id, "\n".join(p.text for p in document.paragraphs))]
+
+
+def _hwpx(path: Path, doc_id: str) -> list[Section]:
+    """HWPX is a zip of OWPML sections (Contents/section0.xml ...); text is in <hp:t> runs."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise IngestError("not an HWPX file (not a zip archive)") from err
+    with archive:
+        names = sorted(
+            (n for n in archive.namelist() if re.fullmatch(r"Contents/section\d+\.xml", n)),
+            key=lambda n: int(re.search(r"\d+", n).group()),
+        )
+        if not names:
+            raise IngestError("not an HWPX file (no Contents/section*.xml)")
+        return [
+            Section(doc_id, _owpml_text(archive.read(n).decode("utf-8")), page)
+            for page, n in enumerate(names, 1)
+        ]
+
+
+def _owpml_text(xml: str) -> str:
+    paragraphs = re.findall(r"<hp:p\b.*?</hp:p>", xml, flags=re.S)
+    lines = ["".join(re.findall(r"<hp:t\b[^>]*>(.*?)</hp:t>", p, flags=re.S)) for p in paragraphs]
+    import html
+
+    return "\n".join(html.unescape(line) for line in lines if line)
+
+
+class _HtmlText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in ("p", "br", "div", "li", "h1", "h2", "h3", "tr"):
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def _html(path: Path, doc_id: str) -> list[Section]:
+    parser = _HtmlText()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return [Section(doc_id, "".join(parser.parts))]

@@ -1,0 +1,171 @@
+"""Retrieval, first step: ingest each format, Korean morpheme keyword search, incremental
+re-index, failures named in the report."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+from typer.testing import CliRunner
+
+from kollm.cli import app
+from kollm.rag.chunk import chunk_text
+from kollm.rag.index import RagIndex
+
+PASSAGES = {
+    "moving.txt": "전입신고는 이사한 날부터 14일 안에 해야 합니다. "
+    "주민센터나 정부24에서 할 수 있습니다.",
+    "passport.txt": "여권을 잃어버리면 가까운 구청 민원여권과에 분실 신고를 합니다.",
+    "parking.txt": "거주자 우선 주차 신청은 매월 1일부터 5일까지 받습니다.",
+}
+
+
+def _hwpx(path, paragraphs):
+    body = "".join(f"<hp:p><hp:run><hp:t>{p}</hp:t></hp:run></hp:p>" for p in paragraphs)
+    xml = f'<?xml version="1.0" encoding="UTF-8"?><hs:sec xmlns:hp="x" xmlns:hs="y">{body}</hs:sec>'
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mimetype", "application/hwp+zip")
+        z.writestr("Contents/section0.xml", xml)
+
+
+def _pdf(path, pages):
+    """A minimal PDF with one Helvetica text line a page (pypdf reads it back)."""
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        None,
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        content = len(objects)
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R"
+            " /Resources << /Font << /F1 3 0 R >> >> >>"
+        )
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out, offsets = b"%PDF-1.4\n", []
+    for i, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{obj}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    path.write_bytes(out)
+
+
+@pytest.fixture
+def docs(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for name, text in PASSAGES.items():
+        (root / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_every_format_is_read_with_its_place(tmp_path):
+    import docx
+
+    root = tmp_path / "all"
+    root.mkdir()
+    (root / "a.md").write_text("# 안내\n\n대형 폐기물은 배출 신고 후 버립니다.", encoding="utf-8")
+    (root / "b.html").write_text(
+        "<p>청년 월세 지원은 복지정책과에서 받습니다.</p><script>x=1</script>", encoding="utf-8"
+    )
+    (root / "c.jsonl").write_text(
+        json.dumps(
+            {"id": "faq-7", "text": "건강검진 예약은 보건소에서 합니다.", "topic": "보건"},
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    _hwpx(root / "d.hwpx", ["공고문", "주차 허가는 주차관리과에서 발급합니다."])
+    document = docx.Document()
+    document.add_paragraph("여권 발급에는 사진 한 장이 필요합니다.")
+    document.save(str(root / "e.docx"))
+    _pdf(root / "f.pdf", ["Permit office opens at nine", "Second page about fees"])
+    index = RagIndex(tmp_path / "home")
+    report = index.index_paths("all", [root])
+    assert (report.files, report.indexed, report.failures) == (6, 6, [])
+    found = {
+        q: index.search("all", q, 1)[0]
+        for q in ("배출 신고", "월세 지원", "건강검진 예약", "주차 허가", "여권 사진", "fees")
+    }
+    assert found["배출 신고"].doc_id == "a.md"
+    assert "script" not in found["월세 지원"].text and found["월세 지원"].doc_id == "b.html"
+    assert found["건강검진 예약"].doc_id == "faq-7"  # a JSONL record's own id
+    assert found["주차 허가"].doc_id == "d.hwpx"
+    assert found["여권 사진"].doc_id == "e.docx"
+    assert found["fees"].doc_id == "f.pdf" and found["fees"].page == 2
+
+
+def test_a_question_with_other_particles_and_endings_finds_its_passage(docs, tmp_path):
+    index = RagIndex(tmp_path / "home")
+    index.index_paths("civil", [docs])
+    (hit, *_) = index.search("civil", "이사하면 전입 신고는 며칠 안에 해야 하나요?")
+    assert hit.doc_id == "moving.txt" and hit.start == 0 and "14일" in hit.text
+    (hit, *_) = index.search("civil", "여권 분실했을 때 어디에 신고하죠")
+    assert hit.doc_id == "passport.txt"
+    assert index.search("civil", "?!") == []
+
+
+def test_reindexing_replaces_only_the_changed_file_and_prune_drops_removed_ones(docs, tmp_path):
+    index = RagIndex(tmp_path / "home")
+    index.index_paths("civil", [docs])
+    before = {
+        h.doc_id: h.chunk_id
+        for q in ("주차 신청", "여권 분실")
+        for h in index.search("civil", q, 1)
+    }
+    (docs / "moving.txt").write_text("전입신고는 이제 30일 안에 하면 됩니다.", encoding="utf-8")
+    report = index.index_paths("civil", [docs])
+    assert (report.indexed, report.unchanged) == (1, 2)
+    (hit, *_) = index.search("civil", "전입 신고 기한")
+    assert "30일" in hit.text and "14일" not in " ".join(
+        h.text for h in index.search("civil", "전입", 10)
+    )
+    after = {
+        h.doc_id: h.chunk_id
+        for q in ("주차 신청", "여권 분실")
+        for h in index.search("civil", q, 1)
+    }
+    assert after == before  # the unchanged files kept their chunks
+    (docs / "parking.txt").unlink()
+    assert index.index_paths("civil", [docs], prune=True).removed == 1
+    assert all(h.doc_id != "parking.txt" for h in index.search("civil", "주차 신청", 5))
+    assert index.collections() == {"civil": 2}
+
+
+def test_a_corrupt_file_is_named_in_the_report_and_the_rest_are_indexed(
+    docs, tmp_path, monkeypatch
+):
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    (docs / "broken.hwpx").write_bytes(b"not a zip")
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["rag", "index", str(docs), "--collection", "civil"])
+    assert result.exit_code == 0, result.output
+    assert "3 indexed" in result.output and "2 failed" in result.output
+    report = json.loads((tmp_path / "home" / "rag" / "civil" / "index_report.json").read_text())
+    reasons = {f["path"].split("/")[-1]: f["reason"] for f in report["failures"]}
+    assert reasons["broken.hwpx"] == "not an HWPX file (not a zip archive)"
+    assert reasons["broken.pdf"].startswith("cannot read PDF")
+    assert (tmp_path / "home" / "rag" / "civil" / "index_report.html").exists()
+    out = CliRunner().invoke(app, ["rag", "query", "civil", "주차 신청 기간", "--json"])
+    (first, *_) = json.loads(out.output)
+    assert first["doc_id"] == "parking.txt"
+    assert set(first) == {"doc_id", "chunk_id", "source", "page", "start", "end", "score", "text"}
+
+
+def test_chunks_are_whole_sentences_with_their_span():
+    text = "첫 문장입니다. 둘째 문장이에요! 셋째는 질문인가요? 넷째."
+    chunks = chunk_text(text, max_chars=20, overlap=1)
+    assert all(text[c.start : c.end].strip() == c.text for c in chunks)
+    assert chunks[0].text == "첫 문장입니다. 둘째 문장이에요!"
+    assert chunks[1].text.startswith("둘째 문장이에요!")  # one sentence of overlap
