@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -127,9 +128,10 @@ class RagIndex:
             conn.execute("BEGIN IMMEDIATE")
             _delete(conn, collection, source)
             for ordinal, row in enumerate(rows):
+                terms = content_morphemes(row["text"])
                 cur = conn.execute(
                     "INSERT INTO rag_chunks (collection, path, doc_id, ord, page, start, end,"
-                    " text, meta) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " text, meta, terms) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         collection,
                         source,
@@ -140,11 +142,12 @@ class RagIndex:
                         row["end"],
                         row["text"],
                         json.dumps(row["meta"], ensure_ascii=False),
+                        len(terms),
                     ),
                 )
                 conn.execute(
                     "INSERT INTO rag_terms (rowid, terms) VALUES (?, ?)",
-                    (cur.lastrowid, " ".join(content_morphemes(row["text"]))),
+                    (cur.lastrowid, " ".join(terms)),
                 )
             conn.execute(
                 "INSERT INTO rag_documents VALUES (?,?,?,?,?)",
@@ -176,18 +179,22 @@ class RagIndex:
         return len(gone)
 
     def search(self, collection: str, query: str, top_k: int = 5) -> list[Hit]:
-        """The best `top_k` chunks for `query` by BM25 over content morphemes."""
+        """The best `top_k` chunks for `query`: BM25 (k1 1.2, b 0.75, Lucene's IDF, which stays
+        positive in a small collection) over content morphemes; FTS5 finds the candidates."""
         terms = sorted(set(content_morphemes(query)))
         if not terms:
             return []
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         with closing(connect(self.path)) as conn:
             rows = conn.execute(
-                "SELECT c.*, bm25(rag_terms) AS rank FROM rag_terms"
-                " JOIN rag_chunks c ON c.id = rag_terms.rowid"
-                " WHERE rag_terms MATCH ? AND c.collection = ? ORDER BY rank LIMIT ?",
-                (match, collection, top_k),
+                "SELECT c.*, t.terms AS words FROM rag_terms t JOIN rag_chunks c ON c.id = t.rowid"
+                " WHERE rag_terms MATCH ? AND c.collection = ? ORDER BY bm25(rag_terms) LIMIT ?",
+                (_match(terms), collection, CANDIDATES),
             ).fetchall()
+            stats = _collection_stats(conn, collection, terms)
+        scored = sorted(
+            ((_bm25(r["words"].split(), r["terms"], terms, stats), r) for r in rows),
+            key=lambda pair: (-pair[0], pair[1]["id"]),
+        )[:top_k]
         return [
             Hit(
                 r["doc_id"],
@@ -196,10 +203,10 @@ class RagIndex:
                 r["page"],
                 r["start"],
                 r["end"],
-                round(-r["rank"], 4),
+                round(score, 4),
                 r["text"],
             )
-            for r in rows
+            for score, r in scored
         ]
 
     def write_report(self, report: IndexReport) -> tuple[Path, Path]:
@@ -234,6 +241,44 @@ class RagIndex:
                 "SELECT collection, COUNT(*) FROM rag_chunks GROUP BY collection"
             ).fetchall()
         return {r[0]: r[1] for r in rows}
+
+
+CANDIDATES = 2000  # chunks FTS5 hands over for BM25 scoring
+K1, B = 1.2, 0.75
+
+
+def _match(terms: list[str]) -> str:
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def _collection_stats(conn, collection: str, terms: list[str]) -> dict[str, Any]:
+    """Chunks, mean length in terms, and each term's document frequency in `collection`."""
+    n, total = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(terms), 0) FROM rag_chunks WHERE collection = ?",
+        (collection,),
+    ).fetchone()
+    df = {
+        t: conn.execute(
+            "SELECT COUNT(*) FROM rag_terms t JOIN rag_chunks c ON c.id = t.rowid"
+            " WHERE rag_terms MATCH ? AND c.collection = ?",
+            (_match([t]), collection),
+        ).fetchone()[0]
+        for t in terms
+    }
+    return {"n": n, "avgdl": (total / n) if n else 1.0, "df": df}
+
+
+def _bm25(words: list[str], length: int, terms: list[str], stats: dict[str, Any]) -> float:
+    score = 0.0
+    norm = K1 * (1 - B + B * length / (stats["avgdl"] or 1.0))
+    for term in terms:
+        tf = words.count(term)
+        if not tf:
+            continue
+        df = stats["df"][term]
+        idf = math.log(1 + (stats["n"] - df + 0.5) / (df + 0.5))
+        score += idf * tf * (K1 + 1) / (tf + norm)
+    return score
 
 
 def _delete(conn, collection: str, source: str) -> None:

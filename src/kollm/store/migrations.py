@@ -180,7 +180,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             start INTEGER NOT NULL,
             end INTEGER NOT NULL,
             text TEXT NOT NULL,
-            meta TEXT NOT NULL DEFAULT '{}'
+            meta TEXT NOT NULL DEFAULT '{}',
+            terms INTEGER NOT NULL DEFAULT 0
         );
         CREATE INDEX rag_chunks_path ON rag_chunks (collection, path);
         CREATE VIRTUAL TABLE rag_terms USING fts5(terms, tokenize = 'unicode61');
