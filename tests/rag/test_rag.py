@@ -169,3 +169,14 @@ def test_chunks_are_whole_sentences_with_their_span():
     assert all(text[c.start : c.end].strip() == c.text for c in chunks)
     assert chunks[0].text == "첫 문장입니다. 둘째 문장이에요!"
     assert chunks[1].text.startswith("둘째 문장이에요!")  # one sentence of overlap
+
+
+def test_a_two_document_collection_still_ranks_by_relevance(tmp_path):
+    root = tmp_path / "two"
+    root.mkdir()
+    (root / "a.txt").write_text(PASSAGES["moving.txt"], encoding="utf-8")
+    (root / "b.txt").write_text(PASSAGES["passport.txt"], encoding="utf-8")
+    index = RagIndex(tmp_path / "home")
+    index.index_paths("two", [root])
+    first, second = index.search("two", "이사하면 전입 신고는 며칠 안에 해야 하나요?")
+    assert first.doc_id == "a.txt" and first.score > second.score > 0
