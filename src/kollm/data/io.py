@@ -118,16 +118,22 @@ def read_dataset_dir(path: Path) -> dict[str, list[Any]]:
     return {"all": loaded.to_list()}
 
 
-def read_jsonl(path: Path | str, limit: int | None = None) -> list[Any]:
-    """Every JSON value of a JSONL file (blank lines skipped), the first `limit` with one; a
-    malformed line is a DataError naming the file and the line."""
+def iter_jsonl(path: Path | str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSONL file; a malformed line is a
+    DataError naming the file and the line."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    rows = []
     for line_no, row in _jsonl_rows(path):
         if isinstance(row, Malformed):
             raise DataError(f"{path}: line {line_no}: {row}")
+        yield line_no, row
+
+
+def read_jsonl(path: Path | str, limit: int | None = None) -> list[Any]:
+    """Every JSON value of a JSONL file (blank lines skipped), the first `limit` with one."""
+    rows = []
+    for _, row in iter_jsonl(path):
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

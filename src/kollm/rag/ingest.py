@@ -4,7 +4,6 @@ cannot be read raises IngestError with the reason, so the index report can name 
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -55,14 +54,14 @@ def _text(path: Path, doc_id: str) -> list[Section]:
 
 
 def _jsonl(path: Path, doc_id: str) -> list[Section]:
+    from kollm.data.io import DataError, iter_jsonl
+
     sections = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise IngestError(f"line {number}: malformed JSON: {err.msg}") from err
+    try:
+        rows = list(iter_jsonl(path))
+    except DataError as err:
+        raise IngestError(str(err).removeprefix(f"{path}: ")) from err
+    for number, row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise IngestError(f"line {number}: expected an object with a string 'text'")
         record_id = str(row.get("id", f"{doc_id}#{number}"))

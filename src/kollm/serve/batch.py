@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import ServeConfig
+from kollm.data.io import DataError, iter_jsonl
 from kollm.engines.base import GenerationParams
 from kollm.registry import Registry
 from kollm.serve.server import build_manager
@@ -30,18 +31,15 @@ class BatchInputError(ValueError):
 def read_requests(path: Path) -> list[dict[str, Any]]:
     """Requests of a batch file; a bad line is named by file and line."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BatchInputError(f"{path}: line {number}: not JSON: {err.msg}") from err
-        if not isinstance(row, dict) or not ({"prompt", "messages"} & row.keys()):
-            raise BatchInputError(
-                f"{path}: line {number}: expected an object with prompt or messages"
-            )
-        rows.append(row)
+    try:
+        for number, row in iter_jsonl(path):
+            if not isinstance(row, dict) or not ({"prompt", "messages"} & row.keys()):
+                raise BatchInputError(
+                    f"{path}: line {number}: expected an object with prompt or messages"
+                )
+            rows.append(row)
+    except DataError as err:
+        raise BatchInputError(str(err)) from err
     return rows
 
 
