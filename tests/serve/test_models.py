@@ -109,6 +109,25 @@ def test_adapters_load_and_unload_while_serving(start_server, local_base, two_ad
     assert ask("base:a").status_code == 404
     assert post("/v1/unload_lora_adapter", {"lora_name": "a"}).status_code == 400
 
+    # A registered adapter version can be given at start too, like a directory.
+    started = start_server(
+        refs=[str(local_base)],
+        engine="transformers",
+        registry_home=home,
+        adapters={"ko": "ko-lora:1"},
+    )
+    reply = httpx.post(
+        started.base_url + "/v1/chat/completions",
+        json={
+            "model": "base:ko",
+            "messages": [{"role": "user", "content": "안녕하세요"}],
+            "max_tokens": 10,
+            "temperature": 0,
+        },
+        timeout=60,
+    )
+    assert reply.json()["choices"][0]["message"]["content"] == with_b
+
 
 def test_a_moved_alias_is_served_without_restart(start_server, served_home, tmp_path):
     import shutil

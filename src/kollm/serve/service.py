@@ -140,10 +140,19 @@ class ModelManager:
         return open_engine(
             self.engine_kind,
             model_dir,
-            adapters=self.adapters,
+            adapters={name: self._startup_adapter(src) for name, src in self.adapters.items()},
             sha256=sha256,
             **self.engine_options,
         )
+
+    def _startup_adapter(self, source: str) -> str:
+        """An adapter given at start: a directory, or a registered version (sha-checked)."""
+        if Path(source).is_dir():
+            return source
+        try:
+            return (self.registry or Registry()).checkout(source).artifact_path
+        except RegistryError as err:
+            raise ValueError(f"adapter {source!r}: not a directory, and {err}") from err
 
     def load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
