@@ -95,6 +95,9 @@ def test_kollm_serve_streams_from_vllm(start_server, local_base):
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]
     assert whole["choices"][0]["message"]["content"].startswith("model 답변: ")
     assert len(pieces) >= 4 and times[-1] - times[0] > 0.05
+    process = server.manager.models["base"].engine.process
+    server.stop()
+    assert process.poll() is not None  # stopping kollm stops the vLLM server it launched
 
 
 def test_the_command_line_names_every_vllm_flag(tmp_path):

@@ -286,6 +286,9 @@ class ModelManager:
         old.engine.unload()
 
     async def close(self) -> None:
+        """Finish the requests in flight, then unload every engine (a vLLM engine's server
+        process goes with it)."""
         self.ready = False
         for served in self.models.values():
             await served.batcher.close()
+            await asyncio.to_thread(served.engine.unload)
