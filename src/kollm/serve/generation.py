@@ -202,32 +202,29 @@ async def _stream(job: Job, request, served, make, with_usage: bool, opening: st
     yield "data: [DONE]\n\n"
 
 
+def _frame(kind, rid: str, model: str, served: ServedModel, choices, use=None) -> str:
+    """One SSE chunk of `kind` (a chat chunk or a completion) for this response."""
+    chunk = kind(
+        id=rid,
+        created=p.now(),
+        model=model,
+        choices=choices,
+        usage=use,
+        model_version=served.version,
+    )
+    return _sse(chunk)
+
+
 def chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> AsyncIterator[str]:
     """SSE chunks of a chat completion, opening with the assistant role."""
 
     def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
         content = {"content": delta} if delta is not None else {}
         choices = [] if use else [p.ChatChunkChoice(delta=content, finish_reason=finish)]
-        return _sse(
-            p.ChatCompletionChunk(
-                id=rid,
-                created=p.now(),
-                model=model,
-                choices=choices,
-                usage=use,
-                model_version=served.version,
-            )
-        )
+        return _frame(p.ChatCompletionChunk, rid, model, served, choices, use)
 
-    opening = _sse(
-        p.ChatCompletionChunk(
-            id=rid,
-            created=p.now(),
-            model=model,
-            model_version=served.version,
-            choices=[p.ChatChunkChoice(delta={"role": "assistant", "content": ""})],
-        )
-    )
+    role = [p.ChatChunkChoice(delta={"role": "assistant", "content": ""})]
+    opening = _frame(p.ChatCompletionChunk, rid, model, served, role)
     return _stream(job, request, served, make, with_usage, opening)
 
 
@@ -238,16 +235,7 @@ def completion_stream(
 
     def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
         choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
-        return _sse(
-            p.Completion(
-                id=rid,
-                created=p.now(),
-                model=model,
-                choices=choices,
-                usage=use,
-                model_version=served.version,
-            )
-        )
+        return _frame(p.Completion, rid, model, served, choices, use)
 
     return _stream(job, request, served, make, with_usage)
 
