@@ -202,6 +202,7 @@ def start_server(served_home):
         alias_poll_s=2.0,
         log_requests=True,
         admin_keys=(),
+        rag=None,
         **manager_options,
     ):
         manager = ModelManager(
@@ -214,7 +215,7 @@ def start_server(served_home):
             request_timeout_s=60,
             log_requests=log_requests,
         )
-        server = LiveServer(create_app(manager, settings, RequestLog(registry_home)))
+        server = LiveServer(create_app(manager, settings, RequestLog(registry_home), rag))
         servers.append(server)
         server.manager = manager
         return server.start(wait_ready)

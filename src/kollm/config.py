@@ -410,6 +410,37 @@ class DomainConfig(StrictModel):
     """What an off-domain request gets instead of a generation."""
 
 
+class RagConfig(StrictModel):
+    collection: str = "docs"
+    """The collection `kollm rag index --recipe` fills and `serve.rag` names by default."""
+    paths: list[str] = Field(default_factory=list)
+    """Files or directories `kollm rag index --recipe RECIPE` indexes when no PATH is given."""
+    max_chars: int = Field(300, ge=50)
+    """Most characters in a chunk (whole sentences, one of overlap)."""
+    mask_pii: bool = False
+    """Mask personal information (the data stage's masker) before indexing."""
+    top_k: int = Field(3, ge=1, le=50)
+    """Chunks put in front of the model per question."""
+    min_score: float = Field(0.0, ge=0)
+    """Least BM25 score of a keyword hit; a question with no hit above it gets the no-source
+    answer instead of a guess."""
+    min_similarity: float = Field(0.0, ge=-1, le=1)
+    """Least cosine similarity of a dense hit (with `embedder`)."""
+    embedder: str | None = None
+    """Local dir of an encoder (sentence-transformers or HF: bge-m3, multilingual-e5); with it,
+    search is hybrid: keyword and dense lists fused by reciprocal rank."""
+    query_prefix: str = ""
+    """Text put before each question for the encoder (e5: `query: `)."""
+    passage_prefix: str = ""
+    """Text put before each chunk for the encoder (e5: `passage: `)."""
+    reranker: str | None = None
+    """Local dir of a cross-encoder that re-orders the fused candidates."""
+    no_source: str = (
+        "제공된 문서에서 근거를 찾지 못해 답변드릴 수 없습니다. 담당 부서에 문의해 주세요."
+    )
+    """What a question with no source above the thresholds gets instead of a generation."""
+
+
 class ServeConfig(StrictModel):
     models: list[str] = Field(default_factory=list)
     """References to serve; default: the recipe's model at `registry.alias` (or its latest)."""
@@ -433,6 +464,8 @@ class ServeConfig(StrictModel):
     """LoRA adapters NAME: DIR served over the base (transformers engine)."""
     domains: dict[str, DomainConfig] = Field(default_factory=dict)
     """Per served model id: the domain guard."""
+    rag: str | None = None
+    """A collection every chat request is answered from, with citations (settings: `rag`)."""
 
 
 class DeployConfig(StrictModel):
@@ -509,6 +542,8 @@ class Recipe(StrictModel):
     """The feedback loop (`kollm loop RECIPE`)."""
     tune: TuneConfig = Field(default_factory=TuneConfig)
     """Hyper-parameter search (`kollm tune RECIPE`)."""
+    rag: RagConfig = Field(default_factory=RagConfig)
+    """Retrieval over your documents (`kollm rag`, `serve.rag`)."""
 
     @property
     def run_dir(self) -> Path:

@@ -172,6 +172,27 @@ def request_record(fmt: PromptFormat, messages: Messages) -> dict[str, str]:
     return {name: (text if name in first else "") for name in fields}
 
 
+RAG_INSTRUCTION = (
+    "다음 자료만 근거로 질문에 답하세요. 답에 쓴 자료의 번호를 [1]처럼 적고, "
+    "자료에 없는 내용은 지어내지 마세요."
+)
+
+
+def rag_messages(messages: Messages, passages: list[tuple[str, str]]) -> Messages:
+    """The conversation with its last user turn put in a context prompt: the numbered
+    passages ((source, text) pairs, cited as [1], [2] ...) and then the question. Earlier
+    turns stay as they were, so a follow-up keeps its history."""
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last is None or not passages:
+        return messages
+    context = "\n\n".join(
+        f"[{n}] 출처: {source}\n{text}" for n, (source, text) in enumerate(passages, 1)
+    )
+    question = messages[last]["content"]
+    prompt = f"{RAG_INSTRUCTION}\n\n{context}\n\n질문: {question}"
+    return [*messages[:last], {**messages[last], "content": prompt}, *messages[last + 1 :]]
+
+
 def chat_prompt(tokenizer, messages: Messages) -> str:
     """Every turn through the tokenizer's chat template, ending where the assistant speaks."""
     if not getattr(tokenizer, "chat_template", None):

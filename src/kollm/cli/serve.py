@@ -81,6 +81,10 @@ def serve(
         Path | None,
         typer.Option(help="Directory that adapters loaded at run time by path must lie under."),
     ] = None,
+    rag: Annotated[
+        str | None,
+        typer.Option(help="Answer every chat request from this collection, with citations."),
+    ] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
@@ -98,6 +102,7 @@ def serve(
         "alias_poll_s": alias_poll,
         "log_requests": False if no_log else None,
         "adapters": _pairs(adapter, "--adapter") or None,
+        "rag": rag,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
@@ -105,7 +110,8 @@ def serve(
         fail(str(err))
     access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key), adapter_root)
     # A model that cannot load stops the server (exit 2), not a 503 forever.
-    app, manager = build_server(cfg, None, access, load_before_ready=True)
+    rag_settings = loaded.rag if loaded is not None else None
+    app, manager = build_server(cfg, None, access, load_before_ready=True, rag=rag_settings)
     try:
         manager.check_refs()
     except ValueError as err:

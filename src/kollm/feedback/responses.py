@@ -42,6 +42,7 @@ class RequestLog:
         completion_tokens: int,
         finish_reason: str,
         latency_ms: float,
+        rag: dict[str, Any] | None = None,
     ) -> None:
         row = (
             response_id,
@@ -55,9 +56,10 @@ class RequestLog:
             completion_tokens,
             finish_reason,
             latency_ms,
+            json.dumps(rag) if rag is not None else None,
         )
         with closing(connect(self.path)) as conn:
-            conn.execute("INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+            conn.execute("INSERT INTO responses VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
 
     def get(self, response_id: str) -> dict[str, Any] | None:
         with closing(connect(self.path)) as conn:

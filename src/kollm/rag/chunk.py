@@ -30,7 +30,10 @@ def sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def chunk_text(text: str, max_chars: int = 400, overlap: int = 1) -> list[Chunk]:
+DEFAULT_CHUNK_CHARS = 300  # three or four sentences of Korean prose
+
+
+def chunk_text(text: str, max_chars: int = DEFAULT_CHUNK_CHARS, overlap: int = 1) -> list[Chunk]:
     """Sentences packed into chunks of at most `max_chars` (a longer sentence is its own
     chunk); the last `overlap` sentences of a chunk open the next."""
     spans = sentences(text)

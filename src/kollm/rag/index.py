@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kollm.rag.chunk import chunk_text
+from kollm.rag.chunk import DEFAULT_CHUNK_CHARS, chunk_text
 from kollm.rag.ingest import SUFFIXES, IngestError, Section, read_document
 from kollm.store import connect, open_store
 from kollm.text.morphemes import content_morphemes
@@ -46,6 +46,7 @@ class IndexReport:
     removed: int = 0
     chunks: int = 0
     characters: int = 0
+    embedded: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def _now() -> str:
 class RagIndex:
     def __init__(self, home: Path | str | None = None) -> None:
         self.home, self.path = open_store(home)
+        self._matrix_cache: dict[tuple[str, str], tuple] = {}
 
     def index_paths(
         self,
@@ -77,10 +79,13 @@ class RagIndex:
         paths: list[Path],
         mask: bool = False,
         prune: bool = False,
-        max_chars: int = 400,
+        max_chars: int = DEFAULT_CHUNK_CHARS,
         advance: Callable[[int], None] | None = None,
+        encoder: Any = None,
+        passage_prefix: str = "",
     ) -> IndexReport:
-        """Index the supported files under `paths` into `collection`."""
+        """Index the supported files under `paths` into `collection`; with an `encoder`
+        (rag.embed.Encoder), every chunk of the collection also gets its vector."""
         report = IndexReport(collection)
         seen = set()
         for file, root in _files(paths):
@@ -92,7 +97,31 @@ class RagIndex:
                 advance(1)
         if prune:
             report.removed = self._prune(collection, seen)
+        if encoder is not None:
+            report.embedded = self.embed_missing(collection, encoder, passage_prefix)
         return report
+
+    def embed_missing(self, collection: str, encoder, prefix: str = "") -> int:
+        """Vectors for the chunks of `collection` that have none from `encoder`."""
+        with closing(connect(self.path)) as conn:
+            rows = conn.execute(
+                "SELECT c.id, c.text, c.meta FROM rag_chunks c LEFT JOIN rag_vectors v"
+                " ON v.chunk_id = c.id AND v.encoder = ? WHERE c.collection = ?"
+                " AND v.chunk_id IS NULL ORDER BY c.id",
+                (encoder.name, collection),
+            ).fetchall()
+        for i in range(0, len(rows), 256):
+            part = rows[i : i + 256]
+            vectors = encoder.encode([prefix + _with_title(r["text"], r["meta"]) for r in part])
+            with closing(connect(self.path)) as conn, conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO rag_vectors VALUES (?, ?, ?)",
+                    [
+                        (r["id"], encoder.name, v.tobytes())
+                        for r, v in zip(part, vectors, strict=True)
+                    ],
+                )
+        return len(rows)
 
     def _index_file(self, collection, file: Path, source: str, mask, max_chars, report) -> None:
         if not file.exists():
@@ -128,7 +157,10 @@ class RagIndex:
             conn.execute("BEGIN IMMEDIATE")
             _delete(conn, collection, source)
             for ordinal, row in enumerate(rows):
-                terms = content_morphemes(row["text"])
+                # the document's title is indexed with every chunk, so a chunk from page 3
+                # is still found by the name of what the document is about
+                heading = "" if row["text"].startswith(row["title"]) else row["title"]
+                terms = content_morphemes(f"{heading}\n{row['text']}")
                 cur = conn.execute(
                     "INSERT INTO rag_chunks (collection, path, doc_id, ord, page, start, end,"
                     " text, meta, terms) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -141,7 +173,7 @@ class RagIndex:
                         row["start"],
                         row["end"],
                         row["text"],
-                        json.dumps(row["meta"], ensure_ascii=False),
+                        json.dumps({**row["meta"], "title": row["title"]}, ensure_ascii=False),
                         len(terms),
                     ),
                 )
@@ -178,9 +210,12 @@ class RagIndex:
             conn.close()
         return len(gone)
 
-    def search(self, collection: str, query: str, top_k: int = 5) -> list[Hit]:
-        """The best `top_k` chunks for `query`: BM25 (k1 1.2, b 0.75, Lucene's IDF, which stays
-        positive in a small collection) over content morphemes; FTS5 finds the candidates."""
+    def search(
+        self, collection: str, query: str, top_k: int = 5, min_score: float = 0.0
+    ) -> list[Hit]:
+        """The best `top_k` chunks for `query` scoring at least `min_score`: BM25 (k1 1.2,
+        b 0.75, Lucene's IDF, which stays positive in a small collection) over content
+        morphemes; FTS5 finds the candidates."""
         terms = sorted(set(content_morphemes(query)))
         if not terms:
             return []
@@ -195,19 +230,55 @@ class RagIndex:
             ((_bm25(r["words"].split(), r["terms"], terms, stats), r) for r in rows),
             key=lambda pair: (-pair[0], pair[1]["id"]),
         )[:top_k]
-        return [
-            Hit(
-                r["doc_id"],
-                r["id"],
-                r["path"],
-                r["page"],
-                r["start"],
-                r["end"],
-                round(score, 4),
-                r["text"],
-            )
-            for score, r in scored
-        ]
+        return [_hit(r, score) for score, r in scored if score >= min_score]
+
+    def dense_search(
+        self, collection: str, vector, encoder: str, top_k: int = 5, min_similarity: float = -1.0
+    ) -> list[Hit]:
+        """The `top_k` chunks whose vector from `encoder` is nearest `vector` (cosine)."""
+        import numpy as np
+
+        ids, matrix = self._vectors(collection, encoder)
+        if not len(ids):
+            return []
+        sims = matrix @ np.asarray(vector, dtype=np.float32)
+        best = np.argsort(-sims, kind="stable")[:top_k]
+        best = [i for i in best if sims[i] >= min_similarity]
+        rows = self.chunks([int(ids[i]) for i in best])
+        return [_hit(rows[int(ids[i])], float(sims[i])) for i in best]
+
+    def _vectors(self, collection: str, encoder: str):
+        """(chunk ids, matrix) of a collection's vectors, cached until the collection changes."""
+        import numpy as np
+
+        with closing(connect(self.path)) as conn:
+            key = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(chunk_id), 0) FROM rag_vectors v JOIN rag_chunks c"
+                " ON c.id = v.chunk_id WHERE c.collection = ? AND v.encoder = ?",
+                (collection, encoder),
+            ).fetchone()
+            cached = self._matrix_cache.get((collection, encoder))
+            if cached is not None and cached[0] == tuple(key):
+                return cached[1], cached[2]
+            rows = conn.execute(
+                "SELECT v.chunk_id, v.vector FROM rag_vectors v JOIN rag_chunks c"
+                " ON c.id = v.chunk_id WHERE c.collection = ? AND v.encoder = ?"
+                " ORDER BY v.chunk_id",
+                (collection, encoder),
+            ).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        matrix = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows else None
+        self._matrix_cache[(collection, encoder)] = (tuple(key), ids, matrix)
+        return ids, matrix
+
+    def chunks(self, ids: list[int]) -> dict[int, Any]:
+        """The chunk rows of `ids`."""
+        if not ids:
+            return {}
+        with closing(connect(self.path)) as conn:
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT * FROM rag_chunks WHERE id IN ({marks})", ids).fetchall()
+        return {r["id"]: r for r in rows}
 
     def write_report(self, report: IndexReport) -> tuple[Path, Path]:
         """The index report as JSON and as an HTML table, under KOLLM_HOME/rag/<collection>/."""
@@ -244,6 +315,27 @@ class RagIndex:
 
 
 CANDIDATES = 2000  # chunks FTS5 hands over for BM25 scoring
+
+
+def _hit(row, score: float) -> Hit:
+    return Hit(
+        row["doc_id"],
+        row["id"],
+        row["path"],
+        row["page"],
+        row["start"],
+        row["end"],
+        round(score, 4),
+        row["text"],
+    )
+
+
+def _with_title(text: str, meta: str) -> str:
+    """A chunk as the encoder sees it: its document's title first (as in the keyword index)."""
+    title = json.loads(meta or "{}").get("title") or ""
+    return text if not title or text.startswith(title) else f"{title}\n{text}"
+
+
 K1, B = 1.2, 0.75
 
 
@@ -289,20 +381,39 @@ def _delete(conn, collection: str, source: str) -> None:
         )
     ]
     conn.executemany("DELETE FROM rag_terms WHERE rowid = ?", [(i,) for i in ids])
+    conn.executemany("DELETE FROM rag_vectors WHERE chunk_id = ?", [(i,) for i in ids])
     conn.execute("DELETE FROM rag_chunks WHERE collection = ? AND path = ?", (collection, source))
     conn.execute(
         "DELETE FROM rag_documents WHERE collection = ? AND path = ?", (collection, source)
     )
 
 
+def _title(sections: list[Section]) -> str:
+    """The document's first line when it is short enough to be its title, else ''."""
+    for section in sections:
+        for line in section.text.splitlines():
+            if line.strip():
+                line = normalize_text(line)
+                return line if len(line) <= TITLE_CHARS else ""
+    return ""
+
+
+TITLE_CHARS = 80
+
+
 def _chunk_rows(sections: list[Section], mask: bool, max_chars: int):
-    """Chunks of every section, normalised (and PII-masked with `mask`)."""
+    """Chunks of every section, normalised (and PII-masked with `mask`), each with the title
+    of its document (a JSONL record's `title`)."""
+    one_document = len({s.doc_id for s in sections}) == 1  # not a JSONL file of records
+    title = _title(sections) if one_document else ""
     for section in sections:
         text = normalize_text(section.text)
+        heading = str(section.meta.get("title") or title)
         if mask:
-            text = mask_pii(text).text
+            text, heading = mask_pii(text).text, mask_pii(heading).text
         for chunk in chunk_text(text, max_chars):
             yield {
+                "title": heading,
                 "doc_id": section.doc_id,
                 "page": section.page,
                 "start": chunk.start,

@@ -77,9 +77,36 @@ def _pdf(path: Path, doc_id: str) -> list[Section]:
     if reader.is_encrypted:
         raise IngestError("the PDF is encrypted")
     return [
-        Section(doc_id, page.extract_text() or "", number)
+        Section(doc_id, unwrap_lines(page.extract_text() or ""), number)
         for number, page in enumerate(reader.pages, 1)
     ]
+
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-•·○※▶■□◦*]|\d+[.)]|[가-하][.)]|제\s*\d+\s*조|[QA][.:])")
+_PARAGRAPH_END = re.compile(r"[.!?。:」』)\]]\s*$")
+
+
+def unwrap_lines(text: str) -> str:
+    """A PDF page's lines joined back into paragraphs: a line continues the one before unless
+    that one ends a sentence, is much shorter than the page's lines (a title, a paragraph's
+    last line), or this one opens a list item; so the chunker sees whole sentences."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    width = max((len(line) for line in lines), default=0)
+    out: list[str] = []
+    for line in lines:
+        previous = out[-1] if out else ""
+        joins = (
+            previous.strip()
+            and line.strip()
+            and not _PARAGRAPH_END.search(previous)
+            and len(previous) >= 0.7 * width
+            and not _LIST_MARKER.match(line)
+        )
+        if joins:
+            out[-1] = f"{previous} {line.strip()}"
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _docx(path: Path, doc_id: str) -> list[Section]:

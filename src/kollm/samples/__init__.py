@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from kollm.samples.chats import generate_chats
+from kollm.samples.documents import write_document_set
 from kollm.samples.generate import generate_dialogues
 from kollm.samples.instructions import generate_instructions
 
@@ -15,7 +16,9 @@ SAMPLE_FILES = (
     "instructions.jsonl",
     "batch_requests.jsonl",
     "chats.jsonl",
+    "rag_queries.jsonl",
 )
+DOCUMENTS_DIR = "documents"  # the retrieval document set (HWPX, PDF, DOCX, TXT)
 
 
 def batch_requests(n: int, seed: int) -> list[dict]:
@@ -46,4 +49,6 @@ def write_samples(
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(out_dir / name)
-    return {name: len(rows) for name, rows in files.items()}
+    counts = {name: len(rows) for name, rows in files.items()}
+    documents, queries = write_document_set(out_dir / DOCUMENTS_DIR, out_dir / "rag_queries.jsonl")
+    return {**counts, f"{DOCUMENTS_DIR}/": documents, "rag_queries.jsonl": queries}

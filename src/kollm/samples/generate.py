@@ -102,7 +102,7 @@ def has_final_consonant(word: str) -> bool:
     return last in _FINAL_CONSONANT_DIGITS or (last.isalpha() and last.lower() in "lmnr")
 
 
-def _fill(template: str, slots: dict[str, str]) -> str:
+def fill_slots(template: str, slots: dict[str, str]) -> str:
     """Fill `{slot}`s; a particle right after a slot takes the form its value needs."""
 
     def attach(m: re.Match[str]) -> str:
@@ -115,7 +115,7 @@ def _fill(template: str, slots: dict[str, str]) -> str:
 
 def _summary(template: str, slots: dict[str, str]) -> str:
     text = _SUMMARY_SLOT_RE.sub(lambda m: with_josa(int(m.group(1)), m.group(2) or ""), template)
-    return _fill(text, slots)
+    return fill_slots(text, slots)
 
 
 def _insert_reply(
@@ -172,7 +172,7 @@ def make_dialogue(rng: random.Random, record_id: str) -> dict[str, Any]:
         if n_speakers > 2:
             others = ", ".join(speaker(i) for i in range(2, n_speakers))
             summary += f" {others}도 대화에 참여해 의견을 보탠다."
-    dialogue = "\n".join(f"{speaker(who)}: {_fill(text, slots)}" for who, text in turns)
+    dialogue = "\n".join(f"{speaker(who)}: {fill_slots(text, slots)}" for who, text in turns)
     return {"id": record_id, "topic": topic, "dialogue": dialogue, "summary": summary}
 
 

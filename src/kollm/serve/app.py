@@ -13,6 +13,7 @@ from kollm.feedback.responses import RequestLog
 from kollm.serve.deps import ServerState, ServeSettings
 from kollm.serve.errors import ApiError, install_handlers
 from kollm.serve.generation import GenerationService
+from kollm.serve.retrieval import RagService
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
 
@@ -20,9 +21,13 @@ __all__ = ["ApiError", "ServeSettings", "create_app"]
 
 
 def create_app(
-    manager: ModelManager, settings: ServeSettings, request_log: RequestLog | None = None
+    manager: ModelManager,
+    settings: ServeSettings,
+    request_log: RequestLog | None = None,
+    rag: RagService | None = None,
 ) -> FastAPI:
-    """The app over `manager`'s models; `request_log` None logs nothing (and takes no feedback)."""
+    """The app over `manager`'s models; `request_log` None logs nothing (and takes no feedback);
+    `rag` answers requests from document collections (default: none bound, default settings)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,7 +52,8 @@ def create_app(
         settings.default_max_tokens,
         settings.log_requests,
     )
-    app.state.kollm = ServerState(manager, settings, request_log, service)
+    rag = rag or RagService(None, None, request_log.home if request_log else None)
+    app.state.kollm = ServerState(manager, settings, request_log, service, rag)
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

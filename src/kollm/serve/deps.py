@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from kollm.feedback.responses import RequestLog
     from kollm.serve.generation import GenerationService
+    from kollm.serve.retrieval import RagService
     from kollm.serve.service import ModelManager
 
 
@@ -39,6 +40,7 @@ class ServerState:
     settings: ServeSettings
     request_log: RequestLog | None
     generation: GenerationService
+    rag: RagService
 
 
 def state(request: Request) -> ServerState:

@@ -99,9 +99,17 @@ class GenerationService:
                 raise ApiError(504, "the request timed out", "timeout")
 
     async def record(
-        self, endpoint: str, rid: str, served: ServedModel, body, result: Generation, started
+        self,
+        endpoint: str,
+        rid: str,
+        served: ServedModel,
+        body,
+        result: Generation,
+        started,
+        rag: dict | None = None,
     ) -> None:
-        """Log the request and its answer (PII-masked) with the version that answered."""
+        """Log the request and its answer (PII-masked) with the version that answered and,
+        for a RAG answer, the chunks it was given and cited."""
         if not self.log_requests:
             return
         await asyncio.to_thread(
@@ -116,25 +124,49 @@ class GenerationService:
             result.completion_tokens,
             result.finish_reason,
             (time.perf_counter() - started) * 1000,
+            rag,
         )
 
     def stream_response(
-        self, endpoint: str, rid: str, served: ServedModel, body, job: Job, stream, started
+        self,
+        endpoint: str,
+        rid: str,
+        served: ServedModel,
+        body,
+        job: Job,
+        stream,
+        started,
+        rag=None,
     ) -> StreamingResponse:
-        """The SSE response of a job; the whole answer is logged once it has finished."""
+        """The SSE response of a job; the whole answer is logged once it has finished
+        (`rag(text)` gives what to log of its sources)."""
 
-        async def log(_text: str) -> None:
-            await self.record(endpoint, rid, served, body, job.future.result(), started)
+        async def log(text: str) -> None:
+            sources = rag(text) if rag is not None else None
+            await self.record(endpoint, rid, served, body, job.future.result(), started, sources)
 
         return StreamingResponse(
             _logged(stream, job, log), media_type="text/event-stream", headers={"X-Request-Id": rid}
         )
 
 
+def _dump(chunk) -> dict:
+    """A response body; `citations` only where the request used retrieval."""
+    body = chunk.model_dump()
+    if body.get("citations") is None:
+        body.pop("citations", None)
+    return body
+
+
 def chat_response(
-    rid: str, model: str, served: ServedModel, result: Generation, use: p.Usage
+    rid: str,
+    model: str,
+    served: ServedModel,
+    result: Generation,
+    use: p.Usage,
+    citations: list[p.Citation] | None = None,
 ) -> JSONResponse:
-    """A chat completion in OpenAI's shape, with the model version."""
+    """A chat completion in OpenAI's shape, with the model version (and the citations)."""
     choice = p.ChatChoice(
         message={"role": "assistant", "content": result.text}, finish_reason=result.finish_reason
     )
@@ -145,9 +177,10 @@ def chat_response(
         choices=[choice],
         usage=use,
         model_version=served.version,
+        citations=citations,
     )
     return JSONResponse(
-        body.model_dump(), headers={"X-Request-Id": rid, "X-Model-Version": served.version}
+        _dump(body), headers={"X-Request-Id": rid, "X-Model-Version": served.version}
     )
 
 
@@ -188,21 +221,23 @@ def usage(result: Generation) -> p.Usage:
     )
 
 
-async def _stream(job: Job, request, served, make, with_usage: bool, opening: str | None = None):
-    """SSE for one job: `make(delta, finish_reason, usage)` builds each chunk in its format."""
+async def _stream(job: Job, request, served, make, with_usage: bool, opening=None, tail=None):
+    """SSE for one job: `make(delta, finish_reason, usage, extra)` builds each chunk in its
+    format; `tail(result)` gives fields for the last chunk (the citations)."""
     if opening is not None:
         yield opening
     async for delta in _deltas(job, request, served):
         yield make(delta, None, None)
     result = _finished(job)
     if result is not None:
-        yield make(None, result.finish_reason, None)
+        extra = tail(result) if tail is not None else None
+        yield make(None, result.finish_reason, None, None if with_usage else extra)
         if with_usage:  # as OpenAI: a last chunk with no choices and the usage
-            yield make(None, None, usage(result))
+            yield make(None, None, usage(result), extra)
     yield "data: [DONE]\n\n"
 
 
-def _frame(kind, rid: str, model: str, served: ServedModel, choices, use=None) -> str:
+def _frame(kind, rid: str, model: str, served: ServedModel, choices, use=None, extra=None) -> str:
     """One SSE chunk of `kind` (a chat chunk or a completion) for this response."""
     chunk = kind(
         id=rid,
@@ -211,21 +246,48 @@ def _frame(kind, rid: str, model: str, served: ServedModel, choices, use=None) -
         choices=choices,
         usage=use,
         model_version=served.version,
+        **(extra or {}),
     )
     return _sse(chunk)
 
 
-def chat_stream(rid, model, served, job: Job, request, with_usage: bool) -> AsyncIterator[str]:
-    """SSE chunks of a chat completion, opening with the assistant role."""
+def chat_stream(
+    rid, model, served, job: Job, request, with_usage: bool, citations=None
+) -> AsyncIterator[str]:
+    """SSE chunks of a chat completion, opening with the assistant role; with `citations`
+    (answer text -> citations), the last chunk carries them."""
 
-    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None, extra=None) -> str:
         content = {"content": delta} if delta is not None else {}
         choices = [] if use else [p.ChatChunkChoice(delta=content, finish_reason=finish)]
-        return _frame(p.ChatCompletionChunk, rid, model, served, choices, use)
+        return _frame(p.ChatCompletionChunk, rid, model, served, choices, use, extra)
+
+    def tail(result: Generation) -> dict:
+        return {"citations": citations(result.text)}
 
     role = [p.ChatChunkChoice(delta={"role": "assistant", "content": ""})]
     opening = _frame(p.ChatCompletionChunk, rid, model, served, role)
-    return _stream(job, request, served, make, with_usage, opening)
+    return _stream(
+        job, request, served, make, with_usage, opening, tail if citations is not None else None
+    )
+
+
+async def fixed_chat_stream(
+    rid, model, served, text: str, with_usage: bool, citations=None
+) -> AsyncIterator[str]:
+    """A chat stream of an answer given without generation (a refusal, no source)."""
+
+    def chunk(delta: dict, finish: str | None = None, use=None, extra=None) -> str:
+        choices = [] if use else [p.ChatChunkChoice(delta=delta, finish_reason=finish)]
+        return _frame(p.ChatCompletionChunk, rid, model, served, choices, use, extra)
+
+    extra = {"citations": citations} if citations is not None else None
+    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"content": text})
+    yield chunk({}, "stop", None, None if with_usage else extra)
+    if with_usage:
+        yield chunk({}, None, p.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0), extra)
+    yield "data: [DONE]\n\n"
 
 
 def completion_stream(
@@ -233,7 +295,7 @@ def completion_stream(
 ) -> AsyncIterator[str]:
     """SSE chunks of a text completion."""
 
-    def make(delta: str | None, finish: str | None, use: p.Usage | None) -> str:
+    def make(delta: str | None, finish: str | None, use: p.Usage | None, extra=None) -> str:
         choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
         return _frame(p.Completion, rid, model, served, choices, use)
 

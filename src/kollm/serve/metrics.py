@@ -63,3 +63,12 @@ class ServerMetrics:
         self.off_domain = Counter(
             "kollm:requests_off_domain", "Requests declined by the domain guard.", label, registry=r
         )
+        self.rag_requests = Counter(
+            "kollm:rag_requests", "Chat requests answered from a collection.", label, registry=r
+        )
+        self.rag_no_source = Counter(
+            "kollm:rag_no_source",
+            "RAG requests with no chunk above the thresholds (answered: no source).",
+            label,
+            registry=r,
+        )

@@ -58,10 +58,19 @@ class _Sampling(_Request):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class RagOptions(BaseModel):
+    """kollm's extension beside the OpenAI fields: answer from a document collection."""
+
+    model_config = ConfigDict(extra="forbid")
+    collection: str | None = Field(None, min_length=1)
+    top_k: int | None = Field(None, ge=1, le=50)
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     max_completion_tokens: int | None = Field(None, ge=1)
+    rag: RagOptions | None = None
 
 
 class CompletionRequest(_Sampling):
@@ -137,6 +146,19 @@ class ChatChoice(BaseModel):
     finish_reason: str
 
 
+class Citation(BaseModel):
+    """A retrieved chunk an answer rests on; `index` is its [n] in the context prompt."""
+
+    index: int
+    chunk_id: int
+    doc_id: str
+    source: str
+    page: int | None = None
+    start: int
+    end: int
+    score: float
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -145,6 +167,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     model_version: str
+    citations: list[Citation] | None = None  # with `rag`: the chunks the answer rests on
 
 
 class ChatChunkChoice(BaseModel):
@@ -161,6 +184,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     model_version: str
+    citations: list[Citation] | None = None  # with `rag`: on the last chunk of the stream
 
 
 class CompletionChoice(BaseModel):

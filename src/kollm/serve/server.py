@@ -10,12 +10,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from kollm.config import DomainConfig, ServeConfig
+from kollm.config import DomainConfig, RagConfig, ServeConfig
 from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry
 from kollm.serve.app import create_app
 from kollm.serve.deps import ServeSettings
 from kollm.serve.metrics import ServerMetrics
+from kollm.serve.retrieval import RagService
 from kollm.serve.service import DomainGuard, ModelManager
 
 
@@ -66,8 +67,11 @@ def build_server(
     access: Access | None = None,
     load_before_ready: bool = False,
     on_ready: Callable[[], None] | None = None,
+    rag: RagConfig | None = None,
 ) -> tuple[FastAPI, ModelManager]:
-    """The OpenAI-compatible app for `cfg`, and the manager of its models."""
+    """The OpenAI-compatible app for `cfg`, and the manager of its models; `rag` holds the
+    retrieval settings (the recipe's `rag` section) for `cfg.rag` and for requests that
+    name a collection."""
     registry = registry or Registry()
     access = access or Access()
     manager = build_manager(cfg, registry, access)
@@ -81,7 +85,8 @@ def build_server(
         on_ready=on_ready,
     )
     request_log = RequestLog(registry.home) if cfg.log_requests else None
-    return create_app(manager, settings, request_log), manager
+    retrieval = RagService(rag, cfg.rag, registry.home)
+    return create_app(manager, settings, request_log, retrieval), manager
 
 
 def resolve_config(

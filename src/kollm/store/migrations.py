@@ -187,6 +187,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE VIRTUAL TABLE rag_terms USING fts5(terms, tokenize = 'unicode61');
         """,
     ),
+    (
+        "010_rag_vectors_and_citations",
+        """
+        -- Dense retrieval: one float32 vector per chunk and encoder (so a new encoder does not
+        -- mix with vectors of the old one); and the chunks each RAG answer was given, so
+        -- feedback on an answer can be traced to its sources.
+        CREATE TABLE rag_vectors (
+            chunk_id INTEGER NOT NULL,
+            encoder TEXT NOT NULL,
+            vector BLOB NOT NULL,
+            PRIMARY KEY (chunk_id, encoder)
+        );
+        ALTER TABLE responses ADD COLUMN rag TEXT;
+        """,
+    ),
 ]
 
 

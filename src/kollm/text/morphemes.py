@@ -112,7 +112,9 @@ def content_morphemes(text: str) -> list[str]:
     """The content words of `text` as MeCab-ko reads them: nouns, verb and adjective stems
     (an inflected form is reduced to its stem: 갑니다 -> 가), adverbs, roots, foreign words and
     numbers; particles, endings, suffixes and punctuation are dropped, so 규칙은 and 규칙이
-    both give 규칙. Used for keyword search."""
+    both give 규칙. A compound noun is kept and followed by its parts of two syllables or
+    more (대리인 -> 대리인 대리), as Lucene's Korean analyser does in its `mixed` mode, so
+    대리 finds 대리인. Used for keyword search."""
     tagger = _mecab_tagger()
     words = []
     for line in tagger.parse(text).splitlines():
@@ -126,6 +128,9 @@ def content_morphemes(text: str) -> list[str]:
         if len(fields) > 7 and fields[4] == "Inflect" and "/" in fields[7]:
             surface = fields[7].split("/")[0]  # the stem of an inflected form
         words.append(surface.lower())
+        if len(fields) > 7 and fields[4] == "Compound":
+            parts = [p.split("/")[0] for p in fields[7].split("+")]
+            words += [p.lower() for p in parts if len(p) > 1 and p != surface]
     return words
 
 
