@@ -3,7 +3,7 @@ import re
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from kollm.samples import SAMPLE_FILES, write_samples
+from kollm.samples import DOCUMENTS_DIR, SAMPLE_FILES, write_samples
 from tests.conftest import read_jsonl
 
 SPEAKER = re.compile(r"#Person(\d+)#")
@@ -16,6 +16,25 @@ def test_bundled_samples_are_what_the_seeded_generator_writes(tmp_path, repo):
         assert (tmp_path / name).read_bytes() == committed, (
             f"regenerate with: kollm data sample ({name})"
         )
+    written = sorted(p.relative_to(tmp_path) for p in (tmp_path / DOCUMENTS_DIR).rglob("*.*"))
+    committed = repo / "data" / "sample"
+    assert written == sorted(
+        p.relative_to(committed) for p in (committed / DOCUMENTS_DIR).rglob("*.*")
+    )
+    for path in written:
+        assert (tmp_path / path).read_bytes() == (committed / path).read_bytes(), path
+
+
+def test_every_labelled_query_names_a_bundled_document_of_each_format(repo):
+    from kollm.text.morphemes import content_morphemes
+
+    docs = repo / "data" / "sample" / DOCUMENTS_DIR
+    queries = read_jsonl(repo / "data" / "sample" / "rag_queries.jsonl")
+    assert len(queries) >= 100
+    assert {q["relevant"][0].rsplit(".", 1)[1] for q in queries} == {"hwpx", "pdf", "docx", "txt"}
+    for q in queries:
+        assert all((docs / doc).exists() for doc in q["relevant"])
+        assert content_morphemes(q["query"])  # something to search with
 
 
 def test_demo_data_stage_leaves_enough_varied_dialogues(tmp_path, repo, monkeypatch):

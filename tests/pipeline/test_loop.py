@@ -88,6 +88,24 @@ def test_demo_loop_serves_collects_feedback_over_http_and_decides(tiny_recipe, t
     assert len(rows) == 3 and all(r["model_version"] == "tiny:1" for r in rows)
 
 
+def test_demo_retrieval_step_answers_from_the_bundled_documents(tiny_recipe, tmp_path, repo):
+    from kollm.pipeline.demo import demo_rag
+
+    registry = Registry(tmp_path / "home")
+    docs = repo / "data" / "sample" / "documents"
+    recipe = load_recipe(
+        tiny_recipe,
+        ["registry.alias=production", "train.max_steps=2", f"rag.paths=[{docs}]", "rag.top_k=2"],
+    )
+    recipe = recipe.model_copy(update={"eval": None})
+    run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
+    shown = demo_rag(recipe, registry)
+    assert shown.chunks > 100
+    (moving, passport) = shown.answers
+    assert moving["citations"][0]["doc_id"] == "rules/moving.hwpx"  # 서류 is in the rules
+    assert passport["citations"][0]["doc_id"] == "faq/passport.docx"  # 수수료 in the FAQ
+
+
 def test_forcing_the_loop_without_feedback_is_a_clear_error(tiny_recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
     runner = CliRunner()

@@ -4,7 +4,6 @@ re-index, failures named in the report."""
 from __future__ import annotations
 
 import json
-import zipfile
 
 import pytest
 from typer.testing import CliRunner
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 from kollm.cli import app
 from kollm.rag.chunk import chunk_text
 from kollm.rag.index import RagIndex
+from kollm.samples.files import write_hwpx, write_pdf
 
 PASSAGES = {
     "moving.txt": "전입신고는 이사한 날부터 14일 안에 해야 합니다. "
@@ -19,45 +19,6 @@ PASSAGES = {
     "passport.txt": "여권을 잃어버리면 가까운 구청 민원여권과에 분실 신고를 합니다.",
     "parking.txt": "거주자 우선 주차 신청은 매월 1일부터 5일까지 받습니다.",
 }
-
-
-def _hwpx(path, paragraphs):
-    body = "".join(f"<hp:p><hp:run><hp:t>{p}</hp:t></hp:run></hp:p>" for p in paragraphs)
-    xml = f'<?xml version="1.0" encoding="UTF-8"?><hs:sec xmlns:hp="x" xmlns:hs="y">{body}</hs:sec>'
-    with zipfile.ZipFile(path, "w") as z:
-        z.writestr("mimetype", "application/hwp+zip")
-        z.writestr("Contents/section0.xml", xml)
-
-
-def _pdf(path, pages):
-    """A minimal PDF with one Helvetica text line a page (pypdf reads it back)."""
-    objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>",
-        None,
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    ]
-    kids = []
-    for text in pages:
-        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
-        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
-        content = len(objects)
-        objects.append(
-            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents {content} 0 R"
-            " /Resources << /Font << /F1 3 0 R >> >> >>"
-        )
-        kids.append(f"{len(objects)} 0 R")
-    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
-    out, offsets = b"%PDF-1.4\n", []
-    for i, obj in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += f"{i} 0 obj\n{obj}\nendobj\n".encode()
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
-    out += (
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    )
-    path.write_bytes(out)
 
 
 @pytest.fixture
@@ -86,24 +47,30 @@ def test_every_format_is_read_with_its_place(tmp_path):
         + "\n",
         encoding="utf-8",
     )
-    _hwpx(root / "d.hwpx", ["공고문", "주차 허가는 주차관리과에서 발급합니다."])
+    write_hwpx(root / "d.hwpx", [["공고문", "주차 허가는 주차관리과에서 발급합니다."]])
     document = docx.Document()
     document.add_paragraph("여권 발급에는 사진 한 장이 필요합니다.")
     document.save(str(root / "e.docx"))
-    _pdf(root / "f.pdf", ["Permit office opens at nine", "Second page about fees"])
+    write_pdf(
+        root / "f.pdf",
+        [["허가 사무실은 아홉 시에 엽니다."], ["둘째 쪽은 수수료와 처리 기간을", "안내합니다."]],
+    )
     index = RagIndex(tmp_path / "home")
     report = index.index_paths("all", [root])
     assert (report.files, report.indexed, report.failures) == (6, 6, [])
     found = {
         q: index.search("all", q, 1)[0]
-        for q in ("배출 신고", "월세 지원", "건강검진 예약", "주차 허가", "여권 사진", "fees")
+        for q in ("배출 신고", "월세 지원", "건강검진 예약", "주차 허가", "여권 사진", "수수료는")
     }
     assert found["배출 신고"].doc_id == "a.md"
     assert "script" not in found["월세 지원"].text and found["월세 지원"].doc_id == "b.html"
     assert found["건강검진 예약"].doc_id == "faq-7"  # a JSONL record's own id
     assert found["주차 허가"].doc_id == "d.hwpx"
     assert found["여권 사진"].doc_id == "e.docx"
-    assert found["fees"].doc_id == "f.pdf" and found["fees"].page == 2
+    assert found["수수료는"].doc_id == "f.pdf" and found["수수료는"].page == 2
+    assert (
+        found["수수료는"].text == "둘째 쪽은 수수료와 처리 기간을 안내합니다."
+    )  # the wrapped line rejoined
 
 
 def test_a_question_with_other_particles_and_endings_finds_its_passage(docs, tmp_path):

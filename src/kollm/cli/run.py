@@ -81,6 +81,29 @@ def run(
     run_and_report(recipe, overrides, force)
 
 
+def _demo_rag(recipe, times: dict) -> None:
+    """The retrieval step: index the bundled documents, answer two questions from them."""
+    import time
+
+    from kollm.pipeline.demo import demo_rag
+
+    console.rule("kollm demo: answers from the bundled documents, with citations")
+    started = time.monotonic()
+    with user_errors():
+        shown = demo_rag(recipe, Registry(), Path("data/sample/rag_queries.jsonl"))
+    times["rag"] = time.monotonic() - started
+    console.print(
+        f"collection {shown.collection}: {shown.chunks} chunks; retrieval nDCG@10 "
+        f"{shown.ndcg_at_10:.3f} on {shown.queries} labelled queries (kollm rag eval)"
+    )
+    for item in shown.answers:
+        console.print(f"[bold]Q:[/] {item['question']}")
+        console.print(f"[bold]A:[/] {item['answer'].strip()}", highlight=False)
+        for c in item["citations"]:
+            page = f" p.{c['page']}" if c.get("page") else ""
+            console.print(f"   [{c['index']}] {c['doc_id']}{page} chars {c['start']}-{c['end']}")
+
+
 @app.command("demo")
 def demo(
     recipe: Annotated[Path, typer.Option(help="The demo recipe.")] = Path("recipes/demo.yaml"),
@@ -120,5 +143,7 @@ def demo(
         if decision.decision != "not triggered":
             console.print(f"the trigger fired by itself: {decision.trigger}")
         _print_decision(r, decision)
+        if r.rag.paths:
+            _demo_rag(r, times)
     spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())
     console.print(f"demo: {time.monotonic() - started:.0f} s in all ({spent})")

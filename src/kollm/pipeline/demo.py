@@ -11,6 +11,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -26,13 +28,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(recipe: Recipe, ref: str, registry: Registry):
+def _serve(recipe: Recipe, ref: str, registry: Registry, rag: str | None = None):
     import uvicorn
 
     from kollm.serve.server import build_server
 
     # The recipe's serve section (engine, domains, adapters), serving the production alias.
-    app, _ = build_server(recipe.serve.model_copy(update={"models": [ref]}), registry)
+    cfg = recipe.serve.model_copy(update={"models": [ref], "rag": rag or recipe.serve.rag})
+    app, _ = build_server(cfg, registry, rag=recipe.rag)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -89,3 +92,70 @@ def demo_loop(recipe: Recipe, registry: Registry, count: int = 24) -> tuple[int,
         server.should_exit = True
     # No force: the scripted corrections have to meet the recipe's trigger rule by themselves.
     return corrections, run_loop(recipe, registry)
+
+
+DEMO_QUESTIONS = ("전입신고를 할 때 필요한 서류가 뭔가요?", "여권 재발급 수수료가 있나요?")
+
+
+@dataclass
+class RagDemo:
+    collection: str
+    chunks: int
+    ndcg_at_10: float
+    queries: int
+    answers: list[dict]  # question, answer, citations
+
+
+def demo_rag(recipe: Recipe, registry: Registry, queries: Path | None = None) -> RagDemo:
+    """Index the recipe's documents, measure retrieval on the labelled queries, then serve
+    production bound to the collection and ask DEMO_QUESTIONS over HTTP."""
+    from kollm.rag.evaluate import evaluate_retrieval, read_queries
+    from kollm.rag.search import Retriever
+
+    settings = recipe.rag
+    retriever = Retriever(settings, registry.home)
+    report = retriever.index.index_paths(
+        settings.collection, [Path(p) for p in settings.paths], max_chars=settings.max_chars
+    )
+    scores = None
+    if queries is not None and queries.exists():
+        labelled = read_queries(queries)
+        scores = evaluate_retrieval(
+            lambda q, k: retriever.retrieve(settings.collection, q, k), labelled
+        )
+    server, url = _serve(
+        recipe, f"{recipe.model_name}@{recipe.loop.alias}", registry, settings.collection
+    )
+    answers = []
+    try:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            for question in DEMO_QUESTIONS:
+                body = http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": recipe.model_name,
+                        "messages": [{"role": "user", "content": question}],
+                        "max_tokens": 40,
+                        "temperature": 0,
+                    },
+                )
+                if body.status_code != 200:
+                    raise RuntimeError(f"the RAG question failed: {body.text}")
+                body = body.json()
+                answers.append(
+                    {
+                        "question": question,
+                        "answer": body["choices"][0]["message"]["content"],
+                        "citations": body.get("citations", []),
+                    }
+                )
+    finally:
+        server.should_exit = True
+    chunks = retriever.index.collections().get(settings.collection, report.chunks)
+    return RagDemo(
+        settings.collection,
+        chunks,
+        scores.ndcg_at_10 if scores else float("nan"),
+        scores.queries if scores else 0,
+        answers,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from fastapi import APIRouter, Request
 
@@ -30,13 +31,21 @@ def _fixed(rid, body: p.ChatCompletionRequest, served, text: str, citations=None
 
 def _fit(retrieved: Retrieved, messages, served, params):
     """The context prompt with as many of the retrieved chunks, best first, as fit the
-    model's context with max_tokens; the chunks left out are not cited either."""
+    model's context with max_tokens (the last one cut short if it must); the chunks left out
+    are not cited either."""
     while True:
         with_context = retrieved.messages(messages)
         n = len(served.engine.tokenize(served.prompt_for(with_context)))
-        if n + params.max_new_tokens <= served.engine.context_length or len(retrieved.hits) <= 1:
+        if n + params.max_new_tokens <= served.engine.context_length:
             return with_context
-        retrieved.hits = retrieved.hits[:-1]
+        if len(retrieved.hits) > 1:
+            retrieved.hits = retrieved.hits[:-1]
+            continue
+        (hit,) = retrieved.hits
+        if len(hit.text) < 40:  # nothing useful left to cut: the length check answers 413
+            return with_context
+        text = hit.text[: len(hit.text) * 2 // 3]
+        retrieved.hits = [replace(hit, text=text, end=hit.start + len(text))]
 
 
 @router.post("/v1/chat/completions", dependencies=GUARD)
