@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from kollm.cli import app
 from kollm.config import RagConfig
 from kollm.rag.evaluate import query_metrics
-from kollm.rag.index import Hit, RagIndex
+from kollm.rag.index import Hit
 from kollm.rag.ingest import unwrap_lines
 from kollm.rag.search import Retriever, fuse
 
