@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/data_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/pii_names_bench.py
+	$(PY) bench/rag_bench.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample

@@ -147,3 +147,29 @@ def test_a_two_document_collection_still_ranks_by_relevance(tmp_path):
     index.index_paths("two", [root])
     first, second = index.search("two", "이사하면 전입 신고는 며칠 안에 해야 하나요?")
     assert first.doc_id == "a.txt" and first.score > second.score > 0
+
+
+def test_term_frequencies_follow_every_change_and_are_rebuilt_when_missing(docs, tmp_path):
+    import sqlite3
+    from collections import Counter
+
+    index = RagIndex(tmp_path / "home")
+    index.index_paths("civil", [docs])
+    (docs / "moving.txt").write_text("전입신고는 이제 30일 안에 하면 됩니다.", encoding="utf-8")
+    index.index_paths("civil", [docs])
+    (docs / "parking.txt").unlink()
+    index.index_paths("civil", [docs], prune=True)
+    db = sqlite3.connect(index.path)
+
+    def kept():
+        return dict(db.execute("SELECT term, df FROM rag_df WHERE collection = 'civil'"))
+
+    recount = Counter(
+        w for (t,) in db.execute("SELECT terms FROM rag_terms") for w in set(t.split())
+    )
+    assert kept() == dict(recount)
+    scores = [h.score for h in index.search("civil", "전입 신고 여권", 5)]
+    with db:
+        db.execute("DELETE FROM rag_df")  # as a collection indexed before migration 011
+    assert [h.score for h in index.search("civil", "전입 신고 여권", 5)] == scores
+    assert kept() == dict(recount)

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
@@ -156,6 +157,7 @@ class RagIndex:
         try:
             conn.execute("BEGIN IMMEDIATE")
             _delete(conn, collection, source)
+            added: Counter[str] = Counter()
             for ordinal, row in enumerate(rows):
                 # the document's title is indexed with every chunk, so a chunk from page 3
                 # is still found by the name of what the document is about
@@ -181,6 +183,8 @@ class RagIndex:
                     "INSERT INTO rag_terms (rowid, terms) VALUES (?, ?)",
                     (cur.lastrowid, " ".join(terms)),
                 )
+                added.update(set(terms))
+            _add_df(conn, collection, added, 1)
             conn.execute(
                 "INSERT INTO rag_documents VALUES (?,?,?,?,?)",
                 (collection, source, sha, _now(), len(rows)),
@@ -343,21 +347,46 @@ def _match(terms: list[str]) -> str:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
+def _add_df(conn, collection: str, counts: Counter, sign: int) -> None:
+    conn.executemany(
+        "INSERT INTO rag_df VALUES (?, ?, ?) ON CONFLICT (collection, term)"
+        " DO UPDATE SET df = df + excluded.df",
+        [(collection, term, sign * n) for term, n in counts.items()],
+    )
+    if sign < 0:
+        conn.execute("DELETE FROM rag_df WHERE collection = ? AND df <= 0", (collection,))
+
+
+def _ensure_df(conn, collection: str) -> None:
+    """Document frequencies for a collection indexed before migration 011."""
+    if conn.execute("SELECT 1 FROM rag_df WHERE collection = ? LIMIT 1", (collection,)).fetchone():
+        return
+    counts: Counter[str] = Counter()
+    for (words,) in conn.execute(
+        "SELECT t.terms FROM rag_terms t JOIN rag_chunks c ON c.id = t.rowid"
+        " WHERE c.collection = ?",
+        (collection,),
+    ):
+        counts.update(set(words.split()))
+    with conn:
+        _add_df(conn, collection, counts, 1)
+
+
 def _collection_stats(conn, collection: str, terms: list[str]) -> dict[str, Any]:
     """Chunks, mean length in terms, and each term's document frequency in `collection`."""
     n, total = conn.execute(
         "SELECT COUNT(*), COALESCE(SUM(terms), 0) FROM rag_chunks WHERE collection = ?",
         (collection,),
     ).fetchone()
-    df = {
-        t: conn.execute(
-            "SELECT COUNT(*) FROM rag_terms t JOIN rag_chunks c ON c.id = t.rowid"
-            " WHERE rag_terms MATCH ? AND c.collection = ?",
-            (_match([t]), collection),
-        ).fetchone()[0]
-        for t in terms
-    }
-    return {"n": n, "avgdl": (total / n) if n else 1.0, "df": df}
+    _ensure_df(conn, collection)
+    marks = ",".join("?" * len(terms))
+    df = dict(
+        conn.execute(
+            f"SELECT term, df FROM rag_df WHERE collection = ? AND term IN ({marks})",
+            (collection, *terms),
+        ).fetchall()
+    )
+    return {"n": n, "avgdl": (total / n) if n else 1.0, "df": {t: df.get(t, 0) for t in terms}}
 
 
 def _bm25(words: list[str], length: int, terms: list[str], stats: dict[str, Any]) -> float:
@@ -374,14 +403,18 @@ def _bm25(words: list[str], length: int, terms: list[str], stats: dict[str, Any]
 
 
 def _delete(conn, collection: str, source: str) -> None:
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT id FROM rag_chunks WHERE collection = ? AND path = ?", (collection, source)
-        )
-    ]
-    conn.executemany("DELETE FROM rag_terms WHERE rowid = ?", [(i,) for i in ids])
-    conn.executemany("DELETE FROM rag_vectors WHERE chunk_id = ?", [(i,) for i in ids])
+    rows = conn.execute(
+        "SELECT c.id, t.terms FROM rag_chunks c JOIN rag_terms t ON t.rowid = c.id"
+        " WHERE c.collection = ? AND c.path = ?",
+        (collection, source),
+    ).fetchall()
+    ids = [(r[0],) for r in rows]
+    removed: Counter[str] = Counter()
+    for r in rows:
+        removed.update(set(r[1].split()))
+    _add_df(conn, collection, removed, -1)
+    conn.executemany("DELETE FROM rag_terms WHERE rowid = ?", ids)
+    conn.executemany("DELETE FROM rag_vectors WHERE chunk_id = ?", ids)
     conn.execute("DELETE FROM rag_chunks WHERE collection = ? AND path = ?", (collection, source))
     conn.execute(
         "DELETE FROM rag_documents WHERE collection = ? AND path = ?", (collection, source)

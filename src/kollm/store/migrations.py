@@ -202,6 +202,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE responses ADD COLUMN rag TEXT;
         """,
     ),
+    (
+        "011_rag_term_df",
+        """
+        -- Each term's document frequency per collection, kept by the indexer, so BM25's IDF
+        -- is a lookup and not a count over the collection at every query (a collection
+        -- indexed before this migration gets its rows at its first search).
+        CREATE TABLE rag_df (
+            collection TEXT NOT NULL,
+            term TEXT NOT NULL,
+            df INTEGER NOT NULL,
+            PRIMARY KEY (collection, term)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 
