@@ -31,7 +31,13 @@ def test_every_labelled_query_names_a_bundled_document_of_each_format(repo):
     docs = repo / "data" / "sample" / DOCUMENTS_DIR
     queries = read_jsonl(repo / "data" / "sample" / "rag_queries.jsonl")
     assert len(queries) >= 100
-    assert {q["relevant"][0].rsplit(".", 1)[1] for q in queries} == {"hwpx", "pdf", "docx", "txt"}
+    assert {q["relevant"][0].rsplit(".", 1)[1] for q in queries} == {
+        "hwp",
+        "hwpx",
+        "pdf",
+        "docx",
+        "txt",
+    }
     for q in queries:
         assert all((docs / doc).exists() for doc in q["relevant"])
         assert content_morphemes(q["query"])  # something to search with

@@ -173,3 +173,26 @@ def test_term_frequencies_follow_every_change_and_are_rebuilt_when_missing(docs,
         db.execute("DELETE FROM rag_df")  # as a collection indexed before migration 011
     assert [h.score for h in index.search("civil", "전입 신고 여권", 5)] == scores
     assert kept() == dict(recount)
+
+
+def test_hwp5_documents_are_read_and_unreadable_ones_named(tmp_path):
+    from kollm.samples.files import hwp_bytes, write_hwp
+
+    root = tmp_path / "hwp"
+    root.mkdir()
+    write_hwp(root / "rules.hwp", ["주차 운영 규정", "제2조(대상) 대상은 관내 주민으로 한다."])
+    (root / "plain.hwp").write_bytes(hwp_bytes(["압축하지 않은 문서의 본문입니다."], False))
+    (root / "locked.hwp").write_bytes(hwp_bytes(["비밀"], flags=2))
+    (root / "dist.hwp").write_bytes(hwp_bytes(["배포"], flags=4))
+    (root / "junk.hwp").write_bytes(b"HWP? no, just bytes")
+    index = RagIndex(tmp_path / "home")
+    report = index.index_paths("h", [root])
+    reasons = {f["path"].split("/")[-1]: f["reason"] for f in report.failures}
+    assert report.indexed == 2 and set(reasons) == {"locked.hwp", "dist.hwp", "junk.hwp"}
+    assert reasons["locked.hwp"] == "the HWP file is password-protected"
+    assert "배포용" in reasons["dist.hwp"]
+    assert reasons["junk.hwp"] == "not an HWP 5 file (not an OLE compound file)"
+    (hit, *_) = index.search("h", "관내 주민이 대상인가요")
+    assert hit.doc_id == "rules.hwp" and hit.page == 1
+    assert hit.text.startswith("주차 운영 규정\n제2조")  # the section control is not text
+    assert index.search("h", "압축")[0].doc_id == "plain.hwp"

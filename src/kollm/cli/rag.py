@@ -57,7 +57,7 @@ def rag_index(
         Path | None, typer.Option(help="Local encoder dir: also index vectors (hybrid search).")
     ] = None,
 ) -> None:
-    """Index documents (TXT, MD, HTML, JSONL, HWPX, PDF, DOCX); unchanged files are skipped."""
+    """Index documents (TXT, MD, HTML, JSONL, HWP, HWPX, PDF, DOCX); unchanged files are skipped."""
     cfg = _settings(
         recipe,
         collection=collection,

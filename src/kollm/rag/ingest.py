@@ -1,17 +1,18 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
-HWPX (its zipped XML), PDF (pypdf, one section a page) and DOCX (python-docx). A file that
+HWP 5 (its OLE streams, one section a BodyText section), HWPX (its zipped XML), PDF (pypdf, one section a page) and DOCX (python-docx). A file that
 cannot be read raises IngestError with the reason, so the index report can name it."""
 
 from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwpx", ".pdf", ".docx")
+SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwp", ".hwpx", ".pdf", ".docx")
 
 
 class IngestError(ValueError):
@@ -35,6 +36,7 @@ def read_document(path: Path, doc_id: str) -> list[Section]:
         ".pdf": _pdf,
         ".docx": _docx,
         ".hwpx": _hwpx,
+        ".hwp": _hwp,
         ".jsonl": _jsonl,
         ".html": _html,
         ".htm": _html,
@@ -133,6 +135,82 @@ def _hwpx(path: Path, doc_id: str) -> list[Section]:
             Section(doc_id, _owpml_text(archive.read(n).decode("utf-8")), page)
             for page, n in enumerate(names, 1)
         ]
+
+
+_HWP_PARA_TEXT = 0x10 + 51  # HWPTAG_BEGIN + 51
+# Control characters of PARA_TEXT: these take one code unit; every other code below 32 is an
+# inline or extended control of eight units (HWP 5.0 format spec, 4.3.2).
+_HWP_CHAR_CONTROLS = {0, 10, 13, *range(24, 32)}
+
+
+def _hwp(path: Path, doc_id: str) -> list[Section]:
+    """HWP 5: an OLE compound file; FileHeader says whether BodyText/SectionN streams are
+    raw-deflated, encrypted or a distribution document; paragraphs are PARA_TEXT records."""
+    import olefile
+
+    if not olefile.isOleFile(str(path)):
+        raise IngestError("not an HWP 5 file (not an OLE compound file)")
+    with olefile.OleFileIO(str(path)) as ole:
+        if not ole.exists("FileHeader"):
+            raise IngestError("not an HWP 5 file (no FileHeader stream)")
+        header = ole.openstream("FileHeader").read()
+        if not header.startswith(b"HWP Document File"):
+            raise IngestError("not an HWP 5 file (no HWP signature)")
+        flags = int.from_bytes(header[36:40], "little")
+        if flags & 2:
+            raise IngestError("the HWP file is password-protected")
+        if flags & 4:
+            raise IngestError("a distribution HWP document (배포용 문서) cannot be read")
+        names = sorted(
+            ("/".join(e) for e in ole.listdir() if len(e) == 2 and e[0] == "BodyText"),
+            key=lambda n: int(re.sub(r"\D", "", n) or 0),
+        )
+        if not names:
+            raise IngestError("not an HWP 5 file (no BodyText sections)")
+        sections = []
+        for page, name in enumerate(names, 1):
+            data = ole.openstream(name).read()
+            if flags & 1:
+                data = zlib.decompress(data, -15)
+            sections.append(Section(doc_id, "\n".join(_hwp_paragraphs(data)), page))
+        return sections
+
+
+def _hwp_paragraphs(data: bytes) -> list[str]:
+    """The text of each PARA_TEXT record of a section stream."""
+    paragraphs, at = [], 0
+    while at + 4 <= len(data):
+        head = int.from_bytes(data[at : at + 4], "little")
+        tag, size, at = head & 0x3FF, head >> 20, at + 4
+        if size == 0xFFF:
+            size, at = int.from_bytes(data[at : at + 4], "little"), at + 4
+        if tag == _HWP_PARA_TEXT:
+            text = _hwp_text(data[at : at + size])
+            if text.strip():
+                paragraphs.append(text)
+        at += size
+    return paragraphs
+
+
+def _hwp_text(payload: bytes) -> str:
+    units = [int.from_bytes(payload[i : i + 2], "little") for i in range(0, len(payload) - 1, 2)]
+    chars, i = [], 0
+    while i < len(units):
+        code = units[i]
+        if code >= 32:
+            chars.append(chr(code))
+        elif code == 10:
+            chars.append("\n")
+        elif code == 9:  # a tab is an inline control of eight units that shows as a tab
+            chars.append("\t")
+        elif code in (30, 31):  # non-breaking and fixed-width spaces
+            chars.append(" ")
+        elif code == 24:  # a hyphen
+            chars.append("-")
+        i += 1 if code >= 32 or code in _HWP_CHAR_CONTROLS else 8
+    text = "".join(chars)
+    # surrogate pairs arrive as two units: join them back into one character
+    return text.encode("utf-16", "surrogatepass").decode("utf-16")
 
 
 def _owpml_text(xml: str) -> str:

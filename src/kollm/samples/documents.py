@@ -1,4 +1,4 @@
-"""The bundled document set for retrieval: the rules (HWPX), notices (PDF) and FAQs (DOCX, some
+"""The bundled document set for retrieval: the rules (HWPX, some HWP 5), notices (PDF) and FAQs (DOCX, some
 TXT) of 40 public services of an imaginary district office, and labelled queries that ask for
 one fact of one document in other words: other particles and endings than the passage (서류를
 against 서류가, 발표합니다 against 발표되나요), as people type them. Seeded, so always the same
@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from kollm.samples.files import write_docx, write_hwpx, write_pdf
+from kollm.samples.files import write_docx, write_hwp, write_hwpx, write_pdf
 from kollm.samples.generate import fill_slots
 
 # slug, service name, department
@@ -180,8 +180,9 @@ def document_set(seed: int = 20261201) -> tuple[list[dict[str, Any]], list[dict[
     for number, (slug, name, dept) in enumerate(SERVICES):
         facts = _facts(rng, name, dept)
         faq_suffix = "txt" if number % 4 == 3 else "docx"
+        rules_suffix = "hwp" if number % 5 == 2 else "hwpx"  # HWP 5 and its successor
         for kind, lines, path in (
-            ("rules", _RULES, f"rules/{slug}.hwpx"),
+            ("rules", _RULES, f"rules/{slug}.{rules_suffix}"),
             ("notice", _NOTICE, f"notices/{slug}.pdf"),
             ("faq", _FAQ, f"faq/{slug}.{faq_suffix}"),
         ):
@@ -200,6 +201,8 @@ def write_document(root: Path, document: dict[str, Any]) -> None:
     paragraphs = document["paragraphs"]
     if path.suffix == ".hwpx":
         write_hwpx(path, [paragraphs])
+    elif path.suffix == ".hwp":
+        write_hwp(path, paragraphs)
     elif path.suffix == ".pdf":
         write_pdf(path, [[line for p in paragraphs for line in _wrap(p)]])
     elif path.suffix == ".docx":

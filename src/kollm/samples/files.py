@@ -131,3 +131,121 @@ def write_pdf(path: Path, pages: list[list[str]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(pdf_bytes(pages))
     tmp.replace(path)
+
+
+# --- HWP 5: an OLE compound file (CFB v3) holding FileHeader, DocInfo and BodyText/Section0 --
+
+_FREE, _END, _FAT_SECTOR, _NONE = 0xFFFFFFFF, 0xFFFFFFFE, 0xFFFFFFFD, 0xFFFFFFFF
+_PARA_HEADER, _PARA_TEXT = 0x10 + 50, 0x10 + 51  # HWPTAG_BEGIN + 50, + 51
+
+
+def _record(tag: int, level: int, payload: bytes) -> bytes:
+    size = len(payload)
+    if size >= 0xFFF:
+        return (
+            (tag | level << 10 | 0xFFF << 20).to_bytes(4, "little")
+            + size.to_bytes(4, "little")
+            + payload
+        )
+    return (tag | level << 10 | size << 20).to_bytes(4, "little") + payload
+
+
+def hwp_section(paragraphs: list[str]) -> bytes:
+    """A BodyText section: per paragraph a PARA_HEADER and a PARA_TEXT record (UTF-16LE,
+    ending in 13). The first paragraph opens with an extended control (a section definition,
+    eight code units), as real files do, so a reader must skip controls."""
+    out = b""
+    for number, text in enumerate(paragraphs):
+        units = text.encode("utf-16-le") + (13).to_bytes(2, "little")
+        if number == 0:
+            control = (2).to_bytes(2, "little") + b"dces" + b"\0" * 8 + (2).to_bytes(2, "little")
+            units = control + units
+        header = (len(units) // 2).to_bytes(4, "little") + b"\0" * 18
+        out += _record(_PARA_HEADER, 0, header) + _record(_PARA_TEXT, 1, units)
+    return out
+
+
+def _entry(name: str, kind: int, left=_NONE, right=_NONE, child=_NONE, start=0, size=0) -> bytes:
+    encoded = (name + "\0").encode("utf-16-le") if name else b""
+    return (
+        encoded.ljust(64, b"\0")
+        + len(encoded).to_bytes(2, "little")
+        + bytes([kind, 1])  # type; colour black
+        + b"".join(v.to_bytes(4, "little") for v in (left, right, child))
+        + b"\0" * 36  # CLSID, state bits, creation and modification times
+        + start.to_bytes(4, "little")
+        + size.to_bytes(8, "little")
+    )
+
+
+def _cfb(streams: dict[str, bytes]) -> bytes:
+    """A compound file of FileHeader, DocInfo and BodyText/Section0, every stream in the mini
+    stream (each is under 4096 bytes, as the format requires of small streams)."""
+    order = ["DocInfo", "BodyText/Section0", "FileHeader"]
+    mini, minifat, starts = b"", [], {}
+    for name in order:
+        data = streams[name]
+        assert len(data) < 4096, f"{name} is too long for this writer"
+        first, count = len(mini) // 64, max(1, -(-len(data) // 64))
+        starts[name] = first
+        minifat += [first + i + 1 for i in range(count - 1)] + [_END]
+        mini += data.ljust(count * 64, b"\0")
+    mini_sectors = -(-len(mini) // 512)
+    # sectors: 0 FAT, 1-2 directory, 3 mini FAT, 4.. the mini stream
+    fat = [_FAT_SECTOR, 2, _END, _END] + [5 + i for i in range(mini_sectors - 1)] + [_END]
+    entries = [
+        _entry("Root Entry", 5, child=2, start=4, size=len(mini)),
+        _entry("DocInfo", 2, start=starts["DocInfo"], size=len(streams["DocInfo"])),
+        _entry("BodyText", 1, left=1, right=4, child=3),
+        _entry(
+            "Section0", 2, start=starts["BodyText/Section0"], size=len(streams["BodyText/Section0"])
+        ),
+        _entry("FileHeader", 2, start=starts["FileHeader"], size=len(streams["FileHeader"])),
+    ]
+    directory = b"".join(entries).ljust(1024, b"\0")
+    for i in range(5, 8):  # the unused entries of the second sector are empty, not roots
+        directory = directory[: i * 128] + _entry("", 0) + directory[(i + 1) * 128 :]
+    header = (
+        bytes.fromhex("D0CF11E0A1B11AE1")
+        + b"\0" * 16
+        + (0x3E).to_bytes(2, "little")
+        + (3).to_bytes(2, "little")
+        + bytes.fromhex("FEFF")
+        + (9).to_bytes(2, "little")
+        + (6).to_bytes(2, "little")
+        + b"\0" * 6
+        + b"".join(v.to_bytes(4, "little") for v in (0, 1, 1, 0, 4096, 3, 1, _END, 0))
+        + (0).to_bytes(4, "little")
+        + b"".join(_FREE.to_bytes(4, "little") for _ in range(108))
+    )
+    sectors = [
+        b"".join(v.to_bytes(4, "little") for v in fat).ljust(512, b"\xff"),
+        directory,
+        b"".join(v.to_bytes(4, "little") for v in minifat).ljust(512, b"\xff"),
+        mini.ljust(mini_sectors * 512, b"\0"),
+    ]
+    return header + b"".join(sectors)
+
+
+def hwp_bytes(paragraphs: list[str], compressed: bool = True, flags: int = 0) -> bytes:
+    """An HWP 5.0.3.0 document of `paragraphs` (raw-deflated BodyText when `compressed`);
+    `flags` adds FileHeader property bits (2: password, 4: distribution document)."""
+    import zlib
+
+    body = hwp_section(paragraphs)
+    if compressed:
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        body = packer.compress(body) + packer.flush()
+    properties = (1 if compressed else 0) | flags
+    file_header = (
+        b"HWP Document File".ljust(32, b"\0")
+        + (0x05000300).to_bytes(4, "little")
+        + properties.to_bytes(4, "little")
+    ).ljust(256, b"\0")
+    return _cfb({"FileHeader": file_header, "DocInfo": b"\0" * 16, "BodyText/Section0": body})
+
+
+def write_hwp(path: Path, paragraphs: list[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(hwp_bytes(paragraphs))
+    tmp.replace(path)
