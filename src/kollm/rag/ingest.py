@@ -1,6 +1,7 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
-HWP 5 (its OLE streams, one section a BodyText section), HWPX (its zipped XML), PDF (pypdf, one section a page) and DOCX (python-docx). A file that
-cannot be read raises IngestError with the reason, so the index report can name it."""
+HWP 5 (its OLE streams, a section per BodyText section), HWPX (its zipped XML), PDF (pypdf,
+a section per page) and DOCX (python-docx). A file that cannot be read raises IngestError
+with the reason, so the index report can name it."""
 
 from __future__ import annotations
 
