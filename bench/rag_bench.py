@@ -71,6 +71,11 @@ def quality(home: Path, embedder: str | None) -> dict[str, float]:
         chunks = [(r[0], r[1]) for r in conn.execute("SELECT doc_id, text FROM rag_chunks")]
     baseline = WhitespaceBm25(chunks)
     results["whitespace BM25"] = evaluate_retrieval(baseline.search, queries)
+    qdrant = Retriever(RagConfig(backend="qdrant", qdrant_path=str(home / "qdrant")), home / "q")
+    qdrant.index.index_paths("bundled", [DOCS])
+    results["morpheme BM25 (Qdrant local)"] = evaluate_retrieval(
+        lambda q, k: qdrant.retrieve("bundled", q, k), queries
+    )
     if embedder:
         hybrid = Retriever(RagConfig(embedder=embedder), home)
         index.embed_missing("bundled", hybrid.encoder)

@@ -435,6 +435,13 @@ class RagConfig(StrictModel):
     """Text put before each chunk for the encoder (e5: `passage: `)."""
     reranker: str | None = None
     """Local dir of a cross-encoder that re-orders the fused candidates."""
+    backend: Literal["sqlite", "qdrant"] = "sqlite"
+    """Where chunks are searched: the shared SQLite store, or Qdrant (`pip install
+    'kollm[qdrant]'`; the SQLite store still records which file holds which chunks)."""
+    qdrant_url: str | None = None
+    """URL of a Qdrant server or cluster; without one, Qdrant's local mode in `qdrant_path`."""
+    qdrant_path: str | None = None
+    """Dir of Qdrant's local mode [$KOLLM_HOME/qdrant]."""
     no_source: str = (
         "제공된 문서에서 근거를 찾지 못해 답변드릴 수 없습니다. 담당 부서에 문의해 주세요."
     )

@@ -46,6 +46,10 @@ class Encoder:
         self.batch_size = batch_size
         self.max_length = min(512, getattr(self.model.config, "max_position_embeddings", 512))
 
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
     def encode(self, texts: list[str]) -> np.ndarray:
         """One normalised float32 row per text."""
         import torch

@@ -17,6 +17,7 @@ from typing import Any
 
 from kollm.rag.chunk import DEFAULT_CHUNK_CHARS, chunk_text
 from kollm.rag.ingest import SUFFIXES, IngestError, Section, read_document
+from kollm.rag.qdrant import payload as qdrant_payload
 from kollm.store import connect, open_store
 from kollm.text.morphemes import content_morphemes
 from kollm.text.normalize import normalize_text
@@ -70,8 +71,12 @@ def _now() -> str:
 
 
 class RagIndex:
-    def __init__(self, home: Path | str | None = None) -> None:
+    """Documents and chunks in the shared SQLite store, searched there; with `qdrant`
+    (rag.qdrant.QdrantBackend) the chunks are mirrored into Qdrant and searched there."""
+
+    def __init__(self, home: Path | str | None = None, qdrant: Any = None) -> None:
         self.home, self.path = open_store(home)
+        self.qdrant = qdrant
         self._matrix_cache: dict[tuple[str, str], tuple] = {}
 
     def index_paths(
@@ -88,6 +93,8 @@ class RagIndex:
         """Index the supported files under `paths` into `collection`; with an `encoder`
         (rag.embed.Encoder), every chunk of the collection also gets its vector."""
         report = IndexReport(collection)
+        if self.qdrant is not None:  # dense vectors are sized when the collection is made
+            self.qdrant.ensure(collection, encoder.dimension if encoder is not None else None)
         seen = set()
         for file, root in _files(paths):
             report.files += 1
@@ -114,6 +121,9 @@ class RagIndex:
         for i in range(0, len(rows), 256):
             part = rows[i : i + 256]
             vectors = encoder.encode([prefix + _with_title(r["text"], r["meta"]) for r in part])
+            if self.qdrant is not None:
+                self.qdrant.ensure(collection, vectors.shape[1])
+                self.qdrant.set_vectors(collection, [r["id"] for r in part], vectors)
             with closing(connect(self.path)) as conn, conn:
                 conn.executemany(
                     "INSERT OR REPLACE INTO rag_vectors VALUES (?, ?, ?)",
@@ -152,12 +162,14 @@ class RagIndex:
         return row[0] if row else None
 
     def _replace(self, collection: str, source: str, sha: str, rows: list[dict]) -> None:
-        """The file's old chunks out and its new ones in, in one transaction."""
+        """The file's old chunks out and its new ones in, in one transaction (Qdrant is
+        written before the commit: if it fails, the file stays unindexed and is retried)."""
         conn = connect(self.path)
         try:
             conn.execute("BEGIN IMMEDIATE")
             _delete(conn, collection, source)
             added: Counter[str] = Counter()
+            points = []
             for ordinal, row in enumerate(rows):
                 # the document's title is indexed with every chunk, so a chunk from page 3
                 # is still found by the name of what the document is about
@@ -184,7 +196,10 @@ class RagIndex:
                     (cur.lastrowid, " ".join(terms)),
                 )
                 added.update(set(terms))
+                points.append((cur.lastrowid, qdrant_payload(row, source, ordinal), terms))
             _add_df(conn, collection, added, 1)
+            if self.qdrant is not None:
+                self.qdrant.replace(collection, source, points)
             conn.execute(
                 "INSERT INTO rag_documents VALUES (?,?,?,?,?)",
                 (collection, source, sha, _now(), len(rows)),
@@ -209,6 +224,8 @@ class RagIndex:
             conn.execute("BEGIN IMMEDIATE")
             for source in gone:
                 _delete(conn, collection, source)
+                if self.qdrant is not None:
+                    self.qdrant.delete_source(collection, source)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -223,6 +240,9 @@ class RagIndex:
         terms = sorted(set(content_morphemes(query)))
         if not terms:
             return []
+        if self.qdrant is not None:
+            found = self.qdrant.keyword(collection, terms, top_k)
+            return [_hit(row, score) for score, row in found if score >= min_score]
         with closing(connect(self.path)) as conn:
             rows = conn.execute(
                 "SELECT c.*, t.terms AS words FROM rag_terms t JOIN rag_chunks c ON c.id = t.rowid"
@@ -242,6 +262,9 @@ class RagIndex:
         """The `top_k` chunks whose vector from `encoder` is nearest `vector` (cosine)."""
         import numpy as np
 
+        if self.qdrant is not None:
+            found = self.qdrant.dense(collection, vector, top_k)
+            return [_hit(row, score) for score, row in found if score >= min_similarity]
         ids, matrix = self._vectors(collection, encoder)
         if not len(ids):
             return []
@@ -311,6 +334,8 @@ class RagIndex:
 
     def collections(self) -> dict[str, int]:
         """Each collection with its number of chunks."""
+        if self.qdrant is not None:
+            return self.qdrant.collections()
         with closing(connect(self.path)) as conn:
             rows = conn.execute(
                 "SELECT collection, COUNT(*) FROM rag_chunks GROUP BY collection"

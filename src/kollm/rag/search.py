@@ -26,10 +26,20 @@ def fuse(lists: list[list[Hit]], top_k: int) -> list[Hit]:
     return [replace(hits[cid], score=round(scores[cid], 6)) for cid in order]
 
 
+def _backend(settings: RagConfig, home):
+    if settings.backend != "qdrant":
+        return None
+    from kollm.rag.qdrant import QdrantBackend
+    from kollm.store import default_home
+
+    path = settings.qdrant_path or str(Path(home or default_home()) / "qdrant")
+    return QdrantBackend(settings.qdrant_url, None if settings.qdrant_url else path)
+
+
 class Retriever:
     def __init__(self, settings: RagConfig | None = None, home: Path | str | None = None) -> None:
         self.settings = settings or RagConfig()
-        self.index = RagIndex(home)
+        self.index = RagIndex(home, _backend(self.settings, home))
         self._encoder = self._reranker = None
 
     @property

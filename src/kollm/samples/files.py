@@ -72,17 +72,21 @@ def write_docx(path: Path, paragraphs: list[str]) -> None:
     )
 
 
-def _to_unicode_cmap() -> str:
-    """Identity ToUnicode map: each 2-byte code is the UTF-16 unit of the character."""
-    highs = [h for h in range(256) if not 0xD8 <= h <= 0xDF]  # no surrogate halves
-    ranges = "".join(f"<{h:02X}00> <{h:02X}FF> <{h:02X}00>\n" for h in highs)
+def _to_unicode_cmap(chars: set[str]) -> str:
+    """ToUnicode map of the characters used: each 2-byte code is the character's UTF-16 unit
+    (a real PDF maps only the glyphs it uses, too; a full map makes readers slow)."""
+    codes = sorted(ord(c) for c in chars if ord(c) <= 0xFFFF)
+    blocks = []
+    for i in range(0, len(codes), 100):  # at most 100 entries a block
+        part = codes[i : i + 100]
+        pairs = "".join(f"<{c:04X}> <{c:04X}>\n" for c in part)
+        blocks.append(f"{len(part)} beginbfchar\n{pairs}endbfchar\n")
     return (
         "/CIDInit /ProcSet findresource begin 12 dict begin begincmap\n"
         "/CIDSystemInfo << /Registry (Adobe) /Ordering (UCS) /Supplement 0 >> def\n"
         "/CMapName /Adobe-Identity-UCS def /CMapType 2 def\n"
         "1 begincodespacerange <0000> <FFFF> endcodespacerange\n"
-        f"{len(highs)} beginbfrange\n{ranges}endbfrange\n"
-        "endcmap CMapName currentdict /CMap defineresource pop end end"
+        f"{''.join(blocks)}endcmap CMapName currentdict /CMap defineresource pop end end"
     )
 
 
@@ -100,7 +104,7 @@ def pdf_bytes(pages: list[list[str]]) -> bytes:
         "<< /Type /Font /Subtype /CIDFontType2 /BaseFont /KollmGothic /CIDSystemInfo"
         " << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> /FontDescriptor 6 0 R"
         " /DW 1000 >>",
-        _stream(_to_unicode_cmap()),
+        _stream(_to_unicode_cmap({c for lines in pages for line in lines for c in line})),
         "<< /Type /FontDescriptor /FontName /KollmGothic /Flags 4 /FontBBox [0 -200 1000 800]"
         " /ItalicAngle 0 /Ascent 800 /Descent -200 /CapHeight 700 /StemV 80 >>",
     ]
