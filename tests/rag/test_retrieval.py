@@ -86,6 +86,9 @@ def test_the_bundled_set_beats_whitespace_matching_and_eval_reports_it(tmp_path,
     runner = CliRunner()
     out = runner.invoke(app, ["rag", "index", str(docs), "--collection", "gov"])
     assert out.exit_code == 0 and "120 indexed" in out.output and "0 failed" in out.output
+    index_report = json.loads((tmp_path / "home" / "rag" / "gov" / "index_report.json").read_text())
+    assert index_report["languages"] == {"ko": index_report["chunks"]}
+    assert 0 < index_report["chunk_chars"]["median"] <= index_report["chunk_chars"]["max"] <= 300
     queries = repo / "data" / "sample" / "rag_queries.jsonl"
     out = runner.invoke(app, ["rag", "eval", "gov", "--queries", str(queries), "--json"])
     assert out.exit_code == 0, out.output

@@ -20,7 +20,7 @@ from kollm.rag.ingest import SUFFIXES, IngestError, Section, read_document
 from kollm.rag.qdrant import payload as qdrant_payload
 from kollm.store import connect, open_store
 from kollm.text.morphemes import content_morphemes
-from kollm.text.normalize import normalize_text
+from kollm.text.normalize import hangul_ratio, normalize_text
 from kollm.text.pii import mask_pii
 
 
@@ -50,9 +50,27 @@ class IndexReport:
     characters: int = 0
     embedded: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    # chunks by language (Korean when at least 30% of its letters are Hangul) and by length
+    languages: dict[str, int] = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    def count(self, rows: list[dict]) -> None:
+        for row in rows:
+            language = "ko" if hangul_ratio(row["text"]) >= 0.3 else "other"
+            self.languages[language] = self.languages.get(language, 0) + 1
+            self.lengths.append(len(row["text"]))
+        self.chunks += len(rows)
+        self.characters += sum(len(r["text"]) for r in rows)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        lengths = sorted(out.pop("lengths"))
+        out["chunk_chars"] = (
+            {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]}
+            if lengths
+            else {}
+        )
+        return out
 
 
 def _files(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -150,8 +168,7 @@ class RagIndex:
         rows = list(_chunk_rows(sections, mask, max_chars))
         self._replace(collection, source, sha, rows)
         report.indexed += 1
-        report.chunks += len(rows)
-        report.characters += sum(len(r["text"]) for r in rows)
+        report.count(rows)
 
     def _sha(self, collection: str, source: str) -> str | None:
         with closing(connect(self.path)) as conn:
@@ -320,7 +337,7 @@ class RagIndex:
             for f in report.failures
         )
         counts = "".join(
-            f"<tr><th>{k}</th><td>{v}</td></tr>"
+            f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
             for k, v in report.as_dict().items()
             if k != "failures"
         )
