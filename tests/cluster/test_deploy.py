@@ -148,7 +148,7 @@ def test_batch_generates_over_a_file_and_names_a_bad_line(served_home, tmp_path)
 
 def test_a_ray_replica_builds_its_server_with_the_adapters_and_domain_guards(served_home):
     from kollm.cluster.deploy import application
-    from kollm.config import DeployConfig, DomainConfig, ServeConfig
+    from kollm.config import DeployConfig, DomainConfig, RagConfig, ServeConfig
     from kollm.registry import Registry
     from kollm.serve.ray_app import replica_config
     from kollm.serve.server import build_manager
@@ -158,11 +158,15 @@ def test_a_ray_replica_builds_its_server_with_the_adapters_and_domain_guards(ser
         max_batch=4,
         adapters={"civil": "/srv/adapters/civil"},
         domains={"tiny": DomainConfig(keywords=["예약"])},
+        rag="civil-docs",
     )
     version = Registry(served_home).get("tiny@production")
-    args = application(version, "tiny@production", DeployConfig(), serve, str(served_home))["args"]
-    cfg = replica_config(json.loads(json.dumps(args)))  # as Ray hands the args over
-    assert cfg.models == ["tiny@production"] and cfg.max_batch == 4
+    rag = RagConfig(top_k=2, min_score=1.5)
+    args = application(version, "tiny@production", DeployConfig(), serve, str(served_home), rag)
+    args = json.loads(json.dumps(args["args"]))  # as Ray hands the args over
+    cfg = replica_config(args)
+    assert cfg.models == ["tiny@production"] and cfg.max_batch == 4 and cfg.rag == "civil-docs"
+    assert RagConfig.model_validate(args["rag_settings"]) == rag
     assert cfg.adapters == {"civil": "/srv/adapters/civil"}
     manager = build_manager(cfg, Registry(served_home))
     assert manager.adapters == {"civil": "/srv/adapters/civil"}

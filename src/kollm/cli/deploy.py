@@ -111,7 +111,9 @@ def deploy(
             client.delete(name)
             console.print(f"deploy: application {name} removed from {address}")
             return
-        url = deploy_to_ray(version, ref, d, cfg.serve, str(Registry().home), client, wait_s)
+        url = deploy_to_ray(
+            version, ref, d, cfg.serve, str(Registry().home), client, wait_s, rag=cfg.rag
+        )
     except DeployError as err:
         fail(str(err))
     low, high = d.replicas_min, d.max_replicas

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from kollm.config import DeployConfig, ServeConfig
+from kollm.config import DeployConfig, RagConfig, ServeConfig
 from kollm.registry import ModelVersion
 
 SERVE_API = "/api/serve/applications/"
@@ -42,9 +42,16 @@ def autoscaling(deploy: DeployConfig) -> dict[str, Any]:
 
 
 def application(
-    version: ModelVersion, ref: str, deploy: DeployConfig, serve: ServeConfig, home: str
+    version: ModelVersion,
+    ref: str,
+    deploy: DeployConfig,
+    serve: ServeConfig,
+    home: str,
+    rag: RagConfig | None = None,
 ) -> dict[str, Any]:
-    """One application of Ray Serve's config for the model `version` (reached as `ref`)."""
+    """One application of Ray Serve's config for the model `version` (reached as `ref`);
+    `rag` is the recipe's retrieval section, for `serve.rag` and requests naming a
+    collection (its store and encoder dirs must be on storage the cluster sees)."""
     name = deploy.app_name or version.name
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
     env["KOLLM_HOME"] = home
@@ -67,6 +74,7 @@ def application(
         **serve.model_dump(mode="json", exclude={"host", "port", "models"}),
         "models": [ref],
         "home": home,
+        "rag_settings": (rag or RagConfig()).model_dump(mode="json"),
     }
     return {
         "name": name,
@@ -155,9 +163,10 @@ def deploy_to_ray(
     home: str,
     client: ServeClient,
     wait_s: float = 300,
+    rag: RagConfig | None = None,
 ) -> str:
     """Deploy and wait until Ray says RUNNING; returns the application's URL."""
-    app = application(version, ref, deploy, serve, home)
+    app = application(version, ref, deploy, serve, home, rag)
     client.put(app, {"host": deploy.host, "port": deploy.port})
     if wait_s > 0:
         client.wait_running(app["name"], wait_s)

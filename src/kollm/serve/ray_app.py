@@ -17,7 +17,7 @@ from typing import Any
 
 from ray import serve
 
-from kollm.config import ServeConfig
+from kollm.config import RagConfig, ServeConfig
 from kollm.registry import Registry
 from kollm.serve.server import Access, build_server
 
@@ -42,6 +42,7 @@ class KollmReplica:
             Access(list(args.get("api_keys", [])), list(args.get("admin_keys", []))),
             load_before_ready=True,
             on_ready=ready,
+            rag=RagConfig.model_validate(args["rag_settings"]) if "rag_settings" in args else None,
         )
         replica = serve.get_replica_context().replica_id.unique_id
 
