@@ -34,6 +34,29 @@ class Generation:
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
 
 
+@dataclass
+class TokenScores:
+    """Log-probabilities of a token sequence: `logprobs[i]` is log P(token i | tokens before),
+    None for the first token; `top[i]` the `top_n` likeliest tokens there (id -> logprob)."""
+
+    logprobs: list[float | None]
+    top: list[dict[int, float] | None] | None = None
+
+
+def scores_from_logprobs(ids: list[int], logp, top_n: int) -> TokenScores:
+    """TokenScores from a (len(ids), vocab) array of log-probabilities, where row t is the
+    distribution of token t + 1 (what a causal LM's forward pass gives)."""
+    import numpy as np
+
+    logp = np.asarray(logp, dtype=np.float32)
+    chosen = [float(logp[t, ids[t + 1]]) for t in range(len(ids) - 1)]
+    top = None
+    if top_n:
+        best = np.argsort(-logp[:-1], axis=1, kind="stable")[:, :top_n]
+        top = [None] + [{int(i): float(logp[t, i]) for i in row} for t, row in enumerate(best)]
+    return TokenScores([None, *chosen], top)
+
+
 class Engine(Protocol):
     name: str
     context_length: int
@@ -51,6 +74,11 @@ class Engine(Protocol):
     def decode(self, ids: list[int]) -> str: ...
 
     def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+    def score(self, sequences: list[list[int]], top_n: int = 0) -> list[TokenScores]:
+        """Log-probabilities of each token of each sequence (prompt scoring, as lm-eval asks
+        through `echo` and `logprobs`)."""
+        ...
 
     def unload(self) -> None: ...
 

@@ -14,7 +14,15 @@ import shutil
 import uuid
 from pathlib import Path
 
-from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
+from kollm.engines.base import (
+    Generation,
+    GenerationParams,
+    TokenCallback,
+    TokenScores,
+    adapter_base,
+    apply_stop,
+    scores_from_logprobs,
+)
 
 
 def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
@@ -179,6 +187,30 @@ class CTranslate2Engine:
         raise NotImplementedError(
             "ctranslate2 has no hidden states here; declare an embedding model"
         )
+
+    def score(
+        self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None
+    ) -> list[TokenScores]:
+        """Through the generator's forward pass (log-probabilities of every position), one
+        sequence at a time so a long vocabulary's rows never pile up."""
+        import numpy as np
+
+        if adapter is not None:
+            raise ValueError(
+                "ctranslate2 serves merged models; the transformers engine serves adapters"
+            )
+        if self.model is None:
+            self.load()
+        if self.is_encoder_decoder:
+            raise ValueError("prompt log-probabilities need a decoder-only model")
+        out = []
+        for ids in sequences:
+            if len(ids) < 2:
+                out.append(TokenScores([None] * len(ids), [None] * len(ids) if top_n else None))
+                continue
+            logp = self.model.forward_batch([ids], return_log_probs=True)
+            out.append(scores_from_logprobs(ids, np.asarray(logp)[0], top_n))
+        return out
 
     def unload(self) -> None:
         self.model = None

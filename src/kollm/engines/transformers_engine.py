@@ -13,7 +13,15 @@ import threading
 from contextlib import nullcontext
 from pathlib import Path
 
-from kollm.engines.base import Generation, GenerationParams, TokenCallback, adapter_base, apply_stop
+from kollm.engines.base import (
+    Generation,
+    GenerationParams,
+    TokenCallback,
+    TokenScores,
+    adapter_base,
+    apply_stop,
+    scores_from_logprobs,
+)
 
 
 class _CallbackStreamer:
@@ -215,6 +223,28 @@ class TransformersEngine:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (batch, hidden)
         return torch.nn.functional.normalize(pooled.float(), dim=-1).tolist()
+
+    def score(
+        self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None
+    ) -> list[TokenScores]:
+        """Through one forward pass a sequence (log-softmax of the logits), under `adapter`."""
+        import torch
+
+        if self.model is None:
+            self.load()
+        if getattr(self.model.config, "is_encoder_decoder", False):
+            raise ValueError("prompt log-probabilities need a decoder-only model")
+        out = []
+        for ids in sequences:
+            if len(ids) < 2:
+                out.append(TokenScores([None] * len(ids), [None] * len(ids) if top_n else None))
+                continue
+            x = torch.tensor([ids], device=self.device)
+            with self._lock, torch.inference_mode(), self._adapter(adapter):
+                logits = self.model(input_ids=x).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1).cpu().numpy()
+            out.append(scores_from_logprobs(ids, logp, top_n))
+        return out
 
     def unload(self) -> None:
         self.model = None

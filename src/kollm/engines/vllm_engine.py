@@ -194,6 +194,12 @@ class VllmEngine:
     def embed(self, texts: list[str]) -> list[list[float]]:
         raise NotImplementedError("serve embeddings with the transformers engine")
 
+    def score(self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None):
+        raise ValueError(
+            "prompt log-probabilities are not passed through the vllm engine yet: serve the "
+            "model with the transformers or ctranslate2 engine to score prompts"
+        )
+
     def unload(self) -> None:
         if self.process is not None:
             self.process.terminate()

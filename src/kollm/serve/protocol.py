@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Request(BaseModel):
@@ -75,17 +75,73 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     model: str
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: int | None = Field(None, ge=0)
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("exactly one prompt per request")
+    def _some_prompt(cls, value):
+        if isinstance(value, list) and (not value or any(v == [] or v == "" for v in value)):
+            raise ValueError("a prompt (text or token ids) is needed")
         return value
 
+    @model_validator(mode="after")
+    def _scoring_rules(self):
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("prompt: a streamed completion takes one prompt")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 generates nothing; it needs echo: true")
+        if self.stream and (self.echo or self.logprobs is not None):
+            raise ValueError("logprobs: echo and logprobs are not streamed; set stream: false")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a text, or a list of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(v, int) for v in self.prompt):
+            return [list(self.prompt)]
+        return list(self.prompt)
+
     def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        first = self.prompts()[0]
+        return first if isinstance(first, str) else ""
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize body: a `prompt`, or chat `messages` (the prompt the server builds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("prompt: give a prompt or messages (one of them)")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class EmbeddingRequest(_Request):
@@ -187,9 +243,20 @@ class ChatCompletionChunk(BaseModel):
     citations: list[Citation] | None = None  # with `rag`: on the last chunk of the stream
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completion logprobs: one entry per token (with `echo`, the prompt's
+    first; its logprob is null, as nothing comes before it)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None] | None = None
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 

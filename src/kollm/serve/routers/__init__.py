@@ -1,6 +1,15 @@
 """Thin routers, one per resource: parse the body, call the service, shape the answer."""
 
-from kollm.serve.routers import admin, chat, completions, embeddings, feedback, health, models
+from kollm.serve.routers import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    feedback,
+    health,
+    models,
+    tokenize,
+)
 
 ROUTERS = [
     health.router,
@@ -10,4 +19,5 @@ ROUTERS = [
     embeddings.router,
     feedback.router,
     admin.router,
+    tokenize.router,
 ]
