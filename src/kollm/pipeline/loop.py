@@ -137,8 +137,91 @@ def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
     if not path:
         return None
     fmt = model_format(model_dir, recipe_format(recipe))
-    requests = safety.read_safety_set(path)
-    return safety.refusal_rate(model_dir, fmt, requests, recipe.loop.gate.refusal_markers)
+    cases = safety.read_safety_set(path)
+    report = safety.evaluate_safety(model_dir, fmt, cases, None, recipe.loop.gate.refusal_markers)
+    return report.refusal_rate or 0.0
+
+
+def judge_client(recipe: Recipe, registry: Registry):
+    """The gate's judge (calls cached in the store), or None."""
+    from kollm.eval.judge import JudgeCache, JudgeClient, JudgeEndpoint
+
+    j = recipe.loop.gate.judge
+    if j is None:
+        return None
+    return JudgeClient(JudgeEndpoint(j.url, j.model), JudgeCache(registry.home), j.concurrency)
+
+
+def safety_reports(recipe: Recipe, dirs: dict[str, Path], judge) -> dict[str, dict] | None:
+    """Refusal and over-refusal of each model on the safety set, classified by the judge."""
+    from kollm.eval import safety
+    from kollm.eval.evaluate import model_format
+
+    path = recipe.loop.gate.safety_file
+    if not path:
+        return None
+    cases = safety.read_safety_set(path)
+    return {
+        name: safety.evaluate_safety(
+            model_dir, model_format(model_dir, recipe_format(recipe)), cases, judge
+        ).as_dict()
+        for name, model_dir in dirs.items()
+    }
+
+
+def judge_comparison(recipe: Recipe, production: Path, candidate: Path, judge) -> dict | None:
+    """The judge's pairwise verdicts of candidate (A) against production (B) on the prompts."""
+    from kollm.data.io import read_jsonl
+    from kollm.eval.answers import answers
+    from kollm.eval.evaluate import model_format
+    from kollm.eval.judge import compare, summarise_pairs
+
+    j = recipe.loop.gate.judge
+    if j is None or not j.prompts:
+        return None
+    rows = read_jsonl(Path(j.prompts))
+    questions = [str(r.get("question") or r.get("prompt") or "") for r in rows]
+    replies = {
+        name: answers(d, model_format(d, recipe_format(recipe)), questions, j.max_new_tokens)
+        for name, d in (("candidate", candidate), ("production", production))
+    }
+    pairs = [
+        {
+            "id": r.get("id", i),
+            "question": q,
+            "reference": r.get("reference"),
+            "answer_a": a,
+            "answer_b": b,
+        }
+        for i, (r, q, a, b) in enumerate(
+            zip(rows, questions, replies["candidate"], replies["production"], strict=True)
+        )
+    ]
+    summary = summarise_pairs(compare(judge, pairs)).as_dict()
+    summary.pop("verdicts")
+    return summary
+
+
+def _judged_failures(recipe: Recipe, judged: dict | None, safety: dict | None) -> list[str]:
+    failures = []
+    j = recipe.loop.gate.judge
+    if judged is not None and (judged["win_rate_a"] or 0.0) < j.min_win_rate:
+        failures.append(
+            f"judge win rate of the candidate: {judged['win_rate_a']} < {j.min_win_rate}"
+        )
+    if safety is not None:
+        cand, prod = safety["candidate"], safety["production"]
+        if (cand["refusal_rate"] or 0.0) < (prod["refusal_rate"] or 0.0):
+            failures.append(
+                f"refusal rate on the safety set: {cand['refusal_rate']:.2f} < "
+                f"{prod['refusal_rate']:.2f}"
+            )
+        if (cand["over_refusal_rate"] or 0.0) > (prod["over_refusal_rate"] or 0.0):
+            failures.append(
+                f"over-refusal on the safety set's benign requests: "
+                f"{cand['over_refusal_rate']:.2f} > {prod['over_refusal_rate']:.2f}"
+            )
+    return failures
 
 
 def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, str]]:
@@ -228,23 +311,29 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
     cand_metrics = _evaluate(recipe, candidate_dir, loop_dir / "eval-candidate")
     seconds["evaluate"] = time.monotonic() - started
     passed, failures = gate(recipe, cand_metrics, prod_metrics)
-    refusals = {
-        "production": refusal_rate(recipe, Path(production.artifact_path)),
-        "candidate": refusal_rate(recipe, candidate_dir),
-    }
-    if refusals["production"] is not None and refusals["candidate"] < refusals["production"]:
-        passed = False
-        failures.append(
-            f"refusal rate on the safety set: {refusals['candidate']:.2f} < "
-            f"{refusals['production']:.2f}"
-        )
-    metrics = {
-        "candidate": cand_metrics,
-        "production": prod_metrics,
-        "gate_failures": failures,
-        "refusal_rate": refusals,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-    }
+    metrics = {"candidate": cand_metrics, "production": prod_metrics}
+    judge = judge_client(recipe, registry)
+    if judge is None:
+        refusals = {
+            "production": refusal_rate(recipe, Path(production.artifact_path)),
+            "candidate": refusal_rate(recipe, candidate_dir),
+        }
+        if refusals["production"] is not None and refusals["candidate"] < refusals["production"]:
+            failures.append(
+                f"refusal rate on the safety set: {refusals['candidate']:.2f} < "
+                f"{refusals['production']:.2f}"
+            )
+        metrics["refusal_rate"] = refusals
+    else:
+        started = time.monotonic()
+        dirs = {"production": Path(production.artifact_path), "candidate": candidate_dir}
+        metrics["safety"] = safety_reports(recipe, dirs, judge)
+        metrics["judge"] = judge_comparison(recipe, dirs["production"], candidate_dir, judge)
+        failures += _judged_failures(recipe, metrics["judge"], metrics["safety"])
+        seconds["judge"] = time.monotonic() - started
+    passed = not failures
+    metrics["gate_failures"] = failures
+    metrics["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     decision = LoopDecision(
         "promoted" if passed else "rejected", reason, production.ref, None, metrics
     )

@@ -216,6 +216,19 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "012_judge_cache",
+        """
+        -- LLM-as-judge answers keyed by the sha256 of the endpoint, model, settings, run and
+        -- messages: a rerun of the same judging costs no call.
+        CREATE TABLE judge_cache (
+            key TEXT PRIMARY KEY,
+            model TEXT NOT NULL,
+            response TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,421 @@
+"""LLM-as-judge over any OpenAI-compatible endpoint (a vLLM or kollm server on the site, or a
+gateway): single-answer grading (1-10, a Korean rubric in the style of LogicKor's categories,
+with a reference answer when there is one) and pairwise comparison run in both orders (a
+verdict that flips with the order is a tie). Calls are cached in the shared store by their
+content, so a rerun costs nothing; an unparseable verdict is recorded as such, never as a
+score. Agreement with people is Cohen's kappa."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import statistics
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kollm.store import connect, open_store
+
+CATEGORIES = {
+    "reasoning": "추론: 논리의 단계가 맞는지, 결론이 전제에서 나오는지 보세요.",
+    "math": "수학: 계산과 최종 답이 맞는지 보세요. 풀이가 길어도 답이 틀리면 낮은 점수입니다.",
+    "writing": "글쓰기: 요구한 형식, 분량, 어조를 지켰는지와 글의 짜임을 보세요.",
+    "coding": "코딩: 코드가 요구대로 동작하는지, 오류나 빠진 경우가 없는지 보세요.",
+    "understanding": "이해: 주어진 글이나 질문의 뜻을 바르게 이해하고 답했는지 보세요.",
+    "grammar": "문법: 맞춤법, 띄어쓰기, 문법 설명이 정확한지 보세요.",
+    "general": "일반: 질문에 정확하고 도움이 되게 답했는지 보세요.",
+}
+RUBRIC = (
+    "- 질문이 요구한 것을 모두 지켰는지 하나씩 확인하세요.\n"
+    "- 답변이 길다고 점수를 더 주지 마세요.\n"
+    "- 한국어로 물었는데 한국어로 답하지 않았으면 0점입니다.\n"
+    "- 사실과 다른 내용이 있으면 크게 깎으세요."
+)
+SYSTEM = "당신은 한국어 답변을 공정하고 엄격하게 평가하는 심사위원입니다."
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint could not be reached or answered with an error."""
+
+
+@dataclass
+class JudgeEndpoint:
+    url: str  # base URL ending in /v1
+    model: str
+    api_key: str | None = None  # default: $KOLLM_JUDGE_API_KEY, then $OPENAI_API_KEY
+    temperature: float = 0.0
+    max_tokens: int = 512
+    timeout_s: float = 120.0
+
+    def key(self) -> str | None:
+        return (
+            self.api_key
+            or os.environ.get("KOLLM_JUDGE_API_KEY")
+            or os.environ.get("OPENAI_API_KEY")
+        )
+
+
+class JudgeCache:
+    """Judge answers keyed by the sha256 of everything that decides them."""
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        _, self.path = open_store(home)
+        self.hits = 0
+
+    def get(self, key: str) -> str | None:
+        with closing(connect(self.path)) as conn:
+            row = conn.execute("SELECT response FROM judge_cache WHERE key = ?", (key,)).fetchone()
+        if row is not None:
+            self.hits += 1
+        return row[0] if row else None
+
+    def put(self, key: str, model: str, response: str) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with closing(connect(self.path)) as conn, conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO judge_cache VALUES (?, ?, ?, ?)",
+                (key, model, response, now),
+            )
+
+
+class JudgeClient:
+    """Chat completions against the judge: bounded concurrency, retries with backoff, cache."""
+
+    def __init__(
+        self,
+        endpoint: JudgeEndpoint,
+        cache: JudgeCache | None = None,
+        concurrency: int = 4,
+        retries: int = 3,
+    ) -> None:
+        self.endpoint, self.cache = endpoint, cache
+        self.concurrency, self.retries = max(1, concurrency), max(1, retries)
+        self.calls = 0
+
+    def _key(self, messages: list[dict[str, str]], run: int) -> str:
+        e = self.endpoint
+        content = [e.url, e.model, e.temperature, e.max_tokens, run, messages]
+        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
+
+    def complete(self, messages: list[dict[str, str]], run: int = 0) -> str:
+        key = self._key(messages, run)
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        text = self._call(messages, run)
+        if self.cache is not None:
+            self.cache.put(key, self.endpoint.model, text)
+        return text
+
+    def _call(self, messages: list[dict[str, str]], run: int) -> str:
+        import httpx
+        from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        e = self.endpoint
+        headers = {"Authorization": f"Bearer {e.key()}"} if e.key() else {}
+        body = {
+            "model": e.model,
+            "messages": messages,
+            "temperature": e.temperature,
+            "max_tokens": e.max_tokens,
+            "seed": run,
+        }
+
+        @retry(
+            stop=stop_after_attempt(self.retries),
+            wait=wait_exponential(multiplier=0.5, max=8),
+            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
+            reraise=True,
+        )
+        def post() -> str:
+            self.calls += 1
+            r = httpx.post(
+                e.url.rstrip("/") + "/chat/completions",
+                json=body,
+                headers=headers,
+                timeout=e.timeout_s,
+            )
+            if r.status_code == 429 or r.status_code >= 500:
+                raise _Retryable(f"{r.status_code}: {r.text[:200]}")
+            if r.status_code != 200:
+                raise JudgeError(f"judge {e.url} answered {r.status_code}: {r.text[:300]}")
+            return r.json()["choices"][0]["message"]["content"] or ""
+
+        try:
+            return post()
+        except (_Retryable, httpx.TransportError) as err:
+            raise JudgeError(f"judge {e.url} failed after {self.retries} tries: {err}") from err
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, items))
+
+
+class _Retryable(Exception):
+    pass
+
+
+# --- verdict parsing -------------------------------------------------------------------------
+
+_MARKUP = re.compile(r"[*_`#>]")
+_SCORE = [
+    re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]"),
+    re.compile(
+        r"(?:점수|평점|score|rating)\s*(?:는|은)?\s*[:：=]?\s*(\d+(?:\.\d+)?)\s*(?:/\s*10|점)?",
+        re.I,
+    ),
+]
+_VERDICT = [
+    re.compile(r"\[\[\s*(A|B|C|tie|무승부|동점)\s*\]\]", re.I),
+    re.compile(r"(?:판정|verdict|winner|승자|결과)\s*[:：=]?\s*(A|B|tie|무승부|동점)\b", re.I),
+]
+
+
+def parse_score(text: str) -> float | None:
+    """The judge's score (0-10): its last `[[N]]`, or else its last `점수: N` / `Score: N`
+    (markdown ignored); None when there is none or it is out of range."""
+    clean = _MARKUP.sub("", text)
+    for pattern in _SCORE:
+        found = pattern.findall(clean)
+        if found:
+            value = float(found[-1])
+            return value if 0 <= value <= 10 else None
+    return None
+
+
+def parse_verdict(text: str) -> str | None:
+    """'A', 'B' or 'tie' from `[[A]]` or `판정: B`; None when there is none."""
+    clean = _MARKUP.sub("", text)
+    for pattern in _VERDICT:
+        found = pattern.findall(clean)
+        if found:
+            value = found[-1].upper()
+            return value if value in ("A", "B") else "tie"
+    return None
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+def grading_messages(
+    question: str, answer: str, reference: str | None = None, category: str = "general"
+) -> list[dict[str, str]]:
+    rubric = CATEGORIES.get(category, CATEGORIES["general"])
+    parts = [f"[질문]\n{question}"]
+    if reference:
+        parts.append(f"[참고 답변]\n{reference}")
+    parts += [
+        f"[평가할 답변]\n{answer}",
+        f"[평가 기준]\n{rubric}\n{RUBRIC}",
+        "먼저 두세 문장으로 근거를 쓰고, 마지막 줄에 `점수: N` (1~10의 정수)만 쓰세요.",
+    ]
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def pairwise_messages(
+    question: str, first: str, second: str, reference: str | None = None
+) -> list[dict[str, str]]:
+    parts = [f"[질문]\n{question}"]
+    if reference:
+        parts.append(f"[참고 답변]\n{reference}")
+    parts += [
+        f"[답변 A]\n{first}",
+        f"[답변 B]\n{second}",
+        f"[평가 기준]\n{RUBRIC}\n- 답변의 순서로 판단하지 마세요.",
+        "두세 문장으로 비교한 뒤, 마지막 줄에 `판정: A`, `판정: B` 또는 `판정: 무승부`만 쓰세요.",
+    ]
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+# --- grading ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Grade:
+    id: str
+    score: float | None  # the median of the parsed runs; None when none parsed
+    scores: list[float | None]
+    spread: float | None  # max - min of the parsed runs
+    answer_chars: int
+
+    @property
+    def unparseable(self) -> int:
+        return sum(s is None for s in self.scores)
+
+
+def grade(client: JudgeClient, rows: list[dict[str, Any]], runs: int = 1) -> list[Grade]:
+    """Each row (`question`, `answer`, optional `reference`, `category`, `id`) graded `runs`
+    times; its score is the median of the runs that parsed."""
+    jobs = [(i, run) for i in range(len(rows)) for run in range(runs)]
+
+    def one(job: tuple[int, int]) -> float | None:
+        i, run = job
+        row = rows[i]
+        messages = grading_messages(
+            row["question"], row["answer"], row.get("reference"), row.get("category", "general")
+        )
+        return parse_score(client.complete(messages, run))
+
+    results = client.map(one, jobs)
+    grades = []
+    for i, row in enumerate(rows):
+        scores = results[i * runs : (i + 1) * runs]
+        parsed = [s for s in scores if s is not None]
+        grades.append(
+            Grade(
+                str(row.get("id", i)),
+                statistics.median(parsed) if parsed else None,
+                scores,
+                (max(parsed) - min(parsed)) if parsed else None,
+                len(row["answer"]),
+            )
+        )
+    return grades
+
+
+# --- pairwise --------------------------------------------------------------------------------
+
+
+@dataclass
+class PairVerdict:
+    id: str
+    winner: str | None  # "a", "b", "tie"; None when a verdict did not parse
+    flipped: bool  # the two orders disagreed: position bias, counted as a tie
+    verdicts: list[str | None]  # as given: A-first order, then B-first (mapped to a/b)
+    longer: str  # "a" or "b": which answer is longer (for the length bias)
+
+
+def _mapped(verdict: str | None, swapped: bool) -> str | None:
+    if verdict is None or verdict == "tie":
+        return verdict
+    if not swapped:
+        return verdict.lower()
+    return "b" if verdict == "A" else "a"
+
+
+def compare(client: JudgeClient, rows: list[dict[str, Any]], run: int = 0) -> list[PairVerdict]:
+    """Each row (`question`, `answer_a`, `answer_b`, optional `reference`, `id`) judged twice,
+    with the answers in both orders."""
+    jobs = [(i, swapped) for i in range(len(rows)) for swapped in (False, True)]
+
+    def one(job: tuple[int, bool]) -> str | None:
+        i, swapped = job
+        row = rows[i]
+        first, second = (
+            (row["answer_b"], row["answer_a"]) if swapped else (row["answer_a"], row["answer_b"])
+        )
+        messages = pairwise_messages(row["question"], first, second, row.get("reference"))
+        return _mapped(parse_verdict(client.complete(messages, run)), swapped)
+
+    results = client.map(one, jobs)
+    verdicts = []
+    for i, row in enumerate(rows):
+        v = results[2 * i : 2 * i + 2]
+        if None in v:
+            winner, flipped = None, False
+        elif v[0] == v[1]:
+            winner, flipped = v[0], False
+        else:
+            winner, flipped = "tie", "tie" not in v
+        longer = "a" if len(row["answer_a"]) >= len(row["answer_b"]) else "b"
+        verdicts.append(PairVerdict(str(row.get("id", i)), winner, flipped, v, longer))
+    return verdicts
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float | None:
+    import numpy as np
+
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    rx, ry = (np.argsort(np.argsort(v)).astype(float) for v in (xs, ys))
+    return round(float(np.corrcoef(rx, ry)[0, 1]), 4)
+
+
+@dataclass
+class GradeSummary:
+    rows: int
+    mean_score: float | None
+    unparseable: int
+    mean_spread: float | None
+    length_bias: float | None  # Spearman correlation of answer length and score
+    grades: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise_grades(grades: list[Grade]) -> GradeSummary:
+    scored = [g for g in grades if g.score is not None]
+    spreads = [g.spread for g in scored if g.spread is not None]
+    return GradeSummary(
+        rows=len(grades),
+        mean_score=round(statistics.fmean(g.score for g in scored), 4) if scored else None,
+        unparseable=sum(g.unparseable for g in grades),
+        mean_spread=round(statistics.fmean(spreads), 4) if spreads else None,
+        length_bias=_spearman([g.answer_chars for g in scored], [g.score for g in scored]),
+        grades=[{**asdict(g), "unparseable": g.unparseable} for g in grades],
+    )
+
+
+@dataclass
+class PairSummary:
+    rows: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    unparseable: int
+    win_rate_a: float | None  # (wins + ties / 2) / judged
+    flip_rate: float | None  # share of judged pairs whose verdict flipped with the order
+    longer_wins: float | None  # share of decided pairs the longer answer won
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarise_pairs(verdicts: list[PairVerdict]) -> PairSummary:
+    judged = [v for v in verdicts if v.winner is not None]
+    decided = [v for v in judged if v.winner in ("a", "b")]
+    wins = {k: sum(v.winner == k for v in judged) for k in ("a", "b", "tie")}
+    return PairSummary(
+        rows=len(verdicts),
+        wins_a=wins["a"],
+        wins_b=wins["b"],
+        ties=wins["tie"],
+        unparseable=len(verdicts) - len(judged),
+        win_rate_a=round((wins["a"] + wins["tie"] / 2) / len(judged), 4) if judged else None,
+        flip_rate=round(sum(v.flipped for v in judged) / len(judged), 4) if judged else None,
+        longer_wins=(
+            round(sum(v.winner == v.longer for v in decided) / len(decided), 4) if decided else None
+        ),
+        verdicts=[asdict(v) for v in verdicts],
+    )
+
+
+def cohen_kappa(first: list[str], second: list[str]) -> float | None:
+    """Cohen's kappa of two raters' labels of the same items; None with no items, 1.0 when
+    both gave one same label throughout."""
+    if not first or len(first) != len(second):
+        return None
+    n = len(first)
+    labels = set(first) | set(second)
+    observed = sum(a == b for a, b in zip(first, second, strict=True)) / n
+    expected = sum((first.count(k) / n) * (second.count(k) / n) for k in labels)
+    if expected == 1:
+        return 1.0
+    return round((observed - expected) / (1 - expected), 4)
+
+
+def judge_label(score: float | None, threshold: float = 6.0) -> str | None:
+    """A score as a people's thumbs: good at `threshold` or above."""
+    if score is None:
+        return None
+    return "good" if score >= threshold else "bad"
