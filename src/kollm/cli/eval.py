@@ -1,4 +1,4 @@
-"""`kollm eval [run]|rouge`."""
+"""`kollm eval [run]|rouge|bench`."""
 
 from __future__ import annotations
 
@@ -121,3 +121,45 @@ def eval_rouge(
         print(json.dumps(totals))
         return
     console.print(_metrics_table({"examples": len(ids), "model": totals}))
+
+
+@eval_app.command("bench")
+def eval_bench(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
+    tasks: Annotated[
+        str, typer.Option(help="lm-eval tasks, comma-separated (kollm_ko_mc is bundled).")
+    ] = "kollm_ko_mc",
+    limit: Annotated[int | None, typer.Option(help="At most this many examples a task.")] = None,
+    include_path: Annotated[
+        list[Path] | None, typer.Option(help="A dir of your own lm-eval task YAMLs.")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="The engine that serves it while measured.")] = (
+        "ctranslate2"
+    ),
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Korean benchmarks through lm-eval against the served model (`pip install
+    'kollm[bench]'`); the scores are recorded on the registry version."""
+    from kollm.eval.bench import BenchError
+    from kollm.pipeline.bench import bench_version
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    with user_errors():
+        try:
+            result = bench_version(
+                ref, names, None, engine, limit, list(include_path or []), num_fewshot
+            )
+        except BenchError as err:
+            fail(str(err))
+    if as_json:
+        print(json.dumps(result.results))
+        return
+    table = Table(title=f"{result.ref} served by {result.engine}, through lm-eval")
+    for column in ("task", "metric", "value"):
+        table.add_column(column)
+    for task, metrics in result.results.items():
+        for metric, value in metrics.items():
+            table.add_row(task, metric, f"{value:.4f}")
+    console.print(table)
+    console.print(f"recorded on {result.ref}: kollm registry show {result.ref}")

@@ -42,10 +42,13 @@ def registry_list(
 def registry_show(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
 ) -> None:
-    """One version with its full lineage (recipe text included)."""
+    """One version with its full lineage (recipe text included) and its later evaluations."""
     with user_errors():
-        version = Registry().get(ref)
-    console.print_json(json.dumps(version.__dict__, default=str))
+        registry = Registry()
+        version = registry.get(ref)
+        evaluations = registry.evaluations(ref)
+    shown = {**version.__dict__, "evaluations": evaluations}
+    console.print_json(json.dumps(shown, default=str))
 
 
 @registry_app.command("promote")

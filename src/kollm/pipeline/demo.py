@@ -8,9 +8,6 @@ gate, and promotion or rejection.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,37 +16,14 @@ import httpx
 from kollm.config import Recipe
 from kollm.data.io import read_jsonl
 from kollm.pipeline.loop import LoopDecision, run_loop
+from kollm.pipeline.serving import serve_in_process
 from kollm.registry import Registry
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(recipe: Recipe, ref: str, registry: Registry, rag: str | None = None):
-    import uvicorn
-
-    from kollm.serve.server import build_server
-
     # The recipe's serve section (engine, domains, adapters), serving the production alias.
     cfg = recipe.serve.model_copy(update={"models": [ref], "rag": rag or recipe.serve.rag})
-    app, _ = build_server(cfg, registry, rag=recipe.rag)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.should_exit = True
-    raise TimeoutError("the demo server did not become ready")
+    return serve_in_process(cfg, registry, recipe.rag)
 
 
 def scripted_feedback(recipe: Recipe, url: str, count: int) -> int:

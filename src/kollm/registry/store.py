@@ -250,6 +250,28 @@ class Registry:
                 raise RegistryError(f"no version {version} of '{name}'")
             return self._row_to_version(conn, row)
 
+    def add_evaluation(self, ref: str, kind: str, metrics: dict[str, Any]) -> None:
+        """Record a measurement of a registered version (`kind`: `lm-eval`, `judge` ...)."""
+        name, version = self.resolve(ref)
+        self.get(f"{name}:{version}")  # it exists
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO evaluations (name, version, kind, metrics, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (name, version, kind, json.dumps(metrics, ensure_ascii=False), _now()),
+            )
+
+    def evaluations(self, ref: str) -> list[dict[str, Any]]:
+        """The measurements recorded for a version, oldest first."""
+        name, version = self.resolve(ref)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT kind, metrics, created_at FROM evaluations WHERE name = ? AND version = ?"
+                " ORDER BY id",
+                (name, version),
+            ).fetchall()
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+
     def list(self, name: str | None = None) -> list[ModelVersion]:
         with self._connect() as conn:
             query = "SELECT * FROM model_versions"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kollm.samples.bench import generate_mc
 from kollm.samples.chats import generate_chats
 from kollm.samples.documents import write_document_set
 from kollm.samples.generate import generate_dialogues
@@ -17,6 +18,7 @@ SAMPLE_FILES = (
     "batch_requests.jsonl",
     "chats.jsonl",
     "rag_queries.jsonl",
+    "bench_ko_mc.jsonl",
 )
 DOCUMENTS_DIR = "documents"  # the retrieval document set (HWPX, PDF, DOCX, TXT)
 
@@ -42,6 +44,7 @@ def write_samples(
         "instructions.jsonl": list(generate_instructions(clean, 100, seed + 3)),
         "batch_requests.jsonl": batch_requests(20, seed + 4),
         "chats.jsonl": list(generate_chats(160, seed + 5)),
+        "bench_ko_mc.jsonl": list(generate_mc(seed + 6)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():

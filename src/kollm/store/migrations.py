@@ -229,6 +229,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "013_evaluations",
+        """
+        -- Measurements taken after a version was registered (benchmarks through lm-eval, judge
+        -- scores): appended beside the version, whose own row stays as it was registered.
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            metrics TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX evaluations_version ON evaluations (name, version);
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,99 @@
+"""Benchmarks through lm-evaluation-harness (`pip install 'kollm[bench]'`), run against a kollm
+server so that what is measured is what is served: multiple-choice tasks through its
+`local-completions` backend (prompt log-probabilities from `/v1/completions`), generation
+tasks through `local-chat-completions`. Tasks are lm-eval's own (KoBEST, KMMLU, HAE-RAE ...,
+their data from a local path or the Hugging Face cache the user has) or YAML tasks in a
+directory; `kollm_ko_mc` is a small Korean multiple-choice task bundled with kollm."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BUNDLED_TASK = "kollm_ko_mc"
+_TASK_YAML = """task: kollm_ko_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "질문: {{{{question}}}}\\n답:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+class BenchError(RuntimeError):
+    """lm-eval is missing, or a task cannot be found or run; the message says which."""
+
+
+def bundled_task_dir(data: Path, out: Path | None = None) -> Path:
+    """A dir holding the `kollm_ko_mc` task YAML over `data` (the bundled JSONL)."""
+    out = out or Path(tempfile.mkdtemp(prefix="kollm-tasks-"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kollm_ko_mc.yaml").write_text(
+        _TASK_YAML.format(data=Path(data).resolve()), encoding="utf-8"
+    )
+    return out
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise BenchError(
+            "benchmarks need lm-evaluation-harness: pip install 'kollm[bench]'"
+        ) from err
+    return lm_eval, TaskManager
+
+
+def run_tasks(
+    model: str,
+    model_args: dict[str, Any],
+    tasks: list[str],
+    include: list[Path],
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """lm-eval's `simple_evaluate`; returns each task's numeric metrics."""
+    lm_eval, TaskManager = _lm_eval()
+    manager = TaskManager(include_path=[str(p) for p in include] or None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BenchError(f"unknown task(s): {', '.join(unknown)} (lm-eval has no such task)")
+    out = lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        task_manager=manager,
+        batch_size=1,
+        log_samples=False,
+    )
+    return {
+        task: {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        for task, metrics in out["results"].items()
+    }
+
+
+def served_model_args(base_url: str, model_id: str, tokenizer_dir: Path, context: int) -> dict:
+    """local-completions' settings for a kollm server: the served model's own tokenizer, its
+    context length, prompts sent as token ids (exact scoring)."""
+    return {
+        "base_url": base_url.rstrip("/") + "/v1/completions",
+        "model": model_id,
+        "tokenizer_backend": "huggingface",
+        "tokenizer": str(tokenizer_dir),
+        "tokenized_requests": True,
+        "max_length": context,
+        "num_concurrent": 1,
+        "max_retries": 2,
+    }
