@@ -235,3 +235,48 @@ def judge_agree(
         f"raw agreement {agreement if agreement is None else round(agreement, 3)}; "
         f"stored in {path}"
     )
+
+
+@judge_app.command("safety")
+def judge_safety(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION, NAME@ALIAS or a model dir.")],
+    url: UrlOpt,
+    model: ModelOpt,
+    cases: Annotated[
+        Path, typer.Option("--set", help="JSONL: prompt, expected (refuse|comply), category.")
+    ] = Path("data/sample/safety_ko.jsonl"),
+    concurrency: ConcOpt = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Refusal of the requests to decline and over-refusal of the benign look-alikes, each
+    answer classified by the judge; recorded on the registry version."""
+    from kollm.eval import safety
+    from kollm.eval.evaluate import model_format
+    from kollm.prompts import resolve_format
+    from kollm.registry import Registry, RegistryError
+
+    try:
+        loaded = safety.read_safety_set(cases)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))
+    registry, version = Registry(), None
+    model_dir = Path(ref)
+    if not model_dir.is_dir():
+        try:
+            version = registry.checkout(ref)
+        except RegistryError as err:
+            fail(str(err))
+        model_dir = Path(version.artifact_path)
+    fmt = model_format(model_dir, resolve_format("instruction"))
+    client = _client(url, model, 0.0, concurrency)
+    report = _judge_errors(lambda: safety.evaluate_safety(model_dir, fmt, loaded, client))
+    if version is not None:
+        registry.add_evaluation(version.ref, "safety", {**report.as_dict(), "judge": model})
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    console.print(
+        f"{version.ref if version else model_dir}: refused {report.refusal_rate} of the requests "
+        f"to decline, over-refused {report.over_refusal_rate} of the benign ones "
+        f"({report.cases} cases, {report.unparseable} verdicts unparsed; judge {model})"
+    )

@@ -10,6 +10,7 @@ from kollm.samples.chats import generate_chats
 from kollm.samples.documents import write_document_set
 from kollm.samples.generate import generate_dialogues
 from kollm.samples.instructions import generate_instructions
+from kollm.samples.safety import generate_safety
 
 SAMPLE_FILES = (
     "dialogsum_train.jsonl",
@@ -19,6 +20,7 @@ SAMPLE_FILES = (
     "chats.jsonl",
     "rag_queries.jsonl",
     "bench_ko_mc.jsonl",
+    "safety_ko.jsonl",
 )
 DOCUMENTS_DIR = "documents"  # the retrieval document set (HWPX, PDF, DOCX, TXT)
 
@@ -45,6 +47,7 @@ def write_samples(
         "batch_requests.jsonl": batch_requests(20, seed + 4),
         "chats.jsonl": list(generate_chats(160, seed + 5)),
         "bench_ko_mc.jsonl": list(generate_mc(seed + 6)),
+        "safety_ko.jsonl": list(generate_safety(seed + 7)),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():

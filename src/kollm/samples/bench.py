@@ -19,7 +19,7 @@ def _options(rng: random.Random, right: str, pool: list[str]) -> tuple[list[str]
     return choices, choices.index(right)
 
 
-def generate_mc(seed: int = 20261201) -> Iterator[dict[str, Any]]:
+def generate_mc(seed: int = 20261128) -> Iterator[dict[str, Any]]:  # write_samples: seed + 6
     rng = random.Random(seed)
     departments = [d for _, _, d in SERVICES]
     rows = []
