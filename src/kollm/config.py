@@ -545,6 +545,68 @@ class DeployConfig(StrictModel):
         return 0 if self.tier == "scale-to-zero" else 1
 
 
+class EndpointConfig(StrictModel):
+    url: str
+    """An OpenAI-compatible base URL (…/v1): kollm's server, vLLM, a site gateway; its key:
+    $KOLLM_ENDPOINT_API_KEY (then $OPENAI_API_KEY)."""
+    model: str
+    """The model's id at that URL."""
+    temperature: float = Field(0.7, ge=0, le=2)
+    """Sampling temperature of the calls."""
+    max_tokens: int = Field(512, ge=1)
+    """Longest answer a call asks for."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds before a call is retried."""
+    concurrency: int = Field(4, ge=1)
+    """Calls in flight at once."""
+    retries: int = Field(3, ge=1)
+    """Tries per call (429, 5xx and connection errors, with exponential backoff)."""
+
+
+SynthTask = Literal[
+    "translate", "answer", "self_instruct", "evolve", "doc_qa", "back_translate", "preference"
+]
+
+
+class SynthTaskConfig(StrictModel):
+    task: SynthTask
+    """What the step does (see `kollm synth --help`)."""
+    input: str | None = None
+    """JSONL the step reads; default: the previous step's output."""
+    collection: str | None = None
+    """doc_qa: the RAG collection whose chunks ground the questions."""
+    fields: list[str] = Field(default_factory=lambda: ["dialogue"])
+    """back_translate: the fields paraphrased."""
+    field: str = "instruction"
+    """answer: the field holding the question."""
+    n: int = Field(2, ge=2)
+    """preference: answers per prompt."""
+    rounds: int = Field(1, ge=1)
+    """self_instruct: rounds of asking for new instructions."""
+    per_round: int = Field(5, ge=1)
+    """self_instruct: instructions asked for per round."""
+    max_rouge_l: float = Field(0.7, gt=0, le=1)
+    """self_instruct: a new instruction is kept only below this morpheme ROUGE-L F1 against
+    every kept one."""
+    limit: int | None = Field(None, ge=1)
+    """At most this many input records."""
+
+
+class SynthConfig(StrictModel):
+    endpoint: EndpointConfig
+    """Where the data is generated."""
+    judge: EndpointConfig | None = None
+    """preference: who ranks the answers; default: `endpoint`."""
+    tasks: list[SynthTaskConfig] = Field(min_length=1)
+    """The steps, in order; each reads the one before (or its `input`)."""
+    seed: int = 0
+    """Seed of the calls (part of each call's cache key)."""
+    output: str = "{run_dir}/synth"
+    """Dir of the step outputs, the cleaned dataset and the manifest."""
+    clean: bool = True
+    """Pass the result through the data stage's normaliser, PII masker and dedup."""
+
+
 class Recipe(StrictModel):
     name: str = Field("kollm-run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name of the run, and of the model in the registry."""
@@ -570,6 +632,8 @@ class Recipe(StrictModel):
     """Hyper-parameter search (`kollm tune RECIPE`)."""
     rag: RagConfig = Field(default_factory=RagConfig)
     """Retrieval over your documents (`kollm rag`, `serve.rag`)."""
+    synth: SynthConfig | None = None
+    """Training data built through an LLM endpoint (`kollm synth RECIPE`)."""
 
     @property
     def run_dir(self) -> Path:

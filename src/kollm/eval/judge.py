@@ -7,20 +7,12 @@ score. Agreement with people is Cohen's kappa."""
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import os
 import re
 import statistics
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from kollm.store import connect, open_store
+from kollm.endpoint import Endpoint, EndpointCache, EndpointClient, EndpointError
 
 CATEGORIES = {
     "reasoning": "추론: 논리의 단계가 맞는지, 결론이 전제에서 나오는지 보세요.",
@@ -40,124 +32,14 @@ RUBRIC = (
 SYSTEM = "당신은 한국어 답변을 공정하고 엄격하게 평가하는 심사위원입니다."
 
 
-class JudgeError(RuntimeError):
-    """The judge endpoint could not be reached or answered with an error."""
+JudgeError = EndpointError
+JudgeCache = EndpointCache
+JudgeClient = EndpointClient
 
 
-@dataclass
-class JudgeEndpoint:
-    url: str  # base URL ending in /v1
-    model: str
-    api_key: str | None = None  # default: $KOLLM_JUDGE_API_KEY, then $OPENAI_API_KEY
-    temperature: float = 0.0
-    max_tokens: int = 512
-    timeout_s: float = 120.0
-
-    def key(self) -> str | None:
-        return (
-            self.api_key
-            or os.environ.get("KOLLM_JUDGE_API_KEY")
-            or os.environ.get("OPENAI_API_KEY")
-        )
-
-
-class JudgeCache:
-    """Judge answers keyed by the sha256 of everything that decides them."""
-
-    def __init__(self, home: Path | str | None = None) -> None:
-        _, self.path = open_store(home)
-        self.hits = 0
-
-    def get(self, key: str) -> str | None:
-        with closing(connect(self.path)) as conn:
-            row = conn.execute("SELECT response FROM judge_cache WHERE key = ?", (key,)).fetchone()
-        if row is not None:
-            self.hits += 1
-        return row[0] if row else None
-
-    def put(self, key: str, model: str, response: str) -> None:
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        with closing(connect(self.path)) as conn, conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO judge_cache VALUES (?, ?, ?, ?)",
-                (key, model, response, now),
-            )
-
-
-class JudgeClient:
-    """Chat completions against the judge: bounded concurrency, retries with backoff, cache."""
-
-    def __init__(
-        self,
-        endpoint: JudgeEndpoint,
-        cache: JudgeCache | None = None,
-        concurrency: int = 4,
-        retries: int = 3,
-    ) -> None:
-        self.endpoint, self.cache = endpoint, cache
-        self.concurrency, self.retries = max(1, concurrency), max(1, retries)
-        self.calls = 0
-
-    def _key(self, messages: list[dict[str, str]], run: int) -> str:
-        e = self.endpoint
-        content = [e.url, e.model, e.temperature, e.max_tokens, run, messages]
-        return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
-
-    def complete(self, messages: list[dict[str, str]], run: int = 0) -> str:
-        key = self._key(messages, run)
-        if self.cache is not None and (cached := self.cache.get(key)) is not None:
-            return cached
-        text = self._call(messages, run)
-        if self.cache is not None:
-            self.cache.put(key, self.endpoint.model, text)
-        return text
-
-    def _call(self, messages: list[dict[str, str]], run: int) -> str:
-        import httpx
-        from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-        e = self.endpoint
-        headers = {"Authorization": f"Bearer {e.key()}"} if e.key() else {}
-        body = {
-            "model": e.model,
-            "messages": messages,
-            "temperature": e.temperature,
-            "max_tokens": e.max_tokens,
-            "seed": run,
-        }
-
-        @retry(
-            stop=stop_after_attempt(self.retries),
-            wait=wait_exponential(multiplier=0.5, max=8),
-            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
-            reraise=True,
-        )
-        def post() -> str:
-            self.calls += 1
-            r = httpx.post(
-                e.url.rstrip("/") + "/chat/completions",
-                json=body,
-                headers=headers,
-                timeout=e.timeout_s,
-            )
-            if r.status_code == 429 or r.status_code >= 500:
-                raise _Retryable(f"{r.status_code}: {r.text[:200]}")
-            if r.status_code != 200:
-                raise JudgeError(f"judge {e.url} answered {r.status_code}: {r.text[:300]}")
-            return r.json()["choices"][0]["message"]["content"] or ""
-
-        try:
-            return post()
-        except (_Retryable, httpx.TransportError) as err:
-            raise JudgeError(f"judge {e.url} failed after {self.retries} tries: {err}") from err
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(fn, items))
-
-
-class _Retryable(Exception):
-    pass
+def JudgeEndpoint(url: str, model: str, **settings: Any) -> Endpoint:
+    """The judge's endpoint: its key from $KOLLM_JUDGE_API_KEY (then $OPENAI_API_KEY)."""
+    return Endpoint(url, model, key_env="KOLLM_JUDGE_API_KEY", **settings)
 
 
 # --- verdict parsing -------------------------------------------------------------------------
@@ -259,7 +141,7 @@ def grade(client: JudgeClient, rows: list[dict[str, Any]], runs: int = 1) -> lis
         messages = grading_messages(
             row["question"], row["answer"], row.get("reference"), row.get("category", "general")
         )
-        return parse_score(client.complete(messages, run))
+        return parse_score(client.complete(messages, run, step="grade"))
 
     results = client.map(one, jobs)
     grades = []
@@ -310,7 +192,7 @@ def compare(client: JudgeClient, rows: list[dict[str, Any]], run: int = 0) -> li
             (row["answer_b"], row["answer_a"]) if swapped else (row["answer_a"], row["answer_b"])
         )
         messages = pairwise_messages(row["question"], first, second, row.get("reference"))
-        return _mapped(parse_verdict(client.complete(messages, run)), swapped)
+        return _mapped(parse_verdict(client.complete(messages, run, step="pair")), swapped)
 
     results = client.map(one, jobs)
     verdicts = []

@@ -245,6 +245,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX evaluations_version ON evaluations (name, version);
         """,
     ),
+    (
+        "014_endpoint_cache",
+        """
+        -- The judge's cache serves every call to an endpoint now (synthesis too).
+        ALTER TABLE judge_cache RENAME TO endpoint_cache;
+        """,
+    ),
 ]
 
 
