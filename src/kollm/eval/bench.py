@@ -44,13 +44,20 @@ def bundled_task_dir(data: Path, out: Path | None = None) -> Path:
 
 
 def _lm_eval():
+    import logging
+
     try:
         import lm_eval
+        import lm_eval.utils
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise BenchError(
             "benchmarks need lm-evaluation-harness: pip install 'kollm[bench]'"
         ) from err
+    # lm-eval would add a handler bound to the sys.stderr of the moment (a test's or a CLI
+    # runner's captured stream, closed later); its records go through kollm's logging instead
+    lm_eval.utils._LOGGING_CONFIGURED = True
+    logging.getLogger("lm_eval").propagate = True
     return lm_eval, TaskManager
 
 
