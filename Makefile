@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/train_bench.py
 	$(PY) bench/pii_names_bench.py
 	$(PY) bench/rag_bench.py
+	$(PY) bench/synth_bench.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample

@@ -91,6 +91,16 @@ class EndpointClient:
         self.concurrency, self.retries = max(1, concurrency), max(1, retries)
         self.usage = Usage()
         self._lock = threading.Lock()
+        self._http = None  # one pooled HTTP client, made at the first call
+
+    def _client(self):
+        import httpx
+
+        with self._lock:
+            if self._http is None:
+                limits = httpx.Limits(max_connections=self.concurrency)
+                self._http = httpx.Client(timeout=self.endpoint.timeout_s, limits=limits)
+        return self._http
 
     @property
     def calls(self) -> int:
@@ -148,11 +158,8 @@ class EndpointClient:
             reraise=True,
         )
         def post() -> str:
-            r = httpx.post(
-                e.url.rstrip("/") + "/chat/completions",
-                json=body,
-                headers=headers,
-                timeout=e.timeout_s,
+            r = self._client().post(
+                e.url.rstrip("/") + "/chat/completions", json=body, headers=headers
             )
             if r.status_code == 429 or r.status_code >= 500:
                 raise _Retryable(f"{r.status_code}: {r.text[:200]}")
