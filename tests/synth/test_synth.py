@@ -236,3 +236,31 @@ def test_a_killed_run_resumes_repeating_only_calls_in_flight(tmp_path):
         assert before >= 6
     finally:
         upstream.kill()
+
+
+def test_answers_from_kollms_own_server(start_server, tmp_path, monkeypatch):
+    server = start_server()
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "synth-home"))
+    rows = _jsonl(
+        tmp_path / "i.jsonl",
+        [{"instruction": "인사말을 써 주세요."}, {"instruction": "요약해 주세요."}],
+    )
+    out = tmp_path / "o.jsonl"
+    _invoke(
+        "synth",
+        "answer",
+        str(rows),
+        "-o",
+        str(out),
+        "--endpoint",
+        server.base_url + "/v1",
+        "--model",
+        "tiny",
+        "--max-tokens",
+        "16",
+    )
+    made = read_jsonl(out)
+    assert len(made) <= 2 and all(r["output"] for r in made)
+    manifest = json.loads(out.with_name("o.jsonl.manifest.json").read_text())
+    assert manifest["usage"]["calls"] == 2 and manifest["usage"]["completion_tokens"] > 0
+    assert manifest["steps"][0]["seen"] == 2

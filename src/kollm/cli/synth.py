@@ -22,6 +22,7 @@ EndpointOpt = Annotated[str, typer.Option("--endpoint", help="OpenAI-compatible 
 ModelOpt = Annotated[str, typer.Option("--model", help="The model's id at that URL.")]
 OutOpt = Annotated[Path, typer.Option("-o", "--output", help="The JSONL to write.")]
 ConcOpt = Annotated[int, typer.Option(help="Calls in flight at once.")]
+MaxTokOpt = Annotated[int, typer.Option(help="Longest answer a call asks for.")]
 
 
 def _summary(stats: list[dict], usage: dict, output: Path) -> None:
@@ -64,7 +65,14 @@ def synth_run(recipe: Annotated[Path, typer.Argument(help="A recipe with a synth
 
 
 def _quick(
-    task: str, in_path: Path, output: Path, endpoint: str, model: str, concurrency: int, **options
+    task: str,
+    in_path: Path,
+    output: Path,
+    endpoint: str,
+    model: str,
+    concurrency: int,
+    max_tokens: int,
+    **options,
 ) -> None:
     """One step over one file, no recipe: its records out, and `<out>.manifest.json`."""
     import hashlib
@@ -78,7 +86,9 @@ def _quick(
     except (DataError, FileNotFoundError) as err:
         fail(str(err))
     cfg = SynthConfig(
-        endpoint=EndpointConfig(url=endpoint, model=model, concurrency=concurrency),
+        endpoint=EndpointConfig(
+            url=endpoint, model=model, concurrency=concurrency, max_tokens=max_tokens
+        ),
         tasks=[SynthTaskConfig(task=task, **options)],
     )
     client = client_for(cfg.endpoint)
@@ -108,9 +118,10 @@ def synth_answer(
     model: ModelOpt,
     field: Annotated[str, typer.Option(help="The field holding the question.")] = "instruction",
     concurrency: ConcOpt = 4,
+    max_tokens: MaxTokOpt = 512,
 ) -> None:
     """Write each record with an `output` from the endpoint (records that have one pass)."""
-    _quick("answer", in_path, output, endpoint, model, concurrency, field=field)
+    _quick("answer", in_path, output, endpoint, model, concurrency, max_tokens, field=field)
 
 
 @synth_app.command("translate")
@@ -120,9 +131,10 @@ def synth_translate(
     endpoint: EndpointOpt,
     model: ModelOpt,
     concurrency: ConcOpt = 4,
+    max_tokens: MaxTokOpt = 512,
 ) -> None:
     """instruction, input and output into Korean, placeholders and code kept."""
-    _quick("translate", in_path, output, endpoint, model, concurrency)
+    _quick("translate", in_path, output, endpoint, model, concurrency, max_tokens)
 
 
 @synth_app.command("back-translate")
@@ -133,6 +145,7 @@ def synth_back_translate(
     model: ModelOpt,
     field: Annotated[list[str] | None, typer.Option(help="Fields to paraphrase.")] = None,
     concurrency: ConcOpt = 4,
+    max_tokens: MaxTokOpt = 512,
 ) -> None:
     """ko -> en -> ko paraphrases for augmentation, placeholders (#Person1#) kept."""
     _quick(
@@ -142,5 +155,6 @@ def synth_back_translate(
         endpoint,
         model,
         concurrency,
+        max_tokens,
         fields=field or ["dialogue"],
     )
