@@ -174,7 +174,20 @@ class EndpointClient:
         except (_Retryable, httpx.TransportError) as err:
             raise EndpointError(f"{e.url} failed after {self.retries} tries: {err}") from err
 
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        """`fn` over `items`, `concurrency` at a time, results in order."""
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Iterable[Any],
+        advance: Callable[[int], None] | None = None,
+    ) -> list[Any]:
+        """`fn` over `items`, `concurrency` at a time, results in order; `advance(1)` after
+        each item (a progress bar)."""
+
+        def counted(item: Any) -> Any:
+            result = fn(item)
+            if advance is not None:
+                advance(1)
+            return result
+
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(counted, items))

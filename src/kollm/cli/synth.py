@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kollm.cli.common import DefaultCommandGroup, _load, app, console, fail, user_errors
+from kollm.cli.common import (
+    DefaultCommandGroup,
+    _load,
+    app,
+    console,
+    fail,
+    progress_bar,
+    user_errors,
+)
 
 synth_app = typer.Typer(
     cls=DefaultCommandGroup,
@@ -56,7 +64,7 @@ def synth_run(recipe: Annotated[Path, typer.Argument(help="A recipe with a synth
         fail(f"{recipe}: no synth section")
     with user_errors():
         try:
-            result = run_synth(loaded)
+            result = run_synth(loaded, progress=progress_bar)
         except _failures() as err:
             fail(str(err))
     m = result.manifest
@@ -94,7 +102,9 @@ def _quick(
     client = client_for(cfg.endpoint)
     step = build_step(cfg.tasks[0], client, client, cfg.seed)
     try:
-        made = step.run(rows)
+        with progress_bar(task, len(rows)) as advance:
+            step.advance = advance
+            made = step.run(rows)
     except _failures() as err:
         fail(str(err))
     write_jsonl(output, made)

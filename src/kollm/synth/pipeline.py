@@ -143,7 +143,11 @@ class SynthResult:
     manifest: dict[str, Any]
 
 
-def run_synth(recipe: Recipe, home: Path | str | None = None) -> SynthResult:
+def run_synth(recipe: Recipe, home: Path | str | None = None, progress=None) -> SynthResult:
+    """Run the steps; `progress(name, total)` gives an advance callback for each step."""
+    import logging
+
+    log = logging.getLogger("kollm.synth")
     cfg: SynthConfig = recipe.synth
     out_dir = Path(cfg.output.format(run_dir=recipe.run_dir, name=recipe.name))
     client = client_for(cfg.endpoint, home)
@@ -151,9 +155,17 @@ def run_synth(recipe: Recipe, home: Path | str | None = None) -> SynthResult:
     rows, stages = None, []
     for number, task in enumerate(cfg.tasks):
         step = build_step(task, client, judge, cfg.seed)
-        rows = step.run(_inputs(task, rows, number, home))
+        inputs = _inputs(task, rows, number, home)
+        log.info("synth: step %d %s over %d records", number, task.task, len(inputs))
+        if progress is not None:
+            with progress(f"{number} {task.task}", len(inputs)) as advance:
+                step.advance = advance
+                rows = step.run(inputs)
+        else:
+            rows = step.run(inputs)
         write_jsonl(out_dir / f"{number}_{task.task}.jsonl", rows)
         stages.append({**step.stats.as_dict(), "template_sha": step.template_sha()})
+        log.info("synth: %s kept %d, dropped %d", task.task, step.stats.kept, step.stats.dropped)
     return finish(out_dir, rows or [], cfg.clean, lineage(cfg, stages, client, judge))
 
 

@@ -64,6 +64,7 @@ class SynthStep:
     def __init__(self, client: EndpointClient, seed: int = 0) -> None:
         self.client, self.seed = client, seed
         self.stats = SynthStats(self.name)
+        self.advance = None  # called with 1 after each record (a progress bar)
 
     @classmethod
     def template_sha(cls) -> str:
@@ -81,7 +82,7 @@ class SynthStep:
 
     def run(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.stats.seen += len(records)
-        out = [r for r in self.client.map(self.one, records) if r is not None]
+        out = [r for r in self.client.map(self.one, records, self.advance) if r is not None]
         results = [row for r in out for row in (r if isinstance(r, list) else [r])]
         self.stats.kept += len(results)
         return results
