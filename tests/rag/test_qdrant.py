@@ -7,16 +7,8 @@ import pytest
 
 from kollm.config import RagConfig
 from kollm.rag.search import Retriever
-from tests.rag.test_retrieval import PASSAGES, _bert
-
-
-@pytest.fixture
-def docs(tmp_path):
-    root = tmp_path / "docs"
-    root.mkdir()
-    for name, text in PASSAGES.items():
-        (root / name).write_text(text, encoding="utf-8")
-    return root
+from tests.rag.conftest import PASSAGES
+from tests.rag.test_retrieval import _bert
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "qdrant"])

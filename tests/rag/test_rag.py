@@ -5,29 +5,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
 from kollm.rag.chunk import chunk_text
 from kollm.rag.index import RagIndex
 from kollm.samples.files import write_hwpx, write_pdf
-
-PASSAGES = {
-    "moving.txt": "전입신고는 이사한 날부터 14일 안에 해야 합니다. "
-    "주민센터나 정부24에서 할 수 있습니다.",
-    "passport.txt": "여권을 잃어버리면 가까운 구청 민원여권과에 분실 신고를 합니다.",
-    "parking.txt": "거주자 우선 주차 신청은 매월 1일부터 5일까지 받습니다.",
-}
-
-
-@pytest.fixture
-def docs(tmp_path):
-    root = tmp_path / "docs"
-    root.mkdir()
-    for name, text in PASSAGES.items():
-        (root / name).write_text(text, encoding="utf-8")
-    return root
+from tests.rag.conftest import PASSAGES
 
 
 def test_every_format_is_read_with_its_place(tmp_path):

@@ -16,6 +16,7 @@ from kollm.rag.evaluate import query_metrics
 from kollm.rag.index import Hit
 from kollm.rag.ingest import unwrap_lines
 from kollm.rag.search import Retriever, fuse
+from tests.rag.conftest import PASSAGES
 
 
 def _bert(out, texts, classifier=False, cls_pooling=False):
@@ -57,22 +58,6 @@ def _bert(out, texts, classifier=False, cls_pooling=False):
         (out / "1_Pooling").mkdir()
         (out / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
     return out
-
-
-PASSAGES = {
-    "moving.txt": "전입신고는 이사한 날부터 14일 안에 해야 합니다.",
-    "passport.txt": "여권을 잃어버리면 구청 민원여권과에 분실 신고를 합니다.",
-    "parking.txt": "거주자 우선 주차 신청은 매월 1일부터 5일까지 받습니다.",
-}
-
-
-@pytest.fixture
-def docs(tmp_path):
-    root = tmp_path / "docs"
-    root.mkdir()
-    for name, text in PASSAGES.items():
-        (root / name).write_text(text, encoding="utf-8")
-    return root
 
 
 @pytest.fixture(scope="module")

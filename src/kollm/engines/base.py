@@ -57,6 +57,18 @@ def scores_from_logprobs(ids: list[int], logp, top_n: int) -> TokenScores:
     return TokenScores([None, *chosen], top)
 
 
+def score_each(sequences: list[list[int]], top_n: int, forward) -> list[TokenScores]:
+    """TokenScores of each sequence; `forward(ids)` gives its (len, vocab) log-probabilities.
+    A sequence of one token has nothing to score."""
+    out = []
+    for ids in sequences:
+        if len(ids) < 2:
+            out.append(TokenScores([None] * len(ids), [None] * len(ids) if top_n else None))
+        else:
+            out.append(scores_from_logprobs(ids, forward(ids), top_n))
+    return out
+
+
 class Engine(Protocol):
     name: str
     context_length: int

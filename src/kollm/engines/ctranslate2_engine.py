@@ -21,7 +21,7 @@ from kollm.engines.base import (
     TokenScores,
     adapter_base,
     apply_stop,
-    scores_from_logprobs,
+    score_each,
 )
 
 
@@ -203,14 +203,11 @@ class CTranslate2Engine:
             self.load()
         if self.is_encoder_decoder:
             raise ValueError("prompt log-probabilities need a decoder-only model")
-        out = []
-        for ids in sequences:
-            if len(ids) < 2:
-                out.append(TokenScores([None] * len(ids), [None] * len(ids) if top_n else None))
-                continue
-            logp = self.model.forward_batch([ids], return_log_probs=True)
-            out.append(scores_from_logprobs(ids, np.asarray(logp)[0], top_n))
-        return out
+        return score_each(
+            sequences,
+            top_n,
+            lambda ids: np.asarray(self.model.forward_batch([ids], return_log_probs=True))[0],
+        )
 
     def unload(self) -> None:
         self.model = None

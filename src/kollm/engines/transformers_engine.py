@@ -20,7 +20,7 @@ from kollm.engines.base import (
     TokenScores,
     adapter_base,
     apply_stop,
-    scores_from_logprobs,
+    score_each,
 )
 
 
@@ -234,17 +234,14 @@ class TransformersEngine:
             self.load()
         if getattr(self.model.config, "is_encoder_decoder", False):
             raise ValueError("prompt log-probabilities need a decoder-only model")
-        out = []
-        for ids in sequences:
-            if len(ids) < 2:
-                out.append(TokenScores([None] * len(ids), [None] * len(ids) if top_n else None))
-                continue
+
+        def forward(ids: list[int]):
             x = torch.tensor([ids], device=self.device)
             with self._lock, torch.inference_mode(), self._adapter(adapter):
                 logits = self.model(input_ids=x).logits[0].float()
-            logp = torch.log_softmax(logits, dim=-1).cpu().numpy()
-            out.append(scores_from_logprobs(ids, logp, top_n))
-        return out
+            return torch.log_softmax(logits, dim=-1).cpu().numpy()
+
+        return score_each(sequences, top_n, forward)
 
     def unload(self) -> None:
         self.model = None

@@ -11,17 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.store import connect, open_store
-from kollm.text.pii import mask_pii
-
-
-def _masked(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_pii(value).text
-    if isinstance(value, list):
-        return [_masked(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _masked(v) for k, v in value.items()}
-    return value
+from kollm.text.pii import mask_nested
 
 
 class RequestLog:
@@ -50,8 +40,8 @@ class RequestLog:
             endpoint,
             model,
             model_version,
-            json.dumps(_masked(request), ensure_ascii=False),
-            _masked(response_text),
+            json.dumps(mask_nested(request), ensure_ascii=False),
+            mask_nested(response_text),
             prompt_tokens,
             completion_tokens,
             finish_reason,

@@ -123,18 +123,9 @@ PROVENANCE = ("translated_from", "evolved_from", "answers")  # copies of source 
 
 def _masked_provenance(record: dict[str, Any]) -> dict[str, Any]:
     """The source texts a record keeps for its lineage, PII-masked like its own fields."""
-    from kollm.text.pii import mask_pii
+    from kollm.text.pii import mask_nested
 
-    def mask(value):
-        if isinstance(value, str):
-            return mask_pii(value).text
-        if isinstance(value, list):
-            return [mask(v) for v in value]
-        if isinstance(value, dict):
-            return {k: mask(v) for k, v in value.items()}
-        return value
-
-    return {k: (mask(v) if k in PROVENANCE else v) for k, v in record.items()}
+    return {k: (mask_nested(v) if k in PROVENANCE else v) for k, v in record.items()}
 
 
 @dataclass

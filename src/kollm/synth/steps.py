@@ -8,10 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from kollm.data.steps.base import StepStats
 from kollm.endpoint import EndpointClient
 
 _PROTECTED = re.compile(r"```.*?```|`[^`\n]+`|#[A-Za-z]+\d*#", re.S)
@@ -39,31 +38,13 @@ def restore(text: str, kept: list[str]) -> str | None:
     return text
 
 
-@dataclass
-class SynthStats:
-    step: str
-    seen: int = 0
-    kept: int = 0
-    dropped: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "seen": self.seen,
-            "kept": self.kept,
-            "dropped": self.dropped,
-            "reasons": dict(self.reasons),
-        }
-
-
 class SynthStep:
     name: ClassVar[str] = "synth"
     template: ClassVar[str] = ""  # the prompt; its hash goes into the lineage
 
     def __init__(self, client: EndpointClient, seed: int = 0) -> None:
         self.client, self.seed = client, seed
-        self.stats = SynthStats(self.name)
+        self.stats = StepStats(self.name)  # the data steps' counters: seen, kept, dropped, why
         self.advance = None  # called with 1 after each record (a progress bar)
 
     @classmethod

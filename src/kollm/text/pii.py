@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kollm.text.names import mask_names, normalise_masks
 
@@ -239,3 +240,15 @@ def mask_pii(text: str, options: PiiOptions | None = None) -> PiiResult:
         if name in opts.types:
             text = detect(text, counts)
     return PiiResult(text=text, counts=counts)
+
+
+def mask_nested(value: Any, options: PiiOptions | None = None) -> Any:
+    """`value` with every string in it masked, through lists and dicts (a logged request, the
+    lineage copies a record keeps)."""
+    if isinstance(value, str):
+        return mask_pii(value, options).text
+    if isinstance(value, list):
+        return [mask_nested(v, options) for v in value]
+    if isinstance(value, dict):
+        return {k: mask_nested(v, options) for k, v in value.items()}
+    return value
