@@ -581,6 +581,9 @@ class SynthTaskConfig(StrictModel):
     """answer: the field holding the question."""
     n: int = Field(2, ge=2)
     """preference: answers per prompt."""
+    sources: list[EndpointConfig] = Field(default_factory=list)
+    """preference: endpoints (or served model versions) the answers come from, in turn;
+    default: `synth.endpoint`."""
     rounds: int = Field(1, ge=1)
     """self_instruct: rounds of asking for new instructions."""
     per_round: int = Field(5, ge=1)

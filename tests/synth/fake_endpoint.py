@@ -5,7 +5,8 @@ LATENCY_S`.
 
 - translate: `[ko] ` + the text (a text holding LOSE comes back without its first ⟦0⟧);
 - back-translate: to English `EN<<text>>`, back to Korean the inside with 은 -> 는;
-- answers (the assistant prompt): seed 0 gives `정답 답변: <question>`, others `모르겠어요 <seed>`;
+- answers (the assistant prompt): seed 0 gives `정답 답변: <question>`, others `모르겠어요 <seed>`,
+  and model `weak` always `모르겠어요`;
 - self-instruct: five numbered instructions, two of them near-copies;
 - evolve: `(심화) ` + the instruction; doc_qa: a JSON question and answer from the text;
 - the judge's pairwise prompt: prefers the answer holding 정답."""
@@ -37,7 +38,7 @@ def _section(text: str, name: str) -> str:
     return m.group(1) if m else ""
 
 
-def reply(system: str, user: str, seed: int) -> str:
+def reply(system: str, user: str, seed: int, model: str = "fake") -> str:
     if "English-to-Korean" in system:
         return "[ko] " + (user.replace("⟦0⟧", "", 1) if "LOSE" in user else user)
     if "into English" in system:
@@ -58,6 +59,8 @@ def reply(system: str, user: str, seed: int) -> str:
             {"question": f"{first[:12]}에 대해 알려 주세요", "answer": first + "."},
             ensure_ascii=False,
         )
+    if model == "weak":
+        return "모르겠어요"
     return f"정답 답변: {user[:40]}" if seed == 0 else f"모르겠어요 {seed}"
 
 
@@ -69,7 +72,7 @@ async def chat(request: Request):
         await asyncio.sleep(app.state.latency)
     messages = body["messages"]
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
-    text = reply(system, messages[-1]["content"], int(body.get("seed") or 0))
+    text = reply(system, messages[-1]["content"], int(body.get("seed") or 0), body["model"])
     return {
         "id": f"fake-{app.state.calls}",
         "object": "chat.completion",

@@ -264,3 +264,14 @@ def test_answers_from_kollms_own_server(start_server, tmp_path, monkeypatch):
     manifest = json.loads(out.with_name("o.jsonl.manifest.json").read_text())
     assert manifest["usage"]["calls"] == 2 and manifest["usage"]["completion_tokens"] > 0
     assert manifest["steps"][0]["seen"] == 2
+
+
+def test_preference_answers_can_come_from_several_models(endpoint, tmp_path):
+    url, _ = endpoint
+    prompts = _jsonl(tmp_path / "p.jsonl", [{"instruction": "수도는 어디인가요?"}])
+    sources = [{"url": url, "model": "strong"}, {"url": url, "model": "weak"}]
+    task = {"task": "preference", "input": str(prompts), "n": 2, "sources": sources}
+    _invoke("synth", str(_recipe(tmp_path, url, [task])))
+    (row,) = read_jsonl(tmp_path / "runs" / "syn" / "synth" / "output.jsonl")
+    assert (row["chosen_model"], row["rejected_model"]) == ("strong", "weak")
+    assert row["rejected"] == "모르겠어요" and row["review"] == "judged"

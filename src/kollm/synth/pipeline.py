@@ -35,7 +35,7 @@ def client_for(cfg: EndpointConfig, home: Path | str | None = None) -> EndpointC
     return EndpointClient(endpoint, EndpointCache(home), cfg.concurrency, cfg.retries)
 
 
-def build_step(task: SynthTaskConfig, client, judge, seed: int) -> s.SynthStep:
+def build_step(task: SynthTaskConfig, client, judge, seed: int, home=None) -> s.SynthStep:
     cls = STEPS[task.task]
     if task.task == "answer":
         return cls(client, seed, task.field)
@@ -44,7 +44,8 @@ def build_step(task: SynthTaskConfig, client, judge, seed: int) -> s.SynthStep:
     if task.task == "self_instruct":
         return cls(client, seed, task.rounds, task.per_round, task.max_rouge_l)
     if task.task == "preference":
-        return cls(client, judge, seed, task.n)
+        sources = [client_for(e, home) for e in task.sources] or None
+        return cls(client, judge, seed, task.n, sources=sources)
     return cls(client, seed)
 
 
@@ -145,7 +146,7 @@ def run_synth(recipe: Recipe, home: Path | str | None = None, progress=None) -> 
     judge = client_for(cfg.judge, home) if cfg.judge else client
     rows, stages = None, []
     for number, task in enumerate(cfg.tasks):
-        step = build_step(task, client, judge, cfg.seed)
+        step = build_step(task, client, judge, cfg.seed, home)
         inputs = _inputs(task, rows, number, home)
         log.info("synth: step %d %s over %d records", number, task.task, len(inputs))
         if progress is not None:

@@ -282,16 +282,31 @@ class DocQaGenerator(SynthStep):
 
 
 class PreferenceBuilder(SynthStep):
-    """`n` answers per prompt (seeds 0..n-1), ranked by the judge pairwise in both orders:
-    the answer with most wins is chosen, the one with fewest rejected. A prompt whose ranking
-    the judge could not settle (ties, flips) waits for a person's pick (`review: pending`)."""
+    """`n` answers per prompt, taken in turn from `sources` (several endpoints or served
+    model versions; default the step's own endpoint) under seeds 0, 1 ..., ranked by the
+    judge pairwise in both orders: the answer with most wins is chosen, the one with fewest
+    rejected, each with the model that gave it. A prompt whose ranking the judge could not
+    settle (ties, flips) waits for a person's pick (`review: pending`)."""
 
     name = "preference"
     template = ASSISTANT
 
-    def __init__(self, client, judge: EndpointClient, seed=0, n=2, temperature=0.8) -> None:
+    def __init__(
+        self, client, judge: EndpointClient, seed=0, n=2, temperature=0.8, sources=None
+    ) -> None:
         super().__init__(client, seed)
         self.judge, self.n, self.temperature = judge, max(2, n), temperature
+        self.sources = list(sources or [client])
+
+    def _answer(self, prompt: str, k: int) -> tuple[str, str]:
+        source = self.sources[k % len(self.sources)]
+        messages = [
+            {"role": "system", "content": self.template},
+            {"role": "user", "content": prompt},
+        ]
+        seed = self.seed + k // len(self.sources)
+        text = source.complete(messages, seed, step=self.name, temperature=self.temperature)
+        return text, source.endpoint.model
 
     def one(self, record):
         from kollm.eval.judge import compare
@@ -300,10 +315,8 @@ class PreferenceBuilder(SynthStep):
         if not prompt:
             self.drop("no_prompt")
             return None
-        answers = [
-            self.ask(self.template, prompt, seed=self.seed + k, temperature=self.temperature)
-            for k in range(self.n)
-        ]
+        answered = [self._answer(prompt, k) for k in range(self.n)]
+        answers, models = [a for a, _ in answered], [m for _, m in answered]
         if len(set(answers)) < 2:
             self.drop("identical_answers")
             return None
@@ -330,6 +343,8 @@ class PreferenceBuilder(SynthStep):
             "prompt": prompt,
             "chosen": answers[best],
             "rejected": answers[worst],
+            "chosen_model": models[best],
+            "rejected_model": models[worst],
             "answers": answers,
             "wins": wins,
             "review": "judged" if settled else "pending",
