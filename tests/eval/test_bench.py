@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,50 @@ def test_an_unknown_task_is_named(served_home):
         served_home,
     )
     assert out.returncode == 2 and "nope_x" in out.stderr
+
+
+def test_generation_through_chat_scores_what_the_server_answers(served_home, start_server):
+    import httpx
+    import sacrebleu
+
+    from tests.conftest import read_jsonl
+
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "kollm",
+            "eval",
+            "bench",
+            "tiny@production",
+            "--tasks",
+            "kollm_ko_gen",
+            "--chat",
+            "--engine",
+            "transformers",
+            "--limit",
+            "6",
+            "--json",
+        ],
+        served_home,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    chrf = json.loads(out.stdout.strip().splitlines()[-1])["kollm_ko_gen"]["chrf,none"]
+    server = start_server(engine="transformers")
+    rows = read_jsonl(Path(__file__).resolve().parents[2] / "data/sample/bench_ko_mc.jsonl")[:6]
+    answers = []
+    for row in rows:
+        body = {
+            "model": "tiny",
+            "max_tokens": 16,
+            "temperature": 0,
+            "stop": ["\n"],
+            "seed": 1234,
+            "messages": [{"role": "user", "content": f"질문: {row['question']}\n답:"}],
+        }
+        r = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60).json()
+        answers.append(r["choices"][0]["message"]["content"])
+    refs = [[row["choices"][row["answer"]] for row in rows]]
+    assert chrf == pytest.approx(sacrebleu.corpus_chrf(answers, refs).score, abs=1e-6)
+    recorded = Registry(served_home).evaluations("tiny@production")[-1]
+    assert recorded["metrics"]["api"] == "chat"

@@ -137,6 +137,10 @@ def eval_bench(
         "ctranslate2"
     ),
     num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples.")] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(help="Through /v1/chat/completions (generation tasks, e.g. kollm_ko_gen)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Korean benchmarks through lm-eval against the served model (`pip install
@@ -148,7 +152,7 @@ def eval_bench(
     with user_errors():
         try:
             result = bench_version(
-                ref, names, None, engine, limit, list(include_path or []), num_fewshot
+                ref, names, None, engine, limit, list(include_path or []), num_fewshot, chat
             )
         except BenchError as err:
             fail(str(err))

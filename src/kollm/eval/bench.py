@@ -29,17 +29,39 @@ metric_list:
 """
 
 
+BUNDLED_GEN_TASK = "kollm_ko_gen"
+_GEN_YAML = """task: kollm_ko_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "질문: {{{{question}}}}\\n답:"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 16
+  do_sample: false
+metric_list:
+  - metric: chrf
+    aggregation: chrf
+    higher_is_better: true
+"""
+
+
 class BenchError(RuntimeError):
     """lm-eval is missing, or a task cannot be found or run; the message says which."""
 
 
 def bundled_task_dir(data: Path, out: Path | None = None) -> Path:
-    """A dir holding the `kollm_ko_mc` task YAML over `data` (the bundled JSONL)."""
+    """A dir holding the bundled task YAMLs over `data` (the bundled JSONL): `kollm_ko_mc`
+    (multiple choice, scored by log-probabilities) and `kollm_ko_gen` (the same questions
+    answered in words, chrF against the right choice)."""
     out = out or Path(tempfile.mkdtemp(prefix="kollm-tasks-"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "kollm_ko_mc.yaml").write_text(
-        _TASK_YAML.format(data=Path(data).resolve()), encoding="utf-8"
-    )
+    for name, text in (("kollm_ko_mc", _TASK_YAML), ("kollm_ko_gen", _GEN_YAML)):
+        (out / f"{name}.yaml").write_text(text.format(data=Path(data).resolve()), "utf-8")
     return out
 
 
@@ -68,6 +90,7 @@ def run_tasks(
     include: list[Path],
     limit: int | None = None,
     num_fewshot: int | None = None,
+    apply_chat_template: bool = False,
 ) -> dict[str, dict[str, float]]:
     """lm-eval's `simple_evaluate`; returns each task's numeric metrics."""
     lm_eval, TaskManager = _lm_eval()
@@ -84,6 +107,7 @@ def run_tasks(
         task_manager=manager,
         batch_size=1,
         log_samples=False,
+        apply_chat_template=apply_chat_template,
     )
     return {
         task: {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
@@ -101,6 +125,17 @@ def served_model_args(base_url: str, model_id: str, tokenizer_dir: Path, context
         "tokenizer": str(tokenizer_dir),
         "tokenized_requests": True,
         "max_length": context,
+        "num_concurrent": 1,
+        "max_retries": 2,
+    }
+
+
+def served_chat_args(base_url: str, model_id: str) -> dict:
+    """local-chat-completions' settings for a kollm server: each prompt a user turn, which the
+    server renders in the version's own prompt format."""
+    return {
+        "base_url": base_url.rstrip("/") + "/v1/chat/completions",
+        "model": model_id,
         "num_concurrent": 1,
         "max_retries": 2,
     }

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kollm.config import ServeConfig
-from kollm.eval.bench import BUNDLED_TASK, bundled_task_dir, run_tasks, served_model_args
+from kollm.eval.bench import (
+    BUNDLED_GEN_TASK,
+    BUNDLED_TASK,
+    bundled_task_dir,
+    run_tasks,
+    served_chat_args,
+    served_model_args,
+)
 from kollm.pipeline.serving import serve_in_process
 from kollm.registry import Registry
 
@@ -40,28 +47,40 @@ def bench_version(
     limit: int | None = None,
     include: list[Path] | None = None,
     num_fewshot: int | None = None,
+    chat: bool = False,
 ) -> BenchResult:
-    """Serve `ref` with `engine`, run `tasks` through lm-eval's local-completions against it,
-    and record the metrics on the version (kind `lm-eval`)."""
+    """Serve `ref` with `engine`, run `tasks` through lm-eval against it (local-completions;
+    with `chat`, local-chat-completions, for generation tasks), and record the metrics on
+    the version (kind `lm-eval`)."""
     registry = registry or Registry()
     version = registry.checkout(ref)
     include = list(include or [])
     with tempfile.TemporaryDirectory(prefix="kollm-bench-") as tmp:
-        if BUNDLED_TASK in tasks:
+        if BUNDLED_TASK in tasks or BUNDLED_GEN_TASK in tasks:
             include.append(bundled_task_dir(_bundled_data(Path(tmp)), Path(tmp) / "tasks"))
         server, url = serve_in_process(
             ServeConfig(models=[version.ref], engine=engine, log_requests=False), registry
         )
         try:
-            context = _context_length(url, version.name)
-            args = served_model_args(url, version.name, Path(version.artifact_path), context)
-            results = run_tasks("local-completions", args, tasks, include, limit, num_fewshot)
+            if chat:
+                model, args = "local-chat-completions", served_chat_args(url, version.name)
+            else:
+                context = _context_length(url, version.name)
+                model = "local-completions"
+                args = served_model_args(url, version.name, Path(version.artifact_path), context)
+            results = run_tasks(model, args, tasks, include, limit, num_fewshot, chat)
         finally:
             server.should_exit = True
     registry.add_evaluation(
         version.ref,
         "lm-eval",
-        {"tasks": results, "engine": engine, "limit": limit, "num_fewshot": num_fewshot},
+        {
+            "tasks": results,
+            "engine": engine,
+            "api": "chat" if chat else "completions",
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+        },
     )
     return BenchResult(version.ref, engine, results)
 
