@@ -203,6 +203,7 @@ def start_server(served_home):
         log_requests=True,
         admin_keys=(),
         rag=None,
+        runs_dir=None,
         **manager_options,
     ):
         manager = ModelManager(
@@ -214,6 +215,7 @@ def start_server(served_home):
             alias_poll_s=alias_poll_s,
             request_timeout_s=60,
             log_requests=log_requests,
+            runs_dir=runs_dir,
         )
         server = LiveServer(create_app(manager, settings, RequestLog(registry_home), rag))
         servers.append(server)

@@ -85,6 +85,9 @@ def serve(
         str | None,
         typer.Option(help="Answer every chat request from this collection, with citations."),
     ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option(help="Recipe runs the console (/ui) shows [./runs].")
+    ] = None,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
@@ -111,13 +114,16 @@ def serve(
     access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key), adapter_root)
     # A model that cannot load stops the server (exit 2), not a 503 forever.
     rag_settings = loaded.rag if loaded is not None else None
-    app, manager = build_server(cfg, None, access, load_before_ready=True, rag=rag_settings)
+    app, manager = build_server(
+        cfg, None, access, load_before_ready=True, rag=rag_settings, runs_dir=runs_dir
+    )
     try:
         manager.check_refs()
     except ValueError as err:
         fail(f"cannot serve: {err}")
     console.print(
         f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"
+        f" (console: http://{cfg.host}:{cfg.port}/ui)"
     )
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port)
@@ -125,3 +131,28 @@ def serve(
         if manager.failure:  # uvicorn exits 3 on a failed start-up; the reason is ours
             fail(f"cannot serve: {manager.failure}")
         raise
+
+
+@app.command("ui")
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="A viewer key (also KOLLM_API_KEY).")] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File with one accepted key a line.")
+    ] = None,
+    admin_key: Annotated[
+        str | None, typer.Option(help="The key that may promote and roll back.")
+    ] = None,
+    runs_dir: Annotated[Path | None, typer.Option(help="Recipe runs to show [./runs].")] = None,
+) -> None:
+    """The web console alone, with no model served: runs, registry, feedback (/ui)."""
+    import uvicorn
+
+    from kollm.config import ServeConfig
+    from kollm.serve.server import Access, build_server
+
+    access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key))
+    app_, _ = build_server(ServeConfig(models=[]), None, access, runs_dir=runs_dir)
+    console.print(f"kollm ui: http://{host}:{port}/ui")
+    uvicorn.run(app_, host=host, port=port)

@@ -118,7 +118,7 @@ class FeedbackStore:
     def rows(self, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Feedback joined with the answers it rates, oldest first."""
         query = (
-            "SELECT f.*, r.model, r.model_version, r.request, r.response, r.endpoint"
+            "SELECT f.*, r.model, r.model_version, r.request, r.response, r.endpoint, r.rag"
             " FROM feedback f JOIN responses r ON r.id = f.response_id WHERE 1=1"
         )
         args: list[Any] = []

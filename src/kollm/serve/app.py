@@ -16,6 +16,7 @@ from kollm.serve.generation import GenerationService
 from kollm.serve.retrieval import RagService
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
+from kollm.serve.ui.routes import router as console
 
 __all__ = ["ApiError", "ServeSettings", "create_app"]
 
@@ -57,4 +58,5 @@ def create_app(
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(console)
     return app

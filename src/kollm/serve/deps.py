@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, Request
@@ -32,6 +33,7 @@ class ServeSettings:
     # its ASGI start-up returns; `kollm serve` exits 2 when one cannot load).
     load_before_ready: bool = False
     on_ready: Callable[[], None] | None = None  # called once the models are loaded
+    runs_dir: Path | None = None  # the console's Runs screen reads recipe runs here [./runs]
 
 
 @dataclass
@@ -48,9 +50,19 @@ def state(request: Request) -> ServerState:
     return request.app.state.kollm
 
 
-def _key_matches(request: Request, keys: list[str]) -> bool:
+UI_COOKIE = "kollm_key"  # the web console's login: HttpOnly, SameSite=Strict
+
+
+def given_key(request: Request) -> str:
+    """The key a request carries: its Bearer header, else the console's login cookie."""
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if header.lower().startswith("bearer "):
+        return header[7:]
+    return request.cookies.get(UI_COOKIE, "")
+
+
+def _key_matches(request: Request, keys: list[str]) -> bool:
+    given = given_key(request)
     # compare_digest against every key, so timing tells nothing about which matched
     return any([hmac.compare_digest(given.encode(), key.encode()) for key in keys])
 

@@ -68,6 +68,7 @@ def build_server(
     load_before_ready: bool = False,
     on_ready: Callable[[], None] | None = None,
     rag: RagConfig | None = None,
+    runs_dir: Path | None = None,
 ) -> tuple[FastAPI, ModelManager]:
     """The OpenAI-compatible app for `cfg`, and the manager of its models; `rag` holds the
     retrieval settings (the recipe's `rag` section) for `cfg.rag` and for requests that
@@ -83,6 +84,7 @@ def build_server(
         alias_poll_s=cfg.alias_poll_s,
         load_before_ready=load_before_ready,
         on_ready=on_ready,
+        runs_dir=runs_dir,
     )
     request_log = RequestLog(registry.home) if cfg.log_requests else None
     retrieval = RagService(rag, cfg.rag, registry.home)

@@ -252,6 +252,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE judge_cache RENAME TO endpoint_cache;
         """,
     ),
+    (
+        "015_audit_log",
+        """
+        -- What was done through the web console, by which key (its name, never the key).
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            key_name TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,246 @@
+"""The console's pages. Roles: a key of the server's API keys views (anyone does when the
+server has none); an admin key also promotes and rolls back. A form's CSRF token is an HMAC
+of the logged-in key with a secret made at start, so a page of another site cannot post one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from kollm.serve.deps import UI_COOKIE, given_key, state
+from kollm.serve.ui.labels import labels
+from kollm.store import connect
+
+router = APIRouter(prefix="/ui")
+STATIC = Path(__file__).parent / "static"
+_SECRET = secrets.token_bytes(32)
+_env = Environment(
+    loader=PackageLoader("kollm.serve.ui", "templates"), autoescape=select_autoescape()
+)
+
+
+def key_name(key: str) -> str:
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "anonymous"
+
+
+def _role(request: Request) -> str | None:
+    """'admin', 'viewer', or None when the request may not see the console."""
+    settings = state(request).settings
+    key = given_key(request)
+    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.admin_keys]
+    if key and any(matches):
+        return "admin"
+    if not settings.api_keys:
+        return "viewer"
+    viewer = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys]
+    return "viewer" if key and any(viewer) else None
+
+
+def _csrf(request: Request) -> str:
+    return hmac.new(_SECRET, given_key(request).encode(), "sha256").hexdigest()[:32]
+
+
+def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
+    lang = request.query_params.get("lang", "ko")
+    html = _env.get_template(template).render(
+        t=labels(lang),
+        lang=lang,
+        role=_role(request),
+        csrf=_csrf(request),
+        path=request.url.path,
+        **context,
+    )
+    return HTMLResponse(html)
+
+
+def _guard(request: Request, admin: bool = False) -> Response | None:
+    """A redirect to the login page, a 403, or None when the request may go on."""
+    role = _role(request)
+    if role is None:
+        return RedirectResponse("/ui/login", status_code=303)
+    if admin and role != "admin":
+        return HTMLResponse(labels(request.query_params.get("lang"))["admin_only"], 403)
+    return None
+
+
+def _home(request: Request) -> Path:
+    manager = state(request).manager
+    return manager.registry.home if manager.registry is not None else Path(".kollm")
+
+
+def audit(request: Request, action: str, target: str, detail: dict[str, Any]) -> None:
+    with closing(connect(_home(request) / "registry.db")) as conn, conn:
+        conn.execute(
+            "INSERT INTO audit_log (at, key_name, action, target, detail) VALUES (?,?,?,?,?)",
+            (
+                dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                key_name(given_key(request)),
+                action,
+                target,
+                json.dumps(detail, ensure_ascii=False),
+            ),
+        )
+
+
+@router.get("/static/{name}")
+def static(name: str):
+    path = (STATIC / name).resolve()
+    if path.parent != STATIC.resolve() or not path.is_file():
+        return Response(status_code=404)
+    return FileResponse(path)
+
+
+@router.get("", include_in_schema=False)
+@router.get("/", include_in_schema=False)
+def index():
+    return RedirectResponse("/ui/runs", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request):
+    return _page(request, "login.html", failed=request.query_params.get("failed") == "1")
+
+
+@router.post("/login")
+def login(request: Request, key: str = Form("")):
+    settings = state(request).settings
+    known = [*settings.api_keys, *settings.admin_keys]
+    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in known):
+        return RedirectResponse("/ui/login?failed=1", status_code=303)
+    response = RedirectResponse("/ui/runs", status_code=303)
+    response.set_cookie(UI_COOKIE, key, httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/logout")
+def logout():
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(UI_COOKIE)
+    return response
+
+
+def _runs_dir(request: Request) -> Path:
+    return (state(request).settings.runs_dir or Path("runs")).resolve()
+
+
+def read_runs(root: Path) -> list[dict[str, Any]]:
+    """Each run dir under `root` with its stages' summaries and the eval metrics."""
+    runs = []
+    for run in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+        stages = {}
+        for marker in sorted(run.glob("*/stage.json")):
+            stages[marker.parent.name] = json.loads(marker.read_text()).get("summary")
+        if not stages:
+            continue
+        metrics_file = run / "eval" / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        runs.append(
+            {
+                "name": run.name,
+                "stages": stages,
+                "metrics": metrics.get("model", {}),
+                "loss": (run / "train" / "loss.png").exists(),
+                "report": (run / "eval" / "report.html").exists(),
+            }
+        )
+    return runs
+
+
+@router.get("/runs", response_class=HTMLResponse)
+def runs_page(request: Request):
+    if (denied := _guard(request)) is not None:
+        return denied
+    return _page(request, "runs.html", runs=read_runs(_runs_dir(request)))
+
+
+@router.get("/runs/{name}/{kind}")
+def run_file(request: Request, name: str, kind: str):
+    if (denied := _guard(request)) is not None:
+        return denied
+    files = {"loss.png": "train/loss.png", "report.html": "eval/report.html"}
+    root = _runs_dir(request)
+    path = (root / name / files.get(kind, "-")).resolve()
+    if kind not in files or root not in path.parents or not path.is_file():
+        return Response(status_code=404)
+    return FileResponse(path)
+
+
+@router.get("/registry", response_class=HTMLResponse)
+def registry_page(request: Request):
+    if (denied := _guard(request)) is not None:
+        return denied
+    registry = state(request).manager.registry
+    versions = registry.list() if registry is not None else []
+    with closing(connect(_home(request) / "registry.db")) as conn:
+        log = [dict(r) for r in conn.execute("SELECT * FROM audit_log ORDER BY id DESC LIMIT 20")]
+    return _page(request, "registry.html", versions=versions, audit=log)
+
+
+def _checked(request: Request, token: str) -> Response | None:
+    if (denied := _guard(request, admin=True)) is not None:
+        return denied
+    if not hmac.compare_digest(token.encode(), _csrf(request).encode()):
+        return HTMLResponse("CSRF token missing or wrong", 403)
+    return None
+
+
+@router.post("/registry/promote")
+def promote(
+    request: Request,
+    name: str = Form(...),
+    version: int = Form(...),
+    alias: str = Form("production"),
+    csrf: str = Form(""),
+):
+    if (denied := _checked(request, csrf)) is not None:
+        return denied
+    state(request).manager.registry.promote(name, version, alias)
+    audit(request, "promote", f"{name}@{alias}", {"version": version})
+    return RedirectResponse("/ui/registry", status_code=303)
+
+
+@router.post("/registry/rollback")
+def rollback(
+    request: Request, name: str = Form(...), alias: str = Form("production"), csrf: str = Form("")
+):
+    if (denied := _checked(request, csrf)) is not None:
+        return denied
+    moved = state(request).manager.registry.rollback(name, alias)
+    audit(request, "rollback", f"{name}@{alias}", {"version": moved.version})
+    return RedirectResponse("/ui/registry", status_code=303)
+
+
+@router.get("/feedback", response_class=HTMLResponse)
+def feedback_page(request: Request, category: str = "", model: str = ""):
+    from kollm.feedback.store import CATEGORIES, FeedbackStore
+
+    if (denied := _guard(request)) is not None:
+        return denied
+    rows = FeedbackStore(_home(request)).rows(model or None)
+    if category:
+        rows = [r for r in rows if category in r["categories"]]
+    items = []
+    for r in reversed(rows[-200:]):
+        request_body = json.loads(r["request"] or "{}")
+        rag = json.loads(r["rag"]) if r.get("rag") else None
+        items.append({**r, "messages": request_body.get("messages", []), "rag_info": rag})
+    return _page(request, "feedback.html", items=items, categories=CATEGORIES, category=category)
+
+
+@router.get("/chat", response_class=HTMLResponse)
+def chat_page(request: Request):
+    if (denied := _guard(request)) is not None:
+        return denied
+    manager = state(request).manager
+    collections = sorted(state(request).rag.retriever.index.collections())
+    return _page(request, "chat.html", models=sorted(manager.models), collections=collections)

@@ -1,0 +1,58 @@
+// The chat playground: multi-turn, streamed over SSE from /v1/chat/completions (the login
+// cookie authorises it); a RAG answer's citations arrive on the stream's last chunk.
+const form = document.getElementById("chat");
+const log = document.getElementById("log");
+const cited = document.getElementById("citations");
+const history = [];
+
+function line(role, text) {
+  const p = document.createElement("p");
+  p.className = "turn " + role;
+  p.textContent = text;
+  log.appendChild(p);
+  return p;
+}
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = form.text.value.trim();
+  if (!text) return;
+  form.text.value = "";
+  history.push({ role: "user", content: text });
+  line("user", text);
+  const answer = line("assistant", "");
+  const body = { model: form.model.value, messages: history, stream: true, max_tokens: 64 };
+  if (form.collection.value) body.rag = { collection: form.collection.value };
+  const response = await fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    const events = buffer.split("\n\n");
+    buffer = events.pop();
+    for (const event of events) {
+      const data = event.replace(/^data: /, "");
+      if (data === "[DONE]") continue;
+      const chunk = JSON.parse(data);
+      for (const choice of chunk.choices || []) answer.textContent += choice.delta.content || "";
+      if (chunk.citations) {
+        cited.innerHTML = "";
+        const list = document.createElement("ol");
+        for (const c of chunk.citations) {
+          const item = document.createElement("li");
+          item.textContent = `[${c.index}] ${c.doc_id}` + (c.page ? ` p.${c.page}` : "");
+          list.appendChild(item);
+        }
+        cited.appendChild(list);
+      }
+    }
+  }
+  history.push({ role: "assistant", content: answer.textContent });
+});

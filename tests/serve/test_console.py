@@ -1,0 +1,152 @@
+"""The web console over HTTP (a browser drives it in a later step): login with a key, the
+runs page shows a run's metrics, promote and roll back move the alias in the registry and
+are audited, a viewer key cannot promote, a form without its CSRF token is refused, Korean by
+default and English with ?lang=en, and no page points anywhere but this server."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+
+import httpx
+import pytest
+
+from kollm.registry import Registry
+
+
+@pytest.fixture
+def console(start_server, served_home, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "demo" / "eval").mkdir(parents=True)
+    (runs / "demo" / "eval" / "stage.json").write_text(json.dumps({"summary": "model 57.46"}))
+    (runs / "demo" / "eval" / "metrics.json").write_text(json.dumps({"model": {"score": 57.46}}))
+    (runs / "demo" / "eval" / "report.html").write_text("<h1>report</h1>")
+    server = start_server(api_keys=("viewer-key",), admin_keys=("admin-key",), runs_dir=runs)
+    return server
+
+
+def _login(server, key):
+    client = httpx.Client(base_url=server.base_url, follow_redirects=True)
+    page = client.post("/ui/login", data={"key": key})
+    assert page.status_code == 200
+    return client, page
+
+
+def _csrf(html):
+    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
+
+
+def test_login_and_the_runs_page(console):
+    anonymous = httpx.get(console.base_url + "/ui/runs", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/ui/login"
+    client, page = _login(console, "viewer-key")
+    assert "실행 기록" in page.text and "demo" in page.text and "57.460" in page.text
+    assert client.get("/ui/runs/demo/report.html").text == "<h1>report</h1>"
+    assert client.get("/ui/runs/demo/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert "Runs" in client.get("/ui/runs?lang=en").text
+    wrong = httpx.post(console.base_url + "/ui/login", data={"key": "nope"})
+    assert wrong.status_code == 303 and "failed=1" in wrong.headers["location"]
+
+
+def test_admin_promotes_and_rolls_back_and_each_is_audited(console, served_home, local_base):
+    registry = Registry(served_home)
+    v2 = registry.register("tiny", local_base, base_model="scratch", method="sft")
+    client, _ = _login(console, "admin-key")
+    page = client.get("/ui/registry")
+    token = _csrf(page.text)
+    client.post(
+        "/ui/registry/promote",
+        data={"name": "tiny", "version": v2.version, "alias": "production", "csrf": token},
+    )
+    assert registry.get("tiny@production").version == v2.version
+    client.post(
+        "/ui/registry/rollback", data={"name": "tiny", "alias": "production", "csrf": token}
+    )
+    assert registry.get("tiny@production").version == 1
+    rows = (
+        sqlite3.connect(served_home / "registry.db")
+        .execute("SELECT action, target, key_name FROM audit_log ORDER BY id")
+        .fetchall()
+    )
+    assert rows[-2:] == [
+        ("promote", "tiny@production", rows[-1][2]),
+        ("rollback", "tiny@production", rows[-1][2]),
+    ]
+    assert rows[-1][2].startswith("key-") and "admin-key" not in rows[-1][2]
+
+
+def test_a_viewer_cannot_promote_and_a_form_needs_its_token(console, served_home):
+    viewer, _ = _login(console, "viewer-key")
+    assert "승격" not in viewer.get("/ui/registry").text  # no promote buttons for a viewer
+    refused = viewer.post("/ui/registry/promote", data={"name": "tiny", "version": 1, "csrf": "x"})
+    assert refused.status_code == 403
+    admin, _ = _login(console, "admin-key")
+    forged = admin.post("/ui/registry/rollback", data={"name": "tiny", "csrf": "forged"})
+    assert forged.status_code == 403 and "CSRF" in forged.text
+    assert Registry(served_home).get("tiny@production").version == 1
+
+
+def test_feedback_queue_and_chat_page(console, served_home):
+    client, _ = _login(console, "viewer-key")
+    answer = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "택배가 안 와요"}],
+            "max_tokens": 4,
+        },
+    )  # the login cookie authorises the API too, as the playground does
+    assert answer.status_code == 200
+    rid = answer.json()["id"]
+    client.post(
+        "/v1/feedback",
+        json={
+            "response_id": rid,
+            "rating": "bad",
+            "categories": ["hallucination"],
+            "correction": "확인해 볼게요",
+        },
+    )
+    queue = client.get("/ui/feedback?category=hallucination")
+    assert "택배가 안 와요" in queue.text and "확인해 볼게요" in queue.text
+    chat = client.get("/ui/chat")
+    assert "<option>tiny</option>" in chat.text and "/ui/static/chat.js" in chat.text
+
+
+def test_every_asset_is_served_from_here(console):
+    client, _ = _login(console, "viewer-key")
+    for path in ("/ui/runs", "/ui/registry", "/ui/feedback", "/ui/chat"):
+        html = client.get(path).text
+        for url in re.findall(r'(?:src|href)="([^"]+)"', html):
+            assert url.startswith("/") or url.startswith("?"), (path, url)
+    assert client.get("/ui/static/htmx.min.js").text.startswith("var htmx")
+
+
+def test_kollm_ui_serves_the_console_without_models(tmp_path, served_home):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from kollm.pipeline.serving import free_port
+
+    port = free_port()
+    env = {**os.environ, "KOLLM_HOME": str(served_home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kollm", "ui", "--port", str(port), "--admin-key", "a"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/ui/registry", timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        assert page.status_code == 200 and "tiny:1" in page.text
+    finally:
+        process.terminate()
+        process.wait(10)
