@@ -1,0 +1,132 @@
+"""The web console in a real browser: Playwright drives Debian's Chromium (installed with
+apt-get when missing and this is root; never a browser download). Every request the page
+makes is routed through the test, which fails on any host but 127.0.0.1. Screenshots of each
+screen go to KOLLM_SCREENSHOTS (default: the test's tmp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from kollm.rag.index import RagIndex
+from kollm.registry import Registry
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str | None:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() == 0 and shutil.which("apt-get"):  # Debian's package, as the setup says
+        subprocess.run(["apt-get", "update", "-qq"], check=False, timeout=600)
+        packages = ["apt-get", "install", "-y", "-qq", "chromium", "fonts-nanum"]
+        subprocess.run(packages, check=False, timeout=900)
+    return CHROMIUM if Path(CHROMIUM).exists() else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = _chromium()
+    if path is None:
+        pytest.skip("no Chromium: apt-get install chromium")
+    with sync_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=path, headless=True, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, start_server, served_home, tmp_path, local_base):
+    runs = tmp_path / "runs"
+    (runs / "kollm-demo" / "eval").mkdir(parents=True)
+    (runs / "kollm-demo" / "eval" / "stage.json").write_text(json.dumps({"summary": "eval done"}))
+    metrics = {"model": {"score": 57.46, "rouge1": 0.61}}
+    (runs / "kollm-demo" / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "moving.txt").write_text("전입신고는 이사한 날부터 14일 안에 해야 합니다.", "utf-8")
+    RagIndex(served_home).index_paths("browser-docs", [docs])
+    server = start_server(api_keys=("viewer-key",), admin_keys=("admin-key",), runs_dir=runs)
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    outside: list[str] = []
+
+    def route(r):
+        host = urlparse(r.request.url).hostname
+        if host != "127.0.0.1":
+            outside.append(r.request.url)
+            return r.abort()
+        return r.continue_()
+
+    context.route("**/*", route)
+    tab = context.new_page()
+    tab.base = server.base_url
+    tab.shots = Path(os.environ.get("KOLLM_SCREENSHOTS", tmp_path / "screens"))
+    tab.shots.mkdir(parents=True, exist_ok=True)
+    yield tab
+    context.close()
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+
+
+def _login(tab, key: str) -> None:
+    tab.goto(tab.base + "/ui/login")
+    tab.fill("input[name=key]", key)
+    tab.click("button:has-text('로그인')")
+    tab.wait_for_url("**/ui/runs")
+
+
+def test_runs_and_registry_promote_then_roll_back(page, served_home, local_base):
+    registry = Registry(served_home)
+    v2 = registry.register("tiny", local_base, base_model="scratch", method="sft")
+    _login(page, "admin-key")
+    assert "57.460" in page.inner_text("#run-kollm-demo")
+    page.screenshot(path=str(page.shots / "runs.png"), full_page=True)
+    page.goto(page.base + "/ui/registry")
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmation
+    row = page.locator(f"tr[data-ref='tiny:{v2.version}']")
+    row.locator("button:has-text('승격')").click()
+    page.wait_for_load_state()
+    assert registry.get("tiny@production").version == v2.version
+    assert "production" in page.locator(f"tr[data-ref='tiny:{v2.version}'] .aliases").inner_text()
+    page.screenshot(path=str(page.shots / "registry.png"), full_page=True)
+    page.locator(f"tr[data-ref='tiny:{v2.version}']").locator("button:has-text('되돌리기')").click()
+    page.wait_for_load_state()
+    assert registry.get("tiny@production").version == 1
+    assert "rollback" in page.inner_text("#audit")
+
+
+def test_a_viewer_sees_no_promote_button(page):
+    _login(page, "viewer-key")
+    page.goto(page.base + "/ui/registry")
+    assert page.locator("button:has-text('승격')").count() == 0
+    assert "관리자 키" in page.inner_text("main")
+
+
+def test_chat_two_turns_streaming_and_a_rag_answer_with_citations(page):
+    _login(page, "viewer-key")
+    page.goto(page.base + "/ui/chat")
+    page.fill("textarea[name=text]", "안녕하세요")
+    page.click("button:has-text('보내기')")
+    page.wait_for_function("document.querySelectorAll('#log p.assistant').length == 1")
+    page.fill("textarea[name=text]", "전입신고는 며칠 안에 해야 하나요?")
+    page.select_option("select[name=collection]", "browser-docs")
+    page.click("button:has-text('보내기')")
+    page.wait_for_selector("#citations li")
+    assert page.locator("#log p.user").count() == 2
+    assert "moving.txt" in page.inner_text("#citations")
+    page.screenshot(path=str(page.shots / "chat.png"), full_page=True)
