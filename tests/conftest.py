@@ -14,6 +14,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path, monkeypatch):
+    """Every test gets its own KOLLM_HOME (a test may point it elsewhere): nothing a test
+    registers or logs lands in the user's store."""
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "kollm-home"))
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"

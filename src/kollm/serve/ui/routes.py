@@ -29,6 +29,26 @@ _env = Environment(
 )
 
 
+def brief(value: Any, depth: int = 0) -> str:
+    """A stage summary in one line: its numbers and short strings, nested mappings one level
+    deep (`output: train 1281, dev 255`); lists and long texts left out."""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, bool | int) or (isinstance(value, str) and len(value) <= 40):
+        return str(value)
+    if isinstance(value, dict) and depth < 2:
+        parts = []
+        for k, v in value.items():
+            shown = brief(v, depth + 1)
+            if shown:
+                parts.append(f"{k}: {shown}" if depth == 0 else f"{k} {shown}")
+        return (", " if depth else " · ").join(parts)
+    return ""
+
+
+_env.filters["brief"] = brief
+
+
 def key_name(key: str) -> str:
     return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "anonymous"
 
