@@ -150,3 +150,46 @@ def test_kollm_ui_serves_the_console_without_models(tmp_path, served_home):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_a_review_changes_what_the_export_trains_on_and_agreement_is_shown(
+    start_server, served_home, tmp_path
+):
+    from kollm.feedback.export import export_feedback
+    from kollm.feedback.store import FeedbackStore
+    from tests.conftest import read_jsonl
+
+    server = start_server(api_keys=("viewer-key",), admin_keys=("admin-key", "admin-2"))
+    client, _ = _login(server, "viewer-key")
+    rid = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "환불은 어떻게 하나요?"}],
+            "max_tokens": 4,
+        },
+    ).json()["id"]
+    item = client.post(
+        "/v1/feedback", json={"response_id": rid, "rating": "bad", "categories": ["evasive"]}
+    ).json()["id"]
+    assert "검토 저장" not in client.get("/ui/feedback").text  # a viewer cannot review
+    refused = client.post(f"/ui/feedback/{item}/review", data={"csrf": "x"})
+    assert refused.status_code == 403
+    for key in ("admin-key", "admin-2"):
+        admin, _page = _login(server, key)
+        token = _csrf(admin.get("/ui/feedback").text)
+        done = admin.post(
+            f"/ui/feedback/{item}/review",
+            data={
+                "csrf": token,
+                "categories": ["hallucination"],
+                "correction": "영수증을 지참해 고객센터에 요청하시면 됩니다.",
+            },
+        )
+        assert done.status_code == 200
+    (row,) = [r for r in FeedbackStore(served_home).rows() if r["id"] == item]
+    assert row["categories"] == ["hallucination"] and row["original_categories"] == ["evasive"]
+    export_feedback([row], "sft", tmp_path / "export")
+    (exported,) = read_jsonl(tmp_path / "export" / "sft.jsonl")
+    assert exported["output"] == "영수증을 지참해 고객센터에 요청하시면 됩니다."
+    assert "검토자 일치: 1 / 1" in admin.get("/ui/feedback").text

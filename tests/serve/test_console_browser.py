@@ -130,3 +130,35 @@ def test_chat_two_turns_streaming_and_a_rag_answer_with_citations(page):
     assert page.locator("#log p.user").count() == 2
     assert "moving.txt" in page.inner_text("#citations")
     page.screenshot(path=str(page.shots / "chat.png"), full_page=True)
+
+
+def test_a_reviewer_corrects_an_answer_in_the_queue(page, served_home, tmp_path):
+    import httpx
+
+    from kollm.feedback.export import export_feedback
+    from kollm.feedback.store import FeedbackStore
+    from tests.conftest import read_jsonl
+
+    headers = {"authorization": "Bearer viewer-key"}
+    body = {
+        "model": "tiny",
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": "주차권은 어디서 사요?"}],
+    }
+    rid = httpx.post(page.base + "/v1/chat/completions", json=body, headers=headers).json()["id"]
+    rated = {"response_id": rid, "rating": "bad", "categories": ["evasive"]}
+    item = httpx.post(page.base + "/v1/feedback", json=rated, headers=headers).json()["id"]
+    _login(page, "admin-key")
+    page.goto(page.base + "/ui/feedback")
+    card = page.locator(f"#feedback-{item}")
+    card.locator("input[value=hallucination]").check()
+    card.locator("input[value=evasive]").uncheck()
+    card.locator("textarea[name=correction]").fill("구청 1층 민원실에서 살 수 있습니다.")
+    card.locator("button:has-text('검토 저장')").click()
+    page.wait_for_load_state()
+    page.screenshot(path=str(page.shots / "feedback.png"), full_page=True)
+    (row,) = [r for r in FeedbackStore(served_home).rows() if r["id"] == item]
+    assert row["categories"] == ["hallucination"]
+    export_feedback([row], "sft", tmp_path / "export")
+    (exported,) = read_jsonl(tmp_path / "export" / "sft.jsonl")
+    assert exported["output"] == "구청 1층 민원실에서 살 수 있습니다."

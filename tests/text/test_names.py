@@ -60,6 +60,7 @@ def test_names_in_their_usual_places_are_masked(text, expected):
         "이사장님 말씀입니다.",
         "조금 과장된 표현이에요.",
         "씨앗을 심었어요.",
+        "영수증을 지참해 고객센터에 요청하세요.",  # a verb form before a title-like word
         "#Person1#: 안녕하세요.",
     ],
 )

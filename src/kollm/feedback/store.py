@@ -115,11 +115,60 @@ class FeedbackStore:
             "created_at": now,
         }
 
+    def review(
+        self, feedback_id: int, reviewer: str, categories: list[str], correction: str | None
+    ) -> None:
+        """A reviewer's categories and correction for a rating (the export takes the latest)."""
+        unknown = [c for c in categories if c not in CATEGORIES]
+        if unknown:
+            raise FeedbackError(f"categories: unknown {unknown}", "categories")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        with closing(self._connect()) as conn, conn:
+            if (
+                conn.execute("SELECT 1 FROM feedback WHERE id = ?", (feedback_id,)).fetchone()
+                is None
+            ):
+                raise FeedbackError(f"feedback_id: no rating {feedback_id}", "feedback_id", 404)
+            conn.execute(
+                "INSERT INTO feedback_reviews (feedback_id, reviewer, categories, correction,"
+                " created_at) VALUES (?,?,?,?,?)",
+                (
+                    feedback_id,
+                    reviewer,
+                    json.dumps(sorted(set(categories))),
+                    _mask(correction.strip()) if correction and correction.strip() else None,
+                    now,
+                ),
+            )
+
+    def reviewer_agreement(self) -> dict[str, Any]:
+        """Items two or more reviewers labelled, and the share where their categories agree
+        (each reviewer's latest verdict)."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT feedback_id, reviewer, categories FROM feedback_reviews ORDER BY id"
+            ).fetchall()
+        latest: dict[int, dict[str, str]] = {}
+        for r in rows:
+            latest.setdefault(r["feedback_id"], {})[r["reviewer"]] = r["categories"]
+        shared = [set(v.values()) for v in latest.values() if len(v) >= 2]
+        agreed = sum(len(s) == 1 for s in shared)
+        return {
+            "items": len(shared),
+            "agreed": agreed,
+            "rate": round(agreed / len(shared), 4) if shared else None,
+        }
+
     def rows(self, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
-        """Feedback joined with the answers it rates, oldest first."""
+        """Feedback joined with the answers it rates, oldest first; a reviewed rating carries
+        its latest review's categories and correction (`reviewed_by` names the reviewer)."""
         query = (
-            "SELECT f.*, r.model, r.model_version, r.request, r.response, r.endpoint, r.rag"
-            " FROM feedback f JOIN responses r ON r.id = f.response_id WHERE 1=1"
+            "SELECT f.*, r.model, r.model_version, r.request, r.response, r.endpoint, r.rag,"
+            " v.reviewer AS reviewed_by, v.categories AS review_categories,"
+            " v.correction AS review_correction"
+            " FROM feedback f JOIN responses r ON r.id = f.response_id"
+            " LEFT JOIN feedback_reviews v ON v.id ="
+            " (SELECT MAX(id) FROM feedback_reviews WHERE feedback_id = f.id) WHERE 1=1"
         )
         args: list[Any] = []
         if model:
@@ -130,7 +179,19 @@ class FeedbackStore:
             args.append(since)
         with closing(self._connect()) as conn:
             found = conn.execute(query + " ORDER BY f.id", args).fetchall()
-        return [{**dict(row), "categories": json.loads(row["categories"])} for row in found]
+        return [_reviewed(dict(row)) for row in found]
+
+
+def _reviewed(row: dict[str, Any]) -> dict[str, Any]:
+    row["categories"] = json.loads(row["categories"])
+    if row.get("reviewed_by"):
+        row["original_categories"] = row["categories"]
+        row["categories"] = json.loads(row["review_categories"])
+        if row.get("review_correction"):
+            row["correction"] = row["review_correction"]
+    for key in ("review_categories", "review_correction"):
+        row.pop(key, None)
+    return row
 
 
 def _mask(text: str | None) -> str | None:

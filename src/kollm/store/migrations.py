@@ -266,6 +266,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "016_feedback_reviews",
+        """
+        -- A reviewer's verdict on a rating (the console's review queue): the categories it
+        -- confirms or changes and a correction. The rating itself stays as it was given; the
+        -- latest review is what the export uses.
+        CREATE TABLE feedback_reviews (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            feedback_id INTEGER NOT NULL REFERENCES feedback (id),
+            reviewer TEXT NOT NULL,
+            categories TEXT NOT NULL,
+            correction TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX feedback_reviews_item ON feedback_reviews (feedback_id);
+        """,
+    ),
 ]
 
 

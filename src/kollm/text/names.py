@@ -193,7 +193,13 @@ def _dictionary_name(word: str) -> bool:
 
 
 def _has_particle(word: str) -> bool:
-    return any(f[:1] in ("J", "E") and not f.startswith("ETM") for _, f, _ in _morphemes(word))
+    """Whether `word` holds a particle or an ending, also inside a compound tag (지참해 is
+    지참 + XSV+EC: a verb form, not a name)."""
+    for _, features, _ in _morphemes(word):
+        tags = features.split(",")[0].split("+")
+        if any(t[:1] in ("J", "E") and t != "ETM" for t in tags):
+            return True
+    return False
 
 
 def _plausible(word: str, cued: bool = False) -> bool:

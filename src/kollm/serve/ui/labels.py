@@ -38,6 +38,9 @@ LABELS = {
         "loss": "손실 곡선",
         "report": "평가 보고서",
         "audit": "작업 기록",
+        "review": "검토 저장",
+        "reviewed": "검토자",
+        "agreement": "검토자 일치",
     },
     "en": {
         "title": "kollm console",
@@ -74,6 +77,9 @@ LABELS = {
         "loss": "Loss curve",
         "report": "Eval report",
         "audit": "Audit log",
+        "review": "Save review",
+        "reviewed": "Reviewed by",
+        "agreement": "Reviewer agreement",
     },
 }
 

@@ -254,7 +254,35 @@ def feedback_page(request: Request, category: str = "", model: str = ""):
         request_body = json.loads(r["request"] or "{}")
         rag = json.loads(r["rag"]) if r.get("rag") else None
         items.append({**r, "messages": request_body.get("messages", []), "rag_info": rag})
-    return _page(request, "feedback.html", items=items, categories=CATEGORIES, category=category)
+    agreement = FeedbackStore(_home(request)).reviewer_agreement()
+    return _page(
+        request,
+        "feedback.html",
+        items=items,
+        categories=CATEGORIES,
+        category=category,
+        agreement=agreement,
+    )
+
+
+@router.post("/feedback/{feedback_id}/review")
+async def review(request: Request, feedback_id: int):
+    """An admin's verdict on a rating: categories confirmed or changed, and a correction."""
+    from kollm.feedback.store import FeedbackError, FeedbackStore
+
+    form = await request.form()
+    if (denied := _checked(request, str(form.get("csrf", "")))) is not None:
+        return denied
+    categories = [str(c) for c in form.getlist("categories")]
+    correction = str(form.get("correction") or "") or None
+    try:
+        FeedbackStore(_home(request)).review(
+            feedback_id, key_name(given_key(request)), categories, correction
+        )
+    except FeedbackError as err:
+        return HTMLResponse(str(err), err.status)
+    audit(request, "review", f"feedback:{feedback_id}", {"categories": categories})
+    return RedirectResponse(f"/ui/feedback#feedback-{feedback_id}", status_code=303)
 
 
 @router.get("/chat", response_class=HTMLResponse)
