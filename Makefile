@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/pii_names_bench.py
 	$(PY) bench/rag_bench.py
 	$(PY) bench/synth_bench.py
+	$(PY) bench/console_bench.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample
