@@ -189,6 +189,17 @@ class LiveServer:
         self.thread.join(30)
 
 
+def fake_api(app, monkeypatch, tmp_path):
+    """A scripted OpenAI-compatible app (a judge, an endpoint) served on loopback with its
+    call counter reset, and a KOLLM_HOME of the test's own: yields (base URL …/v1, app
+    state), for a fixture to pass on."""
+    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
+    app.state.calls = 0
+    server = LiveServer(app).start()
+    yield server.base_url + "/v1", app.state
+    server.stop()
+
+
 @pytest.fixture
 def start_server(served_home):
     """start_server(refs, engine=..., **options) -> a started LiveServer, stopped after the test."""

@@ -41,21 +41,14 @@ def _run(args, home):
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
 
 
+def _bench(home, *args):
+    """`kollm eval bench tiny@production ARGS` in its own process."""
+    command = [sys.executable, "-m", "kollm", "eval", "bench", "tiny@production", *args]
+    return _run(command, home)
+
+
 def test_accuracy_through_the_server_equals_lm_evals_own_backend(served_home):
-    out = _run(
-        [
-            sys.executable,
-            "-m",
-            "kollm",
-            "eval",
-            "bench",
-            "tiny@production",
-            "--engine",
-            "transformers",
-            "--json",
-        ],
-        served_home,
-    )
+    out = _bench(served_home, "--engine", "transformers", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     served = json.loads(out.stdout.strip().splitlines()[-1])["kollm_ko_mc"]
     model_dir = Registry(served_home).get("tiny@production").artifact_path
@@ -70,10 +63,7 @@ def test_accuracy_through_the_server_equals_lm_evals_own_backend(served_home):
 
 
 def test_an_unknown_task_is_named(served_home):
-    out = _run(
-        [sys.executable, "-m", "kollm", "eval", "bench", "tiny@production", "--tasks", "nope_x"],
-        served_home,
-    )
+    out = _bench(served_home, "--tasks", "nope_x")
     assert out.returncode == 2 and "nope_x" in out.stderr
 
 
@@ -83,24 +73,16 @@ def test_generation_through_chat_scores_what_the_server_answers(served_home, sta
 
     from tests.conftest import read_jsonl
 
-    out = _run(
-        [
-            sys.executable,
-            "-m",
-            "kollm",
-            "eval",
-            "bench",
-            "tiny@production",
-            "--tasks",
-            "kollm_ko_gen",
-            "--chat",
-            "--engine",
-            "transformers",
-            "--limit",
-            "6",
-            "--json",
-        ],
+    out = _bench(
         served_home,
+        "--tasks",
+        "kollm_ko_gen",
+        "--chat",
+        "--engine",
+        "transformers",
+        "--limit",
+        "6",
+        "--json",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     chrf = json.loads(out.stdout.strip().splitlines()[-1])["kollm_ko_gen"]["chrf,none"]

@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from tests.conftest import LiveServer, read_jsonl
+from tests.conftest import fake_api, read_jsonl, write_jsonl
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,16 +28,7 @@ HERE = Path(__file__).resolve().parent
 def endpoint(monkeypatch, tmp_path):
     from tests.synth import fake_endpoint
 
-    monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "home"))
-    fake_endpoint.app.state.calls = 0
-    server = LiveServer(fake_endpoint.app).start()
-    yield server.base_url + "/v1", fake_endpoint.app.state
-    server.stop()
-
-
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    return path
+    yield from fake_api(fake_endpoint.app, monkeypatch, tmp_path)
 
 
 def _recipe(tmp_path, url, tasks, **synth):
@@ -59,7 +50,7 @@ def _invoke(*args):
 
 def test_translate_then_answer_keeps_placeholders_and_code_and_writes_lineage(endpoint, tmp_path):
     url, _ = endpoint
-    english = _jsonl(
+    english = write_jsonl(
         tmp_path / "alpaca.jsonl",
         [
             {"instruction": "Greet #Person1# politely.", "input": "", "output": ""},
@@ -91,7 +82,9 @@ def test_translate_then_answer_keeps_placeholders_and_code_and_writes_lineage(en
 
 def test_self_instruct_rejects_near_identical_korean_instructions(endpoint, tmp_path):
     url, _ = endpoint
-    seeds = _jsonl(tmp_path / "seeds.jsonl", [{"instruction": "다음 문장을 존댓말로 바꾸세요."}])
+    seeds = write_jsonl(
+        tmp_path / "seeds.jsonl", [{"instruction": "다음 문장을 존댓말로 바꾸세요."}]
+    )
     tasks = [{"task": "self_instruct", "input": str(seeds)}, {"task": "evolve"}]
     _invoke("synth", str(_recipe(tmp_path, url, tasks, clean=False)))
     out = tmp_path / "runs" / "syn" / "synth"
@@ -131,7 +124,7 @@ def test_doc_qa_keeps_the_source_chunks(endpoint, tmp_path):
 
 def test_back_translation_keeps_placeholders_and_a_rerun_is_all_cache(endpoint, tmp_path):
     url, state = endpoint
-    dialogues = _jsonl(
+    dialogues = write_jsonl(
         tmp_path / "d.jsonl",
         [
             {
@@ -172,7 +165,7 @@ def test_preference_pairs_are_judged_and_train_with_dpo(
     from kollm.train.dpo import train_dpo
 
     url, _ = endpoint
-    prompts = _jsonl(
+    prompts = write_jsonl(
         tmp_path / "p.jsonl",
         [{"instruction": "수도는 어디인가요?"}, {"instruction": "1 더하기 1은?"}],
     )
@@ -201,7 +194,7 @@ def test_a_killed_run_resumes_repeating_only_calls_in_flight(tmp_path):
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        rows = _jsonl(tmp_path / "q.jsonl", [{"instruction": f"질문 {i}"} for i in range(16)])
+        rows = write_jsonl(tmp_path / "q.jsonl", [{"instruction": f"질문 {i}"} for i in range(16)])
         command = [
             sys.executable,
             "-m",
@@ -241,7 +234,7 @@ def test_a_killed_run_resumes_repeating_only_calls_in_flight(tmp_path):
 def test_answers_from_kollms_own_server(start_server, tmp_path, monkeypatch):
     server = start_server()
     monkeypatch.setenv("KOLLM_HOME", str(tmp_path / "synth-home"))
-    rows = _jsonl(
+    rows = write_jsonl(
         tmp_path / "i.jsonl",
         [{"instruction": "인사말을 써 주세요."}, {"instruction": "요약해 주세요."}],
     )
@@ -268,7 +261,7 @@ def test_answers_from_kollms_own_server(start_server, tmp_path, monkeypatch):
 
 def test_preference_answers_can_come_from_several_models(endpoint, tmp_path):
     url, _ = endpoint
-    prompts = _jsonl(tmp_path / "p.jsonl", [{"instruction": "수도는 어디인가요?"}])
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "수도는 어디인가요?"}])
     sources = [{"url": url, "model": "strong"}, {"url": url, "model": "weak"}]
     task = {"task": "preference", "input": str(prompts), "n": 2, "sources": sources}
     _invoke("synth", str(_recipe(tmp_path, url, [task])))
