@@ -222,6 +222,7 @@ def start_server(served_home):
         admin_keys=(),
         rag=None,
         runs_dir=None,
+        key_names=None,
         **manager_options,
     ):
         manager = ModelManager(
@@ -234,6 +235,7 @@ def start_server(served_home):
             request_timeout_s=60,
             log_requests=log_requests,
             runs_dir=runs_dir,
+            key_names=dict(key_names or {}),
         )
         server = LiveServer(create_app(manager, settings, RequestLog(registry_home), rag))
         servers.append(server)

@@ -117,7 +117,9 @@ def test_a_viewer_sees_no_promote_button(page):
     assert "관리자 키" in page.inner_text("main")
 
 
-def test_chat_two_turns_streaming_and_a_rag_answer_with_citations(page):
+def test_chat_two_turns_streaming_and_a_rag_answer_with_citations(page, served_home):
+    from kollm.feedback.store import FeedbackStore
+
     _login(page, "viewer-key")
     page.goto(page.base + "/ui/chat")
     page.fill("textarea[name=text]", "안녕하세요")
@@ -130,6 +132,12 @@ def test_chat_two_turns_streaming_and_a_rag_answer_with_citations(page):
     assert page.locator("#log p.user").count() == 2
     assert "moving.txt" in page.inner_text("#citations")
     page.screenshot(path=str(page.shots / "chat.png"), full_page=True)
+    first = page.locator(".rate").first
+    first.locator("select").select_option("off-domain")
+    first.locator("button[data-rating=bad]").click()
+    page.wait_for_function("document.querySelector('.rate .rated').textContent == '✓'")
+    (rated,) = FeedbackStore(served_home).rows()
+    assert rated["categories"] == ["off-domain"] and "안녕하세요" in rated["request"]
 
 
 def test_a_reviewer_corrects_an_answer_in_the_queue(page, served_home, tmp_path):
@@ -162,3 +170,102 @@ def test_a_reviewer_corrects_an_answer_in_the_queue(page, served_home, tmp_path)
     export_feedback([row], "sft", tmp_path / "export")
     (exported,) = read_jsonl(tmp_path / "export" / "sft.jsonl")
     assert exported["output"] == "구청 1층 민원실에서 살 수 있습니다."
+
+
+def test_review_by_keyboard_alone(page, served_home):
+    import httpx
+
+    from kollm.feedback.store import FeedbackStore
+
+    headers = {"authorization": "Bearer viewer-key"}
+    ids = []
+    for question in ("민원서류 발급 시간은?", "분실물은 어디서 찾나요?"):
+        body = {
+            "model": "tiny",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": question}],
+        }
+        rid = httpx.post(page.base + "/v1/chat/completions", json=body, headers=headers).json()
+        rated = {"response_id": rid["id"], "rating": "bad", "categories": ["evasive"]}
+        ids.append(httpx.post(page.base + "/v1/feedback", json=rated, headers=headers).json()["id"])
+    _login(page, "admin-key")
+    page.goto(page.base + "/ui/feedback")
+    # newest first: j moves from the second rating to the first one asked
+    page.keyboard.press("j")
+    assert page.evaluate("document.activeElement.id") == f"feedback-{ids[0]}"
+    page.keyboard.press("1")  # hallucination
+    page.keyboard.press("4")  # evasive off
+    page.keyboard.press("c")
+    page.keyboard.type("평일 9시부터 18시까지 발급합니다.")
+    page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("s")
+    (row,) = [r for r in FeedbackStore(served_home).rows() if r["id"] == ids[0]]
+    assert row["categories"] == ["hallucination"]
+    assert row["correction"] == "평일 9시부터 18시까지 발급합니다."
+
+
+def test_pick_the_best_candidate_with_a_key(page, tmp_path):
+    from tests.conftest import read_jsonl, write_jsonl
+
+    pending = tmp_path / "runs" / "synth-demo" / "synth" / "pending_review.jsonl"
+    pending.parent.mkdir(parents=True)
+    rows = [
+        {"prompt": f"질문 {i}", "answers": [f"답 {i}-가", f"답 {i}-나"], "wins": [1.0, 1.0]}
+        for i in range(2)
+    ]
+    write_jsonl(pending, rows)
+    _login(page, "admin-key")
+    page.goto(page.base + "/ui/candidates")
+    page.keyboard.press("j")
+    page.keyboard.press("2")
+    page.wait_for_selector("li.picked")
+    page.screenshot(path=str(page.shots / "candidates.png"), full_page=True)
+    (pair,) = read_jsonl(pending.parent / "reviewed_pairs.jsonl")
+    assert pair == {**pair, "prompt": "질문 1", "chosen": "답 1-나", "rejected": "답 1-가"}
+
+
+def test_loop_history_and_a_job_log_arriving_live(page, served_home, tmp_path):
+    import sqlite3
+
+    from kollm.cluster.jobs import LocalExecutor
+
+    with sqlite3.connect(served_home / "registry.db") as conn:
+        conn.execute(
+            "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
+            " candidate_version, decision, metrics) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                "2026-12-01T09:00:00",
+                "tiny",
+                "production",
+                "bad share 0.45 >= 0.3",
+                1,
+                2,
+                "promoted",
+                json.dumps({"candidate": {"score": 58.1}, "production": {"score": 57.4}}),
+            ),
+        )
+    _run = tmp_path / "runs" / "kollm-demo-2" / "eval"
+    _run.mkdir(parents=True)
+    (_run / "stage.json").write_text(json.dumps({"summary": "eval done"}))
+    (_run / "metrics.json").write_text(json.dumps({"model": {"score": 58.1, "rouge1": 0.63}}))
+    jobs = LocalExecutor(served_home)
+    job = jobs.record("train", ["kollm", "train", "recipes/demo.yaml"], "local", {"cpus": 2})
+    jobs.update(job, status="running")
+    log = served_home / "jobs" / f"{job}.log"
+    log.write_text("train: step 1/40 loss 3.21\n")
+    _login(page, "viewer-key")
+    page.goto(page.base + "/ui/loop")
+    assert "promoted" in page.inner_text("#decisions") and "58.100" in page.inner_text("#decisions")
+    page.screenshot(path=str(page.shots / "loop.png"), full_page=True)
+    page.goto(page.base + "/ui/compare?a=kollm-demo&b=kollm-demo-2")
+    assert "+0.640" in page.inner_text("#compare-metrics")
+    page.screenshot(path=str(page.shots / "compare.png"), full_page=True)
+    page.goto(page.base + f"/ui/jobs/{job}")
+    page.wait_for_function("document.getElementById('job-log').textContent.includes('step 1/40')")
+    with log.open("a") as out:
+        out.write("train: step 2/40 loss 2.87\n")
+    page.wait_for_function("document.getElementById('job-log').textContent.includes('step 2/40')")
+    jobs.update(job, status="succeeded", exit_code=0)
+    page.wait_for_function("document.getElementById('job-status').textContent == 'succeeded'")
+    page.screenshot(path=str(page.shots / "job.png"), full_page=True)

@@ -25,21 +25,26 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
     return pairs
 
 
-def _api_keys(api_key: str | None, api_key_file: Path | None) -> list[str]:
+def _access(
+    api_key: str | None,
+    api_key_file: Path | None,
+    admin_key: str | None,
+    adapter_root: Path | None = None,
+):
+    """Who may call the server: --api-key, the key file (with roles and names), the
+    environment's KOLLM_API_KEY and KOLLM_ADMIN_KEY."""
     import os
 
-    keys = [api_key] if api_key else []
-    if api_key_file is not None:
-        keys += [line.strip() for line in api_key_file.read_text().splitlines() if line.strip()]
-    if os.environ.get("KOLLM_API_KEY"):
-        keys.append(os.environ["KOLLM_API_KEY"])
-    return keys
+    from kollm.serve.keys import KeyFileError, Keys, read_key_file
+    from kollm.serve.server import Access
 
-
-def _admin_keys(admin_key: str | None) -> list[str]:
-    import os
-
-    return [k for k in (admin_key, os.environ.get("KOLLM_ADMIN_KEY")) if k]
+    try:
+        keys = read_key_file(api_key_file) if api_key_file is not None else Keys()
+    except KeyFileError as err:
+        fail(str(err))
+    api = [k for k in (api_key, os.environ.get("KOLLM_API_KEY")) if k] + keys.api_keys
+    admin = [k for k in (admin_key, os.environ.get("KOLLM_ADMIN_KEY")) if k] + keys.admin_keys
+    return Access(api, admin, adapter_root, keys.names)
 
 
 @app.command("serve")
@@ -59,7 +64,7 @@ def serve(
         str | None, typer.Option(help="Require this key (also KOLLM_API_KEY).")
     ] = None,
     api_key_file: Annotated[
-        Path | None, typer.Option(help="File with one accepted key a line.")
+        Path | None, typer.Option(help="Keys, one a line: KEY [viewer|admin] [NAME].")
     ] = None,
     no_log: Annotated[bool, typer.Option("--no-log", help="Log no requests.")] = False,
     max_batch: Annotated[int | None, typer.Option(help="Most requests a batch [8].")] = None,
@@ -75,7 +80,9 @@ def serve(
     alias_poll: Annotated[float | None, typer.Option(help="Seconds between alias checks.")] = None,
     admin_key: Annotated[
         str | None,
-        typer.Option(help="Key of POST /v1/load_lora_adapter and unload (also KOLLM_ADMIN_KEY)."),
+        typer.Option(
+            help="An admin key: the console's actions, adapter loading (also KOLLM_ADMIN_KEY)."
+        ),
     ] = None,
     adapter_root: Annotated[
         Path | None,
@@ -92,7 +99,7 @@ def serve(
     """Serve models over an OpenAI-compatible HTTP API."""
     import uvicorn
 
-    from kollm.serve.server import Access, build_server, resolve_config
+    from kollm.serve.server import build_server, resolve_config
 
     loaded = _load(recipe, None) if recipe is not None else None
     options = {
@@ -111,7 +118,7 @@ def serve(
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
     except ValueError as err:
         fail(str(err))
-    access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key), adapter_root)
+    access = _access(api_key, api_key_file, admin_key, adapter_root)
     # A model that cannot load stops the server (exit 2), not a 503 forever.
     rag_settings = loaded.rag if loaded is not None else None
     app, manager = build_server(
@@ -139,7 +146,7 @@ def ui(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="A viewer key (also KOLLM_API_KEY).")] = None,
     api_key_file: Annotated[
-        Path | None, typer.Option(help="File with one accepted key a line.")
+        Path | None, typer.Option(help="Keys, one a line: KEY [viewer|admin] [NAME].")
     ] = None,
     admin_key: Annotated[
         str | None, typer.Option(help="The key that may promote and roll back.")
@@ -150,9 +157,9 @@ def ui(
     import uvicorn
 
     from kollm.config import ServeConfig
-    from kollm.serve.server import Access, build_server
+    from kollm.serve.server import build_server
 
-    access = Access(_api_keys(api_key, api_key_file), _admin_keys(admin_key))
+    access = _access(api_key, api_key_file, admin_key)
     app_, _ = build_server(ServeConfig(models=[]), None, access, runs_dir=runs_dir)
     console.print(f"kollm ui: http://{host}:{port}/ui")
     uvicorn.run(app_, host=host, port=port)

@@ -16,7 +16,7 @@ from kollm.serve.generation import GenerationService
 from kollm.serve.retrieval import RagService
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
-from kollm.serve.ui.routes import router as console
+from kollm.serve.ui import router as console
 
 __all__ = ["ApiError", "ServeSettings", "create_app"]
 

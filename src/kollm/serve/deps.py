@@ -34,6 +34,7 @@ class ServeSettings:
     load_before_ready: bool = False
     on_ready: Callable[[], None] | None = None  # called once the models are loaded
     runs_dir: Path | None = None  # the console's Runs screen reads recipe runs here [./runs]
+    key_names: dict[str, str] = field(default_factory=dict)  # what the audit log calls a key
 
 
 @dataclass
@@ -68,9 +69,11 @@ def _key_matches(request: Request, keys: list[str]) -> bool:
 
 
 def authorize(request: Request) -> None:
-    """401 unless the request carries one of the API keys (when any is set)."""
-    keys = state(request).settings.api_keys
-    if keys and not _key_matches(request, keys):
+    """401 unless the request carries one of the API keys (when any is set); an admin key
+    calls the API too."""
+    settings = state(request).settings
+    keys = settings.api_keys
+    if keys and not _key_matches(request, [*keys, *settings.admin_keys]):
         raise ApiError(401, "missing or invalid API key", "authentication_error")
 
 

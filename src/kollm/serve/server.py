@@ -27,6 +27,7 @@ class Access:
     api_keys: list[str] = field(default_factory=list)
     admin_keys: list[str] = field(default_factory=list)
     adapter_root: Path | str | None = None
+    key_names: dict[str, str] = field(default_factory=dict)
 
 
 def domain_guards(domains: dict[str, DomainConfig]) -> dict[str, DomainGuard]:
@@ -85,6 +86,7 @@ def build_server(
         load_before_ready=load_before_ready,
         on_ready=on_ready,
         runs_dir=runs_dir,
+        key_names=dict(access.key_names),
     )
     request_log = RequestLog(registry.home) if cfg.log_requests else None
     retrieval = RagService(rag, cfg.rag, registry.home)

@@ -283,6 +283,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX feedback_reviews_item ON feedback_reviews (feedback_id);
         """,
     ),
+    (
+        "017_candidate_picks",
+        """
+        -- A reviewer's pick of the best of several candidate answers (synthesis's preference
+        -- pairs the judge could not settle). An item is its file and its prompt's sha256, so a
+        -- regenerated file keeps the picks of prompts it still holds; the latest pick counts.
+        CREATE TABLE candidate_picks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            file TEXT NOT NULL,
+            prompt_sha256 TEXT NOT NULL,
+            picked INTEGER NOT NULL,
+            reviewer TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX candidate_picks_item ON candidate_picks (file, prompt_sha256);
+        """,
+    ),
 ]
 
 

@@ -346,6 +346,7 @@ class PreferenceBuilder(SynthStep):
             "chosen_model": models[best],
             "rejected_model": models[worst],
             "answers": answers,
+            "models": models,
             "wins": wins,
             "review": "judged" if settled else "pending",
         }

@@ -5,9 +5,9 @@ of the logged-in key with a secret made at start, so a page of another site cann
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import hmac
 import json
+import re
 import secrets
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from kollm.serve.deps import UI_COOKIE, given_key, state
+from kollm.serve.keys import key_name
 from kollm.serve.ui.labels import labels
 from kollm.store import connect
 
@@ -49,8 +50,8 @@ def brief(value: Any, depth: int = 0) -> str:
 _env.filters["brief"] = brief
 
 
-def key_name(key: str) -> str:
-    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:8] if key else "anonymous"
+def _who(request: Request) -> str:
+    return key_name(given_key(request), state(request).settings.key_names)
 
 
 def _role(request: Request) -> str | None:
@@ -104,7 +105,7 @@ def audit(request: Request, action: str, target: str, detail: dict[str, Any]) ->
             "INSERT INTO audit_log (at, key_name, action, target, detail) VALUES (?,?,?,?,?)",
             (
                 dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                key_name(given_key(request)),
+                _who(request),
                 action,
                 target,
                 json.dumps(detail, ensure_ascii=False),
@@ -171,6 +172,7 @@ def read_runs(root: Path) -> list[dict[str, Any]]:
                 "metrics": metrics.get("model", {}),
                 "loss": (run / "train" / "loss.png").exists(),
                 "report": (run / "eval" / "report.html").exists(),
+                "data_report": (run / "data" / "report" / "report.html").exists(),
             }
         )
     return runs
@@ -187,7 +189,13 @@ def runs_page(request: Request):
 def run_file(request: Request, name: str, kind: str):
     if (denied := _guard(request)) is not None:
         return denied
-    files = {"loss.png": "train/loss.png", "report.html": "eval/report.html"}
+    files = {
+        "loss.png": "train/loss.png",
+        "report.html": "eval/report.html",
+        "data.html": "data/report/report.html",
+    }
+    if re.fullmatch(r"[\w-]+\.png", kind) and kind not in files:
+        files[kind] = f"data/report/{kind}"  # the data report's own charts, linked relatively
     root = _runs_dir(request)
     path = (root / name / files.get(kind, "-")).resolve()
     if kind not in files or root not in path.parents or not path.is_file():
@@ -241,27 +249,44 @@ def rollback(
 
 
 @router.get("/feedback", response_class=HTMLResponse)
-def feedback_page(request: Request, category: str = "", model: str = ""):
+def feedback_page(
+    request: Request, category: str = "", model: str = "", since: str = "", until: str = ""
+):
+    """The review queue, newest first: filtered by category, model version and dates
+    (`since` and `until` as YYYY-MM-DD, both days included)."""
     from kollm.feedback.store import CATEGORIES, FeedbackStore
 
     if (denied := _guard(request)) is not None:
         return denied
-    rows = FeedbackStore(_home(request)).rows(model or None)
-    if category:
-        rows = [r for r in rows if category in r["categories"]]
+    store = FeedbackStore(_home(request))
+    rows = store.rows()
+    versions = sorted({r["model_version"] for r in rows if r.get("model_version")})
+    rows = [r for r in rows if _wanted(r, category, model, since, until)]
     items = []
     for r in reversed(rows[-200:]):
         request_body = json.loads(r["request"] or "{}")
         rag = json.loads(r["rag"]) if r.get("rag") else None
         items.append({**r, "messages": request_body.get("messages", []), "rag_info": rag})
-    agreement = FeedbackStore(_home(request)).reviewer_agreement()
+    filters = {"category": category, "model": model, "since": since, "until": until}
     return _page(
         request,
         "feedback.html",
         items=items,
+        total=len(rows),
         categories=CATEGORIES,
-        category=category,
-        agreement=agreement,
+        versions=versions,
+        agreement=store.reviewer_agreement(),
+        **filters,
+    )
+
+
+def _wanted(row: dict[str, Any], category: str, model: str, since: str, until: str) -> bool:
+    day = str(row.get("created_at") or "")[:10]
+    return (
+        (not category or category in row["categories"])
+        and (not model or row.get("model_version") == model or row.get("model") == model)
+        and (not since or day >= since)
+        and (not until or day <= until)
     )
 
 
@@ -276,9 +301,7 @@ async def review(request: Request, feedback_id: int):
     categories = [str(c) for c in form.getlist("categories")]
     correction = str(form.get("correction") or "") or None
     try:
-        FeedbackStore(_home(request)).review(
-            feedback_id, key_name(given_key(request)), categories, correction
-        )
+        FeedbackStore(_home(request)).review(feedback_id, _who(request), categories, correction)
     except FeedbackError as err:
         return HTMLResponse(str(err), err.status)
     audit(request, "review", f"feedback:{feedback_id}", {"categories": categories})
@@ -289,6 +312,13 @@ async def review(request: Request, feedback_id: int):
 def chat_page(request: Request):
     if (denied := _guard(request)) is not None:
         return denied
+    from kollm.feedback.store import CATEGORIES
+
     manager = state(request).manager
+    models = []
+    for model_id in sorted(manager.models):  # each model, then its adapters as BASE:ADAPTER
+        models += [model_id, *(f"{model_id}:{a}" for a in manager.models[model_id].adapters)]
     collections = sorted(state(request).rag.retriever.index.collections())
-    return _page(request, "chat.html", models=sorted(manager.models), collections=collections)
+    return _page(
+        request, "chat.html", models=models, collections=collections, categories=CATEGORIES
+    )

@@ -28,6 +28,7 @@ form.addEventListener("submit", async (event) => {
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
   });
+  let responseId = null;
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -41,6 +42,7 @@ form.addEventListener("submit", async (event) => {
       const data = event.replace(/^data: /, "");
       if (data === "[DONE]") continue;
       const chunk = JSON.parse(data);
+      responseId = responseId || chunk.id;
       for (const choice of chunk.choices || []) answer.textContent += choice.delta.content || "";
       if (chunk.citations) {
         cited.innerHTML = "";
@@ -55,4 +57,24 @@ form.addEventListener("submit", async (event) => {
     }
   }
   history.push({ role: "assistant", content: answer.textContent });
+  if (responseId) rating(answer, responseId);
 });
+
+// Thumbs under each answer: POST /v1/feedback like any client (a thumbs-down carries the
+// category picked beside it).
+function rating(answer, responseId) {
+  const controls = document.getElementById("rate").content.firstElementChild.cloneNode(true);
+  for (const button of controls.querySelectorAll("button")) {
+    button.addEventListener("click", async () => {
+      const body = { response_id: responseId, rating: button.dataset.rating };
+      if (body.rating === "bad") body.categories = [controls.querySelector("select").value];
+      const sent = await fetch("/v1/feedback", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      controls.querySelector(".rated").textContent = sent.ok ? "✓" : `(${sent.status})`;
+    });
+  }
+  answer.after(controls);
+}

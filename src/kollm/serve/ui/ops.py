@@ -1,0 +1,164 @@
+"""The console's operations screens: the loop's decisions, jobs with a live log, runs side by
+side, and the candidate answers a reviewer picks from. They read the shared store's tables
+(`loop_decisions`, `jobs`) directly: the server knows nothing of the pipeline or the cluster
+code that writes them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from fastapi import Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+
+from kollm.feedback.picks import CandidatePicks, PickError
+from kollm.serve.ui.routes import (
+    _checked,
+    _guard,
+    _home,
+    _page,
+    _runs_dir,
+    _who,
+    audit,
+    read_runs,
+    router,
+)
+from kollm.store import connect
+
+ACTIVE = ("queued", "running")  # the job states whose log may still grow
+
+
+def _rows(request: Request, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+    with closing(connect(_home(request) / "registry.db")) as conn:
+        return [dict(r) for r in conn.execute(sql, args)]
+
+
+@router.get("/loop", response_class=HTMLResponse)
+def loop_page(request: Request, model: str = ""):
+    if (denied := _guard(request)) is not None:
+        return denied
+    where = " WHERE model = ?" if model else ""
+    rows = _rows(
+        request, f"SELECT * FROM loop_decisions{where} ORDER BY id DESC", (model,) * bool(model)
+    )
+    for row in rows:
+        row["metrics"] = json.loads(row["metrics"] or "{}")
+    models = [r["model"] for r in _rows(request, "SELECT DISTINCT model FROM loop_decisions")]
+    return _page(request, "loop.html", decisions=rows, models=sorted(models), model=model)
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request):
+    if (denied := _guard(request)) is not None:
+        return denied
+    jobs = _rows(request, "SELECT * FROM jobs ORDER BY id DESC LIMIT 500")
+    return _page(request, "jobs.html", jobs=jobs)
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: int):
+    if (denied := _guard(request)) is not None:
+        return denied
+    (job,) = _rows(request, "SELECT * FROM jobs WHERE id = ?", (job_id,)) or [None]
+    if job is None:
+        return HTMLResponse(f"no job {job_id}", 404)
+    for column in ("command", "resources", "devices"):
+        job[column] = json.loads(job[column] or "null")
+    return _page(request, "job.html", job=job, active=job["status"] in ACTIVE)
+
+
+@router.get("/jobs/{job_id}/log")
+def job_log(request: Request, job_id: int, poll_s: float = 0.5):
+    """The job's log as server-sent events: what it holds, then each addition, until the job
+    ends (`event: end` with its status)."""
+    if (denied := _guard(request)) is not None:
+        return denied
+    if not _rows(request, "SELECT id FROM jobs WHERE id = ?", (job_id,)):
+        return Response(status_code=404)
+
+    async def events():
+        shown = 0
+        while True:
+            (job,) = _rows(request, "SELECT status, log_path FROM jobs WHERE id = ?", (job_id,))
+            path = Path(job["log_path"])
+            text = path.read_text("utf-8", errors="replace") if path.is_file() else ""
+            if len(text) > shown:
+                yield f"data: {json.dumps(text[shown:], ensure_ascii=False)}\n\n"
+                shown = len(text)
+            if job["status"] not in ACTIVE:
+                yield f"event: end\ndata: {json.dumps(job['status'])}\n\n"
+                return
+            await asyncio.sleep(poll_s)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request, a: str = "", b: str = ""):
+    """Two runs side by side: every stage's summary and every eval metric with its change."""
+    if (denied := _guard(request)) is not None:
+        return denied
+    runs = {r["name"]: r for r in read_runs(_runs_dir(request))}
+    left, right = runs.get(a), runs.get(b)
+    rows = []
+    if left and right:
+        for key in dict.fromkeys([*left["metrics"], *right["metrics"]]):
+            x, y = left["metrics"].get(key), right["metrics"].get(key)
+            delta = y - x if isinstance(x, int | float) and isinstance(y, int | float) else None
+            rows.append({"key": key, "a": x, "b": y, "delta": delta})
+    stages = list(
+        dict.fromkeys([*(left or {}).get("stages", {}), *(right or {}).get("stages", {})])
+    )
+    return _page(
+        request,
+        "compare.html",
+        names=sorted(runs),
+        a=a,
+        b=b,
+        left=left,
+        right=right,
+        metrics=rows,
+        stages=stages,
+    )
+
+
+def _candidate_files(request: Request) -> dict[str, Path]:
+    """Each synthesis output's pending_review.jsonl under the runs dir (runs/NAME/synth/)."""
+    root = _runs_dir(request)
+    found = sorted(root.glob("*/*/pending_review.jsonl")) if root.exists() else []
+    return {str(p.relative_to(root)): p for p in found}
+
+
+@router.get("/candidates", response_class=HTMLResponse)
+def candidates_page(request: Request, file: str = ""):
+    if (denied := _guard(request)) is not None:
+        return denied
+    files = _candidate_files(request)
+    file = file if file in files else next(iter(files), "")
+    items = CandidatePicks(_home(request)).items(files[file]) if file else []
+    return _page(request, "candidates.html", files=list(files), file=file, items=items)
+
+
+@router.post("/candidates/pick")
+def pick(
+    request: Request,
+    file: str = Form(...),
+    sha: str = Form(...),
+    picked: int = Form(...),
+    csrf: str = Form(""),
+):
+    """An admin's pick of the best answer; the file's reviewed pairs are rewritten."""
+    if (denied := _checked(request, csrf)) is not None:
+        return denied
+    files = _candidate_files(request)
+    if file not in files:
+        return HTMLResponse(f"no candidates file {file!r} under the runs dir", 404)
+    try:
+        CandidatePicks(_home(request)).pick(files[file], sha, picked, _who(request))
+    except PickError as err:
+        return HTMLResponse(str(err), 400)
+    audit(request, "pick", f"{file}:{sha[:12]}", {"picked": picked})
+    return RedirectResponse(f"/ui/candidates?file={file}#item-{sha[:12]}", status_code=303)
