@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m kollm.cluster.llamacpp fetch
 	touch $(STAMP)
 
 lock:

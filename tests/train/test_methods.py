@@ -4,11 +4,11 @@ import pytest
 
 from kollm.config import EvalConfig, load_recipe
 from kollm.engines.base import GenerationParams
+from kollm.engines.lora import merge_lora
 from kollm.engines.transformers_engine import TransformersEngine
 from kollm.eval.evaluate import evaluate_model, read_records
 from kollm.prompts import resolve_format
 from kollm.train import run_training
-from kollm.train.export import merge_lora
 from tests.test_config import recipe_file
 
 

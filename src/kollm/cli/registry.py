@@ -42,12 +42,13 @@ def registry_list(
 def registry_show(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
 ) -> None:
-    """One version with its full lineage (recipe text included) and its later evaluations."""
+    """One version with its full lineage (recipe text included), its evaluations and exports."""
     with user_errors():
         registry = Registry()
         version = registry.get(ref)
         evaluations = registry.evaluations(ref)
-    shown = {**version.__dict__, "evaluations": evaluations}
+        exports = registry.exports(ref)
+    shown = {**version.__dict__, "evaluations": evaluations, "exports": exports}
     console.print_json(json.dumps(shown, default=str))
 
 

@@ -1,8 +1,7 @@
-"""`kollm train` and `kollm export`."""
+"""`kollm train`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +14,6 @@ from kollm.cli.common import (
     console,
     user_errors,
 )
-from kollm.registry import Registry
 
 
 def _train_table(summary: dict[str, Any]) -> str:
@@ -43,19 +41,3 @@ def train(
         result = run_training(loaded, resume=resume)
     console.print(_train_table(result.summary()))
     console.print(f"model: {result.model_dir}  loss curve: {result.train_dir / 'loss.png'}")
-
-
-@app.command("export")
-def export(
-    source: Annotated[
-        str, typer.Argument(help="A LoRA adapter dir, or NAME:VERSION / NAME@ALIAS.")
-    ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the merged model.")],
-) -> None:
-    """Merge a LoRA adapter into its base model and save a standalone model."""
-    from kollm.train.export import merge_lora
-
-    with user_errors():
-        path = Path(source)
-        adapter = path if path.exists() else Path(Registry().get(source).artifact_path)
-        console.print(f"merged model: {merge_lora(adapter, output)}")

@@ -272,6 +272,40 @@ class Registry:
             ).fetchall()
         return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
 
+    def add_export(
+        self, ref: str, fmt: str, path: Path | str, sha256: str, size_bytes: int, **detail: Any
+    ) -> None:
+        """Record an export of a registered version (its file or dir, sha256 and size)."""
+        name, version = self.resolve(ref)
+        quant = detail.pop("quant", None)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO exports (name, version, format, quant, path, sha256, size_bytes,"
+                " detail, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    name,
+                    version,
+                    fmt,
+                    quant,
+                    str(path),
+                    sha256,
+                    size_bytes,
+                    json.dumps(detail, ensure_ascii=False, default=str),
+                    _now(),
+                ),
+            )
+
+    def exports(self, ref: str) -> list[dict[str, Any]]:
+        """The exports recorded for a version, oldest first."""
+        name, version = self.resolve(ref)
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT format, quant, path, sha256, size_bytes, detail, created_at FROM exports"
+                " WHERE name = ? AND version = ? ORDER BY id",
+                (name, version),
+            ).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
+
     def list(self, name: str | None = None) -> list[ModelVersion]:
         with self._connect() as conn:
             query = "SELECT * FROM model_versions"

@@ -300,6 +300,25 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX candidate_picks_item ON candidate_picks (file, prompt_sha256);
         """,
     ),
+    (
+        "018_exports",
+        """
+        -- Every export of a version (hf, gguf, ct2): part of its lineage, appended beside it.
+        CREATE TABLE exports (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            quant TEXT,
+            path TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX exports_version ON exports (name, version);
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,273 @@
+"""`kollm export REF --format hf|gguf|ct2`: a registered version (or a model dir) as the file a
+site's server runs. A LoRA adapter is merged into its base first.
+
+- `hf`: a standalone Hugging Face dir.
+- `gguf`: through llama.cpp's own converter (`kollm.cluster.llamacpp`) at f16, bf16 or q8_0;
+  q4/q5/q6 kinds by `llama-quantize` from the f16 file when that binary is on PATH. Beside it
+  an Ollama `Modelfile` (`kollm.cluster.modelfile`).
+- `ct2`: the CTranslate2 dir kollm serves (int8 by default), with the tokenizer and prompt
+  format copied in.
+
+Every export of a registered version is recorded in the registry with its sha256 and size."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kollm.artifacts import file_sha256, weights_sha256
+from kollm.cluster import llamacpp
+from kollm.registry import ModelVersion, Registry
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hf", "gguf", "ct2")
+CONVERTER_QUANTS = ("f16", "bf16", "q8_0")  # the converter writes these itself
+QUANTIZE_KINDS = ("q4_0", "q4_1", "q4_k_s", "q4_k_m", "q5_0", "q5_1", "q5_k_s", "q5_k_m", "q6_k")
+CT2_QUANTS = ("int8", "int8_float32", "int16", "float16", "float32")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "kollm_prompt.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+class ExportError(ValueError):
+    """An export that cannot be made; the message names the cause and the fix."""
+
+
+@dataclass
+class Export:
+    format: str
+    path: Path  # the GGUF file, or the exported dir
+    sha256: str
+    size_bytes: int
+    quant: str | None = None
+    source: str = ""
+    files: list[Path] = field(default_factory=list)  # what else was written (the Modelfile)
+    notes: list[str] = field(default_factory=list)  # what a user should know (no Modelfile)
+
+
+def resolve(ref: str, registry: Registry | None = None) -> tuple[Path, ModelVersion | None]:
+    """The model dir `ref` names (a dir, or a registry ref, its files checked), and the
+    registered version when it is one."""
+    path = Path(ref)
+    if path.is_dir():
+        return path, None
+    version = (registry or Registry()).checkout(ref)
+    return Path(version.artifact_path), version
+
+
+@contextlib.contextmanager
+def merged(model_dir: Path) -> Iterator[Path]:
+    """`model_dir` itself, or a LoRA adapter merged into its base in a temporary dir."""
+    if not (model_dir / "adapter_config.json").exists():
+        yield model_dir
+        return
+    from kollm.engines.lora import merge_lora
+
+    with tempfile.TemporaryDirectory(prefix="kollm-merged-") as tmp:
+        log.info("export: merging the LoRA adapter %s into its base", model_dir)
+        yield merge_lora(model_dir, Path(tmp) / "model")
+
+
+def export_model(
+    ref: str,
+    fmt: str,
+    out: Path,
+    quant: str | None = None,
+    registry: Registry | None = None,
+    pre_tokenizer: str | None = None,
+) -> Export:
+    """Export `ref` as `fmt` into the dir `out` and record it on the version."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    registry = registry or Registry()
+    source, version = resolve(ref, registry)
+    out.mkdir(parents=True, exist_ok=True)
+    with merged(source) as model_dir:
+        if fmt == "hf":
+            result = _hf(model_dir, out)
+        elif fmt == "ct2":
+            result = _ct2(model_dir, out, quant or "int8")
+        else:
+            result = _gguf(model_dir, out, quant or "f16", version, pre_tokenizer)
+    result.source = version.ref if version else str(source)
+    if version is not None:
+        registry.add_export(
+            version.ref,
+            fmt,
+            result.path,
+            result.sha256,
+            result.size_bytes,
+            quant=result.quant,
+            files=[str(f) for f in result.files],
+            notes=result.notes,
+        )
+    return result
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _staged(out: Path, name: str) -> Path:
+    """A temporary sibling of out/name; the caller renames it into place."""
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+
+
+def _replace(staged: Path, final: Path) -> Path:
+    if final.exists():
+        shutil.rmtree(final) if final.is_dir() else final.unlink()
+    os.replace(staged, final)
+    return final
+
+
+def _hf(model_dir: Path, out: Path) -> Export:
+    staged = _staged(out, "hf")
+    shutil.copytree(
+        model_dir,
+        staged,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("training_args.bin", "optimizer.pt", "checkpoint-*"),
+    )
+    final = _replace(staged, out / "hf")
+    return Export("hf", final, weights_sha256(final), _size(final))
+
+
+def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
+    import ctranslate2
+
+    from kollm.engines.ctranslate2_engine import _bart_config_compat
+
+    if quant not in CT2_QUANTS:
+        raise ExportError(f"--quant {quant!r} for ct2: expected one of {', '.join(CT2_QUANTS)}")
+    staged = _staged(out, "ct2")
+    _bart_config_compat()
+    ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+        str(staged), quantization=quant, force=True
+    )
+    for name in TOKENIZER_FILES:  # a deployable dir: kollm serves it with its tokenizer
+        if (model_dir / name).is_file():
+            shutil.copy2(model_dir / name, staged / name)
+    final = _replace(staged, out / f"ct2-{quant}")
+    return Export("ct2", final, file_sha256(final / "model.bin"), _size(final), quant)
+
+
+def known_pre_tokenizer(model_dir: Path) -> str | None:
+    """The llama.cpp pre-tokenizer that splits text as this tokenizer does, when
+    `tokenizer.json` shows it plainly: GPT-2's byte-level regex and no normaliser is `gpt-2`.
+    None when it cannot be told (the converter's own hash check decides)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    pre = spec.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+    plain = byte_level and not pre.get("add_prefix_space") and spec.get("normalizer") is None
+    return "gpt-2" if plain and (spec.get("model") or {}).get("type") == "BPE" else None
+
+
+def _gguf(
+    model_dir: Path, out: Path, quant: str, version: ModelVersion | None, pre: str | None
+) -> Export:
+    if quant not in CONVERTER_QUANTS + QUANTIZE_KINDS:
+        kinds = ", ".join(CONVERTER_QUANTS + QUANTIZE_KINDS)
+        raise ExportError(f"--quant {quant!r} for gguf: expected one of {kinds}")
+    if quant in QUANTIZE_KINDS and shutil.which("llama-quantize") is None:
+        raise ExportError(
+            f"--quant {quant} needs llama.cpp's llama-quantize on PATH (build llama.cpp, or use"
+            " f16, bf16 or q8_0, which the converter writes itself)"
+        )
+    try:
+        script = llamacpp.converter()
+    except llamacpp.ConverterMissing as err:
+        raise ExportError(str(err)) from err
+    stem = f"{version.name}-{version.version}" if version else model_dir.name
+    final = out / f"{stem}-{quant}.gguf"
+    first = quant if quant in CONVERTER_QUANTS else "f16"
+    staged = out / f".{final.name}.{os.getpid()}.tmp"
+    try:
+        _convert(script, model_dir, staged, first, pre or known_pre_tokenizer(model_dir), out)
+        if quant in QUANTIZE_KINDS:
+            _quantize(staged, quant)
+        os.replace(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
+    result = Export("gguf", final, file_sha256(final), final.stat().st_size, quant)
+    try:
+        result.files.append(_modelfile(model_dir, final, version))
+    except ValueError as err:  # the GGUF stands on its own; say why it has no Modelfile
+        result.notes.append(f"no Modelfile for {final.name}: {err}")
+    return result
+
+
+def _convert(script: Path, model_dir: Path, target: Path, outtype: str, pre, out: Path) -> None:
+    """Run the converter in a child process (its log in out/convert.log)."""
+    command = [sys.executable, "-m", "kollm.cluster.gguf_convert", str(script), str(model_dir)]
+    command += ["--outtype", outtype, "--outfile", str(target)]
+    env = dict(os.environ)
+    env.pop("NO_LOCAL_GGUF", None)  # the converter's own gguf-py, never an installed one
+    if pre:
+        env["KOLLM_GGUF_PRE"] = pre
+    log.info("export: llama.cpp converter %s -> %s (%s)", model_dir, target.name, outtype)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    (out / "convert.log").write_text(done.stdout + done.stderr, encoding="utf-8")
+    if done.returncode != 0:
+        raise ExportError(_explain(done.stdout + done.stderr, out / "convert.log"))
+
+
+def _explain(output: str, log_path: Path) -> str:
+    """The converter's failure as a user can act on it."""
+    if "BPE pre-tokenizer was not recognized" in output:
+        hash_line = next((x for x in output.splitlines() if "chkhsh:" in x), "")
+        return (
+            "llama.cpp's converter does not know this tokenizer's BPE pre-tokenizer"
+            f" ({hash_line.split('chkhsh:')[-1].strip() or 'hash unknown'}). If it splits text"
+            " as one llama.cpp implements, name it: --pre-tokenizer llama-bpe | qwen2 | gpt-2 |"
+            " ... (a wrong name tokenises differently from transformers); otherwise a newer"
+            f" llama.cpp may know it: KOLLM_LLAMACPP_DIR=<llama.cpp checkout>. Log: {log_path}"
+        )
+    unsupported = [x for x in output.splitlines() if "is not supported" in x]
+    if unsupported:
+        return f"llama.cpp cannot convert this model: {unsupported[-1].strip()}. Log: {log_path}"
+    tail = "\n".join(output.strip().splitlines()[-5:])
+    return f"llama.cpp's converter failed:\n{tail}\nLog: {log_path}"
+
+
+def _quantize(path: Path, quant: str) -> None:
+    quantized = path.with_name(path.name + ".q")
+    command = ["llama-quantize", str(path), str(quantized), quant.upper()]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExportError(f"llama-quantize {quant} failed: {done.stderr.strip()[-400:]}")
+    os.replace(quantized, path)
+
+
+def _modelfile(model_dir: Path, gguf: Path, version: ModelVersion | None) -> Path:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from kollm.cluster.modelfile import recipe_params, write_modelfile
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    config = AutoConfig.from_pretrained(str(model_dir))
+    context = getattr(config, "max_position_embeddings", None)
+    params = recipe_params(version.recipe_text if version else None, context)
+    return write_modelfile(gguf.parent, gguf, tokenizer, params)

@@ -1,0 +1,87 @@
+"""llama.cpp's own HF-to-GGUF converter, taken from the llama.cpp source that the
+`llama-cpp-python` sdist vendors (pinned here by version and sha256), never a converter of
+ours. `make` fetches it once with pip into `<venv>/share/kollm/llama.cpp` (or
+`$KOLLM_LLAMACPP_DIR`): `convert_hf_to_gguf.py`, its `conversion/` package, the `gguf-py`
+it was written against (used in preference to any installed `gguf`), and the LICENSE.
+
+Why this and not the `gguf` package's writer alone: the writer only writes what it is given;
+the tensor-name mapping, the tokenizer's GGUF form (tokens, merges, pre-tokenizer, special ids,
+chat template) and the quantisation are the converter's, kept by llama.cpp for every
+architecture it knows. The `gguf` package from PyPI is still used to read files back."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+
+
+class ConverterMissing(RuntimeError):
+    """The converter is not on this machine; the message says how to fetch it."""
+
+
+def converter_dir() -> Path:
+    env = os.environ.get("KOLLM_LLAMACPP_DIR")
+    return Path(env) if env else Path(sys.prefix) / "share" / "kollm" / "llama.cpp"
+
+
+def converter() -> Path:
+    """The converter script; ConverterMissing when it has not been fetched."""
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ConverterMissing(
+            f"llama.cpp's converter is not at {script.parent}: run `python -m"
+            " kollm.cluster.llamacpp fetch` (make does it), or point KOLLM_LLAMACPP_DIR at a"
+            " llama.cpp checkout"
+        )
+    return script
+
+
+def fetch(target: Path | None = None) -> Path:
+    """Download the pinned sdist with pip, check its sha256, and unpack the converter's files
+    into `target` (replaced whole, so a failed fetch leaves nothing half-written)."""
+    target = target or converter_dir()
+    stamp = target / ".version"
+    if stamp.is_file() and stamp.read_text().strip() == VERSION:
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        command += ["--no-binary", ":all:", "-d", tmp, f"llama-cpp-python=={VERSION}"]
+        subprocess.run(command, check=True)
+        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
+        if digest != SDIST_SHA256:
+            raise RuntimeError(f"{sdist.name}: sha256 {digest} is not the pinned {SDIST_SHA256}")
+        staged = Path(tmp) / "llama.cpp"
+        _unpack(sdist, staged)
+        (staged / ".version").write_text(VERSION + "\n")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(staged), str(target))
+    return target
+
+
+def _unpack(sdist: Path, out: Path) -> None:
+    prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            rel = member.name.removeprefix(prefix)
+            if member.name.startswith(prefix) and member.isfile() and rel.startswith(WANTED):
+                member.name = rel
+                tar.extract(member, out, filter="data")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["fetch"]:
+        raise SystemExit("usage: python -m kollm.cluster.llamacpp fetch")
+    print(f"llama.cpp converter {VERSION}: {fetch()}")  # noqa: T201  (a make step's output)
