@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
 	$(PY) -m kollm.cluster.llamacpp fetch
+	$(PY) -m kollm.cluster.schemas fetch
 	touch $(STAMP)
 
 lock:

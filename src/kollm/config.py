@@ -498,8 +498,23 @@ class DeployConfig(StrictModel):
     tier: Literal["always-on", "scale-to-zero", "batch"] = "always-on"
     """always-on: replicas stay up; scale-to-zero: none while idle, and the first request waits
     for a cold start; batch: a job generates over `input` into `output`, no server."""
-    target: Literal["ray", "local"] = "ray"
-    """Where it runs: a Ray cluster (Ray Serve, or a Ray job for batch) or this machine."""
+    target: Literal["ray", "local", "docker", "k8s", "kserve"] = "ray"
+    """Where it runs: a Ray cluster (Ray Serve, or a Ray job for batch) or this machine; or the
+    files of a unit a site deploys itself (`--out DIR`): `docker` (a build context), `k8s`
+    (Deployment, Service, PVC), `kserve` (an InferenceService)."""
+    unit: Literal["baked", "volume"] = "baked"
+    """k8s: run the image with the version baked in, or the server image with the model on a
+    PersistentVolumeClaim mounted at /models."""
+    image: str | None = None
+    """Image repository of the units (`REPO:server`, `REPO:NAME-VERSION`) [kollm]."""
+    base_image: str = "python:3.11-slim"
+    """docker: the image the server image builds on (a build argument too)."""
+    card: str | None = None
+    """k8s, kserve: the GPU the planner sizes `nvidia.com/gpu` for (vllm engine)."""
+    namespace: str = "default"
+    """k8s, kserve: the namespace of the manifests."""
+    storage_uri: str | None = None
+    """kserve: where KServe's storage initializer fetches the model (pvc://, s3://, gs://)."""
     min_replicas: int | None = Field(None, ge=0)
     """Fewest replicas; default 1 for always-on, 0 for scale-to-zero."""
     max_replicas: int = Field(2, ge=1)

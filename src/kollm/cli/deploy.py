@@ -86,6 +86,13 @@ def deploy(
         bool, typer.Option(help="Send one request and report its time (a cold start if none ran).")
     ] = False,
     delete: Annotated[bool, typer.Option("--delete", help="Remove the application.")] = False,
+    target: Annotated[
+        str | None,
+        typer.Option(help="ray, local, or a unit's files: docker, k8s, kserve (deploy.target)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="docker, k8s, kserve: the directory to write into.")
+    ] = None,
 ) -> None:
     """Deploy a model on Ray Serve (always-on, scale-to-zero) or run it over a file (batch).
 
@@ -93,10 +100,15 @@ def deploy(
     deploy.tier=scale-to-zero deploy.max_replicas=4."""
     from kollm.cluster.deploy import DeployError, ServeClient, deploy_to_ray
 
+    if target is not None:
+        overrides = [*(overrides or []), f"deploy.target={target}"]
     cfg = _deploy_recipe(recipe, overrides)
     d = cfg.deploy
     with user_errors():
-        version = Registry().get(ref)
+        version = Registry().checkout(ref)
+    if d.target in ("docker", "k8s", "kserve"):
+        _write_unit(version, cfg, out)
+        return
     if d.tier == "batch":
         _deploy_batch(ref, cfg, address, token, python)
         return
@@ -152,3 +164,37 @@ def _deploy_batch(ref: str, cfg: Recipe, address: str | None, token: str | None,
     except JobError as err:
         fail(str(err))
     console.print(f"deploy: batch job {job_id} ({executor}); see: kollm jobs logs {job_id} -f")
+
+
+def _write_unit(version, cfg: Recipe, out: Path | None) -> None:
+    """The files of a unit the site deploys itself, validated where the schemas are here."""
+    from kollm.cluster import units
+    from kollm.cluster.schemas import SchemasMissing, validate
+
+    if out is None:
+        fail(f"--out DIR: where the {cfg.deploy.target} files go")
+    d, serve = cfg.deploy, cfg.serve
+    try:
+        if d.target == "docker":
+            written = units.docker_context(version, out, serve, d)
+            console.print(f"deploy: docker build context for {version.ref} in {out}")
+            for path in written:
+                console.print(f"  {path}")
+            return
+        manifests = (
+            units.k8s_manifests(version, serve, d)
+            if d.target == "k8s"
+            else [units.kserve_manifest(version, serve, d)]
+        )
+    except units.UnitError as err:
+        fail(str(err))
+    try:
+        errors = [e for m in manifests for e in validate(m)]
+    except SchemasMissing as err:
+        errors = []
+        console.print(f"[yellow]not validated:[/] {err}")
+    if errors:
+        fail("the manifests do not fit their schemas:\n" + "\n".join(errors))
+    path = units.write_manifests(out, manifests, f"{d.target}.yaml")
+    kinds = ", ".join(m["kind"] for m in manifests)
+    console.print(f"deploy: {kinds} for {version.ref} -> {path}")
