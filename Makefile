@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench sample clean lock
+.PHONY: install demo test lint bench sample clean lock check-gguf
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP)
 	$(PY) bench/rag_bench.py
 	$(PY) bench/synth_bench.py
 	$(PY) bench/console_bench.py
+
+# Slow and optional: llama.cpp (built once into .cache/llamacpp) runs a GGUF export; its greedy
+# answers are compared with transformers'.
+check-gguf: $(STAMP)
+	$(PY) bench/check_gguf.py
 
 sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample

@@ -55,7 +55,7 @@ def test_unknown_key_suggests_the_known_one(tmp_path):
 
 def test_missing_required_field(tmp_path):
     path = recipe_file(tmp_path, "name: t\ndata:\n  kind: text\n")
-    with pytest.raises(RecipeError, match=r"data\.input: required field is missing"):
+    with pytest.raises(RecipeError, match=r"data\.input is missing: give the input file"):
         load_recipe(path)
 
 

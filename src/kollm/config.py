@@ -119,9 +119,28 @@ class ReportConfig(StrictModel):
     """How many topics the report lists."""
 
 
+class MixSource(StrictModel):
+    input: str
+    """JSONL, CSV or Parquet of this source's records (of the recipe's `kind`)."""
+    weight: float = Field(gt=0)
+    """Its share of the training split (weights are normalised to sum to 1)."""
+    name: str = Field(min_length=1)
+    """The name each of its records carries in `source`, and the report uses."""
+
+
 class DataConfig(StrictModel):
-    input: str | dict[str, str]
-    """Path to JSONL, CSV, Parquet or a saved `datasets` dir, or a mapping split -> path."""
+    input: str | dict[str, str] | None = None
+    """Path to JSONL, CSV, Parquet or a saved `datasets` dir, or a mapping split -> path; or
+    give `mix` instead."""
+    mix: list[MixSource] | None = None
+    """Weighted sources instead of `input` (domain text with general text, so the model does
+    not forget): each is cleaned and split alone (dev and test keep every source), and the
+    training split samples them by weight with `split.seed`."""
+    mix_by: Literal["examples", "tokens"] = "examples"
+    """What the weights share out: records, or tokens (whitespace words of the text fields)."""
+    mix_size: int | None = Field(None, ge=1)
+    """Size of the mixed training split in `mix_by` units; default: all sources' training
+    records (or tokens) together. A source smaller than its share is repeated."""
     kind: RecordKind
     """Record kind: dialogue_summary, instruction, chat, preference or text."""
     format: InputFormat = "auto"
@@ -142,6 +161,24 @@ class DataConfig(StrictModel):
     """Train/dev/test split."""
     report: ReportConfig = Field(default_factory=ReportConfig)
     """EDA report."""
+
+    @property
+    def input_files(self) -> dict[str, str]:
+        """Every input file by its split (`all` when unsplit), or `mix:NAME` for a source."""
+        if self.mix:
+            return {f"mix:{m.name}": m.input for m in self.mix}
+        return self.input if isinstance(self.input, dict) else {"all": str(self.input)}
+
+    @model_validator(mode="after")
+    def _input_or_mix(self) -> DataConfig:
+        if self.input is None and self.mix is None:
+            raise ValueError("data.input is missing: give the input file, or data.mix")
+        if self.input is not None and self.mix is not None:
+            raise ValueError("give data.input or data.mix (weighted sources), not both")
+        names = [m.name for m in self.mix or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.mix: each source needs its own name, got {names}")
+        return self
 
 
 class ModelConfig(StrictModel):

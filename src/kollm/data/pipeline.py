@@ -34,6 +34,7 @@ from kollm.data.report import build_report, write_report
 from kollm.data.steps.base import Step
 from kollm.data.steps.dedup import ExactDeduplicator, MinhashDeduplicator
 from kollm.data.steps.filters import HangulRatioFilter, LengthFilter, PlaceholderOnlyFilter
+from kollm.data.steps.mix import CorpusMixer
 from kollm.data.steps.normalise import TextNormaliser
 from kollm.data.steps.pii import PiiMasker
 from kollm.text.normalize import NormalizeOptions
@@ -99,8 +100,13 @@ def counted(records: Iterable[Record], advance: Advance | None) -> Iterator[Reco
 
 
 def read_inputs(cfg: DataConfig, kind: RecordKind, bad_lines: list[dict] | None):
-    """Input records per split name; `all` when the input has no splits."""
-    sources = cfg.input if isinstance(cfg.input, dict) else {"all": cfg.input}
+    """Input records per split name; `all` when the input has no splits, `mix:NAME` for each
+    source of a mix (its records carry `source: NAME`)."""
+    if cfg.mix:
+        return {
+            f"mix:{m.name}": _mix_source(m, i, kind, cfg, bad_lines) for i, m in enumerate(cfg.mix)
+        }
+    sources = cfg.input_files
     splits: dict[str, Iterable[Record]] = {}
     for split, raw_path in sources.items():
         path = Path(raw_path)
@@ -110,6 +116,15 @@ def read_inputs(cfg: DataConfig, kind: RecordKind, bad_lines: list[dict] | None)
         else:
             splits[split] = read_records(path, kind, cfg.format, bad_lines)
     return splits
+
+
+def _mix_source(m, i: int, kind: RecordKind, cfg: DataConfig, bad_lines) -> Iterator[Record]:
+    path = Path(m.input)
+    if not path.exists():
+        raise DataError(f"data.mix[{i}] ({m.name}): {path}: no such file or directory")
+    for record in read_records(path, kind, cfg.format, bad_lines):
+        record["source"] = m.name
+        yield record
 
 
 def _validated(rows: list[Any], kind: RecordKind, path: Path, bad_lines: list[dict] | None):
@@ -161,9 +176,27 @@ def clean_splits(
         records = list(counted(_with_ids(inputs[split], split), advance))
         read_counts[split] = len(records)
         cleaned[split] = list(run_steps(steps, records, dropped))
-    if set(cleaned) == {"all"}:
+    if cfg.mix:
+        cleaned = mixed_splits(cfg, kind, cleaned)
+    elif set(cleaned) == {"all"}:
         cleaned = split_records(cleaned["all"], cfg.split.dev, cfg.split.test, cfg.split.seed)
     return cleaned, steps, dropped, bad_lines or [], read_counts
+
+
+def mixed_splits(cfg: DataConfig, kind: RecordKind, cleaned: dict[str, list[Record]]):
+    """Each source split alone; dev and test keep every source, train is drawn by weight."""
+    parts = {
+        name.removeprefix("mix:"): split_records(
+            rows, cfg.split.dev, cfg.split.test, cfg.split.seed
+        )
+        for name, rows in cleaned.items()
+    }
+    mixer = CorpusMixer({m.name: m.weight for m in cfg.mix}, kind, cfg.mix_by, cfg.split.seed)
+    splits = {"train": mixer.mix({n: p["train"] for n, p in parts.items()}, cfg.mix_size)}
+    for split in ("dev", "test"):
+        if any(split in p for p in parts.values()):
+            splits[split] = [r for p in parts.values() for r in p.get(split, [])]
+    return splits
 
 
 def prepare(cfg: DataConfig, output_dir: Path, advance: Advance | None = None) -> PrepareResult:
@@ -187,6 +220,9 @@ def prepare(cfg: DataConfig, output_dir: Path, advance: Advance | None = None) -
         "output": {name: len(rows) for name, rows in splits.items()},
         "manifest_sha256": manifest_hash(files[name] for name in splits),
     }
+    if cfg.mix:
+        weights = {m.name: m.weight for m in cfg.mix}
+        stats["mix"] = CorpusMixer(weights, kind, cfg.mix_by, cfg.split.seed).report(splits)
     files["stats"] = output_dir / "stats.json"
     write_json(files["stats"], stats)
     report_dir = output_dir / "report"

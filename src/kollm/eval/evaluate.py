@@ -78,7 +78,7 @@ def evaluate_model(
     refs = [references(fmt, r) for r in records]
     kind = fmt.kind
     if kind == "text":
-        return _perplexity_only(engine, prompts, refs, model_dir, out_dir)
+        return _perplexity_only(engine, prompts, refs, model_dir, out_dir, records)
     predictions = generate_all(engine, prompts, cfg, advance)
     rouge_args = {
         "tokenize": cfg.tokenize,
@@ -100,6 +100,7 @@ def evaluate_model(
         metrics["perplexity"] = answer_perplexity(
             engine.model, engine.tokenizer, prompts, answers, engine.device
         )
+        metrics.update(_by_source(engine, records, prompts, answers))
     rows = [
         {"id": r.get("id", i), "prediction": p, "references": ref, **scores}
         for i, (r, p, ref, scores) in enumerate(
@@ -128,11 +129,36 @@ def evaluate_recipe(
     return evaluate_model(model_dir, records, fmt, cfg, out_dir, advance)
 
 
-def _perplexity_only(engine, prompts, refs, model_dir: Path, out_dir: Path) -> EvalResult:
+def _by_source(engine, records, prompts, answers) -> dict[str, Any]:
+    """For a mixed corpus (records with `source`): the perplexity on each source's records,
+    so a site sees what the domain data cost the general ability."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        if record.get("source"):
+            groups.setdefault(str(record["source"]), []).append(i)
+    if len(groups) < 2:
+        return {}
+    scores = {
+        name: answer_perplexity(
+            engine.model,
+            engine.tokenizer,
+            [prompts[i] for i in idx],
+            [answers[i] for i in idx],
+            engine.device,
+        )
+        for name, idx in sorted(groups.items())
+    }
+    return {"perplexity_by_source": scores}
+
+
+def _perplexity_only(
+    engine, prompts, refs, model_dir: Path, out_dir: Path, records=()
+) -> EvalResult:
     """Plain-text (pretraining) recipes: nothing to summarise, so perplexity alone."""
     answers = [r[0] for r in refs]
     ppl = answer_perplexity(engine.model, engine.tokenizer, prompts, answers, engine.device)
     metrics = {"perplexity": ppl, "examples": len(prompts), "model_dir": str(model_dir)}
+    metrics.update(_by_source(engine, records, prompts, answers))
     files = {"metrics": out_dir / "metrics.json"}
     write_json(files["metrics"], metrics)
     return EvalResult(metrics, [], files)

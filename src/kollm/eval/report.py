@@ -43,6 +43,8 @@ def render_markdown(metrics: dict[str, Any], rows, prompts, n_worst: int) -> str
     lines += ["| " + " | ".join(r) + " |" for r in score_rows(metrics)]
     if "perplexity" in metrics:
         lines += ["", f"Perplexity of the references: {metrics['perplexity']:.2f}"]
+    for source, ppl in metrics.get("perplexity_by_source", {}).items():
+        lines.append(f"- {source}: {ppl:.2f}")
     lines += ["", f"## The {n_worst} worst examples (ROUGE-L)", ""]
     for row, prompt in worst(rows, prompts, n_worst):
         lines += [

@@ -95,7 +95,7 @@ def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOut
     from kollm.data.pipeline import prepare
 
     cfg = recipe.data
-    sources = cfg.input if isinstance(cfg.input, dict) else {"all": cfg.input}
+    sources = cfg.input_files
     fingerprint = _sha(cfg.model_dump(), {k: file_sha(Path(v)) for k, v in sources.items()})
     out = recipe.data_dir
     if not force and _fresh(out, fingerprint, [out / "stats.json", out / "train.jsonl"]):
@@ -168,6 +168,7 @@ def register_stage(
             recipe_text=recipe_text,
             metrics=_headline(metrics),
             parent_version=parent,
+            lineage=base_lineage(recipe.model.base),
         )
         skipped = False
     if recipe.registry.alias and recipe.registry.alias not in version.aliases:
@@ -175,6 +176,16 @@ def register_stage(
     return StageOutcome(
         "register", skipped, {"ref": version.ref, "aliases": version.aliases}
     ), version
+
+
+def base_lineage(base: str) -> dict[str, Any] | None:
+    """The lineage a local base dir carries: its vocabulary extension (kollm_vocab.json)."""
+    from kollm.train.vocab import LINEAGE_FILE
+
+    path = Path(base) / LINEAGE_FILE
+    if not path.is_file():
+        return None
+    return {"vocabulary": json.loads(path.read_text(encoding="utf-8"))}
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

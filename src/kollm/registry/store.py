@@ -71,6 +71,7 @@ class ModelVersion:
     parent_version: int | None
     files: dict[str, str] | None = None
     prompt_format: str | None = None
+    lineage: dict[str, Any] | None = None
     aliases: list[str] = field(default_factory=list)
 
     @property
@@ -124,6 +125,7 @@ class Registry:
         metrics: dict[str, Any] | None = None,
         parent_version: int | None = None,
         prompt_format: str | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Add the next version of `name`: its files are hashed and stored content-addressed,
         and the version points at the stored copy, never at the run dir."""
@@ -148,7 +150,7 @@ class Registry:
             ).fetchone()
             version = int(row[0])
             conn.execute(
-                "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO model_versions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     name,
                     version,
@@ -165,6 +167,7 @@ class Registry:
                     parent_version,
                     json.dumps(hashes),
                     prompt_format,
+                    json.dumps(lineage, ensure_ascii=False) if lineage else None,
                 ),
             )
         return self.get(f"{name}:{version}")
@@ -213,6 +216,7 @@ class Registry:
         data = dict(row)
         data["metrics"] = json.loads(data["metrics"])
         data["files"] = json.loads(data["files"]) if data.get("files") else None
+        data["lineage"] = json.loads(data["lineage"]) if data.get("lineage") else None
         return ModelVersion(**data, aliases=aliases)
 
     def resolve(self, ref: str) -> tuple[str, int]:

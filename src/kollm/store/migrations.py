@@ -319,6 +319,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX exports_version ON exports (name, version);
         """,
     ),
+    (
+        "019_version_lineage",
+        """
+        -- What else a version came from, as JSON: the vocabulary extension of its base
+        -- (`kollm tokenizer extend`: base, data sha256, pieces added).
+        ALTER TABLE model_versions ADD COLUMN lineage TEXT;
+        """,
+    ),
 ]
 
 
