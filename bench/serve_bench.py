@@ -8,8 +8,11 @@ streaming clients at concurrency 1, 4, 8, 16 send Korean dialogue prompts; per r
 TTFT, e2e and the gaps between chunks, as `vllm bench serve` defines them: TPOT = (e2e - ttft) /
 (tokens - 1), ITL = mean gap, output tokens/s = all output tokens / wall time. In the same run:
 CTranslate2's `generate_batch` on batches of 8 of the same prompts, and a naive transformers
-server (one `generate` per request). The last line reads `serve/engine R1  serve/naive R2`,
-both at concurrency 8.
+server (one `generate` per request). Shared-prompt caching: the same clients at concurrency
+8 with a ~300-token system prompt before every prompt, with CTranslate2's static-prompt cache
+on and off. Memory: the resident set of a `kollm serve` process serving the model. The last
+line reads `serve/engine R1  serve/naive R2  prefix/off R3  rss_gb M` (R1 and R2 at
+concurrency 8; R3 the throughput with the cache on over off).
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ async def one_stream(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> d
             elif chunk["choices"] and chunk["choices"][0]["text"]:
                 stamps.append(time.perf_counter())
     end = time.perf_counter()
+    tokens = tokens or len(stamps)  # a server without usage in its stream: a chunk a token
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     ttft = (stamps[0] if stamps else end) - start
     return {
@@ -139,18 +143,93 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def raw_engine_rate(engine, texts: list[str], max_tokens: int) -> float:
+def raw_engine_rate(engine, texts: list[str], max_tokens: int, batch: int = 8) -> float:
     from kollm.engines.base import GenerationParams
 
     params = GenerationParams(max_new_tokens=max_tokens)
-    engine.generate(texts[:8], params)  # warm-up
+    engine.generate(texts[:batch], params)  # warm-up
     start = time.perf_counter()
     tokens = sum(
         g.completion_tokens
-        for i in range(0, 32, 8)
-        for g in engine.generate(texts[i : i + 8], params)
+        for i in range(0, 4 * batch, batch)
+        for g in engine.generate(texts[i : i + batch], params)
     )
     return tokens / (time.perf_counter() - start)
+
+
+def engine_first_token(engine, texts: list[str], max_tokens: int) -> float:
+    """Median seconds from `generate` to the first text, one prompt at a time: token ids
+    through the same incremental decoder the server streams with (a byte-level token that
+    holds part of a Hangul syllable shows no text yet)."""
+    from kollm.engines.base import GenerationParams, IncrementalDecoder
+
+    params = GenerationParams(max_new_tokens=max_tokens)
+    times = []
+    for text in texts[:6]:
+        first: list[float] = []
+        decoder = IncrementalDecoder(engine.decode)
+
+        def seen(index: int, token: int, first=first, decoder=decoder) -> None:
+            if decoder.push(token) and not first:
+                first.append(time.perf_counter())
+
+        start = time.perf_counter()
+        engine.generate([text], params, seen)
+        times.append((first[0] if first else time.perf_counter()) - start)
+    return statistics.median(times[1:])
+
+
+SYSTEM = (
+    "당신은 구청 민원 안내 도우미입니다. 주민등록, 전입신고, 여권, 복지 급여, 주차 허가 같은"
+    " 민원을 정확하고 친절하게 안내하세요. 모르는 것은 모른다고 말하고, 개인정보는 묻지 마세요. "
+)
+
+
+def system_texts(tokenizer, texts: list[str], tokens: int = 300) -> list[str]:
+    """A chat service's requests: the same system prompt of about `tokens` tokens, then a
+    short question (a dialogue's first turn)."""
+    system = SYSTEM
+    while len(tokenizer(system)["input_ids"]) < tokens:
+        system += SYSTEM
+    questions = [t.split("\n")[1] if "\n" in t else t[:80] for t in texts]
+    return [f"{system}\n질문: {q}\n답변:" for q in questions]
+
+
+def server_first_text(url: str, texts: list[str], max_tokens: int) -> float:
+    """Median TTFT of the same prompts as engine_first_token, one request at a time."""
+
+    async def run() -> list[float]:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+            return [(await one_stream(http, t, max_tokens))["ttft"] for t in texts[:6]]
+
+    return statistics.median(asyncio.run(run())[1:])
+
+
+def serve_rss_gb(model_dir: Path) -> float:
+    """Resident memory of a `kollm serve` process serving the model, once it answers."""
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    kollm = Path(sys.executable).parent / "kollm"
+    env = {**os.environ, "KOLLM_HOME": str(model_dir.parent / "home")}
+    cmd = [str(kollm), "serve", str(model_dir), "--port", str(port), "--no-log"]
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        rss_kb = int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+        return rss_kb / 2**20
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def naive_app(model_dir: Path):
@@ -205,11 +284,61 @@ async def naive_rate(
         return tokens / (time.perf_counter() - start)
 
 
+def llamacpp_rate(model_dir: Path, texts: list[str], args) -> float:
+    """llama-cpp-python's OpenAI server (built once into .cache/llamacpp, as make check-gguf
+    does) serving the same model as GGUF Q8_0, the same clients at concurrency 8. Its server
+    runs one request at a time (llama.cpp's own llama-server has --parallel; the Python
+    package a user installs does not)."""
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from check_gguf import llamacpp_python
+    from kollm.cluster.export import export_model
+
+    python = llamacpp_python()
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "llama-cpp-python[server]==0.3.36"], check=True
+    )
+    gguf = export_model(str(model_dir), "gguf", model_dir.parent / "gguf", "q8_0").path
+    port = free_port()
+    cmd = [
+        str(python),
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        "bench",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "2",
+    ]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        _, rate = asyncio.run(closed_loop(url, 8, args.requests, texts, args.max_tokens))
+        return rate
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--llamacpp", action="store_true", help="add llama.cpp (builds it once)")
     args = parser.parse_args()
 
     from kollm.serve.app import ServeSettings, create_app
@@ -224,10 +353,15 @@ def main() -> None:
             [str(model_dir)], "ctranslate2", ServerMetrics(), max_batch=16, max_queue=256
         )
         server, url = run_in_thread(create_app(manager, ServeSettings(log_requests=False), None))
-        engine_rate = raw_engine_rate(manager.models["bench"].engine, texts, args.max_tokens)
-        print(f"raw CTranslate2 generate_batch(8): {engine_rate:.1f} output tokens/s")
+        engine = manager.models["bench"].engine
+        engine_rate = {b: raw_engine_rate(engine, texts, args.max_tokens, b) for b in (8, 16)}
+        first = engine_first_token(engine, texts, args.max_tokens)
+        print(
+            f"raw CTranslate2 generate_batch: {engine_rate[8]:.1f} output tokens/s at 8,"
+            f" {engine_rate[16]:.1f} at 16; first token {first * 1000:.0f} ms"
+        )
         print("conc  TTFT p50  TTFT p99  TPOT p50  ITL mean  output tok/s")
-        serve_rates = {}
+        serve_rates, ttft50 = {}, {}
         for concurrency in (1, 4, 8, 16):
             results, rate = asyncio.run(
                 closed_loop(url, concurrency, args.requests, texts, args.max_tokens)
@@ -236,17 +370,45 @@ def main() -> None:
             ttft = [r["ttft"] for r in results]
             tpot = pct([r["tpot"] for r in results], 50)
             itl = statistics.fmean(r["itl"] for r in results)
-            p50, p99 = pct(ttft, 50), pct(ttft, 99)
+            ttft50[concurrency], p99 = pct(ttft, 50), pct(ttft, 99)
             print(
-                f"{concurrency:4d}  {p50:8.3f}  {p99:8.3f}  {tpot:8.4f}  {itl:8.4f}  {rate:12.1f}"
+                f"{concurrency:4d}  {ttft50[concurrency]:8.3f}  {p99:8.3f}  {tpot:8.4f}"
+                f"  {itl:8.4f}  {rate:12.1f}"
+            )
+        served_first = server_first_text(url, texts, args.max_tokens)
+        long_texts = system_texts(engine.tokenizer, texts)
+        prefix = {}
+        for cache in (False, True):
+            from kollm.engines.ctranslate2_engine import SharedPrefixes
+
+            engine.prefixes = SharedPrefixes() if cache else None
+            results, rate = asyncio.run(
+                closed_loop(url, 8, args.requests + 1, long_texts, args.max_tokens)
+            )
+            prefix[cache] = (rate, pct([r["ttft"] for r in results], 50))
+            print(
+                f"300-token system prompt, cache {'on ' if cache else 'off'}: {rate:.1f}"
+                f" output tokens/s, TTFT p50 {prefix[cache][1]:.3f} s"
             )
         server.should_exit = True
         naive_server, naive_url = run_in_thread(naive_app(model_dir))
         naive = asyncio.run(naive_rate(naive_url, 8, texts, args.max_tokens, args.requests))
         naive_server.should_exit = True
         print(f"naive transformers server, concurrency 8: {naive:.1f} output tokens/s")
+        rss = serve_rss_gb(model_dir)
+        llama = llamacpp_rate(model_dir, texts, args) if args.llamacpp else None
+        if llama:
+            print(f"llama-cpp-python server, GGUF Q8_0, concurrency 8: {llama:.1f} output tokens/s")
     print(
-        f"serve/engine {serve_rates[8] / engine_rate:.2f}  serve/naive {serve_rates[8] / naive:.2f}"
+        f"serve/engine at 16: {serve_rates[16] / engine_rate[16]:.2f};"
+        f" TTFT at 1 / engine first text (same prompts): {served_first / first:.2f};"
+        f" prefix on/off TTFT: {prefix[True][1] / prefix[False][1]:.2f}"
+    )
+    ratio, over_naive = serve_rates[8] / engine_rate[8], serve_rates[8] / naive
+    print(
+        f"serve/engine {ratio:.2f}  serve/naive {over_naive:.2f}"
+        f"  prefix/off {prefix[True][0] / prefix[False][0]:.2f}  rss_gb {rss:.2f}"
+        + (f"  kollm/llamacpp {serve_rates[8] / llama:.2f}" if llama else "")
     )
 
 

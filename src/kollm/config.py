@@ -292,10 +292,11 @@ class TrainConfig(StrictModel):
     """Log the training loss every N steps."""
     max_train_samples: int | None = Field(None, ge=1)
     """Use at most this many training records (quick runs)."""
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | None = None
     """Recompute each layer's activations in the backward pass instead of storing them: much
-    less memory for long sequences, about a third more compute (TRL's default). `kollm plan`
-    and job placement count memory the same way."""
+    less memory for long sequences, about a third more compute (TRL turns it on always). Unset:
+    off on the CPU (host memory holds the activations of any model a CPU trains in reasonable
+    time), on a GPU. `kollm plan` and job placement count it on unless it is set off."""
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
     """Attention kernel: SDPA (PyTorch's default), FlashAttention-2 (`flash_attention_2`, needs
     the flash-attn package and a GPU) or eager (keeps every score matrix)."""
@@ -529,6 +530,10 @@ class ServeConfig(StrictModel):
     """Per served model id: the domain guard."""
     rag: str | None = None
     """A collection every chat request is answered from, with citations (settings: `rag`)."""
+    prefix_cache: bool = True
+    """ctranslate2: compute a prompt prefix that requests share (a system prompt, a RAG
+    context) once and reuse its model state (CTranslate2's static prompt); vllm caches
+    prefixes itself."""
 
 
 class DeployConfig(StrictModel):

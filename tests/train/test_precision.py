@@ -13,7 +13,7 @@ from kollm.train import run_training
 def test_a_cpu_without_bf16_hardware_trains_in_float32(tiny_recipe, monkeypatch):
     monkeypatch.setattr(common, "cpu_has_bf16", lambda: False)
     seen = []
-    from trl import SFTTrainer
+    from kollm.train.cpu_loss import CpuSFTTrainer as SFTTrainer  # the trainer the CPU runs
 
     original = SFTTrainer.compute_loss
 

@@ -115,7 +115,8 @@ def planned_card_gib(spec: JobSpec) -> float:
         task = "qlora" if lora.quantize_4bit else "lora" if lora.enabled else "full"
         precision = "nf4" if task == "qlora" else "bf16"
         context, batch, rank = train.max_length, train.batch_size, lora.r
-    checkpointing = train.gradient_checkpointing if train else True
+    # unset: count it on, as on the GPUs jobs are placed on when activations are large
+    checkpointing = train.gradient_checkpointing is not False if train else True
     attention = train.attention if train else "sdpa"
     result = plan(
         shape,

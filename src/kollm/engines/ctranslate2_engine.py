@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections import deque
 from pathlib import Path
 
 from kollm.engines.base import (
@@ -75,6 +76,52 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
     return out
 
 
+class SharedPrefixes:
+    """Token prefixes that several prompts start with (a chat service's system prompt, a RAG
+    context): passed to CTranslate2 as the batch's `static_prompt`, whose model state it
+    caches and reuses, so the shared part is computed once instead of in every request.
+
+    A batch's prefix is the longest that all its prompts share (with each other, or with a
+    recent prompt when the batch is one request), at least `min_tokens` long and leaving each
+    prompt a token of its own. CTranslate2 keeps every static prompt it caches, so at most
+    `max_prefixes` distinct ones are used; a longer one that starts with a known prefix is
+    cut back to it, so prompts that differ only after the system prompt share one entry."""
+
+    def __init__(self, min_tokens: int = 32, max_prefixes: int = 16, recent: int = 32) -> None:
+        self.min_tokens, self.max_prefixes = min_tokens, max_prefixes
+        self.known: list[tuple[str, ...]] = []
+        self.recent: deque[tuple[str, ...]] = deque(maxlen=recent)
+
+    @staticmethod
+    def _common(a, b) -> int:
+        n = 0
+        for x, y in zip(a, b, strict=False):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    def choose(self, prompts: list[list[str]]) -> int:
+        """How many leading tokens the batch passes as its static prompt (0: none)."""
+        first = prompts[0]
+        if len(prompts) > 1:
+            shared = min(self._common(first, p) for p in prompts[1:])
+        else:
+            shared = max((self._common(first, p) for p in self.recent), default=0)
+        self.recent.extend(tuple(p[:2048]) for p in prompts)
+        shared = min(shared, min(len(p) for p in prompts) - 1)
+        if shared < self.min_tokens:
+            return 0
+        prefix = tuple(first[:shared])
+        known = [k for k in self.known if prefix[: len(k)] == k]
+        if known:
+            return len(max(known, key=len))
+        if len(self.known) >= self.max_prefixes:
+            return 0
+        self.known.append(prefix)
+        return shared
+
+
 class CTranslate2Engine:
     name = "ctranslate2"
 
@@ -85,6 +132,7 @@ class CTranslate2Engine:
         device: str = "cpu",
         sha256: str | None = None,
         threads: int = 0,
+        prefix_cache: bool = True,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.quantization, self.device, self.sha256, self.threads = (
@@ -97,6 +145,7 @@ class CTranslate2Engine:
         self.tokenizer = None
         self.is_encoder_decoder = False
         self.context_length = 2048
+        self.prefixes = SharedPrefixes() if prefix_cache else None
 
     def load(self) -> None:
         import ctranslate2
@@ -162,7 +211,11 @@ class CTranslate2Engine:
             )
             ids = [self.tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         else:
-            results = self.model.generate_batch(tokens, include_prompt_in_result=False, **options)
+            shared = self.prefixes.choose(tokens) if self.prefixes is not None else 0
+            if shared:
+                options["static_prompt"] = tokens[0][:shared]
+            starts = [t[shared:] for t in tokens]
+            results = self.model.generate_batch(starts, include_prompt_in_result=False, **options)
             ids = [r.sequences_ids[0] for r in results]
         return [self._finish(row, len(t), params) for row, t in zip(ids, tokens, strict=True)]
 

@@ -48,9 +48,12 @@ class Batcher:
         max_batch: int = 8,
         max_queue: int = 64,
         max_wait_s: float = 0.005,
+        max_gather_s: float = 0.1,
     ) -> None:
         self.engine, self.model_name, self.metrics = engine, model_name, metrics
         self.max_batch, self.max_queue, self.max_wait_s = max_batch, max_queue, max_wait_s
+        self.max_gather_s = max_gather_s
+        self._last_size, self._last_end = 0, 0.0  # the latest batch: its size, when it ended
         self._waiting: deque[Job] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(
@@ -113,11 +116,29 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(self._waiting) < self.max_batch:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join the batch
+            await self._gather()
             batch = self._take_batch()
             if batch:
                 await self._run(loop, batch)
+
+    async def _gather(self) -> None:
+        """Let requests that come together join one batch. A static batch runs to its end, so
+        a request left behind by a millisecond waits a whole batch. Right after a batch, the
+        clients it answered come back: wait until at least as many as it held are here again.
+        Then wait while requests keep arriving (`max_wait_s` without one ends it). At most
+        `max_gather_s` in all."""
+        now = time.perf_counter()
+        deadline = now + self.max_gather_s
+        expected = self._last_size if now - self._last_end < 1.0 else 0
+        seen = -1
+        while len(self._waiting) < self.max_batch:
+            if len(self._waiting) >= expected and len(self._waiting) == seen:
+                return
+            seen = len(self._waiting)
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(self.max_wait_s, left))
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[Job]) -> None:
         started = time.perf_counter()
@@ -125,6 +146,7 @@ class Batcher:
             self.metrics.queue_time.labels(self.model_name).observe(started - job.enqueued)
         self._running += len(batch)
         self.metrics.running.labels(self.model_name).set(self._running)
+        self.metrics.batch_size.labels(self.model_name).observe(len(batch))
         decoders = [IncrementalDecoder(self.engine.decode, job.params.stop) for job in batch]
 
         def on_token(index: int, token_id: int) -> None:  # runs in the engine thread
@@ -146,6 +168,7 @@ class Batcher:
         finally:
             self._running -= len(batch)
             self.metrics.running.labels(self.model_name).set(self._running)
+            self._last_size, self._last_end = len(batch), time.perf_counter()
 
     def _token(self, job: Job, delta: str) -> None:
         now = time.perf_counter()

@@ -45,6 +45,13 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.batch_size = Histogram(
+            "kollm:batch_size",
+            "Requests in each engine batch.",
+            label,
+            buckets=(1, 2, 4, 8, 12, 16, 24, 32, 64),
+            registry=r,
+        )
         self.running = Gauge(
             "kollm:num_requests_running", "Requests in an engine batch.", label, registry=r
         )

@@ -59,6 +59,7 @@ def build_manager(
         adapters=dict(cfg.adapters),
         guards=domain_guards(cfg.domains),
         adapter_root=access.adapter_root if access else None,
+        engine_options={"prefix_cache": cfg.prefix_cache} if cfg.engine == "ctranslate2" else {},
     )
 
 

@@ -140,10 +140,22 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "disable_tqdm": True,  # RichProgressCallback draws the bar instead
         # Prefix tuning feeds its virtual keys/values through the cache that checkpointing
         # turns off, so its first step fails with checkpointing on.
-        "activation_checkpointing": t.gradient_checkpointing
+        "activation_checkpointing": checkpointing(recipe)
         and not (t.lora.enabled and t.lora.method == "prefix_tuning"),
         **device_settings(t.precision),
     }
+
+
+def checkpointing(recipe: Recipe) -> bool:
+    """`train.gradient_checkpointing`, or when unset: off on the CPU (host memory holds the
+    activations of any model a CPU trains in reasonable time, and recomputing them costs a
+    third of the step), on a GPU (TRL's default; card memory is what runs out)."""
+    import torch
+
+    t = recipe.train
+    if t.gradient_checkpointing is not None:
+        return t.gradient_checkpointing
+    return torch.cuda.is_available()
 
 
 class CheckpointMarker(TrainerCallback):

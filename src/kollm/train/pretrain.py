@@ -18,7 +18,9 @@ from kollm.train.sft import load_causal, lora_config
 def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
     """Continued pretraining on plain text."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from kollm.train.cpu_loss import CpuSFTTrainer
 
     t = recipe.train
     train_dir = recipe.train_dir
@@ -41,7 +43,7 @@ def train_pretrain(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resu
         dataset_text_field="text",
         completion_only_loss=False,
     )
-    trainer = SFTTrainer(
+    trainer = CpuSFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),

@@ -138,7 +138,9 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
 def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: bool = False):
     """Supervised fine-tuning of a causal model, full or PEFT."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from kollm.train.cpu_loss import CpuSFTTrainer
 
     t = recipe.train
     train_dir = recipe.train_dir
@@ -155,7 +157,7 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
         packing_strategy=packing_strategy(t.packing_strategy),
         completion_only_loss=True,
     )
-    trainer = SFTTrainer(
+    trainer = CpuSFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_examples),
