@@ -51,6 +51,8 @@ bench: $(STAMP)
 	$(PY) bench/rag_bench.py
 	$(PY) bench/synth_bench.py
 	$(PY) bench/console_bench.py
+	$(PY) bench/export_bench.py
+	$(PY) bench/vocab_bench.py
 
 # Slow and optional: llama.cpp (built once into .cache/llamacpp) runs a GGUF export; its greedy
 # answers are compared with transformers'.

@@ -7,7 +7,8 @@ not materialising the logits on a GPU). Here the backbone runs once and only the
 positions (the answer, for completion-only loss) go through the LM head into
 `F.cross_entropy`: the same loss, normalised the same way (`num_items_in_batch`, else the
 labelled tokens). Prompt learning (prompt, prefix and P-tuning), which feeds virtual tokens
-through PEFT's own forward, and every GPU run keep TRL's path."""
+through PEFT's own forward, several processes (DDP reduces gradients through the wrapper's
+forward) and every GPU run keep TRL's path."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def completion_loss(model, inputs, num_items_in_batch=None) -> torch.Tensor:
 
 class CpuSFTTrainer(SFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or self.args.use_cpu is False or _prompt_learning(model):
+        distributed = self.accelerator.num_processes > 1  # DDP syncs through its own forward
+        if return_outputs or self.args.use_cpu is False or distributed or _prompt_learning(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss = completion_loss(model, inputs, num_items_in_batch)
         if model.training:  # the token count TRL logs (`num_tokens`), padding excluded
