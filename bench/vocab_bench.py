@@ -28,22 +28,11 @@ def texts(name: str) -> list[str]:
 
 def build_base(out: Path, train: list[str]) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(train[:30], trainer)  # a base that saw little Korean
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
-    )
+    from kollm.data.tokenizer_report import reference_bpe
+
+    fast = reference_bpe(train[:30], 600, eos="<|endoftext|>")  # a base that saw little Korean
     fast.save_pretrained(str(out))
     config = LlamaConfig(
         vocab_size=len(fast),

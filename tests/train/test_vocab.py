@@ -14,26 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 from kollm.cli import app
-from kollm.data.tokenizer_report import token_stats
+from kollm.data.tokenizer_report import reference_bpe, token_stats
 from kollm.train.vocab import LINEAGE_FILE, chars_per_token, extend
 from tests.conftest import REPO, read_jsonl
 
 
 def _byte_tokenizer(texts, vocab):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    return reference_bpe(texts, vocab, eos="<|endoftext|>")
 
 
 def _dialogues(name):

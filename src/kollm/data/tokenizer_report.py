@@ -119,8 +119,9 @@ def _tokens_per_word(words: list[tuple[int, int, str]], offsets) -> list[int]:
     return counts
 
 
-def reference_bpe(texts: list[str], vocab_size: int):
-    """A byte-level BPE learnt on `texts` with (at most) `vocab_size` pieces."""
+def reference_bpe(texts: list[str], vocab_size: int, eos: str | None = None):
+    """A byte-level BPE learnt on `texts` with (at most) `vocab_size` pieces (and `eos` as
+    its one special token, when given), as a Hugging Face fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -129,11 +130,13 @@ def reference_bpe(texts: list[str], vocab_size: int):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
+        special_tokens=[eos] if eos else [],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    special = {"eos_token": eos, "pad_token": eos} if eos else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
 
 
 def report(base: str, texts: list[str]) -> dict[str, Any]:
