@@ -316,6 +316,8 @@ def llamacpp_rate(model_dir: Path, texts: list[str], args) -> float:
         "2048",
         "--n_threads",
         "2",
+        "--interrupt_requests",
+        "False",  # by default a new request cuts the running one off
     ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
