@@ -58,23 +58,15 @@ def llamacpp_python() -> Path:
 def model_dir(tmp: Path) -> Path:
     if (DEMO / "config.json").is_file():
         return DEMO
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from kollm.train.scratch import train_tokenizer
+    from kollm.config import ModelConfig
+    from kollm.train.scratch import build_model, train_tokenizer
 
     rows = [json.loads(x) for x in (REPO / "data/sample/dialogsum_dev.jsonl").open()]
     tok = train_tokenizer((r["dialogue"] + r["summary"] for r in rows), 4000, tmp / "m")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=1024,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
+    shape = ModelConfig(
+        layers=2, hidden_size=256, heads=4, intermediate_size=512, max_positions=1024
     )
-    LlamaForCausalLM(config).save_pretrained(str(tmp / "m"))
+    build_model(shape, tok, seed=0).save_pretrained(str(tmp / "m"))
     return tmp / "m"
 
 

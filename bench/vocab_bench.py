@@ -28,24 +28,19 @@ def texts(name: str) -> list[str]:
 
 def build_base(out: Path, train: list[str]) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
+    from kollm.config import ModelConfig
     from kollm.data.tokenizer_report import reference_bpe
+    from kollm.train.scratch import llama_config
 
     fast = reference_bpe(train[:30], 600, eos="<|endoftext|>")  # a base that saw little Korean
     fast.save_pretrained(str(out))
-    config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
+    shape = ModelConfig(
+        layers=2, hidden_size=128, heads=4, intermediate_size=256, max_positions=512
     )
+    ids = {"eos_token_id": fast.eos_token_id, "pad_token_id": fast.pad_token_id}
+    config = llama_config(shape, fast, tie_word_embeddings=True, **ids)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(out))
 

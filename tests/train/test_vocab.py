@@ -29,22 +29,16 @@ def _dialogues(name):
 
 def _base(tmp_path, tied=True, vocab=320):
     """A Llama-shaped model whose BPE saw 20 dialogues: Korean costs it many tokens."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from kollm.config import ModelConfig
+    from kollm.train.scratch import llama_config
 
     tok = _byte_tokenizer(_dialogues("dialogsum_train.jsonl")[:20], vocab)
     out = tmp_path / ("tied" if tied else "untied")
     tok.save_pretrained(str(out))
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=tied,
-        eos_token_id=tok.eos_token_id,
-    )
+    shape = ModelConfig(layers=1, hidden_size=32, heads=2, intermediate_size=64, max_positions=256)
+    config = llama_config(shape, tok, tie_word_embeddings=tied, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(str(out))
     return out
