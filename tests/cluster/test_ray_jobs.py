@@ -84,3 +84,46 @@ def test_stop_ends_a_ray_job(ray_cluster, tiny_recipe, tmp_path, monkeypatch):
     assert job["status"] == "stopped"
     listed = CliRunner().invoke(app, ["jobs", "list"])
     assert "stopped" in listed.output
+
+
+class _FlakyClient:
+    """A JobSubmissionClient whose cluster has no job agent for its first `refusals` calls."""
+
+    def __init__(self, refusals: int, message: str) -> None:
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def submit_job(self, **job):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(f"Request failed with status code 500: {self.message}.")
+        return job["submission_id"]
+
+
+def test_a_cluster_without_its_job_agent_yet_is_waited_for(tiny_recipe, tmp_path, monkeypatch):
+    from kollm.cluster.jobs import JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
+
+    executor = RayExecutor("http://127.0.0.1:1", tmp_path / "home")
+    flaky = _FlakyClient(2, "No available agent to submit job, please try again later.")
+    monkeypatch.setattr(executor, "_client", lambda: flaky)
+    job_id = executor.submit(JobSpec("train", str(tiny_recipe)))
+    assert flaky.calls == 3  # two refusals while the agent registers, then accepted
+    job = executor.table.get(job_id)
+    assert job["status"] == "queued" and job["external_id"].startswith(f"kollm-{job_id}-")
+
+
+def test_other_refusals_fail_at_once_and_the_row_says_failed(tiny_recipe, tmp_path, monkeypatch):
+    from kollm.cluster.jobs import JobError, JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
+
+    executor = RayExecutor("http://127.0.0.1:1", tmp_path / "home")
+    refusing = _FlakyClient(99, "entrypoint_num_gpus must be >= 0")
+    monkeypatch.setattr(executor, "_client", lambda: refusing)
+    try:
+        executor.submit(JobSpec("train", str(tiny_recipe)))
+    except JobError as err:
+        assert "Ray refused job 1" in str(err) and "entrypoint_num_gpus" in str(err)
+    else:
+        raise AssertionError("a refused job was reported as submitted")
+    assert refusing.calls == 1
+    assert executor.table.get(1)["status"] == "failed"

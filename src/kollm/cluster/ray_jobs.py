@@ -31,6 +31,10 @@ STATUS = {  # Ray's JobStatus -> the job table's status
     "STOPPED": "stopped",
 }
 PASSED_ENV = ("KOLLM_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+# A cluster just started by `ray start` answers 500 "No available agent" until its dashboard
+# agent has registered (seconds, longer on a loaded machine): that answer is retried this long.
+AGENT_WAIT_S = 60.0
+NO_AGENT = "No available agent"
 
 
 def ray_client(address: str, token: str | None = None):
@@ -60,6 +64,7 @@ class RayExecutor:
         self.table = LocalExecutor(home)
         self.address, self.token, self.python = address, token, python
         self.working_dir, self.inventory = working_dir, inventory
+        self.agent_wait_s = AGENT_WAIT_S
 
     def _client(self):
         return ray_client(self.address, self.token)
@@ -81,7 +86,8 @@ class RayExecutor:
             spec.stage, command, "ray", spec.resources(), address=self.address
         )
         try:
-            submission = client.submit_job(
+            submission = self._submit(
+                client,
                 entrypoint=shlex.join(command),
                 submission_id=f"kollm-{job_id}-{uuid.uuid4().hex[:8]}",
                 runtime_env=runtime_env,
@@ -95,6 +101,21 @@ class RayExecutor:
             raise JobError(f"Ray refused job {job_id}: {err}") from err
         self.table.update(job_id, external_id=submission)
         return job_id
+
+    def _submit(self, client, **job: Any) -> str:
+        """client.submit_job, retried while the cluster has no job agent yet (see AGENT_WAIT_S)."""
+        from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
+
+        @retry(
+            retry=retry_if_exception(lambda err: NO_AGENT in str(err)),
+            wait=wait_fixed(1),
+            stop=stop_after_delay(self.agent_wait_s),
+            reraise=True,
+        )
+        def submit() -> str:
+            return client.submit_job(**job)
+
+        return submit()
 
     def get(self, job_id: int) -> dict[str, Any]:
         """The job's row, its status refreshed from Ray while it is active."""
