@@ -143,18 +143,50 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def raw_engine_rate(engine, texts: list[str], max_tokens: int, batch: int = 8) -> float:
-    from kollm.engines.base import GenerationParams
+def client_rounds(texts: list[str], concurrency: int, requests: int) -> list[list[str]]:
+    """The batches the closed-loop clients make: round k holds each client's k-th prompt."""
+    return [
+        [texts[(i * requests + k) % len(texts)] for i in range(concurrency)]
+        for k in range(requests)
+    ]
+
+
+def raw_engine_rate(engine, texts, concurrency: int, requests: int, max_tokens: int, decode=False):
+    """CTranslate2 alone on the very batches the server gets from the clients (same prompts,
+    same grouping), output tokens/s. decode=True adds the server's per-token work in the
+    engine thread (an incremental decoder per sequence) without any HTTP."""
+    from kollm.engines.base import GenerationParams, IncrementalDecoder
 
     params = GenerationParams(max_new_tokens=max_tokens)
-    engine.generate(texts[:batch], params)  # warm-up
-    start = time.perf_counter()
-    tokens = sum(
-        g.completion_tokens
-        for i in range(0, 4 * batch, batch)
-        for g in engine.generate(texts[i : i + batch], params)
-    )
+    rounds = client_rounds(texts, concurrency, requests)
+    engine.generate(rounds[0], params)  # warm-up
+    start, tokens = time.perf_counter(), 0
+    for batch in rounds:
+        decoders = [IncrementalDecoder(engine.decode) for _ in batch]
+        on_token = (lambda i, t, d=decoders: d[i].push(t)) if decode else None
+        tokens += sum(g.completion_tokens for g in engine.generate(batch, params, on_token))
     return tokens / (time.perf_counter() - start)
+
+
+class BatchLog:
+    """Wraps an engine's generate: when each batch ran and how many requests it held."""
+
+    def __init__(self, engine) -> None:
+        self.generate, self.batches = engine.generate, []
+        engine.generate = self
+
+    def __call__(self, prompts, params, on_token=None, **extra):
+        start = time.perf_counter()
+        try:
+            return self.generate(prompts, params, on_token, **extra)
+        finally:
+            self.batches.append((start, time.perf_counter(), len(prompts)))
+
+    def report(self, wall: float) -> str:
+        busy = sum(end - start for start, end, _ in self.batches)
+        sizes = [n for _, _, n in self.batches]
+        self.batches = []
+        return f"batches {sizes}, engine busy {busy:.1f} s of {wall:.1f} s ({busy / wall:.0%})"
 
 
 def engine_first_token(engine, texts: list[str], max_tokens: int) -> float:
@@ -284,55 +316,62 @@ async def naive_rate(
         return tokens / (time.perf_counter() - start)
 
 
-def llamacpp_rate(model_dir: Path, texts: list[str], args) -> float:
-    """llama-cpp-python's OpenAI server (built once into .cache/llamacpp, as make check-gguf
-    does) serving the same model as GGUF Q8_0, the same clients at concurrency 8. Its server
-    runs one request at a time (llama.cpp's own llama-server has --parallel; the Python
-    package a user installs does not)."""
+def wait_ready(url: str, path: str, process) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def served_rate(command: list[str], port: int, ready: str, texts: list[str], args) -> float:
+    """Output tokens/s of the same clients at concurrency 8 against a server started here."""
+    import subprocess
+
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, ready, server)
+        asyncio.run(closed_loop(url, 2, 1, texts, args.max_tokens))  # warm-up
+        _, rate = asyncio.run(closed_loop(url, 8, args.requests, texts, args.max_tokens))
+        return rate
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, float]:
+    """The same model as GGUF Q8_0 behind llama.cpp's own `llama-server --parallel 8`
+    (continuous batching over 8 slots; built once into .cache, see bench/llama_server.py) and
+    behind llama-cpp-python's server (what `pip install llama-cpp-python[server]` gives: one
+    request at a time), the same clients at concurrency 8, 2 threads each."""
     import subprocess
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from check_gguf import llamacpp_python
     from kollm.cluster.export import export_model
+    from llama_server import llama_server
 
+    gguf = str(export_model(str(model_dir), "gguf", model_dir.parent / "gguf", "q8_0").path)
+    port = free_port()
+    native = [str(llama_server()), "-m", gguf, "--host", "127.0.0.1", "--port", str(port)]
+    native += ["--parallel", "8", "-c", str(8 * 2048), "-t", "2", "-tb", "2", "--no-webui"]
+    rates = {"llama-server": served_rate(native, port, "/health", texts, args)}
     python = llamacpp_python()
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "llama-cpp-python[server]==0.3.36"], check=True
     )
-    gguf = export_model(str(model_dir), "gguf", model_dir.parent / "gguf", "q8_0").path
     port = free_port()
-    cmd = [
-        str(python),
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(gguf),
-        "--model_alias",
-        "bench",
-        "--port",
-        str(port),
-        "--n_ctx",
-        "2048",
-        "--n_threads",
-        "2",
-        "--interrupt_requests",
-        "False",  # by default a new request cuts the running one off
-    ]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        _, rate = asyncio.run(closed_loop(url, 8, args.requests, texts, args.max_tokens))
-        return rate
-    finally:
-        server.terminate()
-        server.wait(30)
+    wrapped = [str(python), "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "bench"]
+    wrapped += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    wrapped += ["--interrupt_requests", "False"]  # by default a new request cuts the last off
+    rates["llama-cpp-python"] = served_rate(wrapped, port, "/v1/models", texts, args)
+    return rates
 
 
 def main() -> None:
@@ -341,6 +380,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--llamacpp", action="store_true", help="add llama.cpp (builds it once)")
+    parser.add_argument(
+        "--profile", action="store_true", help="where the server's time goes, per concurrency"
+    )
     args = parser.parse_args()
 
     from kollm.serve.app import ServeSettings, create_app
@@ -356,18 +398,31 @@ def main() -> None:
         )
         server, url = run_in_thread(create_app(manager, ServeSettings(log_requests=False), None))
         engine = manager.models["bench"].engine
-        engine_rate = {b: raw_engine_rate(engine, texts, args.max_tokens, b) for b in (8, 16)}
+        # Off until its own section: a repeated prompt would otherwise find its whole prefix
+        # cached, and TTFT against the engine's first token would measure the cache.
+        engine.prefixes = None
+        engine_rate = {
+            c: raw_engine_rate(engine, texts, c, args.requests, args.max_tokens) for c in (8, 16)
+        }
         first = engine_first_token(engine, texts, args.max_tokens)
         print(
-            f"raw CTranslate2 generate_batch: {engine_rate[8]:.1f} output tokens/s at 8,"
-            f" {engine_rate[16]:.1f} at 16; first token {first * 1000:.0f} ms"
+            f"raw CTranslate2 generate_batch on the clients' batches: {engine_rate[8]:.1f}"
+            f" output tokens/s at 8, {engine_rate[16]:.1f} at 16; first token {first * 1000:.0f} ms"
         )
+        if args.profile:
+            for c in (8, 16):
+                decoded = raw_engine_rate(engine, texts, c, args.requests, args.max_tokens, True)
+                print(f"  at {c}, with the server's incremental decoders: {decoded:.1f} tokens/s")
+        log = BatchLog(engine) if args.profile else None
         print("conc  TTFT p50  TTFT p99  TPOT p50  ITL mean  output tok/s")
         serve_rates, ttft50 = {}, {}
         for concurrency in (1, 4, 8, 16):
+            started = time.perf_counter()
             results, rate = asyncio.run(
                 closed_loop(url, concurrency, args.requests, texts, args.max_tokens)
             )
+            if log is not None:
+                print(f"  at {concurrency}: {log.report(time.perf_counter() - started)}")
             serve_rates[concurrency] = rate
             ttft = [r["ttft"] for r in results]
             tpot = pct([r["tpot"] for r in results], 50)
@@ -398,9 +453,9 @@ def main() -> None:
         naive_server.should_exit = True
         print(f"naive transformers server, concurrency 8: {naive:.1f} output tokens/s")
         rss = serve_rss_gb(model_dir)
-        llama = llamacpp_rate(model_dir, texts, args) if args.llamacpp else None
-        if llama:
-            print(f"llama-cpp-python server, GGUF Q8_0, concurrency 8: {llama:.1f} output tokens/s")
+        llama = llamacpp_rates(model_dir, texts, args) if args.llamacpp else {}
+        for name, rate in llama.items():
+            print(f"{name}, GGUF Q8_0, concurrency 8: {rate:.1f} output tokens/s")
     print(
         f"serve/engine at 16: {serve_rates[16] / engine_rate[16]:.2f};"
         f" TTFT at 1 / engine first text (same prompts): {served_first / first:.2f};"
@@ -410,7 +465,7 @@ def main() -> None:
     print(
         f"serve/engine {ratio:.2f}  serve/naive {over_naive:.2f}"
         f"  prefix/off {prefix[True][0] / prefix[False][0]:.2f}  rss_gb {rss:.2f}"
-        + (f"  kollm/llamacpp {serve_rates[8] / llama:.2f}" if llama else "")
+        + (f"  kollm/llamacpp {serve_rates[8] / llama['llama-server']:.2f}" if llama else "")
     )
 
 

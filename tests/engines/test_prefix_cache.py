@@ -67,3 +67,29 @@ def test_requests_arriving_a_few_ms_apart_share_a_batch():
         return engine.batches
 
     assert asyncio.run(run()) == [8]
+
+
+def test_a_token_callback_that_returns_its_text_neither_stops_nor_breaks_generation(local_base):
+    """CTranslate2 ends a sequence whose step callback returns a truthy value and fails on one
+    it cannot cast; a callback handed to generate may return anything (a decoder's delta)."""
+    from kollm.engines.base import IncrementalDecoder
+
+    engine = CTranslate2Engine(local_base)
+    engine.load()
+    prompts = ["전입신고는 어디서 하나요?", "여권은 어떻게 만드나요?"]
+    params = GenerationParams(max_new_tokens=8)
+    plain = engine.generate(prompts, params)
+    decoders = [IncrementalDecoder(engine.decode) for _ in prompts]
+    deltas: list[list[str]] = [[], []]
+
+    def push(index: int, token: int) -> str:
+        deltas[index].append(decoders[index].push(token))
+        return deltas[index][-1]
+
+    streamed = engine.generate(prompts, params, push)
+    assert [g.text for g in streamed] == [g.text for g in plain]
+    assert [g.completion_tokens for g in streamed] == [g.completion_tokens for g in plain]
+    streamed_text = [
+        "".join(d) + decoder.finish() for d, decoder in zip(deltas, decoders, strict=True)
+    ]
+    assert streamed_text == [g.text for g in plain]  # every token reached its callback

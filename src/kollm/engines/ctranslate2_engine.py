@@ -76,6 +76,18 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
     return out
 
 
+def _step_callback(on_token: TokenCallback, eos: int):
+    """CTranslate2's per-step callback. It stops the sequence when the callback returns a
+    truthy value (and fails on a value it cannot cast), so whatever on_token returns is
+    dropped here."""
+
+    def callback(step) -> None:
+        if step.token_id != eos:
+            on_token(step.batch_id, step.token_id)
+
+    return callback
+
+
 class SharedPrefixes:
     """Token prefixes that several prompts start with (a chat service's system prompt, a RAG
     context): passed to CTranslate2 as the batch's `static_prompt`, whose model state it
@@ -165,6 +177,14 @@ class CTranslate2Engine:
             intra_threads=self.threads,
         )
 
+    @property
+    def uneven_prompts_cost_steps(self) -> bool:
+        """A decoder-only batch runs its prompts together only up to the shortest one's length;
+        CTranslate2 feeds the rest of each longer prompt one decoding step at a time (measured:
+        8 prompts of 28-125 tokens take 6.6 s to prefill, the same 8 cut to 100 tokens 1.2 s).
+        The batcher groups such an engine's requests by prompt length. An encoder pads."""
+        return not self.is_encoder_decoder
+
     def _tokens(self, prompt: str, max_new_tokens: int) -> list[str]:
         ids = self.tokenizer(prompt)["input_ids"]
         limit = self.context_length - (0 if self.is_encoder_decoder else max_new_tokens)
@@ -199,10 +219,7 @@ class CTranslate2Engine:
 
             ctranslate2.set_random_seed(params.seed)
         if on_token is not None and params.num_beams == 1:
-            eos = self.tokenizer.eos_token_id
-            options["callback"] = lambda step: (
-                on_token(step.batch_id, step.token_id) if step.token_id != eos else None
-            )
+            options["callback"] = _step_callback(on_token, self.tokenizer.eos_token_id)
         if self.is_encoder_decoder:
             results = self.model.translate_batch(
                 tokens,

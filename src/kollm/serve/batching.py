@@ -1,7 +1,9 @@
 """A bounded queue per model and a batcher that runs waiting requests as engine batches.
 
 Requests with the same decoding settings (and adapter) that wait together form one batch, up
-to `max_batch`, so throughput rises with concurrency. A full queue refuses new requests
+to `max_batch`, so throughput rises with concurrency. For an engine whose batch pays a step for
+every prompt token past the shortest prompt (CTranslate2's decoder-only models), the waiting
+requests are grouped by prompt length first (`length_groups`). A full queue refuses new requests
 (the app answers 429). A request whose client left while it waited is dropped before it
 reaches the engine; one already in a batch finishes, and its answer is discarded. Streamed
 requests are batched too: the engine's per-token callback feeds each request's decoder.
@@ -34,9 +36,33 @@ class Job:
     cancelled: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
+    prompt_tokens: int | None = None  # counted when the batcher groups by length
 
     def key(self) -> tuple:
         return (self.params, self.adapter)
+
+
+def length_groups(lengths: list[int], steps: int, max_size: int) -> list[list[int]]:
+    """Indices of `lengths` split into batches of similar length, at most `max_size` each.
+
+    A batch of an engine that feeds prompt tokens past its shortest prompt one step at a time
+    costs about (longest - shortest) + `steps` decoding steps; two batches run one after the
+    other pay `steps` twice. The split of the sorted lengths into contiguous groups with the
+    least total cost is found by dynamic programming (a few hundred requests at most)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    best = [0.0] + [float("inf")] * len(order)  # best[j]: cost of the first j sorted lengths
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(max(0, end - max_size), end):
+            cost = best[start] + sizes[end - 1] - sizes[start] + steps
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(sorted(order[cut[end] : end]))
+        end = cut[end]
+    return groups[::-1]
 
 
 class Batcher:
@@ -101,11 +127,23 @@ class Batcher:
 
     def _take_batch(self) -> list[Job]:
         first = self._waiting[0]
-        batch = [j for j in self._waiting if j.key() == first.key()][: self.max_batch]
+        batch = [j for j in self._waiting if j.key() == first.key()]
+        if len(batch) > 1 and getattr(self.engine, "uneven_prompts_cost_steps", False):
+            batch = self._similar_lengths(batch)
+        batch = batch[: self.max_batch]
         for job in batch:
             self._waiting.remove(job)
         self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
         return batch
+
+    def _similar_lengths(self, jobs: list[Job]) -> list[Job]:
+        """The oldest job's group of `length_groups`, in arrival order."""
+        for job in jobs:
+            if job.prompt_tokens is None:
+                job.prompt_tokens = len(self.engine.tokenize(job.prompt))
+        lengths = [job.prompt_tokens or 0 for job in jobs]
+        groups = length_groups(lengths, jobs[0].params.max_new_tokens, self.max_batch)
+        return [jobs[i] for i in next(g for g in groups if 0 in g)]
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

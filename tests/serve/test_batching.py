@@ -1,0 +1,90 @@
+"""Length-aware batching: for an engine that feeds the prompt tokens past a batch's shortest
+prompt one step at a time, waiting requests are grouped by prompt length, the oldest request's
+group first, and every request still gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kollm.engines.base import Generation, GenerationParams
+from kollm.serve.batching import Batcher, length_groups
+from kollm.serve.metrics import ServerMetrics
+
+
+def test_a_short_prompt_among_long_ones_gets_its_own_batch_when_that_saves_steps():
+    lengths = [112, 103, 125, 110, 117, 111, 28, 111]  # the serving bench's first 8 prompts
+    assert length_groups(lengths, steps=32, max_size=16) == [[6], [0, 1, 2, 3, 4, 5, 7]]
+    # 256 new tokens: a second batch would cost more steps than the 97 it saves
+    assert length_groups(lengths, steps=256, max_size=16) == [list(range(8))]
+    assert length_groups([50, 52, 49, 51], steps=8, max_size=16) == [[0, 1, 2, 3]]
+
+
+def test_groups_hold_every_request_once_and_respect_the_batch_size():
+    lengths = [10, 300, 12, 290, 11, 305, 13, 500, 14]
+    groups = length_groups(lengths, steps=16, max_size=3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(1 <= len(g) <= 3 for g in groups)
+    mixed = [g for g in groups if min(lengths[i] for i in g) < 20 < max(lengths[i] for i in g)]
+    assert mixed == []  # no short prompt waits out a long one's steps
+    assert [7] in groups  # the 500-token prompt alone: 195 steps past the next are too many
+    assert length_groups([], steps=16, max_size=3) == []
+
+
+class _StepwiseEngine:
+    """Echoes each prompt; its batches pay for uneven prompt lengths (as CTranslate2's do)."""
+
+    uneven_prompts_cost_steps = True
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def generate(self, prompts, params, on_token=None):
+        self.batches.append(list(prompts))
+        return [Generation(p, len(p.split()), 1, "stop") for p in prompts]
+
+    def decode(self, ids):
+        return ""
+
+
+def _serve(engine, prompts: list[str], max_new_tokens: int) -> list[str]:
+    async def run() -> list[str]:
+        batcher = Batcher(engine, "m", ServerMetrics(), max_batch=16)
+        jobs = [batcher.submit(p, GenerationParams(max_new_tokens=max_new_tokens)) for p in prompts]
+        batcher.start()
+        answers = await asyncio.gather(*(j.future for j in jobs))
+        await batcher.close()
+        return [a.text for a in answers]
+
+    return asyncio.run(run())
+
+
+def test_the_batcher_runs_the_oldest_requests_length_group_first():
+    short = "요약: 짧은 질문"
+    longs = [" ".join(["민원"] * (100 + i)) for i in range(5)]
+    engine = _StepwiseEngine()
+    answers = _serve(engine, [longs[0], short, *longs[1:]], max_new_tokens=32)
+    assert answers == [longs[0], short, *longs[1:]]  # each request its own answer
+    assert engine.batches == [[longs[0], *longs[1:]], [short]]
+
+
+def test_an_engine_that_pads_keeps_one_batch():
+    class Padding(_StepwiseEngine):
+        uneven_prompts_cost_steps = False
+
+    engine = Padding()
+    prompts = ["짧다", " ".join(["긴"] * 200), "중간 길이 질문"]
+    assert _serve(engine, prompts, max_new_tokens=32) == prompts
+    assert engine.batches == [prompts]
+
+
+def test_ctranslate2_declares_it_for_decoder_only_models(local_base, kobart_base):
+    from kollm.engines.ctranslate2_engine import CTranslate2Engine
+
+    decoder_only, seq2seq = CTranslate2Engine(local_base), CTranslate2Engine(kobart_base)
+    decoder_only.load()
+    seq2seq.load()
+    assert decoder_only.uneven_prompts_cost_steps is True
+    assert seq2seq.uneven_prompts_cost_steps is False
