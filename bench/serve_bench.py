@@ -1,18 +1,23 @@
 """Serving benchmark: kollm serve (CTranslate2 int8) against raw CTranslate2 and a naive server.
 
     .venv/bin/python bench/serve_bench.py [--layers 24] [--requests 2] [--max-tokens 32]
+        [--profile] [--llamacpp]
 
 A random-weight Qwen2-shaped model (about 0.5B parameters at the defaults; the vocabulary is a
 BPE learnt from the bundled data) is built locally and served on 127.0.0.1. Closed-loop
 streaming clients at concurrency 1, 4, 8, 16 send Korean dialogue prompts; per request we time
 TTFT, e2e and the gaps between chunks, as `vllm bench serve` defines them: TPOT = (e2e - ttft) /
 (tokens - 1), ITL = mean gap, output tokens/s = all output tokens / wall time. In the same run:
-CTranslate2's `generate_batch` on batches of 8 of the same prompts, and a naive transformers
-server (one `generate` per request). Shared-prompt caching: the same clients at concurrency
-8 with a ~300-token system prompt before every prompt, with CTranslate2's static-prompt cache
-on and off. Memory: the resident set of a `kollm serve` process serving the model. The last
-line reads `serve/engine R1  serve/naive R2  prefix/off R3  rss_gb M` (R1 and R2 at
-concurrency 8; R3 the throughput with the cache on over off).
+CTranslate2's `generate_batch` on the very batches the clients make (round k of requests is one
+batch), and a naive transformers server (one `generate` per request). Shared-prompt caching:
+the same clients at concurrency 8 with a ~300-token system prompt before every prompt, with
+CTranslate2's static-prompt cache on and off (off everywhere else). Memory: the resident set
+of a `kollm serve` process serving the model. `--profile` prints the batches the server formed
+and the engine's busy share of the wall time; `--llamacpp` adds llama.cpp's `llama-server
+--parallel 8` (built once, see llama_server.py) and llama-cpp-python's server on the GGUF Q8_0
+export. The last line reads `serve/engine R1  serve/naive R2  prefix/off R3  rss_gb M`
+(R1 and R2 at concurrency 8; R3 the throughput with the cache on over off), with
+`kollm/llamacpp R4` (against llama-server) when asked.
 """
 
 from __future__ import annotations
