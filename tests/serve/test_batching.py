@@ -88,3 +88,16 @@ def test_ctranslate2_declares_it_for_decoder_only_models(local_base, kobart_base
     seq2seq.load()
     assert decoder_only.uneven_prompts_cost_steps is True
     assert seq2seq.uneven_prompts_cost_steps is False
+
+
+def test_a_prompt_the_tokenizer_fails_on_keeps_the_batcher_running():
+    class Failing(_StepwiseEngine):
+        def tokenize(self, text: str) -> list[int]:
+            if "깨진" in text:
+                raise ValueError("cannot tokenize")
+            return super().tokenize(text)
+
+    engine = Failing()
+    prompts = ["깨진 입력", " ".join(["긴"] * 200), "짧다"]
+    assert _serve(engine, prompts, max_new_tokens=32) == prompts  # every request answered
+    assert engine.batches == [prompts]  # in arrival order, as without grouping

@@ -137,10 +137,14 @@ class Batcher:
         return batch
 
     def _similar_lengths(self, jobs: list[Job]) -> list[Job]:
-        """The oldest job's group of `length_groups`, in arrival order."""
-        for job in jobs:
-            if job.prompt_tokens is None:
-                job.prompt_tokens = len(self.engine.tokenize(job.prompt))
+        """The oldest job's group of `length_groups`, in arrival order. A prompt the tokenizer
+        fails on keeps arrival order: the engine reports that failure to its request."""
+        try:
+            for job in jobs:
+                if job.prompt_tokens is None:
+                    job.prompt_tokens = len(self.engine.tokenize(job.prompt))
+        except Exception:  # grouping is an optimisation; it must never stop the batcher
+            return jobs
         lengths = [job.prompt_tokens or 0 for job in jobs]
         groups = length_groups(lengths, jobs[0].params.max_new_tokens, self.max_batch)
         return [jobs[i] for i in next(g for g in groups if 0 in g)]
