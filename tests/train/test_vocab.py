@@ -149,41 +149,16 @@ def test_the_extend_command_and_the_lineage_of_a_version(tmp_path):
     base = _base(tmp_path)
     data = REPO / "data" / "sample" / "dialogsum_train.jsonl"
     out = tmp_path / "ext"
-    done = CliRunner().invoke(
-        app,
-        [
-            "tokenizer",
-            "extend",
-            str(base),
-            "--data",
-            str(data),
-            "--field",
-            "dialogue",
-            "--add",
-            "50",
-            "-o",
-            str(out),
-        ],
-    )
+
+    def extend(add: int):
+        args = ["tokenizer", "extend", str(base), "--data", str(data), "--field", "dialogue"]
+        return CliRunner().invoke(app, [*args, "--add", str(add), "-o", str(out)])
+
+    done = extend(50)
     assert done.exit_code == 0, done.output
     assert re.search(r"chars per token on \d+ held-out texts: [\d.]+ -> [\d.]+", done.output)
     version = Registry().register("ext", out, base_model=str(out), lineage=base_lineage(str(out)))
     assert version.lineage["vocabulary"]["added"] <= 50
     assert version.lineage["vocabulary"]["base"] == str(base)
-    refused = CliRunner().invoke(
-        app,
-        [
-            "tokenizer",
-            "extend",
-            str(base),
-            "--data",
-            str(data),
-            "--field",
-            "dialogue",
-            "--add",
-            "0",
-            "-o",
-            str(out),
-        ],
-    )
+    refused = extend(0)
     assert refused.exit_code != 0 and "--add 0" in refused.output
