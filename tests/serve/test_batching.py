@@ -101,3 +101,42 @@ def test_a_prompt_the_tokenizer_fails_on_keeps_the_batcher_running():
     prompts = ["깨진 입력", " ".join(["긴"] * 200), "짧다"]
     assert _serve(engine, prompts, max_new_tokens=32) == prompts  # every request answered
     assert engine.batches == [prompts]  # in arrival order, as without grouping
+
+
+def test_a_chat_models_answers_are_the_same_alone_and_grouped_by_length(
+    qwen2_chat_base, start_server
+):
+    """A Hugging Face chat base (with its chat template) behind the server on CTranslate2:
+    questions of very different lengths sent together get the answers each gets alone."""
+    import httpx
+
+    server = start_server([str(qwen2_chat_base)], engine="ctranslate2", log_requests=False)
+    model = httpx.get(server.base_url + "/v1/models").json()["data"][0]["id"]
+    long_context = "전입신고는 주민센터에서 합니다. " * 12  # ~200 tokens of a 512 context
+    questions = ["여권?", long_context + "어디서 하나요?", "전입신고는 어디서 하나요?"]
+    questions += [long_context + "서류는 무엇인가요?"]
+
+    def body(q: str) -> dict:
+        messages = [{"role": "user", "content": q}]
+        return {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0}
+
+    def text(reply) -> str:
+        assert reply.status_code == 200, reply.text
+        return reply.json()["choices"][0]["message"]["content"]
+
+    url = server.base_url + "/v1/chat/completions"
+    alone = [text(httpx.post(url, json=body(q), timeout=60)) for q in questions]
+
+    async def together() -> list[str]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            replies = await asyncio.gather(*(http.post(url, json=body(q)) for q in questions))
+        return [text(r) for r in replies]
+
+    assert asyncio.run(together()) == alone
+    metrics = httpx.get(server.base_url + "/metrics").text
+    batches = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("kollm:batch_size_count")
+    )
+    assert batches >= len(questions) + 2  # 4 alone, then 2 length groups (one batch without)
