@@ -129,7 +129,7 @@ def _open_zip(path: Path, kind: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
-        raise IngestError(f"not an {kind} file (not a zip archive)") from err
+        raise IngestError(f"not {kind} file (not a zip archive)") from err
 
 
 def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
@@ -137,7 +137,7 @@ def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
     never inflates a member past the size it declares, so declared sizes bound it)."""
     import docx
 
-    with _open_zip(path, "DOCX") as archive:
+    with _open_zip(path, "a DOCX") as archive:
         check_zip(archive, budget)
     document = docx.Document(str(path))
     return [Section(doc_id, "\n".join(p.text for p in document.paragraphs))]
@@ -146,7 +146,7 @@ def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
 def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
     """HWPX is a zip of OWPML sections (Contents/section0.xml ...), each parsed as it is
     inflated (rag.owpml); the sections' declared sizes are checked before any is read."""
-    with _open_zip(path, "HWPX") as archive:
+    with _open_zip(path, "an HWPX") as archive:
         names = sorted(
             (n for n in archive.namelist() if re.fullmatch(r"Contents/section\d+\.xml", n)),
             key=lambda n: int(re.search(r"\d+", n).group()),
@@ -184,11 +184,8 @@ def _hwp(path: Path, doc_id: str, budget: Budget) -> list[Section]:
         )
         if not names:
             raise IngestError("not an HWP 5 file (no BodyText sections)")
-        sizes = [ole.get_size(n) for n in names]
-        if flags & 1:  # compressed: the stored sizes are the compressed ones
-            budget.declared((n, 0, size) for n, size in zip(names, sizes, strict=True))
-        else:
-            budget.declared((n, size, size) for n, size in zip(names, sizes, strict=True))
+        # a stream inflates to no less than it stores, so its stored size is checked first
+        budget.declared((n, ole.get_size(n), ole.get_size(n)) for n in names)
         sections = []
         for page, name in enumerate(names, 1):
             data = ole.openstream(name).read()
@@ -232,9 +229,9 @@ def _hwp_paragraphs(data: bytes) -> list[str]:
 
 
 # An extended or inline control (codes below 32 that are not character controls) takes eight
-# code units: the code and seven more, whatever they hold.
+# code units: the code and seven more, whatever they hold (fewer where the paragraph ends).
 _HWP_WIDE_CODES = "".join(chr(c) for c in range(32) if c not in _HWP_CHAR_CONTROLS)
-_HWP_WIDE_CONTROL = re.compile(f"[{re.escape(_HWP_WIDE_CODES)}][\\x00-\\uffff]{{7}}")
+_HWP_WIDE_CONTROL = re.compile(f"[{re.escape(_HWP_WIDE_CODES)}][\\x00-\\uffff]{{0,7}}")
 _HWP_SHOWN = {"\t": "\t", "\n": "\n", "\x1e": " ", "\x1f": " ", "\x18": "-"}
 
 
