@@ -503,6 +503,21 @@ class RagConfig(StrictModel):
         "제공된 문서에서 근거를 찾지 못해 답변드릴 수 없습니다. 담당 부서에 문의해 주세요."
     )
     """What a question with no source above the thresholds gets instead of a generation."""
+    max_document_mb: float = Field(64, gt=0)
+    """Most megabytes one HWP, HWPX or DOCX file may inflate to, all the parts read together
+    (a DOCX counts every part, images too, as python-docx loads them all); over it the file is
+    refused, named in the index report, and the run goes on. 64 MB is thousands of pages of
+    text with its markup; a document past it costs gigabytes of memory to index (an HWP of
+    42 KB that inflated to 32 MB of text took 2.25 GB). Raise it for DOCX files heavy with
+    images."""
+    max_part_mb: float = Field(20, gt=0)
+    """Most megabytes one part may inflate to (a zip member of HWPX or DOCX, a BodyText stream
+    of HWP): the section XML of a 1,000-page document is well under it, and one part is parsed
+    whole, at several times its size in memory."""
+    max_ratio: float = Field(100, ge=1)
+    """Most a part may have been compressed (uncompressed over compressed size), judged once
+    it is past 1 MB: text and XML compress 3-20 times, a decompression bomb about 1,000 times
+    (deflate's most)."""
 
 
 class ServeConfig(StrictModel):

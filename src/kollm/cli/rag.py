@@ -58,6 +58,8 @@ def rag_index(
     ] = None,
 ) -> None:
     """Index documents (TXT, MD, HTML, JSONL, HWP, HWPX, PDF, DOCX); unchanged files are skipped."""
+    from kollm.rag.limits import Limits
+
     cfg = _settings(
         recipe,
         collection=collection,
@@ -79,6 +81,7 @@ def rag_index(
             advance,
             retriever.encoder,
             cfg.passage_prefix,
+            Limits.from_config(cfg),
         )
     files = retriever.index.write_report(report)
     console.print(

@@ -84,12 +84,16 @@ def demo_rag(recipe: Recipe, registry: Registry, queries: Path | None = None) ->
     """Index the recipe's documents, measure retrieval on the labelled queries, then serve
     production bound to the collection and ask DEMO_QUESTIONS over HTTP."""
     from kollm.rag.evaluate import evaluate_retrieval, read_queries
+    from kollm.rag.limits import Limits
     from kollm.rag.search import Retriever
 
     settings = recipe.rag
     retriever = Retriever(settings, registry.home)
     report = retriever.index.index_paths(
-        settings.collection, [Path(p) for p in settings.paths], max_chars=settings.max_chars
+        settings.collection,
+        [Path(p) for p in settings.paths],
+        max_chars=settings.max_chars,
+        limits=Limits.from_config(settings),
     )
     scores = None
     if queries is not None and queries.exists():

@@ -17,6 +17,7 @@ from typing import Any
 
 from kollm.rag.chunk import DEFAULT_CHUNK_CHARS, chunk_text
 from kollm.rag.ingest import SUFFIXES, IngestError, Section, read_document
+from kollm.rag.limits import Limits
 from kollm.rag.qdrant import payload as qdrant_payload
 from kollm.store import connect, open_store
 from kollm.text.morphemes import content_morphemes
@@ -107,10 +108,14 @@ class RagIndex:
         advance: Callable[[int], None] | None = None,
         encoder: Any = None,
         passage_prefix: str = "",
+        limits: Limits | None = None,
     ) -> IndexReport:
         """Index the supported files under `paths` into `collection`; with an `encoder`
-        (rag.embed.Encoder), every chunk of the collection also gets its vector."""
+        (rag.embed.Encoder), every chunk of the collection also gets its vector. A file that
+        cannot be read, or would inflate past `limits` [the recipe defaults], is named with
+        its reason in the report's failures, and the others are indexed."""
         report = IndexReport(collection)
+        limits = limits or Limits.from_config()
         if self.qdrant is not None:  # dense vectors are sized when the collection is made
             self.qdrant.ensure(collection, encoder.dimension if encoder is not None else None)
         seen = set()
@@ -118,7 +123,7 @@ class RagIndex:
             report.files += 1
             source = file.resolve().relative_to(root.resolve()).as_posix()
             seen.add(source)
-            self._index_file(collection, file, source, mask, max_chars, report)
+            self._index_file(collection, file, source, mask, max_chars, report, limits)
             if advance is not None:
                 advance(1)
         if prune:
@@ -152,7 +157,9 @@ class RagIndex:
                 )
         return len(rows)
 
-    def _index_file(self, collection, file: Path, source: str, mask, max_chars, report) -> None:
+    def _index_file(
+        self, collection, file: Path, source: str, mask, max_chars, report, limits: Limits
+    ) -> None:
         if not file.exists():
             report.failures.append({"path": str(file), "reason": "no such file"})
             return
@@ -161,7 +168,7 @@ class RagIndex:
             report.unchanged += 1
             return
         try:
-            sections = read_document(file, source)
+            sections = read_document(file, source, limits)
         except IngestError as err:
             report.failures.append({"path": str(file), "reason": str(err)})
             return

@@ -1,17 +1,30 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
 HWP 5 (its OLE streams, a section per BodyText section), HWPX (its zipped XML), PDF (pypdf,
 a section per page) and DOCX (python-docx). A file that cannot be read raises IngestError
-with the reason, so the index report can name it."""
+with the reason, so the index report can name it; so does an HWP, HWPX or DOCX that would
+inflate past its limits (rag.limits), before it is inflated."""
 
 from __future__ import annotations
 
+import array
 import re
+import sys
 import zipfile
-import zlib
+from contextlib import closing
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+from kollm.rag.limits import (
+    BoundedReader,
+    Budget,
+    LimitError,
+    Limits,
+    check_zip,
+    inflate_raw,
+)
+from kollm.rag.owpml import OwpmlError, section_text
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwp", ".hwpx", ".pdf", ".docx")
 
@@ -30,24 +43,24 @@ class Section:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def read_document(path: Path, doc_id: str) -> list[Section]:
-    """The sections of one file, by its suffix."""
+def read_document(path: Path, doc_id: str, limits: Limits | None = None) -> list[Section]:
+    """The sections of one file, by its suffix; a compressed format (HWP, HWPX, DOCX) is
+    read within `limits` [the recipe defaults]."""
     suffix = path.suffix.lower()
-    readers = {
-        ".pdf": _pdf,
-        ".docx": _docx,
-        ".hwpx": _hwpx,
-        ".hwp": _hwp,
-        ".jsonl": _jsonl,
-        ".html": _html,
-        ".htm": _html,
-    }
+    readers = {".pdf": _pdf, ".jsonl": _jsonl, ".html": _html, ".htm": _html}
+    bounded = {".docx": _docx, ".hwpx": _hwpx, ".hwp": _hwp}
     if suffix not in SUFFIXES:
         raise IngestError(f"unknown format {suffix or '(none)'}")
     try:
+        if suffix in bounded:
+            return bounded[suffix](path, doc_id, Budget(limits or Limits.from_config()))
         return readers.get(suffix, _text)(path, doc_id)
     except IngestError:
         raise
+    except LimitError as err:
+        raise IngestError(f"refused: {err}") from err
+    except OwpmlError as err:
+        raise IngestError(str(err)) from err
     except Exception as err:  # a corrupt or encrypted file: named in the report, not fatal
         raise IngestError(f"cannot read {suffix[1:].upper()}: {type(err).__name__}: {err}") from err
 
@@ -112,30 +125,41 @@ def unwrap_lines(text: str) -> str:
     return "\n".join(out)
 
 
-def _docx(path: Path, doc_id: str) -> list[Section]:
+def _open_zip(path: Path, kind: str) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as err:
+        raise IngestError(f"not {kind} file (not a zip archive)") from err
+
+
+def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
+    """python-docx loads every part of the package, so all parts are checked first (zipfile
+    never inflates a member past the size it declares, so declared sizes bound it)."""
     import docx
 
+    with _open_zip(path, "a DOCX") as archive:
+        check_zip(archive, budget)
     document = docx.Document(str(path))
     return [Section(doc_id, "\n".join(p.text for p in document.paragraphs))]
 
 
-def _hwpx(path: Path, doc_id: str) -> list[Section]:
-    """HWPX is a zip of OWPML sections (Contents/section0.xml ...); text is in <hp:t> runs."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise IngestError("not an HWPX file (not a zip archive)") from err
-    with archive:
+def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
+    """HWPX is a zip of OWPML sections (Contents/section0.xml ...), each parsed as it is
+    inflated (rag.owpml); the sections' declared sizes are checked before any is read."""
+    with _open_zip(path, "an HWPX") as archive:
         names = sorted(
             (n for n in archive.namelist() if re.fullmatch(r"Contents/section\d+\.xml", n)),
             key=lambda n: int(re.search(r"\d+", n).group()),
         )
         if not names:
             raise IngestError("not an HWPX file (no Contents/section*.xml)")
-        return [
-            Section(doc_id, _owpml_text(archive.read(n).decode("utf-8")), page)
-            for page, n in enumerate(names, 1)
-        ]
+        check_zip(archive, budget, names)
+        sections = []
+        for page, name in enumerate(names, 1):
+            reader = BoundedReader(archive, archive.getinfo(name), budget)
+            with closing(reader):
+                sections.append(Section(doc_id, section_text(reader, name), page))
+        return sections
 
 
 _HWP_PARA_TEXT = 0x10 + 51  # HWPTAG_BEGIN + 51
@@ -144,37 +168,48 @@ _HWP_PARA_TEXT = 0x10 + 51  # HWPTAG_BEGIN + 51
 _HWP_CHAR_CONTROLS = {0, 10, 13, *range(24, 32)}
 
 
-def _hwp(path: Path, doc_id: str) -> list[Section]:
+def _hwp(path: Path, doc_id: str, budget: Budget) -> list[Section]:
     """HWP 5: an OLE compound file; FileHeader says whether BodyText/SectionN streams are
-    raw-deflated, encrypted or a distribution document; paragraphs are PARA_TEXT records."""
+    raw-deflated, encrypted or a distribution document; paragraphs are PARA_TEXT records.
+    Each stream's stored size, and what it inflates to, is counted against the budget."""
     import olefile
 
     if not olefile.isOleFile(str(path)):
         raise IngestError("not an HWP 5 file (not an OLE compound file)")
     with olefile.OleFileIO(str(path)) as ole:
-        if not ole.exists("FileHeader"):
-            raise IngestError("not an HWP 5 file (no FileHeader stream)")
-        header = ole.openstream("FileHeader").read()
-        if not header.startswith(b"HWP Document File"):
-            raise IngestError("not an HWP 5 file (no HWP signature)")
-        flags = int.from_bytes(header[36:40], "little")
-        if flags & 2:
-            raise IngestError("the HWP file is password-protected")
-        if flags & 4:
-            raise IngestError("a distribution HWP document (배포용 문서) cannot be read")
+        flags = _hwp_flags(ole)
         names = sorted(
             ("/".join(e) for e in ole.listdir() if len(e) == 2 and e[0] == "BodyText"),
             key=lambda n: int(re.sub(r"\D", "", n) or 0),
         )
         if not names:
             raise IngestError("not an HWP 5 file (no BodyText sections)")
+        # a stream inflates to no less than it stores, so its stored size is checked first
+        budget.declared((n, ole.get_size(n), ole.get_size(n)) for n in names)
         sections = []
         for page, name in enumerate(names, 1):
             data = ole.openstream(name).read()
             if flags & 1:
-                data = zlib.decompress(data, -15)
+                data = inflate_raw(data, name, budget)
+            else:
+                budget.take(name, len(data), len(data), len(data))
             sections.append(Section(doc_id, "\n".join(_hwp_paragraphs(data)), page))
         return sections
+
+
+def _hwp_flags(ole) -> int:
+    """The FileHeader's property bits, after refusing what cannot be read."""
+    if not ole.exists("FileHeader"):
+        raise IngestError("not an HWP 5 file (no FileHeader stream)")
+    header = ole.openstream("FileHeader").read(256)
+    if not header.startswith(b"HWP Document File"):
+        raise IngestError("not an HWP 5 file (no HWP signature)")
+    flags = int.from_bytes(header[36:40], "little")
+    if flags & 2:
+        raise IngestError("the HWP file is password-protected")
+    if flags & 4:
+        raise IngestError("a distribution HWP document (배포용 문서) cannot be read")
+    return flags
 
 
 def _hwp_paragraphs(data: bytes) -> list[str]:
@@ -193,33 +228,26 @@ def _hwp_paragraphs(data: bytes) -> list[str]:
     return paragraphs
 
 
+# An extended or inline control (codes below 32 that are not character controls) takes eight
+# code units: the code and seven more, whatever they hold (fewer where the paragraph ends).
+_HWP_WIDE_CODES = "".join(chr(c) for c in range(32) if c not in _HWP_CHAR_CONTROLS)
+_HWP_WIDE_CONTROL = re.compile(f"[{re.escape(_HWP_WIDE_CODES)}][\\x00-\\uffff]{{0,7}}")
+_HWP_SHOWN = {"\t": "\t", "\n": "\n", "\x1e": " ", "\x1f": " ", "\x18": "-"}
+
+
 def _hwp_text(payload: bytes) -> str:
-    units = [int.from_bytes(payload[i : i + 2], "little") for i in range(0, len(payload) - 1, 2)]
-    chars, i = [], 0
-    while i < len(units):
-        code = units[i]
-        if code >= 32:
-            chars.append(chr(code))
-        elif code == 10:
-            chars.append("\n")
-        elif code == 9:  # a tab is an inline control of eight units that shows as a tab
-            chars.append("\t")
-        elif code in (30, 31):  # non-breaking and fixed-width spaces
-            chars.append(" ")
-        elif code == 24:  # a hyphen
-            chars.append("-")
-        i += 1 if code >= 32 or code in _HWP_CHAR_CONTROLS else 8
-    text = "".join(chars)
-    # surrogate pairs arrive as two units: join them back into one character
-    return text.encode("utf-16", "surrogatepass").decode("utf-16")
-
-
-def _owpml_text(xml: str) -> str:
-    paragraphs = re.findall(r"<hp:p\b.*?</hp:p>", xml, flags=re.S)
-    lines = ["".join(re.findall(r"<hp:t\b[^>]*>(.*?)</hp:t>", p, flags=re.S)) for p in paragraphs]
-    import html
-
-    return "\n".join(html.unescape(line) for line in lines if line)
+    """The text of a PARA_TEXT payload (UTF-16LE code units with controls), one character per
+    code unit while controls are cut out (UTF-32 holds surrogates unpaired), in memory of a
+    few times its size (a list of code units cost ~40 bytes a unit)."""
+    units = array.array("H", payload[: len(payload) // 2 * 2])
+    if sys.byteorder == "big":
+        units.byteswap()  # the payload is little-endian
+    text = array.array("I", units).tobytes().decode(f"utf-32-{sys.byteorder[0]}e", "surrogatepass")
+    # a tab is an inline control of eight units that shows as a tab
+    text = _HWP_WIDE_CONTROL.sub(lambda m: "\t" if m.group()[0] == "\t" else "", text)
+    text = re.sub("[\x00-\x1f]", lambda m: _HWP_SHOWN.get(m.group(), ""), text)
+    # surrogate pairs arrive as two units: join them; one left alone is no character
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 class _HtmlText(HTMLParser):

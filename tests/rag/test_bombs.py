@@ -1,0 +1,180 @@
+"""Documents that are bombs: an HWP, HWPX or DOCX that inflates far past its size, or an HWPX
+section built to be slow or hostile to parse, is refused with a named reason in the index
+report while the other files of the run are indexed; and HWPX text is read by namespace, in
+reading order, tables and text boxes included."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+
+import pytest
+
+from kollm.rag.index import RagIndex
+from kollm.rag.ingest import IngestError, read_document
+from kollm.rag.limits import MB, Budget, LimitError, Limits, inflate_raw, read_member
+from kollm.samples.files import hwp_bytes, write_docx, write_hwp, write_hwpx
+
+HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
+NAMESPACES = (
+    'xmlns:hs="http://www.hancom.co.kr/hwpml/2011/section"'
+    ' xmlns:hp="http://www.hancom.co.kr/hwpml/2011/paragraph"'
+)
+
+
+def _zip(path, members: dict[str, bytes | tuple[bytes, int]]) -> None:
+    """A zip of `members`: bytes, or (chunk, times) written in a stream (a big member without
+    holding it in memory)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            with archive.open(name, "w", force_zip64=True) as out:
+                if isinstance(data, tuple):
+                    for _ in range(data[1]):
+                        out.write(data[0])
+                else:
+                    out.write(data)
+
+
+def _reasons(report) -> dict[str, str]:
+    return {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in report.failures}
+
+
+def test_zip_bombs_are_refused_by_name_and_the_run_goes_on(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_hwpx(root / "good.hwpx", [["주차 허가는 주차관리과에서 발급합니다."]])
+    write_docx(root / "good.docx", ["여권 사진은 6개월 안에 찍은 것이어야 합니다."])
+    _zip(root / "big.hwpx", {"Contents/section0.xml": (b" " * MB, 25)})  # 25 MB of blanks
+    _zip(root / "dense.hwpx", {"Contents/section0.xml": (b" " * MB, 5)})
+    write_docx(root / "bomb.docx", ["가"] * 100_000)  # a 3.5-MB document.xml, zipped 300:1
+    report = RagIndex(tmp_path / "home").index_paths("c", [root])
+    reasons = _reasons(report)
+    assert report.indexed == 2 and set(reasons) == {"big.hwpx", "dense.hwpx", "bomb.docx"}
+    assert reasons["big.hwpx"] == (
+        "refused: Contents/section0.xml: over the uncompressed-size limit of 20 MB per part"
+        " (rag.max_part_mb)"
+    )
+    assert reasons["dense.hwpx"].startswith("refused: Contents/section0.xml: compression ratio")
+    assert reasons["dense.hwpx"].endswith(":1 over the limit of 100:1 (rag.max_ratio)")
+    assert reasons["bomb.docx"].startswith("refused: word/document.xml: compression ratio")
+    index = RagIndex(tmp_path / "home")
+    assert index.search("c", "주차 허가")[0].doc_id == "good.hwpx"
+    assert index.search("c", "여권 사진")[0].doc_id == "good.docx"
+
+
+def test_a_docx_over_the_document_limit_is_refused_before_python_docx_reads_it(tmp_path):
+    path = tmp_path / "photos.docx"
+    write_docx(path, ["사진 첨부 보고서"])
+    # photographs do not compress: three parts of 0.6 MB pass the ratio, not 1 MB in all
+    with zipfile.ZipFile(path, "a") as archive:
+        for i in range(3):
+            archive.writestr(f"word/media/image{i}.jpeg", os.urandom(600_000))
+    assert read_document(path, "photos.docx")[0].text == "사진 첨부 보고서"  # default limits
+    limits = Limits(document_bytes=1 * MB, part_bytes=1 * MB, ratio=100)
+    with pytest.raises(IngestError) as caught:
+        read_document(path, "photos.docx", limits)
+    assert str(caught.value) == (
+        "refused: over the uncompressed-size limit of 1 MB per document (rag.max_document_mb)"
+    )
+
+
+def test_an_hwp_section_that_inflates_past_the_ratio_is_refused(tmp_path):
+    root = tmp_path / "hwp"
+    root.mkdir()
+    write_hwp(root / "good.hwp", ["제1조(목적) 이 규정은 거주자 우선 주차를 정한다."])
+    # 3 MB of text from a section stream of under 4 KB (the 42-KB HWP of issue 24 gave 32 MB)
+    (root / "bomb.hwp").write_bytes(hwp_bytes(["가" * 1_500_000]))
+    with pytest.raises(IngestError, match=r"^refused: BodyText/Section0: compression ratio"):
+        read_document(root / "bomb.hwp", "bomb.hwp")
+    report = RagIndex(tmp_path / "home").index_paths("h", [root])
+    assert report.indexed == 1 and set(_reasons(report)) == {"bomb.hwp"}
+    assert _reasons(report)["bomb.hwp"].endswith("over the limit of 100:1 (rag.max_ratio)")
+
+
+def test_inflating_stops_at_the_cap(tmp_path):
+    """An HWP stream has no declared size: what it inflates is counted as it is read, never
+    more than a cap and one byte (here 8 MB against a cap of 1 MB); a zip member declaring
+    more than a cap is refused before anything is inflated."""
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = packer.compress(b"\0" * (8 * MB)) + packer.flush()
+    budget = Budget(Limits(document_bytes=64 * MB, part_bytes=1 * MB, ratio=10**6))
+    with pytest.raises(LimitError, match="over the uncompressed-size limit of 1 MB per part"):
+        inflate_raw(stream, "BodyText/Section0", budget)
+    assert 1 * MB <= budget.used <= 1 * MB + 1
+    path = tmp_path / "big.hwpx"
+    _zip(path, {"Contents/section0.xml": (b" " * MB, 8)})
+    budget = Budget(Limits(document_bytes=2 * MB, part_bytes=64 * MB, ratio=10**6))
+    with zipfile.ZipFile(path) as archive, pytest.raises(LimitError, match="per document"):
+        read_member(archive, archive.getinfo("Contents/section0.xml"), budget)
+    assert budget.used == 0
+
+
+def test_an_hwpx_of_unclosed_paragraphs_is_refused_in_bounded_time(tmp_path):
+    """40,000 unclosed <hp:p> openers, under 1 KB zipped, took 45 s in a quadratic regex."""
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_hwpx(root / "good.hwpx", [["주차 허가는 주차관리과에서 발급합니다."]])
+    section = f"{HEAD}<hs:sec {NAMESPACES}>" + "<hp:p><hp:run><hp:t>가" * 40_000
+    _zip(root / "open.hwpx", {"Contents/section0.xml": section.encode()})
+    started = time.monotonic()
+    report = RagIndex(tmp_path / "home").index_paths("c", [root])
+    assert time.monotonic() - started < 10
+    assert report.indexed == 1
+    assert _reasons(report)["open.hwpx"].startswith("Contents/section0.xml: ")
+
+
+@pytest.mark.parametrize(
+    "prolog, body",
+    [
+        ('<!DOCTYPE hs:sec [<!ENTITY a "가가가가가가가가">]>', "<hp:p><hp:t>&a;&a;</hp:t></hp:p>"),
+        ('<!DOCTYPE hs:sec SYSTEM "http://example.invalid/x.dtd">', "<hp:p><hp:t>가</hp:t></hp:p>"),
+        ("", "<hp:p><hp:t>닫히지 않은 문단</hp:p>"),
+    ],
+    ids=["entities", "external-dtd", "malformed"],
+)
+def test_a_hostile_or_malformed_section_is_a_named_refusal(tmp_path, prolog, body):
+    path = tmp_path / "bad.hwpx"
+    section = f"{HEAD}{prolog}<hs:sec {NAMESPACES}>{body}</hs:sec>"
+    _zip(path, {"Contents/section0.xml": section.encode()})
+    with pytest.raises(IngestError, match=r"^Contents/section0\.xml"):
+        read_document(path, "bad.hwpx")
+
+
+SECTION = (
+    HEAD + '<hs:sec xmlns:hs="http://www.hancom.co.kr/hwpml/2011/section"'
+    ' xmlns:x="http://www.hancom.co.kr/hwpml/2011/paragraph"'
+    ' xmlns:hp10="http://www.hancom.co.kr/hwpml/2016/paragraph">'
+    '<x:p><x:run><x:secPr/><x:t charPrIDRef="0">제1조(목적)<x:lineBreak/>이 규정은 주차를'
+    "<x:markpenBegin/> 정한다.<x:markpenEnd/></x:t></x:run></x:p>"
+    "<x:p><x:run><x:tbl><x:tr>"
+    "<x:tc><x:subList><x:p><x:run><x:t>구분</x:t></x:run></x:p></x:subList></x:tc>"
+    "<x:tc><x:subList><x:p><x:run><x:t>요금</x:t></x:run></x:p></x:subList></x:tc></x:tr><x:tr>"
+    "<x:tc><x:subList><x:p><x:run><x:t>거주자</x:t></x:run></x:p></x:subList></x:tc>"
+    "<x:tc><x:subList><x:p><x:run><x:t>월 2만 원</x:t></x:run></x:p>"
+    "<x:p><x:run><x:t>(경차 반값)</x:t></x:run></x:p></x:subList></x:tc>"
+    "</x:tr></x:tbl></x:run></x:p>"
+    "<x:p><x:run><x:t>신청은<x:tab/>주민센터에서</x:t><x:rect><x:drawText><x:subList>"
+    "<x:p><x:run><x:t>글상자: 온라인 신청 가능</x:t></x:run></x:p>"
+    "</x:subList></x:drawText></x:rect><x:t>받습니다.</x:t></x:run></x:p>"
+    "<hp10:p><hp10:run><hp10:t>2016 네임스페이스의 문단 &amp; 기호</hp10:t></hp10:run></hp10:p>"
+    "</hs:sec>"
+)
+
+
+def test_hwpx_text_keeps_tables_text_boxes_line_breaks_and_any_prefix(tmp_path):
+    path = tmp_path / "rules.hwpx"
+    _zip(path, {"mimetype": b"application/hwp+zip", "Contents/section0.xml": SECTION.encode()})
+    (section,) = read_document(path, "rules.hwpx")
+    assert section.text.split("\n") == [
+        "제1조(목적)",
+        "이 규정은 주차를 정한다.",
+        "구분 | 요금",
+        "거주자 | 월 2만 원 (경차 반값)",
+        "신청은\t주민센터에서",
+        "글상자: 온라인 신청 가능",
+        "받습니다.",
+        "2016 네임스페이스의 문단 & 기호",
+    ]
