@@ -188,7 +188,12 @@ def _write_unit(version, cfg: Recipe, out: Path | None) -> None:
             console.print(f"deploy: docker build context for {version.ref} in {out}")
             for path in written:
                 console.print(f"  {path}")
-            console.print(units.DOCKER_KEY_NOTE.replace("# ", "  "), highlight=False, markup=False)
+            console.print(
+                units.DOCKER_KEY_NOTE.replace("# ", "  "),
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             return
         manifests = (
             units.k8s_manifests(version, serve, d)
@@ -209,4 +214,6 @@ def _write_unit(version, cfg: Recipe, out: Path | None) -> None:
     path = units.write_manifests(out, manifests, filename, header)
     kinds = ", ".join(m["kind"] for m in manifests)
     console.print(f"deploy: {kinds} for {version.ref} -> {path}")
-    console.print(header.replace("# ", "  ").replace("#", ""), highlight=False, markup=False)
+    console.print(
+        header.replace("# ", "  ").replace("#", ""), highlight=False, markup=False, soft_wrap=True
+    )
