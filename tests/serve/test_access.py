@@ -39,8 +39,13 @@ def _csrf(html):
     return found.group(1) if found else ""
 
 
+def _login_token(html):
+    """The login form's token (a logged-in page also has the logout form's)."""
+    return _csrf(html[html.find('action="/ui/login"') :])
+
+
 def _login(client, key):
-    token = _csrf(client.get("/ui/login").text)
+    token = _login_token(client.get("/ui/login").text)
     return client.post("/ui/login", data={"key": key, "csrf": token})
 
 
@@ -127,7 +132,7 @@ def test_the_login_cookie_is_secure_over_https(tmp_path):
         assert "; secure" in _login(client, "view-key").headers["set-cookie"].lower()
     with _server(tmp_path) as plain:
         assert "; secure" not in _login(plain, "view-key").headers["set-cookie"].lower()
-        token = _csrf(plain.get("/ui/login").text)
+        token = _login_token(plain.get("/ui/login").text)
         behind_proxy = plain.post(
             "/ui/login",
             data={"key": "view-key", "csrf": token},

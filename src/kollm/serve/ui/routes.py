@@ -93,11 +93,13 @@ def _https(request: Request) -> bool:
 
 def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
     lang = request.query_params.get("lang", "ko")
-    context.setdefault("csrf", _csrf(request))
+    session_csrf = _csrf(request)
+    context.setdefault("csrf", session_csrf)  # the login page's form has its own token
     html = _env.get_template(template).render(
         t=labels(lang),
         lang=lang,
         role=_role(request),
+        session_csrf=session_csrf,
         path=request.url.path,
         **context,
     )
