@@ -549,6 +549,14 @@ class ServeConfig(StrictModel):
     """ctranslate2: compute a prompt prefix that requests share (a system prompt, a RAG
     context) once and reuse its model state (CTranslate2's static prompt); vllm caches
     prefixes itself."""
+    api_key_file: str | None = None
+    """The key file (`KEY [viewer|admin] [NAME]` a line, mode 600); also --api-key-file and
+    KOLLM_API_KEY_FILE. A server on a non-loopback host refuses to start without keys."""
+    secret_file: str | None = None
+    """A file holding the secret that signs console logins and forms, the same on every
+    replica (also KOLLM_SECRET, KOLLM_SECRET_FILE) [derived from the keys]."""
+    session_hours: float = Field(12.0, gt=0)
+    """How long a console login lasts."""
 
 
 class DeployConfig(StrictModel):

@@ -171,3 +171,40 @@ def test_a_ray_replica_builds_its_server_with_the_adapters_and_domain_guards(ser
     manager = build_manager(cfg, Registry(served_home))
     assert manager.adapters == {"civil": "/srv/adapters/civil"}
     assert manager.guards["tiny"].keywords == ["예약"]
+
+
+def test_a_ray_replica_takes_its_keys_from_its_args_and_environment(
+    served_home, tmp_path, monkeypatch
+):
+    from kollm.cluster.deploy import application
+    from kollm.config import DeployConfig, ServeConfig
+    from kollm.registry import Registry
+    from kollm.serve.ray_app import replica_access
+
+    keys = tmp_path / "keys.txt"  # on storage every node sees
+    keys.write_text("k-view viewer\nk-admin admin 관리자\n")
+    keys.chmod(0o600)
+    monkeypatch.setenv("KOLLM_SECRET_FILE", str(tmp_path / "secret"))
+    version = Registry(served_home).get("tiny@production")
+    serve = ServeConfig(api_key_file=str(keys))
+    config = application(version, "tiny@production", DeployConfig(), serve, str(served_home))
+    assert config["runtime_env"]["env_vars"]["KOLLM_SECRET_FILE"] == str(tmp_path / "secret")
+    args = json.loads(json.dumps(config["args"]))  # as Ray hands the args over
+    access = replica_access(args, env={"KOLLM_API_KEY": "k-env"})
+    assert access.api_keys == ["k-env", "k-view", "k-admin"] and access.admin_keys == ["k-admin"]
+    assert access.key_names == {"k-admin": "관리자"} and access.secret is None
+    from_env = replica_access({}, env={"KOLLM_API_KEY_FILE": str(keys), "KOLLM_SECRET": "s"})
+    assert from_env.admin_keys == ["k-admin"] and from_env.secret == b"s"
+
+
+def test_deploying_on_a_public_address_without_keys_is_refused(served_home, monkeypatch):
+    monkeypatch.setenv("KOLLM_HOME", str(served_home))
+    monkeypatch.delenv("KOLLM_API_KEY_FILE", raising=False)
+    command = ["deploy", "tiny@production", "--address", "http://127.0.0.1:1"]
+    refused = CliRunner().invoke(app, [*command, "deploy.host=0.0.0.0"])
+    assert refused.exit_code == 2 and "refusing to serve on 0.0.0.0 with no API keys" in (
+        refused.output
+    )
+    assert "serve.api_key_file" in refused.output and "--allow-no-keys" in refused.output
+    allowed = CliRunner().invoke(app, [*command, "deploy.host=0.0.0.0", "--allow-no-keys"])
+    assert "cannot reach the Ray cluster" in allowed.output  # went on to the cluster

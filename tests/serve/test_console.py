@@ -28,7 +28,8 @@ def console(start_server, served_home, tmp_path):
 
 def _login(server, key):
     client = httpx.Client(base_url=server.base_url, follow_redirects=True)
-    page = client.post("/ui/login", data={"key": key})
+    token = _csrf(client.get("/ui/login").text)  # the login form's token (with its cookie)
+    page = client.post("/ui/login", data={"key": key, "csrf": token})
     assert page.status_code == 200
     return client, page
 
@@ -45,7 +46,9 @@ def test_login_and_the_runs_page(console):
     assert client.get("/ui/runs/demo/report.html").text == "<h1>report</h1>"
     assert client.get("/ui/runs/demo/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert "Runs" in client.get("/ui/runs?lang=en").text
-    wrong = httpx.post(console.base_url + "/ui/login", data={"key": "nope"})
+    stranger = httpx.Client(base_url=console.base_url)
+    token = _csrf(stranger.get("/ui/login").text)
+    wrong = stranger.post("/ui/login", data={"key": "nope", "csrf": token})
     assert wrong.status_code == 303 and "failed=1" in wrong.headers["location"]
 
 
@@ -146,6 +149,10 @@ def test_kollm_ui_serves_the_console_without_models(tmp_path, served_home):
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        assert page.status_code == 303  # an admin key alone locks the console too
+        server = type("Server", (), {"base_url": f"http://127.0.0.1:{port}"})
+        client, _ = _login(server, "a")
+        page = client.get("/ui/registry")
         assert page.status_code == 200 and "tiny:1" in page.text
     finally:
         process.terminate()

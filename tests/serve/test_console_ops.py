@@ -17,7 +17,8 @@ from tests.conftest import read_jsonl, write_jsonl
 
 def _login(server, key):
     client = httpx.Client(base_url=server.base_url, follow_redirects=True, timeout=30)
-    assert client.post("/ui/login", data={"key": key}).status_code == 200
+    token = _csrf(client.get("/ui/login").text)  # the login form's token (with its cookie)
+    assert client.post("/ui/login", data={"key": key, "csrf": token}).status_code == 200
     return client
 
 
@@ -199,6 +200,7 @@ def test_a_key_file_gives_roles_and_the_audit_log_names(start_server, tmp_path, 
 
     path = tmp_path / "keys.txt"
     path.write_text("# key role name\nk-view\nk-admin admin 김검토 주무관\n")
+    path.chmod(0o600)  # a key file others can read is refused
     keys = read_key_file(path)
     assert keys.api_keys == ["k-view", "k-admin"] and keys.admin_keys == ["k-admin"]
     assert keys.names == {"k-admin": "김검토 주무관"}
@@ -229,5 +231,6 @@ def test_kollm_serve_refuses_a_bad_key_file(tmp_path):
 
     path = tmp_path / "keys.txt"
     path.write_text("k1 superuser\n")
+    path.chmod(0o600)
     result = CliRunner().invoke(app, ["ui", "--api-key-file", str(path)])
     assert result.exit_code != 0 and "keys.txt:1: role 'superuser'" in result.output

@@ -84,7 +84,7 @@ def test_adapters_load_and_unload_while_serving(start_server, local_base, two_ad
             "max_tokens": 10,
             "temperature": 0,
         }
-        return post("/v1/chat/completions", body, {})
+        return post("/v1/chat/completions", body)  # an admin key calls the API too
 
     base_answer = ask("base").json()["choices"][0]["message"]["content"]
     assert (
@@ -98,7 +98,8 @@ def test_adapters_load_and_unload_while_serving(start_server, local_base, two_ad
     assert post("/v1/load_lora_adapter", {"lora_name": "a", "lora_path": "a"}).status_code == 200
     loaded = post("/v1/load_lora_adapter", {"lora_name": "ko-lora:1", "lora_path": "ko-lora:1"})
     assert loaded.status_code == 200, loaded.text
-    ids = {m["id"] for m in httpx.get(server.base_url + "/v1/models").json()["data"]}
+    listed = httpx.get(server.base_url + "/v1/models", headers=admin).json()["data"]
+    ids = {m["id"] for m in listed}
     assert {"base", "base:a", "base:ko-lora:1"} <= ids
     with_a = ask("base:a").json()["choices"][0]["message"]["content"]
     with_b = ask("base:ko-lora:1").json()["choices"][0]["message"]["content"]

@@ -72,6 +72,15 @@ RayAddressOpt = Annotated[
     str | None, typer.Option(help="Ray dashboard address, e.g. http://HOST:8265.")
 ]
 RayTokenOpt = Annotated[str | None, typer.Option(help="Ray auth token (default: RAY_AUTH_TOKEN).")]
+AllowNoKeysOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-no-keys",
+        help="Listen on a non-loopback address with no API keys (anyone may call the server).",
+    ),
+]
+
+
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 OverridesArg = Annotated[
     list[str] | None, typer.Argument(help="key.path=value overrides, e.g. data.dedup.threshold=0.8")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.progress import Progress
 
 from kollm.cli.common import (
+    AllowNoKeysOpt,
     OverridesArg,
     RayAddressOpt,
     RayTokenOpt,
@@ -93,12 +94,14 @@ def deploy(
     out: Annotated[
         Path | None, typer.Option(help="docker, k8s, kserve: the directory to write into.")
     ] = None,
+    allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """Deploy a model on Ray Serve (always-on, scale-to-zero) or run it over a file (batch).
 
     Settings come from the recipe's `deploy` section and overrides such as
     deploy.tier=scale-to-zero deploy.max_replicas=4."""
-    from kollm.cluster.deploy import DeployError, ServeClient, deploy_to_ray
+    from kollm.cli.serve import _loopback
+    from kollm.cluster.deploy import DeployError, ServeClient, deploy_to_ray, has_keys
 
     if target is not None:
         overrides = [*(overrides or []), f"deploy.target={target}"]
@@ -116,6 +119,11 @@ def deploy(
         fail(f"tier {d.tier} on this machine is `kollm serve {ref}`; deploy.target=ray scales out")
     if not address:
         fail("--address http://HOST:8265 (the Ray dashboard) is needed for deploy.target ray")
+    if not delete and not allow_no_keys and not _loopback(d.host) and not has_keys(cfg.serve):
+        fail(
+            f"refusing to serve on {d.host} with no API keys: set serve.api_key_file (or"
+            " KOLLM_API_KEY_FILE) to a key file every Ray node sees, or give --allow-no-keys"
+        )
     client = ServeClient(address, token)
     name = d.app_name or version.name
     try:
@@ -180,6 +188,12 @@ def _write_unit(version, cfg: Recipe, out: Path | None) -> None:
             console.print(f"deploy: docker build context for {version.ref} in {out}")
             for path in written:
                 console.print(f"  {path}")
+            console.print(
+                units.DOCKER_KEY_NOTE.replace("# ", "  "),
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
             return
         manifests = (
             units.k8s_manifests(version, serve, d)
@@ -195,6 +209,11 @@ def _write_unit(version, cfg: Recipe, out: Path | None) -> None:
         console.print(f"[yellow]not validated:[/] {err}")
     if errors:
         fail("the manifests do not fit their schemas:\n" + "\n".join(errors))
-    path = units.write_manifests(out, manifests, f"{d.target}.yaml")
+    filename = f"{d.target}.yaml"
+    header = units.key_instructions(version, serve, d, filename)
+    path = units.write_manifests(out, manifests, filename, header)
     kinds = ", ".join(m["kind"] for m in manifests)
     console.print(f"deploy: {kinds} for {version.ref} -> {path}")
+    console.print(
+        header.replace("# ", "  ").replace("#", ""), highlight=False, markup=False, soft_wrap=True
+    )

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kollm.cli.common import (
+    AllowNoKeysOpt,
     _load,
     app,
     console,
@@ -26,25 +27,46 @@ def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
 
 
 def _access(
+    host: str,
+    allow_no_keys: bool,
     api_key: str | None,
-    api_key_file: Path | None,
+    api_key_file: Path | str | None,
     admin_key: str | None,
     adapter_root: Path | None = None,
+    secret_file: str | None = None,
 ):
     """Who may call the server: --api-key, the key file (with roles and names), the
-    environment's KOLLM_API_KEY and KOLLM_ADMIN_KEY."""
-    import os
-
-    from kollm.serve.keys import KeyFileError, Keys, read_key_file
+    environment's KOLLM_API_KEY, KOLLM_API_KEY_FILE and KOLLM_ADMIN_KEY; and the secret that
+    signs console logins. Exits before any model loads when `host` is reachable from other
+    machines and no key is set, unless `allow_no_keys`."""
+    from kollm.serve.keys import KeyFileError, gather_keys
     from kollm.serve.server import Access
+    from kollm.serve.sessions import configured_secret
 
     try:
-        keys = read_key_file(api_key_file) if api_key_file is not None else Keys()
+        keys = gather_keys(api_key, api_key_file, admin_key)
+        secret = configured_secret(secret_file)
     except KeyFileError as err:
         fail(str(err))
-    api = [k for k in (api_key, os.environ.get("KOLLM_API_KEY")) if k] + keys.api_keys
-    admin = [k for k in (admin_key, os.environ.get("KOLLM_ADMIN_KEY")) if k] + keys.admin_keys
-    return Access(api, admin, adapter_root, keys.names)
+    if not (keys.api_keys or keys.admin_keys) and not allow_no_keys and not _loopback(host):
+        fail(
+            f"refusing to listen on {host} with no API keys: anyone who reaches it could call"
+            " the models and read the logged conversations in the console. Give --api-key-file"
+            " FILE (or KOLLM_API_KEY_FILE, KOLLM_API_KEY), or --allow-no-keys to serve openly"
+        )
+    return Access(keys.api_keys, keys.admin_keys, adapter_root, keys.names, secret)
+
+
+def _loopback(host: str) -> bool:
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 @app.command("serve")
@@ -95,8 +117,12 @@ def serve(
     runs_dir: Annotated[
         Path | None, typer.Option(help="Recipe runs the console (/ui) shows [./runs].")
     ] = None,
+    allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
-    """Serve models over an OpenAI-compatible HTTP API."""
+    """Serve models over an OpenAI-compatible HTTP API.
+
+    On an address other machines reach (--host 0.0.0.0) it needs keys: --api-key-file, or
+    KOLLM_API_KEY_FILE / KOLLM_API_KEY (--allow-no-keys serves openly)."""
     import uvicorn
 
     from kollm.serve.server import build_server, resolve_config
@@ -113,12 +139,15 @@ def serve(
         "log_requests": False if no_log else None,
         "adapters": _pairs(adapter, "--adapter") or None,
         "rag": rag,
+        "api_key_file": str(api_key_file) if api_key_file is not None else None,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
     except ValueError as err:
         fail(str(err))
-    access = _access(api_key, api_key_file, admin_key, adapter_root)
+    access = _access(
+        cfg.host, allow_no_keys, api_key, cfg.api_key_file, admin_key, adapter_root, cfg.secret_file
+    )
     # A model that cannot load stops the server (exit 2), not a 503 forever.
     rag_settings = loaded.rag if loaded is not None else None
     app, manager = build_server(
@@ -152,6 +181,7 @@ def ui(
         str | None, typer.Option(help="The key that may promote and roll back.")
     ] = None,
     runs_dir: Annotated[Path | None, typer.Option(help="Recipe runs to show [./runs].")] = None,
+    allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """The web console alone, with no model served: runs, registry, feedback (/ui)."""
     import uvicorn
@@ -159,7 +189,7 @@ def ui(
     from kollm.config import ServeConfig
     from kollm.serve.server import build_server
 
-    access = _access(api_key, api_key_file, admin_key)
+    access = _access(host, allow_no_keys, api_key, api_key_file, admin_key)
     app_, _ = build_server(ServeConfig(models=[]), None, access, runs_dir=runs_dir)
     console.print(f"kollm ui: http://{host}:{port}/ui")
     uvicorn.run(app_, host=host, port=port)

@@ -7,6 +7,11 @@ way. The PUT declares every application at once, so the ones already running are
 they are. CPU engines run replicas of kollm's own server (`kollm.serve.ray_app`); the vllm
 engine uses Ray Serve LLM's OpenAI app. The batch tier is no server but a job: `kollm batch`
 over the input file, on the Ray cluster or this machine.
+
+Keys: a replica reads the key file the recipe's `serve.api_key_file` or the environment's
+KOLLM_API_KEY_FILE names (a path on storage every node sees; the variable is passed on to the
+replicas), and KOLLM_SECRET_FILE likewise. Raw keys are not passed: Ray shows an application's
+environment on its dashboard.
 """
 
 from __future__ import annotations
@@ -22,11 +27,23 @@ from kollm.config import DeployConfig, RagConfig, ServeConfig
 from kollm.registry import ModelVersion
 
 SERVE_API = "/api/serve/applications/"
-PASSED_ENV = ("KOLLM_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+PASSED_ENV = (
+    "KOLLM_HOME",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "KOLLM_API_KEY_FILE",
+    "KOLLM_SECRET_FILE",
+)
 
 
 class DeployError(RuntimeError):
     """The cluster cannot be reached, refused the application, or the application failed."""
+
+
+def has_keys(serve: ServeConfig) -> bool:
+    """Whether the replicas of `serve` read a key file (kollm's app; Ray Serve LLM's takes none)."""
+    named = serve.api_key_file or os.environ.get("KOLLM_API_KEY_FILE")
+    return serve.engine != "vllm" and bool(named)
 
 
 def autoscaling(deploy: DeployConfig) -> dict[str, Any]:

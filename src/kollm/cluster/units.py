@@ -4,7 +4,13 @@ with them baked in, Kubernetes manifests, or a KServe InferenceService.
 
 Every unit runs the same command line, `serve_command()`, which the tests run as it is. The
 model dir carries its CTranslate2 conversion beside it (the name the engine looks for), so a
-replica starts without converting, and a read-only volume or image layer is enough."""
+replica starts without converting, and a read-only volume or image layer is enough.
+
+Every unit is locked: the server listens on 0.0.0.0, where `kollm serve` refuses to start
+without keys. It reads them from KOLLM_API_KEY_FILE: a Kubernetes Secret NAME-keys (which the
+site creates: `key_instructions`) mounted at /run/secrets/kollm, or a key file docker mounts
+there; the console's signing secret comes from the Secret's optional `secret` entry, else from
+the keys (the same on every replica)."""
 
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ DATA_DIR = "/data/kollm"  # KOLLM_HOME in a container: the request log and feedb
 PORT = 8000
 USER_ID = 10001
 TARGETS = ("docker", "k8s", "kserve")
+KEY_DIR = "/run/secrets/kollm"  # where a unit mounts its key file
+KEY_FILE = f"{KEY_DIR}/keys"
 
 
 class UnitError(ValueError):
@@ -64,8 +72,8 @@ DOCKERFILE = """\
 # The kollm server image WITHOUT weights (unit a): mount the model at {root}/{name}
 # (out/model/ of this context holds it, with its CTranslate2 conversion beside it).
 #   docker build -f Dockerfile.server -t {image} .
-#   docker run -p {port}:{port} -v $PWD/model:{root}:ro {image}
-# Sites build from their own mirrors: --build-arg BASE_IMAGE=... PIP_INDEX_URL=...
+#   docker run -p {port}:{port} -v $PWD/model:{root}:ro {keys} {image}
+{key_note}# Sites build from their own mirrors: --build-arg BASE_IMAGE=... PIP_INDEX_URL=...
 # A GPU image: --build-arg TORCH="torch==2.13.0 --index-url <your CUDA wheel index>".
 ARG BASE_IMAGE={base_image}
 FROM ${{BASE_IMAGE}}
@@ -93,8 +101,8 @@ BAKED = """\
 # The kollm server image WITH {ref} baked in (unit b), on top of the image of Dockerfile.server:
 #   docker build -f Dockerfile.server -t {server_image} .
 #   docker build -f Dockerfile.baked --build-arg SERVER_IMAGE={server_image} -t {image} .
-#   docker run -p {port}:{port} {image}
-ARG SERVER_IMAGE={server_image}
+#   docker run -p {port}:{port} {keys} {image}
+{key_note}ARG SERVER_IMAGE={server_image}
 FROM ${{SERVER_IMAGE}}
 COPY --chown={uid} model/ {root}/
 """
@@ -107,6 +115,17 @@ IGNORE = """\
 **/optimizer.pt
 **/training_args.bin
 *.log
+"""
+
+
+DOCKER_KEYS = f"-v $PWD/keys.txt:{KEY_FILE}:ro -e KOLLM_API_KEY_FILE={KEY_FILE}"
+DOCKER_KEY_NOTE = f"""\
+# The server listens on 0.0.0.0 and refuses to start without keys. keys.txt holds them,
+# `KEY [viewer|admin] [NAME]` a line, readable by the image's user alone:
+#   sudo chown {USER_ID} keys.txt && chmod 600 keys.txt
+# (or, for one key: --env-file kollm.env with KOLLM_API_KEY=... and KOLLM_ADMIN_KEY=...).
+# Replicas behind one balancer share the console's logins when they have the same keys, or
+# the same KOLLM_SECRET.
 """
 
 
@@ -135,6 +154,8 @@ def docker_context(
         "base_image": d.base_image,
         "server_image": server_image,
         "command": json.dumps(serve_command(version.name, serve)),
+        "keys": DOCKER_KEYS,
+        "key_note": DOCKER_KEY_NOTE,
     }
     files = {
         "Dockerfile.server": DOCKERFILE.format(image=server_image, **values),
@@ -231,10 +252,54 @@ def _probe(path: str, delay: int) -> dict[str, Any]:
     }
 
 
+def keys_secret(version: ModelVersion) -> str:
+    """The Secret a Kubernetes unit reads its keys from (the site creates it)."""
+    return f"{_object_name(version)}-keys"
+
+
+def key_instructions(
+    version: ModelVersion, serve: ServeConfig, d: DeployConfig, manifest: str
+) -> str:
+    """How to create the keys' Secret and apply `manifest`: the manifest's header comment."""
+    secret = keys_secret(version)
+    if d.target == "kserve" and serve.engine == "vllm":
+        return (
+            "# KServe's Hugging Face runtime serves this version and takes no API keys: anyone\n"
+            "# who reaches it may call it. Put it behind an authenticating gateway.\n"
+        )
+    return f"""\
+# The server refuses to start without keys: create the Secret {secret} first, from a key file
+# (`KEY [viewer|admin] [NAME]` a line) and, optionally, the secret that signs console logins
+# (without it, replicas derive one from the keys):
+#   kubectl -n {d.namespace} create secret generic {secret} --from-file=keys=keys.txt \\
+#     --from-literal=secret="$(openssl rand -hex 32)"
+#   kubectl apply -f {manifest}
+# Clients send `Authorization: Bearer KEY`; /health stays open for the probes, and /metrics
+# needs a key too (give Prometheus one: `authorization: {{credentials_file: ...}}`).
+"""
+
+
+def _key_volume(version: ModelVersion) -> dict[str, Any]:
+    # mode 0440: with the pod's fsGroup the file is root:GROUP, readable by the server alone
+    items = [{"key": "keys", "path": "keys"}]
+    return {
+        "name": "keys",
+        "secret": {"secretName": keys_secret(version), "defaultMode": 0o440, "items": items},
+    }
+
+
+def _key_env(version: ModelVersion) -> list[dict[str, Any]]:
+    secret = {"name": keys_secret(version), "key": "secret", "optional": True}
+    return [
+        {"name": "KOLLM_API_KEY_FILE", "value": KEY_FILE},
+        {"name": "KOLLM_SECRET", "valueFrom": {"secretKeyRef": secret}},
+    ]
+
+
 def container(
     version: ModelVersion, serve: ServeConfig, d: DeployConfig, image: str, root: str = MODEL_ROOT
 ) -> dict[str, Any]:
-    """The server container every Kubernetes unit runs."""
+    """The server container every Kubernetes unit runs, its keys from the Secret NAME-keys."""
     command = serve_command(version.name, serve, root)
     return {
         "name": "kserve-container" if root != MODEL_ROOT else "kollm",
@@ -245,6 +310,7 @@ def container(
         "env": [
             {"name": "KOLLM_HOME", "value": DATA_DIR},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
+            *_key_env(version),
         ],
         "resources": resources(version, serve, d),
         "readinessProbe": _probe("/health", 10),
@@ -254,7 +320,10 @@ def container(
             "runAsUser": USER_ID,
             "allowPrivilegeEscalation": False,
         },
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": "/data"},
+            {"name": "keys", "mountPath": KEY_DIR, "readOnly": True},
+        ],
     }
 
 
@@ -264,7 +333,7 @@ def k8s_manifests(version: ModelVersion, serve: ServeConfig, d: DeployConfig) ->
     server_image, baked_image = image_names(version, d)
     name = _object_name(version)
     main = container(version, serve, d, baked_image if d.unit == "baked" else server_image)
-    volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "data", "emptyDir": {}}, _key_volume(version)]
     manifests: list[dict[str, Any]] = []
     if d.unit == "volume":
         claim = f"{name}-models"
@@ -330,7 +399,9 @@ def _size_gib(version: ModelVersion) -> float:
 def kserve_manifest(version: ModelVersion, serve: ServeConfig, d: DeployConfig) -> dict:
     """An InferenceService: for a GPU (vllm) version KServe's Hugging Face runtime, which serves
     with vLLM; otherwise a custom predictor running the kollm image, the model fetched by
-    KServe's storage initializer from `deploy.storage_uri` into /mnt/models."""
+    KServe's storage initializer from `deploy.storage_uri` into /mnt/models, its keys from
+    the Secret NAME-keys (KServe's Hugging Face runtime takes no keys: put it behind an
+    authenticating gateway)."""
     if not d.storage_uri:
         raise UnitError("deploy.storage_uri: where KServe fetches the model (pvc://, s3://, ...)")
     name = _object_name(version)
@@ -347,8 +418,11 @@ def kserve_manifest(version: ModelVersion, serve: ServeConfig, d: DeployConfig) 
         main = container(version, serve, d, server_image, root="/mnt")
         main["args"][1] = "/mnt/models"  # the storage initializer's fixed mount point
         main["env"].append({"name": "STORAGE_URI", "value": d.storage_uri})
-        main["volumeMounts"] = []  # KServe mounts the model; KOLLM_HOME stays in the pod
+        # KServe mounts the model; KOLLM_HOME stays in the pod; the keys come from their Secret
+        main["volumeMounts"] = [m for m in main["volumeMounts"] if m["name"] == "keys"]
         predictor["containers"] = [main]
+        predictor["volumes"] = [_key_volume(version)]
+        predictor["securityContext"] = {"fsGroup": USER_ID}  # the Secret's file, group-readable
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -362,9 +436,10 @@ def kserve_manifest(version: ModelVersion, serve: ServeConfig, d: DeployConfig) 
     }
 
 
-def write_manifests(out: Path, manifests: list[dict], filename: str) -> Path:
+def write_manifests(out: Path, manifests: list[dict], filename: str, header: str = "") -> Path:
+    """The manifests as one YAML file, after `header` (comment lines)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
     text = "---\n".join(yaml.safe_dump(m, sort_keys=False, allow_unicode=True) for m in manifests)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(header + text, encoding="utf-8")
     return path

@@ -16,6 +16,7 @@ from kollm.serve.generation import GenerationService
 from kollm.serve.retrieval import RagService
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
+from kollm.serve.sessions import Sessions, shared_secret
 from kollm.serve.ui import router as console
 
 __all__ = ["ApiError", "ServeSettings", "create_app"]
@@ -45,7 +46,8 @@ def create_app(
         await loader
         await manager.close()  # finishes the requests in flight
 
-    app = FastAPI(title="kollm", lifespan=lifespan)
+    # the docs and schema are routes of their own, behind the keys (routers/docs.py)
+    app = FastAPI(title="kollm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     service = GenerationService(
         manager,
         request_log,
@@ -54,7 +56,9 @@ def create_app(
         settings.log_requests,
     )
     rag = rag or RagService(None, None, request_log.home if request_log else None)
-    app.state.kollm = ServerState(manager, settings, request_log, service, rag)
+    keys = [*settings.api_keys, *settings.admin_keys]
+    sessions = Sessions(shared_secret(settings.secret, keys), keys, settings.session_s)
+    app.state.kollm = ServerState(manager, settings, request_log, service, rag, sessions)
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, Request
 
 from kollm.serve.errors import ApiError
+from kollm.serve.sessions import SESSION_S, Sessions
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,6 +36,9 @@ class ServeSettings:
     on_ready: Callable[[], None] | None = None  # called once the models are loaded
     runs_dir: Path | None = None  # the console's Runs screen reads recipe runs here [./runs]
     key_names: dict[str, str] = field(default_factory=dict)  # what the audit log calls a key
+    # Signs the console's logins and form tokens; None: derived from the keys (see sessions).
+    secret: bytes | None = None
+    session_s: float = SESSION_S  # how long a console login lasts
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ServerState:
     request_log: RequestLog | None
     generation: GenerationService
     rag: RagService
+    sessions: Sessions
 
 
 def state(request: Request) -> ServerState:
@@ -51,15 +56,18 @@ def state(request: Request) -> ServerState:
     return request.app.state.kollm
 
 
-UI_COOKIE = "kollm_key"  # the web console's login: HttpOnly, SameSite=Strict
+# The web console's login: a signed session token (never the key), HttpOnly, SameSite=Strict,
+# Secure over https.
+UI_COOKIE = "kollm_session"
 
 
 def given_key(request: Request) -> str:
-    """The key a request carries: its Bearer header, else the console's login cookie."""
+    """The key a request carries: its Bearer header, else the key of the console's login."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         return header[7:]
-    return request.cookies.get(UI_COOKIE, "")
+    token = request.cookies.get(UI_COOKIE, "")
+    return state(request).sessions.key_of(token) if token else ""
 
 
 def _key_matches(request: Request, keys: list[str]) -> bool:
@@ -69,11 +77,11 @@ def _key_matches(request: Request, keys: list[str]) -> bool:
 
 
 def authorize(request: Request) -> None:
-    """401 unless the request carries one of the API keys (when any is set); an admin key
-    calls the API too."""
+    """401 unless the request carries one of the API or admin keys (when any is set: a server
+    with admin keys alone is not open to everyone); an admin key calls the API too."""
     settings = state(request).settings
-    keys = settings.api_keys
-    if keys and not _key_matches(request, [*keys, *settings.admin_keys]):
+    keys = [*settings.api_keys, *settings.admin_keys]
+    if keys and not _key_matches(request, keys):
         raise ApiError(401, "missing or invalid API key", "authentication_error")
 
 

@@ -28,6 +28,7 @@ class Access:
     admin_keys: list[str] = field(default_factory=list)
     adapter_root: Path | str | None = None
     key_names: dict[str, str] = field(default_factory=dict)
+    secret: bytes | None = None  # signs console logins and forms (None: from the keys)
 
 
 def domain_guards(domains: dict[str, DomainConfig]) -> dict[str, DomainGuard]:
@@ -88,6 +89,8 @@ def build_server(
         on_ready=on_ready,
         runs_dir=runs_dir,
         key_names=dict(access.key_names),
+        secret=access.secret,
+        session_s=cfg.session_hours * 3600,
     )
     request_log = RequestLog(registry.home) if cfg.log_requests else None
     retrieval = RagService(rag, cfg.rag, registry.home)

@@ -4,6 +4,7 @@ from kollm.serve.routers import (
     admin,
     chat,
     completions,
+    docs,
     embeddings,
     feedback,
     health,
@@ -20,4 +21,5 @@ ROUTERS = [
     feedback.router,
     admin.router,
     tokenize.router,
+    docs.router,
 ]

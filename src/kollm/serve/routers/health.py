@@ -1,13 +1,13 @@
-"""`GET /health` (503 until every model loaded and answered its sanity prompt) and
-`GET /metrics` (Prometheus)."""
+"""`GET /health` (503 until every model loaded and answered its sanity prompt; open, for probes)
+and `GET /metrics` (Prometheus; behind the API keys when any is set: the scraper sends one)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from kollm.serve.deps import state
+from kollm.serve.deps import authorize, state
 
 router = APIRouter()
 
@@ -27,7 +27,7 @@ async def health(request: Request):
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(authorize)])
 async def prometheus(request: Request):
     """Prometheus metrics."""
     registry = state(request).manager.metrics.registry

@@ -1,6 +1,13 @@
 """The console's pages. Roles: a key of the server's API keys views (anyone does when the
-server has none); an admin key also promotes and rolls back. A form's CSRF token is an HMAC
-of the logged-in key with a secret made at start, so a page of another site cannot post one."""
+server has no keys at all); an admin key also promotes and rolls back. A form's CSRF token is
+an HMAC of the logged-in key with the secret the replicas share (`kollm.serve.sessions`), so a
+page of another site cannot post one and any replica accepts it.
+
+Login: the login page sets a random nonce cookie and its form carries an HMAC of it (a
+double-submit token, as no session exists yet); the login cookie then holds a signed session
+token, never the key, and is `Secure` when the request came over https (the URL's scheme, or
+`X-Forwarded-Proto: https` from a proxy: trusting the header can only make the cookie
+stricter)."""
 
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from kollm.store import connect
 
 router = APIRouter(prefix="/ui")
 STATIC = Path(__file__).parent / "static"
-_SECRET = secrets.token_bytes(32)
+LOGIN_COOKIE = "kollm_login"  # the login form's nonce (double-submit CSRF before a session)
 _env = Environment(
     loader=PackageLoader("kollm.serve.ui", "templates"), autoescape=select_autoescape()
 )
@@ -61,23 +68,38 @@ def _role(request: Request) -> str | None:
     matches = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.admin_keys]
     if key and any(matches):
         return "admin"
-    if not settings.api_keys:
+    if not settings.api_keys and not settings.admin_keys:
         return "viewer"
     viewer = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys]
     return "viewer" if key and any(viewer) else None
 
 
 def _csrf(request: Request) -> str:
-    return hmac.new(_SECRET, given_key(request).encode(), "sha256").hexdigest()[:32]
+    return state(request).sessions.sign("csrf", given_key(request))[:32]
+
+
+def _login_token(request: Request, nonce: str) -> str:
+    return state(request).sessions.sign("login", nonce)[:32]
+
+
+def _same(given: str, expected: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _https(request: Request) -> bool:
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return request.url.scheme == "https" or forwarded == "https"
 
 
 def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
     lang = request.query_params.get("lang", "ko")
+    session_csrf = _csrf(request)
+    context.setdefault("csrf", session_csrf)  # the login page's form has its own token
     html = _env.get_template(template).render(
         t=labels(lang),
         lang=lang,
         role=_role(request),
-        csrf=_csrf(request),
+        session_csrf=session_csrf,
         path=request.url.path,
         **context,
     )
@@ -129,24 +151,42 @@ def index():
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request):
-    return _page(request, "login.html", failed=request.query_params.get("failed") == "1")
+    nonce = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(16)
+    failed = request.query_params.get("failed") == "1"
+    response = _page(request, "login.html", failed=failed, csrf=_login_token(request, nonce))
+    secure = _https(request)
+    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", secure=secure)
+    return response
 
 
 @router.post("/login")
-def login(request: Request, key: str = Form("")):
+def login(request: Request, key: str = Form(""), csrf: str = Form("")):
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if not nonce or not _same(csrf, _login_token(request, nonce)):
+        return HTMLResponse("CSRF token missing or wrong: open /ui/login and log in there", 403)
     settings = state(request).settings
     known = [*settings.api_keys, *settings.admin_keys]
-    if not any(hmac.compare_digest(key.encode(), k.encode()) for k in known):
+    if not key or not any([hmac.compare_digest(key.encode(), k.encode()) for k in known]):
         return RedirectResponse("/ui/login?failed=1", status_code=303)
+    sessions = state(request).sessions
     response = RedirectResponse("/ui/runs", status_code=303)
-    response.set_cookie(UI_COOKIE, key, httponly=True, samesite="strict")
+    response.set_cookie(
+        UI_COOKIE,
+        sessions.issue(key),
+        max_age=int(sessions.ttl_s),
+        httponly=True,
+        samesite="strict",
+        secure=_https(request),
+    )
     return response
 
 
 @router.post("/logout")
-def logout():
+def logout(request: Request, csrf: str = Form("")):
+    if not _same(csrf, _csrf(request)):
+        return HTMLResponse("CSRF token missing or wrong", 403)
     response = RedirectResponse("/ui/login", status_code=303)
-    response.delete_cookie(UI_COOKIE)
+    response.delete_cookie(UI_COOKIE, httponly=True, samesite="strict", secure=_https(request))
     return response
 
 
