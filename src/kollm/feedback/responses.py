@@ -64,28 +64,20 @@ class RequestLog:
     ) -> None:
         """Log one answer; raises what the store raised (a full disk), and remembers it as
         `problem` until a write succeeds."""
+        row = {
+            "id": response_id,
+            "created_at": _now().isoformat(timespec="milliseconds"),
+            "endpoint": endpoint,
+            "model": model,
+            "model_version": model_version,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "finish_reason": finish_reason,
+            "latency_ms": latency_ms,
+            "rag": json.dumps(rag) if rag is not None else None,
+        }
         try:
-            request_bytes = _json_size(request)
-            kept = mask_nested(cap_request(request, self.max_bytes, request_bytes))
-            row = {
-                "id": response_id,
-                "created_at": _now().isoformat(timespec="milliseconds"),
-                "endpoint": endpoint,
-                "model": model,
-                "model_version": model_version,
-                "request": json.dumps(
-                    cap_request(kept, self.max_bytes), ensure_ascii=False
-                ),  # the mask may lengthen a string
-                "response": mask_nested(cap_text(response_text, self.max_bytes)),
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "finish_reason": finish_reason,
-                "latency_ms": latency_ms,
-                "rag": json.dumps(rag) if rag is not None else None,
-                "request_bytes": request_bytes,
-                "response_bytes": len(response_text.encode("utf-8")),
-            }
-            self._insert(row)
+            self._insert({**row, **self._bounded(request, response_text)})
         except Exception as err:
             if str(err) != self.failure:  # say it once, not at every request
                 log.warning("request log: writing %s failed: %s", response_id, err)
@@ -95,6 +87,19 @@ class RequestLog:
             log.warning("request log: writing again after: %s", self.failure)
             self.failure = None
         self._maybe_prune()
+
+    def _bounded(self, request: dict[str, Any], text: str) -> dict[str, Any]:
+        """The request and answer as a row keeps them: capped (before the PII mask, which is
+        slow on a huge request), masked, and the originals' sizes."""
+        size = _json_size(request)
+        kept = mask_nested(cap_request(request, self.max_bytes, size))
+        kept = cap_request(kept, self.max_bytes)  # a mask may lengthen a string
+        return {
+            "request": json.dumps(kept, ensure_ascii=False),
+            "response": cap_text(mask_nested(cap_text(text, self.max_bytes)), self.max_bytes),
+            "request_bytes": size,
+            "response_bytes": len(text.encode("utf-8")),
+        }
 
     def _insert(self, row: dict[str, Any]) -> None:
         columns = ", ".join(row)
