@@ -79,14 +79,17 @@ def store_artifact(artifact: Path, root: Path, hashes: dict[str, str]) -> Path:
     if final.is_dir():
         return final
     tmp = root / f".tmp-{uuid.uuid4().hex}"
-    for name in hashes:
-        source = artifact if artifact.is_file() else artifact / name
-        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        _place(source, tmp / name)
     try:
-        tmp.rename(final)
-    except OSError:  # another process stored the same content first
+        for name in hashes:
+            source = artifact if artifact.is_file() else artifact / name
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            _place(source, tmp / name)
+        with contextlib.suppress(OSError):  # another process stored the same content first
+            tmp.rename(final)
+    finally:  # a failed copy (a full disk) leaves nothing behind either
         shutil.rmtree(tmp, ignore_errors=True)
+    if not final.is_dir():
+        raise OSError(f"{final} was not stored")
     return final
 
 

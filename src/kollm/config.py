@@ -537,6 +537,13 @@ class ServeConfig(StrictModel):
     """Seconds before a request gets 504."""
     log_requests: bool = True
     """Log each request and answer (PII-masked) for feedback."""
+    log_max_kb: int = Field(64, ge=1)
+    """Most KiB the request log keeps of a request's JSON and, apart, of its answer; a longer
+    request keeps its first message and the latest that fit, long strings cut, and records
+    its original size (`"_truncated": {"bytes": ...}`)."""
+    log_retention_days: int = Field(30, ge=0)
+    """Days the request log keeps an answer nobody rated (checked at start and hourly); rated
+    answers stay, as training data. 0 keeps every answer."""
     alias_poll_s: float = Field(2.0, gt=0)
     """Seconds between checks of a served alias."""
     adapters: dict[str, str] = Field(default_factory=dict)

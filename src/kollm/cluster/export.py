@@ -128,9 +128,16 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _staged(out: Path, name: str) -> Path:
-    """A temporary sibling of out/name; the caller renames it into place."""
-    return Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+@contextlib.contextmanager
+def _staged(out: Path, name: str) -> Iterator[Path]:
+    """A temporary sibling of out/name, for the block to fill and rename into place; removed
+    when the block fails (a full disk, a converter error) so no half export is left."""
+    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+    try:
+        yield staged
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def _replace(staged: Path, final: Path) -> Path:
@@ -141,14 +148,14 @@ def _replace(staged: Path, final: Path) -> Path:
 
 
 def _hf(model_dir: Path, out: Path) -> Export:
-    staged = _staged(out, "hf")
-    shutil.copytree(
-        model_dir,
-        staged,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("training_args.bin", "optimizer.pt", "checkpoint-*"),
-    )
-    final = _replace(staged, out / "hf")
+    with _staged(out, "hf") as staged:
+        shutil.copytree(
+            model_dir,
+            staged,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("training_args.bin", "optimizer.pt", "checkpoint-*"),
+        )
+        final = _replace(staged, out / "hf")
     return Export("hf", final, weights_sha256(final), _size(final))
 
 
@@ -159,15 +166,15 @@ def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
 
     if quant not in CT2_QUANTS:
         raise ExportError(f"--quant {quant!r} for ct2: expected one of {', '.join(CT2_QUANTS)}")
-    staged = _staged(out, "ct2")
-    _bart_config_compat()
-    ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
-        str(staged), quantization=quant, force=True
-    )
-    for name in TOKENIZER_FILES:  # a deployable dir: kollm serves it with its tokenizer
-        if (model_dir / name).is_file():
-            shutil.copy2(model_dir / name, staged / name)
-    final = _replace(staged, out / f"ct2-{quant}")
+    with _staged(out, "ct2") as staged:
+        _bart_config_compat()
+        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
+            str(staged), quantization=quant, force=True
+        )
+        for name in TOKENIZER_FILES:  # a deployable dir: kollm serves it with its tokenizer
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, staged / name)
+        final = _replace(staged, out / f"ct2-{quant}")
     return Export("ct2", final, file_sha256(final / "model.bin"), _size(final), quant)
 
 
@@ -255,10 +262,13 @@ def _explain(output: str, log_path: Path) -> str:
 def _quantize(path: Path, quant: str) -> None:
     quantized = path.with_name(path.name + ".q")
     command = ["llama-quantize", str(path), str(quantized), quant.upper()]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ExportError(f"llama-quantize {quant} failed: {done.stderr.strip()[-400:]}")
-    os.replace(quantized, path)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ExportError(f"llama-quantize {quant} failed: {done.stderr.strip()[-400:]}")
+        os.replace(quantized, path)
+    finally:
+        quantized.unlink(missing_ok=True)
 
 
 def _modelfile(model_dir: Path, gguf: Path, version: ModelVersion | None) -> Path:

@@ -139,7 +139,10 @@ class Registry:
         except ArtifactError as err:
             raise RegistryError(str(err)) from err
         hashes = file_hashes(artifact)
-        stored = store_artifact(artifact, self.artifacts_dir, hashes)
+        try:
+            stored = store_artifact(artifact, self.artifacts_dir, hashes)
+        except OSError as err:  # a full disk: nothing was stored (the staged copy is removed)
+            raise RegistryError(f"storing {artifact} in {self.artifacts_dir}: {err}") from err
         if prompt_format is None and artifact.is_dir():
             fmt = load_format(artifact)
             prompt_format = fmt.to_json() if fmt else None
@@ -154,7 +157,7 @@ class Registry:
                 (
                     name,
                     version,
-                    str(stored),
+                    stored.relative_to(self.home).as_posix(),  # found from any working dir
                     sha,
                     base_model,
                     method,
@@ -214,10 +217,24 @@ class Registry:
             )
         ]
         data = dict(row)
+        data["artifact_path"] = self._artifact_path(data["artifact_path"])
         data["metrics"] = json.loads(data["metrics"])
         data["files"] = json.loads(data["files"]) if data.get("files") else None
         data["lineage"] = json.loads(data["lineage"]) if data.get("lineage") else None
         return ModelVersion(**data, aliases=aliases)
+
+    def _artifact_path(self, stored: str) -> str:
+        """The absolute path of a version's files. A stored artifact is recorded relative to
+        KOLLM_HOME (`artifacts/<key>`); an absolute one that is gone (a home moved or mounted
+        elsewhere) is found by its key under this home. A run dir registered before versions
+        were stored stays as it was registered."""
+        path = Path(stored)
+        if path.parent.name != "artifacts":
+            return stored
+        here = (self.home / "artifacts" / path.name).absolute()
+        if not path.is_absolute() or (not path.exists() and here.exists()):
+            return str(here)
+        return stored
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """`NAME`, `NAME:VERSION` or `NAME@ALIAS` -> (name, version). NAME alone is the latest."""

@@ -109,23 +109,28 @@ class GenerationService:
         rag: dict | None = None,
     ) -> None:
         """Log the request and its answer (PII-masked) with the version that answered and,
-        for a RAG answer, the chunks it was given and cited."""
+        for a RAG answer, the chunks it was given and cited. Best effort: an answer the log
+        cannot take (a full disk, a read-only store) is still given; the failure is counted
+        (`kollm:request_log_failures`) and `/health` says degraded."""
         if not self.log_requests:
             return
-        await asyncio.to_thread(
-            self.request_log.write,
-            rid,
-            endpoint,
-            served.model_id,
-            served.version,
-            body.model_dump(exclude_none=True),
-            result.text,
-            result.prompt_tokens,
-            result.completion_tokens,
-            result.finish_reason,
-            (time.perf_counter() - started) * 1000,
-            rag,
-        )
+        try:
+            await asyncio.to_thread(
+                self.request_log.write,
+                rid,
+                endpoint,
+                served.model_id,
+                served.version,
+                body.model_dump(exclude_none=True),
+                result.text,
+                result.prompt_tokens,
+                result.completion_tokens,
+                result.finish_reason,
+                (time.perf_counter() - started) * 1000,
+                rag,
+            )
+        except Exception:  # RequestLog warned and keeps the reason for /health
+            self.manager.metrics.request_log_failures.labels(model_name=served.model_id).inc()
 
     def stream_response(
         self,
@@ -308,4 +313,7 @@ async def _logged(stream: AsyncIterator[str], job: Job, on_done) -> AsyncIterato
     async for item in stream:
         yield item
     if job.future.done() and not job.future.cancelled() and job.future.exception() is None:
-        await on_done(job.future.result().text)
+        try:
+            await on_done(job.future.result().text)
+        except Exception:  # the client has its whole answer: a failed log must not cut it
+            log.exception("logging a streamed answer failed")

@@ -79,3 +79,9 @@ class ServerMetrics:
             label,
             registry=r,
         )
+        self.request_log_failures = Counter(
+            "kollm:request_log_failures",
+            "Answers given but not written to the request log (a full disk, a read-only store).",
+            label,
+            registry=r,
+        )

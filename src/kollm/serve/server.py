@@ -4,6 +4,7 @@ Ray Serve replica and the demo; `build_manager` is the same models without HTTP,
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from kollm.serve.deps import ServeSettings
 from kollm.serve.metrics import ServerMetrics
 from kollm.serve.retrieval import RagService
 from kollm.serve.service import DomainGuard, ModelManager
+
+log = logging.getLogger("kollm.serve")
 
 
 @dataclass
@@ -92,7 +95,13 @@ def build_server(
         secret=access.secret,
         session_s=cfg.session_hours * 3600,
     )
-    request_log = RequestLog(registry.home) if cfg.log_requests else None
+    request_log = (
+        RequestLog(registry.home, cfg.log_max_kb, cfg.log_retention_days)
+        if cfg.log_requests
+        else None
+    )
+    if request_log is not None and request_log.problem:
+        log.warning("serving without a request log (/health: degraded): %s", request_log.problem)
     retrieval = RagService(rag, cfg.rag, registry.home)
     return create_app(manager, settings, request_log, retrieval), manager
 

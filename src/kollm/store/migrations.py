@@ -327,6 +327,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE model_versions ADD COLUMN lineage TEXT;
         """,
     ),
+    (
+        "020_bounded_log_and_home_paths",
+        """
+        -- The request log keeps at most `serve.log_max_kb` of a request and of its answer:
+        -- the sizes of the originals (bytes of their JSON / UTF-8), and an index for retention.
+        ALTER TABLE responses ADD COLUMN request_bytes INTEGER;
+        ALTER TABLE responses ADD COLUMN response_bytes INTEGER;
+        CREATE INDEX responses_created ON responses (created_at);
+        -- A stored artifact is `artifacts/<64-hex key>` under KOLLM_HOME. Rows written while
+        -- KOLLM_HOME was relative hold it relative to the working directory of the time
+        -- (`.kollm/artifacts/<key>`); the key alone finds it under any home.
+        UPDATE model_versions SET artifact_path = 'artifacts/' || substr(artifact_path, -64)
+        WHERE substr(artifact_path, 1, 1) != '/' AND length(artifact_path) > 74
+            AND substr(artifact_path, -75, 11) = '/artifacts/';
+        """,
+    ),
 ]
 
 

@@ -288,12 +288,15 @@ def save_final(trainer, tokenizer, model_dir: Path, fmt: PromptFormat) -> None:
     """Save model, tokenizer and prompt format into a temporary dir, then swap it into place."""
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    save_format(tmp, fmt)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)
+    try:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        save_format(tmp, fmt)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        tmp.rename(model_dir)
+    finally:  # a failed save (a full disk) leaves no half-written model.tmp
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def callbacks(train_dir: Path) -> list[TrainerCallback]:

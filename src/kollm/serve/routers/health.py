@@ -14,13 +14,20 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request):
-    """200 with the served versions once ready, else 503 with the reason."""
-    manager = state(request).manager
+    """200 with the served versions once ready, else 503 with the reason. Serving without
+    its request log (a full disk, a read-only store) is `degraded`, with the reason, and
+    still 200: the answers are right, so a load balancer keeps routing; monitoring reads the
+    status and `kollm:request_log_failures`."""
+    manager, request_log = state(request).manager, state(request).request_log
     if manager.ready:
-        return {
+        body = {
             "status": "ok",
             "models": {m.model_id: m.version for m in manager.models.values()},
         }
+        problem = request_log.problem if request_log is not None else None
+        if problem:
+            body.update(status="degraded", reason=f"request log: {problem}")
+        return body
     return JSONResponse(
         {"status": "loading" if not manager.failure else "failed", "reason": manager.failure},
         status_code=503,
