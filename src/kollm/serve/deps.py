@@ -35,6 +35,7 @@ class ServeSettings:
     on_ready: Callable[[], None] | None = None  # called once the models are loaded
     runs_dir: Path | None = None  # the console's Runs screen reads recipe runs here [./runs]
     key_names: dict[str, str] = field(default_factory=dict)  # what the audit log calls a key
+    feedback_per_key_per_hour: int = 300  # ratings a key may post an hour; 0: no limit
 
 
 @dataclass

@@ -88,6 +88,7 @@ def build_server(
         on_ready=on_ready,
         runs_dir=runs_dir,
         key_names=dict(access.key_names),
+        feedback_per_key_per_hour=cfg.feedback_per_key_per_hour,
     )
     request_log = RequestLog(registry.home) if cfg.log_requests else None
     retrieval = RagService(rag, cfg.rag, registry.home)
