@@ -24,6 +24,7 @@ from kollm.serve.ui.routes import (
     _who,
     audit,
     read_runs,
+    refused,
     router,
 )
 from kollm.store import connect
@@ -64,7 +65,7 @@ def job_page(request: Request, job_id: int):
         return denied
     (job,) = _rows(request, "SELECT * FROM jobs WHERE id = ?", (job_id,)) or [None]
     if job is None:
-        return HTMLResponse(f"no job {job_id}", 404)
+        return refused(f"no job {job_id}", 404)
     for column in ("command", "resources", "devices"):
         job[column] = json.loads(job[column] or "null")
     return _page(request, "job.html", job=job, active=job["status"] in ACTIVE)
@@ -155,10 +156,10 @@ def pick(
         return denied
     files = _candidate_files(request)
     if file not in files:
-        return HTMLResponse(f"no candidates file {file!r} under the runs dir", 404)
+        return refused(f"no candidates file {file!r} under the runs dir", 404)
     try:
         CandidatePicks(_home(request)).pick(files[file], sha, picked, _who(request))
     except PickError as err:
-        return HTMLResponse(str(err), 400)
+        return refused(str(err), 400)
     audit(request, "pick", f"{file}:{sha[:12]}", {"picked": picked})
     return RedirectResponse(f"/ui/candidates?file={file}#item-{sha[:12]}", status_code=303)
