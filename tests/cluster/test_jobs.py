@@ -156,3 +156,40 @@ def test_accelerate_commands_carry_the_recipes_strategy(tiny_recipe):
         "kollm",
         "eval",
     ]
+
+
+def _bytes_read() -> int:
+    """What this process has read through read(2) and its kin."""
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_follow_reads_only_what_was_appended_and_polls_0_do_not_spin(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    executor = LocalExecutor(tmp_path / "home")
+    job_id = executor.record("train", ["kollm", "train", "r.yaml"], "local", {"gpus": 0})
+    executor.update(job_id, status="running")
+    log = tmp_path / "home" / "jobs" / f"{job_id}.log"
+    big = "학습 단계 0 " * 400_000 + "\n"  # 6 MB of Korean, split across reads mid-character
+    log.write_text(big, encoding="utf-8")
+    polls = []
+    real_get = executor.get
+    monkeypatch.setattr(executor, "get", lambda i: polls.append(1) or real_get(i))
+
+    def finish():
+        for step in (1, 2, 3):
+            time.sleep(0.3)
+            with log.open("a", encoding="utf-8") as out:
+                out.write(f"학습 단계 {step}\n")
+        time.sleep(0.3)
+        executor.update(job_id, status="succeeded", exit_code=0)
+
+    threading.Thread(target=finish).start()
+    before = _bytes_read()
+    text = "".join(executor.follow(job_id, poll_s=0))
+    read = _bytes_read() - before
+    assert text == log.read_text(encoding="utf-8")
+    assert len(polls) < 30  # about 1.2 s at the 0.2-s floor, not a busy loop
+    assert read < 1.5 * len(big.encode())  # the log once, then only what was appended

@@ -29,6 +29,7 @@ from typing import Any
 
 from kollm.cluster.inventory import Inventory, InventoryError, local_inventory
 from kollm.cluster.jobspec import JobError, JobSpec, planned_card_gib, stage_command
+from kollm.logtail import LogTail, poll_interval
 from kollm.store import connect, open_store
 
 ACTIVE = ("queued", "running")
@@ -59,7 +60,9 @@ def utc_now() -> str:
 def follow_text(
     read: Callable[[], str], job: Callable[[], dict[str, Any]], poll_s: float
 ) -> Iterator[str]:
-    """What `read()` adds between polls, until `job()` is no longer active."""
+    """What `read()` adds between polls, until `job()` is no longer active; `read` returns the
+    whole text (a Ray job's log comes whole from its API). Polls are at least MIN_POLL_S apart."""
+    poll_s = poll_interval(poll_s)
     shown = 0
     while True:
         active = job()["status"] in ACTIVE
@@ -176,8 +179,17 @@ class LocalExecutor:
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
     def follow(self, job_id: int, poll_s: float = 0.5) -> Iterator[str]:
-        """The job's log as it grows, until the job ends."""
-        yield from follow_text(lambda: self.logs(job_id), lambda: self.get(job_id), poll_s)
+        """The job's log as it grows, until the job ends: each poll reads only what was
+        appended, at least MIN_POLL_S apart."""
+        tail = LogTail(self.get(job_id)["log_path"])
+        poll_s = poll_interval(poll_s)
+        while True:
+            active = self.get(job_id)["status"] in ACTIVE
+            while text := tail.read():
+                yield text
+            if not active:
+                return
+            time.sleep(poll_s)
 
     def stop(self, job_id: int) -> dict[str, Any]:
         """End the job's runner and every process under it."""

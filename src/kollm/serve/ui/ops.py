@@ -15,6 +15,7 @@ from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from kollm.feedback.picks import CandidatePicks, PickError
+from kollm.logtail import LogTail, poll_interval
 from kollm.serve.ui.routes import (
     _checked,
     _guard,
@@ -74,21 +75,22 @@ def job_page(request: Request, job_id: int):
 @router.get("/jobs/{job_id}/log")
 def job_log(request: Request, job_id: int, poll_s: float = 0.5):
     """The job's log as server-sent events: what it holds, then each addition, until the job
-    ends (`event: end` with its status)."""
+    ends (`event: end` with its status). Each poll reads only what was appended (a 1-MiB
+    event at most), and polls are at least MIN_POLL_S apart whatever `poll_s` asks."""
     if (denied := _guard(request)) is not None:
         return denied
     if not _rows(request, "SELECT id FROM jobs WHERE id = ?", (job_id,)):
         return Response(status_code=404)
+    poll_s = poll_interval(poll_s)
 
     async def events():
-        shown = 0
+        tail = None
         while True:
             (job,) = _rows(request, "SELECT status, log_path FROM jobs WHERE id = ?", (job_id,))
-            path = Path(job["log_path"])
-            text = path.read_text("utf-8", errors="replace") if path.is_file() else ""
-            if len(text) > shown:
-                yield f"data: {json.dumps(text[shown:], ensure_ascii=False)}\n\n"
-                shown = len(text)
+            if tail is None or str(tail.path) != job["log_path"]:
+                tail = LogTail(job["log_path"])
+            while text := await asyncio.to_thread(tail.read):
+                yield f"data: {json.dumps(text, ensure_ascii=False)}\n\n"
             if job["status"] not in ACTIVE:
                 yield f"event: end\ndata: {json.dumps(job['status'])}\n\n"
                 return
