@@ -16,6 +16,7 @@ ALLOWED = {
     "store": set(),
     "artifacts": set(),
     "prompts": set(),
+    "logtail": set(),
     "endpoint": {"store"},
     "engines": {"artifacts"},
     "registry": {"store", "artifacts", "prompts"},

@@ -453,6 +453,11 @@ class LoopConfig(StrictModel):
     """Learning rate of the retraining."""
     gold_pairs: int = Field(0, ge=0)
     """Also pair this many gold answers of the train split (chosen) with production's (rejected)."""
+    train_on: Literal["reviewed", "all"] = "reviewed"
+    """Which feedback becomes training rows: `reviewed`, only ratings a reviewer confirmed in
+    the console (with the reviewer's correction; a correction the reviewer cleared is not
+    trained on), or `all` the feedback, as any API key posted it. Every rating still counts
+    for the trigger's bad rate; `min_corrections` counts the corrections that would train."""
 
 
 class DomainConfig(StrictModel):
@@ -564,6 +569,10 @@ class ServeConfig(StrictModel):
     replica (also KOLLM_SECRET, KOLLM_SECRET_FILE) [derived from the keys]."""
     session_hours: float = Field(12.0, gt=0)
     """How long a console login lasts."""
+    feedback_per_key_per_hour: int = Field(300, ge=0)
+    """Ratings one API key may post to `/v1/feedback` in an hour (counted in the store, across
+    workers); more get 429 with Retry-After. Without API keys every caller shares one count.
+    0: no limit."""
 
 
 class DeployConfig(StrictModel):

@@ -8,6 +8,7 @@ def test_a_job_runs_detached_and_is_tracked(tiny_recipe, tmp_path):
     job_id = executor.submit(JobSpec("train", str(tiny_recipe), ["train.max_steps=3"]))
     job = executor.wait(job_id, 300)
     assert job["status"] == "succeeded" and job["exit_code"] == 0
+    assert job["runner_started"] > 0  # when the runner started, to tell a reused pid
     assert "sft on scratch: 3 steps" in executor.logs(job_id)
     with pytest.raises(JobError, match="no job 99"):
         executor.get(99)
@@ -156,3 +157,118 @@ def test_accelerate_commands_carry_the_recipes_strategy(tiny_recipe):
         "kollm",
         "eval",
     ]
+
+
+def _bytes_read() -> int:
+    """What this process has read through read(2) and its kin."""
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_follow_reads_only_what_was_appended_and_polls_0_do_not_spin(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    executor = LocalExecutor(tmp_path / "home")
+    job_id = executor.record("train", ["kollm", "train", "r.yaml"], "local", {"gpus": 0})
+    executor.update(job_id, status="running")
+    log = tmp_path / "home" / "jobs" / f"{job_id}.log"
+    big = "학습 단계 0 " * 400_000 + "\n"  # 6 MB of Korean, split across reads mid-character
+    log.write_text(big, encoding="utf-8")
+    polls = []
+    real_get = executor.get
+    monkeypatch.setattr(executor, "get", lambda i: polls.append(1) or real_get(i))
+
+    def finish():
+        for step in (1, 2, 3):
+            time.sleep(0.3)
+            with log.open("a", encoding="utf-8") as out:
+                out.write(f"학습 단계 {step}\n")
+        time.sleep(0.3)
+        executor.update(job_id, status="succeeded", exit_code=0)
+
+    threading.Thread(target=finish).start()
+    before = _bytes_read()
+    text = "".join(executor.follow(job_id, poll_s=0))
+    read = _bytes_read() - before
+    assert text == log.read_text(encoding="utf-8")
+    assert len(polls) < 30  # about 1.2 s at the 0.2-s floor, not a busy loop
+    assert read < 1.5 * len(big.encode())  # the log once, then only what was appended
+
+
+def _started(pid: int) -> int:
+    """The process's start time, /proc/PID/stat field 22."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+
+def _running(executor, pid, started) -> int:
+    job_id = executor.record("train", ["kollm", "train", "r.yaml"], "local", {"gpus": 0})
+    executor.update(job_id, status="running", pid=pid, runner_started=started)
+    return job_id
+
+
+def test_running_jobs_whose_runner_died_are_failed_and_free_their_slots(tmp_path):
+    import os
+    import subprocess
+
+    executor = LocalExecutor(tmp_path / "home", max_running=2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        dead = _running(executor, gone.pid, 12345)
+        # this test's own pid, recorded with another start time: a runner's pid reused since
+        reused = _running(executor, os.getpid(), _started(os.getpid()) + 1)
+        alive = _running(executor, sleeper.pid, _started(sleeper.pid))
+        queued = executor.record("data", ["kollm", "data", "r.yaml"], "local", {"gpus": 0})
+        assert executor._claim_slot(queued)  # two of the three running jobs hold no slot
+        status = {job["id"]: job["status"] for job in executor.list()}
+        assert [status[j] for j in (dead, reused, alive, queued)] == [
+            "failed",
+            "failed",
+            "running",
+            "running",
+        ]
+        assert f"runner (pid {gone.pid}) died; marked failed" in executor.logs(dead)
+        assert sleeper.poll() is None  # a live runner is left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_dead_runners_leftover_stage_is_ended(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    executor = LocalExecutor(tmp_path / "home")
+    runner = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+    job_id = _running(executor, runner.pid, _started(runner.pid))
+    deadline = time.monotonic() + 10
+    while len(_group(runner.pid)) < 2:  # the shell and its `sleep`
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGKILL)  # the runner dies; its `sleep` stage lives on
+    runner.wait()
+    assert group_alive(runner.pid)
+    assert executor.get(job_id)["status"] == "failed"
+    while group_alive(runner.pid):  # the stage nobody tracks is ended, not left on its card
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "and its stage ended" in executor.logs(job_id)
+
+
+def _group(pgid: int) -> list[int]:
+    import os
+
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found

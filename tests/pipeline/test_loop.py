@@ -27,6 +27,7 @@ def test_the_loop_promotes_a_passing_candidate_and_rejects_a_worse_one(tiny_reci
     registry = Registry(tmp_path / "home")
     overrides = [
         "registry.alias=production",
+        "loop.train_on=all",  # the feedback here is unreviewed
         "loop.trigger.min_corrections=3",
         "loop.max_steps=4",
         "loop.gate.epsilon=100",
@@ -127,6 +128,7 @@ def test_safety_regression_rejects_and_gold_pairs_join_the_feedback(
         tiny_recipe,
         [
             "registry.alias=production",
+            "loop.train_on=all",  # the feedback here is unreviewed
             "loop.trigger.min_corrections=2",
             "loop.max_steps=2",
             "loop.gate.epsilon=100",
@@ -180,6 +182,7 @@ def test_the_loop_can_retrain_with_kto_on_thumbs(tiny_recipe, tmp_path):
         tiny_recipe,
         [
             "registry.alias=production",
+            "loop.train_on=all",  # the feedback here is unreviewed
             "loop.method=kto",
             "loop.max_steps=2",
             "loop.trigger.min_corrections=2",
@@ -214,6 +217,7 @@ def test_the_gate_rejects_a_candidate_the_judge_prefers_less(tiny_recipe, tmp_pa
         tiny_recipe,
         [
             "registry.alias=production",
+            "loop.train_on=all",  # the feedback here is unreviewed
             "loop.trigger.min_corrections=2",
             "loop.max_steps=2",
             "loop.gate.epsilon=100",

@@ -79,6 +79,20 @@ def test_unknown_references_are_clear_errors(tmp_path, artifact):
         reg.register("demo", tmp_path / "empty")
 
 
+def test_aliases_are_validated_like_names_in_promote_and_rollback(tmp_path, artifact):
+    reg = Registry(tmp_path)
+    reg.register("demo", artifact)
+    for alias in ("", "prod uction", "a/b", "x@y", "<script>", "-lead"):
+        with pytest.raises(RegistryError, match="invalid alias"):
+            reg.promote("demo", 1, alias)
+        with pytest.raises(RegistryError, match="invalid alias"):
+            reg.rollback("demo", alias)
+    assert reg.alias_log("demo") == []  # nothing half-written
+    reg.promote("demo", 1, "canary-2.b_1")
+    with pytest.raises(RegistryError, match="no earlier version to roll back to"):
+        reg.rollback("demo", "canary-2.b_1")
+
+
 def test_migrations_are_recorded_once(tmp_path):
     Registry(tmp_path)
     Registry(tmp_path)

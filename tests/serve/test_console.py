@@ -200,3 +200,39 @@ def test_a_review_changes_what_the_export_trains_on_and_agreement_is_shown(
     (exported,) = read_jsonl(tmp_path / "export" / "sft.jsonl")
     assert exported["output"] == "영수증을 지참해 고객센터에 요청하시면 됩니다."
     assert "검토자 일치: 1 / 1" in admin.get("/ui/feedback").text
+
+
+def test_promote_and_rollback_refuse_a_bad_request_with_its_reason(console, served_home):
+    admin, _ = _login(console, "admin-key")
+    token = _csrf(admin.get("/ui/registry").text)
+    unknown = admin.post(
+        "/ui/registry/promote", data={"name": "tiny", "version": 999, "csrf": token}
+    )
+    assert unknown.status_code == 400 and "no version 999 of 'tiny'" in unknown.text
+    no_alias = admin.post(
+        "/ui/registry/rollback", data={"name": "tiny", "alias": "canary", "csrf": token}
+    )
+    assert no_alias.status_code == 400 and "no alias 'canary'" in no_alias.text
+    bad = admin.post(
+        "/ui/registry/promote",
+        data={"name": "tiny", "version": 1, "alias": "<script>alert(1)</script>", "csrf": token},
+    )
+    assert bad.status_code == 400 and "invalid alias" in bad.text
+    assert "<script>" not in bad.text and "&lt;script&gt;" in bad.text  # echoed, escaped
+    assert "<script>" not in [v.aliases for v in Registry(served_home).list()]
+
+
+def test_error_pages_escape_what_the_request_sent(console):
+    admin, _ = _login(console, "admin-key")
+    token = _csrf(admin.get("/ui/feedback").text)
+    review = admin.post(
+        "/ui/feedback/1/review", data={"csrf": token, "categories": ["<script>x()</script>"]}
+    )
+    assert review.status_code == 400 and "&lt;script&gt;" in review.text
+    pick = admin.post(
+        "/ui/candidates/pick",
+        data={"file": "<img src=x onerror=alert(1)>", "sha": "0", "picked": 0, "csrf": token},
+    )
+    assert pick.status_code == 404 and "&lt;img" in pick.text and "<img" not in pick.text
+    for page in (review, pick):
+        assert "<script>" not in page.text

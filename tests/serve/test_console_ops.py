@@ -234,3 +234,47 @@ def test_kollm_serve_refuses_a_bad_key_file(tmp_path):
     path.chmod(0o600)
     result = CliRunner().invoke(app, ["ui", "--api-key-file", str(path)])
     assert result.exit_code != 0 and "keys.txt:1: role 'superuser'" in result.output
+
+
+def _bytes_read() -> int:
+    """What this process has read through read(2) and its kin (files, not sockets' recv)."""
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+def test_a_job_log_stream_with_poll_0_neither_spins_nor_rereads_the_log(
+    server, served_home, monkeypatch
+):
+    import kollm.serve.ui.ops as ops
+    from kollm.cluster.jobs import LocalExecutor
+
+    jobs = LocalExecutor(served_home)
+    job_id = jobs.record("train", ["kollm", "train", "r.yaml"], "local", {"gpus": 0})
+    jobs.update(job_id, status="running")
+    log = served_home / "jobs" / f"{job_id}.log"
+    big = "step 0 loss 9.99 " * 250_000 + "\n"  # 4 MiB already written
+    log.write_text(big)
+    polls = []
+    real_rows = ops._rows
+    monkeypatch.setattr(ops, "_rows", lambda *a: polls.append(1) or real_rows(*a))
+
+    def finish():
+        for step in (1, 2, 3):
+            time.sleep(0.3)
+            with log.open("a") as out:
+                out.write(f"step {step} loss 1.5\n")
+        time.sleep(0.3)
+        jobs.update(job_id, status="succeeded", exit_code=0)
+
+    client = _login(server, "viewer-key")
+    threading.Thread(target=finish).start()
+    before = _bytes_read()
+    events = []
+    with client.stream("GET", f"/ui/jobs/{job_id}/log?poll_s=0") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    read = _bytes_read() - before
+    assert "".join(events[:-1]) == log.read_text() and events[-1] == "succeeded"
+    assert len(polls) < 30  # about 1.2 s at the 0.2-s floor, not a busy loop
+    assert read < 2 * len(big)  # the 4 MiB once, then only what was appended

@@ -10,6 +10,11 @@ GPU jobs are placed on free cards: at submit the inventory (this machine's, or t
 an inventory file) is checked and the cards with the memory the planner asks for are recorded;
 the runner waits until enough of them are free of other running jobs, records them in `devices`
 and runs the stage with CUDA_VISIBLE_DEVICES set to them.
+
+A runner records its pid and its process start time (/proc/PID/stat). A job marked running
+whose runner died (killed, the machine rebooted) is marked failed when the jobs are listed, read
+or a slot is claimed, so it stops holding a slot and its cards: its pid runs no more, or runs a
+process that started at another time (the pid was reused, and that process is left alone).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from kollm.cluster.inventory import Inventory, InventoryError, local_inventory
 from kollm.cluster.jobspec import JobError, JobSpec, planned_card_gib, stage_command
+from kollm.logtail import LogTail, poll_interval
 from kollm.store import connect, open_store
 
 ACTIVE = ("queued", "running")
@@ -51,6 +57,25 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def process_started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot: /proc/PID/stat field 22), or None
+    when none runs (a zombie, which only waits to be reaped, has ended)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):  # fields[0] is field 3, the state
+        return None
+    return int(fields[19])
+
+
+def runner_alive(job: sqlite3.Row | dict[str, Any]) -> bool:
+    """Whether the job's runner still runs: its pid, started when the job recorded (a job
+    recorded before start times were kept is judged by its pid alone)."""
+    started = process_started(job["pid"])
+    return started is not None and job["runner_started"] in (None, started)
+
+
 def utc_now() -> str:
     """The current time, UTC, as ISO 8601."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
@@ -59,7 +84,9 @@ def utc_now() -> str:
 def follow_text(
     read: Callable[[], str], job: Callable[[], dict[str, Any]], poll_s: float
 ) -> Iterator[str]:
-    """What `read()` adds between polls, until `job()` is no longer active."""
+    """What `read()` adds between polls, until `job()` is no longer active; `read` returns the
+    whole text (a Ray job's log comes whole from its API). Polls are at least MIN_POLL_S apart."""
+    poll_s = poll_interval(poll_s)
     shown = 0
     while True:
         active = job()["status"] in ACTIVE
@@ -80,6 +107,19 @@ def decode(row: sqlite3.Row) -> dict[str, Any]:
         "resources": json.loads(row["resources"]),
         "devices": json.loads(row["devices"]),
     }
+
+
+def _note_runner_died(job: sqlite3.Row) -> None:
+    """Say in the job's log that its runner died, and end the stage it left behind: a process
+    group outlives its leader's pid, so the pid cannot have been reused while it runs."""
+    left = process_started(job["pid"]) is None and group_alive(job["pid"])
+    if left:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(job["pid"], signal.SIGTERM)
+    note = f"kollm: job {job['id']}: its runner (pid {job['pid']}) died; marked failed"
+    note += " and its stage ended\n" if left else "\n"
+    with suppress(OSError), Path(job["log_path"]).open("a", encoding="utf-8") as log:
+        log.write(note)
 
 
 class LocalExecutor:
@@ -128,7 +168,7 @@ class LocalExecutor:
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,
             )
-        self.update(job_id, pid=proc.pid)
+        self.update(job_id, pid=proc.pid, runner_started=process_started(proc.pid))
         return job_id
 
     def record(
@@ -162,6 +202,7 @@ class LocalExecutor:
 
     def get(self, job_id: int) -> dict[str, Any]:
         with closing(self._conn()) as conn:
+            self._reconcile(conn, " AND id = ?", (job_id,))
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise JobError(f"no job {job_id}")
@@ -169,15 +210,40 @@ class LocalExecutor:
 
     def list(self) -> list[dict[str, Any]]:
         with closing(self._conn()) as conn:
+            self._reconcile(conn)
             return [decode(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
+
+    def _reconcile(self, conn: sqlite3.Connection, where: str = "", args: tuple = ()) -> None:
+        """Mark failed the running local jobs whose runner died; their log says so, and what
+        the runner left of its stage (its process group) is ended, so no card stays in use
+        by a job nobody tracks. A job without a recorded pid is left as it is."""
+        for job in conn.execute(RUNNING_LOCAL + " AND pid IS NOT NULL" + where, args).fetchall():
+            if runner_alive(job):
+                continue
+            done = conn.execute(
+                "UPDATE jobs SET status = 'failed', finished_at = ? WHERE id = ?"
+                " AND status = 'running' AND pid = ?",
+                (utc_now(), job["id"], job["pid"]),
+            )
+            if done.rowcount:
+                _note_runner_died(job)
 
     def logs(self, job_id: int) -> str:
         path = Path(self.get(job_id)["log_path"])
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
     def follow(self, job_id: int, poll_s: float = 0.5) -> Iterator[str]:
-        """The job's log as it grows, until the job ends."""
-        yield from follow_text(lambda: self.logs(job_id), lambda: self.get(job_id), poll_s)
+        """The job's log as it grows, until the job ends: each poll reads only what was
+        appended, at least MIN_POLL_S apart."""
+        tail = LogTail(self.get(job_id)["log_path"])
+        poll_s = poll_interval(poll_s)
+        while True:
+            active = self.get(job_id)["status"] in ACTIVE
+            while text := tail.read():
+                yield text
+            if not active:
+                return
+            time.sleep(poll_s)
 
     def stop(self, job_id: int) -> dict[str, Any]:
         """End the job's runner and every process under it."""
@@ -218,6 +284,7 @@ class LocalExecutor:
         while it must wait."""
         with closing(self._conn()) as conn:
             conn.execute("BEGIN IMMEDIATE")
+            self._reconcile(conn)  # a dead runner's job holds no slot
             running = [decode(r) for r in conn.execute(RUNNING_LOCAL)]
             job = decode(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
             earlier = conn.execute(  # first in, first out: an earlier live job goes first
@@ -233,9 +300,16 @@ class LocalExecutor:
             if job["status"] != "queued" or len(running) >= self.max_running or len(free) < wanted:
                 conn.execute("COMMIT")
                 return job["status"] != "queued"
-            conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = ?, devices = ? WHERE id = ?",
-                (utc_now(), json.dumps(free[:wanted]), job_id),
+            conn.execute(  # this runner's own pid and start time, whoever recorded them first
+                "UPDATE jobs SET status = 'running', started_at = ?, devices = ?, pid = ?,"
+                " runner_started = ? WHERE id = ?",
+                (
+                    utc_now(),
+                    json.dumps(free[:wanted]),
+                    os.getpid(),
+                    process_started(os.getpid()),
+                    job_id,
+                ),
             )
             conn.execute("COMMIT")
             return True

@@ -2,6 +2,8 @@
 
 A rating is `good`/`bad` or 1-5 (4-5 count as good); categories come from a public-sector
 service plan. An unknown response id or category is refused with a message naming it.
+A rating posted through the API records the key's name (never the key), and a key that posted
+its hourly allowance is refused with the seconds until a slot frees (FeedbackLimitError).
 Writes hold the database lock from their start (`BEGIN IMMEDIATE`), so several server workers
 and CLI processes can add feedback at once without losing any.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -28,6 +31,15 @@ class FeedbackError(ValueError):
     def __init__(self, message: str, field: str, status: int = 400) -> None:
         super().__init__(message)
         self.field, self.status = field, status
+
+
+class FeedbackLimitError(FeedbackError):
+    """A key posted its hourly allowance; `retry_after_s`: when its oldest counted rating ages
+    out of the hour."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, "response_id", 429)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -68,8 +80,13 @@ class FeedbackStore:
         comment: str | None = None,
         correction: str | None = None,
         source: str = "api",
+        key_name: str | None = None,
+        per_hour: int = 0,
     ) -> dict[str, Any]:
-        """Store one rating; returns it with the response's model and version."""
+        """Store one rating; returns it with the response's model and version. `key_name`
+        names who posted it; with `per_hour`, a key's rating beyond that many in the last hour
+        is refused (FeedbackLimitError), counted inside the write lock so several server
+        workers share one count."""
         parsed = parse_rating(rating)
         unknown = [c for c in categories or [] if c not in CATEGORIES]
         if unknown:
@@ -80,6 +97,8 @@ class FeedbackStore:
         with closing(self._connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if per_hour and key_name is not None:
+                    _check_allowance(conn, key_name, per_hour)
                 response = conn.execute(
                     "SELECT model, model_version FROM responses WHERE id = ?", (response_id,)
                 ).fetchone()
@@ -89,7 +108,8 @@ class FeedbackStore:
                     )
                 cursor = conn.execute(
                     "INSERT INTO feedback (response_id, created_at, rating, score, is_good,"
-                    " categories, comment, correction, source) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " categories, comment, correction, source, key_name)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
                         response_id,
                         now,
@@ -100,6 +120,7 @@ class FeedbackStore:
                         _mask(comment),
                         _mask(correction),
                         source,
+                        key_name,
                     ),
                 )
                 conn.execute("COMMIT")
@@ -161,11 +182,13 @@ class FeedbackStore:
 
     def rows(self, model: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Feedback joined with the answers it rates, oldest first; a reviewed rating carries
-        its latest review's categories and correction (`reviewed_by` names the reviewer)."""
+        its latest review's categories and correction (`reviewed_by` names the reviewer,
+        `reviewed_at` says when, and `reviewed_correction` is the reviewer's correction alone:
+        None when the reviewer cleared it)."""
         query = (
             "SELECT f.*, r.model, r.model_version, r.request, r.response, r.endpoint, r.rag,"
-            " v.reviewer AS reviewed_by, v.categories AS review_categories,"
-            " v.correction AS review_correction"
+            " v.reviewer AS reviewed_by, v.created_at AS reviewed_at,"
+            " v.categories AS review_categories, v.correction AS review_correction"
             " FROM feedback f JOIN responses r ON r.id = f.response_id"
             " LEFT JOIN feedback_reviews v ON v.id ="
             " (SELECT MAX(id) FROM feedback_reviews WHERE feedback_id = f.id) WHERE 1=1"
@@ -184,6 +207,7 @@ class FeedbackStore:
 
 def _reviewed(row: dict[str, Any]) -> dict[str, Any]:
     row["categories"] = json.loads(row["categories"])
+    row["reviewed_correction"] = row.get("review_correction")
     if row.get("reviewed_by"):
         row["original_categories"] = row["categories"]
         row["categories"] = json.loads(row["review_categories"])
@@ -192,6 +216,27 @@ def _reviewed(row: dict[str, Any]) -> dict[str, Any]:
     for key in ("review_categories", "review_correction"):
         row.pop(key, None)
     return row
+
+
+def _check_allowance(conn: sqlite3.Connection, key_name: str, per_hour: int) -> None:
+    """FeedbackLimitError when `key_name` posted `per_hour` ratings in the last hour."""
+    now = dt.datetime.now(dt.UTC)
+    start = (now - dt.timedelta(hours=1)).isoformat(timespec="milliseconds")
+    counted = conn.execute(
+        "SELECT created_at FROM feedback WHERE key_name = ? AND created_at >= ?"
+        " ORDER BY created_at DESC LIMIT ?",
+        (key_name, start, per_hour),
+    ).fetchall()
+    if len(counted) < per_hour:
+        return
+    # a slot frees when the oldest of the newest `per_hour` ratings leaves the hour
+    frees = dt.datetime.fromisoformat(counted[-1][0]) + dt.timedelta(hours=1)
+    wait = max(1, math.ceil((frees - now).total_seconds()))
+    raise FeedbackLimitError(
+        f"key {key_name!r} posted {per_hour} ratings in the last hour"
+        f" (serve.feedback_per_key_per_hour); retry in {wait} s",
+        wait,
+    )
 
 
 def _mask(text: str | None) -> str | None:

@@ -3,11 +3,14 @@
 The production model is served in-process on a loopback port; scripted users ask it to
 summarise training dialogues over HTTP and correct each answer with the gold summary through
 `POST /v1/feedback`; then `kollm loop` runs: trigger, DPO from production, evaluation of both,
-gate, and promotion or rejection.
+gate, and promotion or rejection. Nobody reviews the scripted corrections, so the demo trains
+on all the feedback (`loop.train_on: all`, said in a log line) where a deployment's default
+trains only on what a reviewer confirmed.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,8 @@ from kollm.data.io import read_jsonl
 from kollm.pipeline.loop import LoopDecision, run_loop
 from kollm.pipeline.serving import serve_in_process
 from kollm.registry import Registry
+
+log = logging.getLogger("kollm.demo")
 
 
 def _serve(recipe: Recipe, ref: str, registry: Registry, rag: str | None = None):
@@ -57,7 +62,15 @@ def scripted_feedback(recipe: Recipe, url: str, count: int) -> int:
 
 
 def demo_loop(recipe: Recipe, registry: Registry, count: int = 24) -> tuple[int, LoopDecision]:
-    """Serve production, post scripted feedback over HTTP, then run the loop."""
+    """Serve production, post scripted feedback over HTTP, then run the loop on all of it."""
+    if recipe.loop.train_on != "all":
+        recipe = recipe.model_copy(
+            update={"loop": recipe.loop.model_copy(update={"train_on": "all"})}
+        )
+    log.info(
+        "demo: loop.train_on=all: the scripted corrections train unreviewed"
+        " (a deployment's default, reviewed, trains only on what a reviewer confirmed)"
+    )
     ref = f"{recipe.model_name}@{recipe.loop.alias}"
     server, url = _serve(recipe, ref, registry)
     try:

@@ -1,7 +1,9 @@
 """`kollm loop`: feedback -> export -> retrain from production -> evaluate both -> gate -> promote.
 
 The trigger reads the feedback that arrived since the last decision. When it fires, the
-corrections become preference pairs (or SFT rows), a candidate is trained from the production
+corrections become preference pairs (or SFT rows): with `loop.train_on: reviewed` (the default)
+only those a reviewer confirmed in the console since the last decision, with the reviewer's
+correction; with `all`, every correction as posted. Then a candidate is trained from the production
 version, both are evaluated on the same eval split, and the gate promotes the candidate only if
 it is not worse than production (minus epsilon) on every gated metric. Every decision, with the
 numbers that led to it, goes to the append-only `loop_decisions` table.
@@ -56,10 +58,27 @@ def last_decision_time(registry: Registry, model: str) -> str | None:
     return row[0]
 
 
+def training_rows(
+    recipe: Recipe, rows: list[dict[str, Any]], since: str | None
+) -> list[dict[str, Any]]:
+    """The feedback the candidate may train on, of `rows` (all of the model's): with
+    `train_on: all`, what arrived since the last decision; with `reviewed`, the ratings a
+    reviewer confirmed since then (a late review of older feedback counts), carrying the
+    reviewer's correction only."""
+    if recipe.loop.train_on == "all":
+        return [r for r in rows if since is None or r["created_at"] >= since]
+    return [
+        {**r, "correction": r["reviewed_correction"]}
+        for r in rows
+        if r.get("reviewed_at") and (since is None or r["reviewed_at"] >= since)
+    ]
+
+
 def check_trigger(
     recipe: Recipe, rows: list[dict[str, Any]], window_rows: list[dict[str, Any]]
 ) -> str | None:
-    """Why the loop fires, or None. `rows`: feedback since the last decision."""
+    """Why the loop fires, or None. `rows`: the feedback it would train on (training_rows);
+    `window_rows`: every rating, for the bad rate."""
     t = recipe.loop.trigger
     corrections = sum(1 for r in rows if r["correction"])
     if t.min_corrections is not None and corrections >= t.min_corrections:
@@ -274,6 +293,23 @@ def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> 
     return result.model_dir, manifest["sha256"]
 
 
+def _nothing_to_train(recipe: Recipe, every: list[dict[str, Any]], since: str | None) -> str:
+    said = f"{recipe.model_name}: no corrections since the last decision ({since or 'ever'})"
+    if recipe.loop.train_on == "all":
+        return f"{said}: nothing to train"
+    waiting = sum(
+        1
+        for r in every
+        if r["correction"]
+        and not r.get("reviewed_at")
+        and (since is None or r["created_at"] >= since)
+    )
+    return (
+        f"{said} that a reviewer confirmed: nothing to train (loop.train_on=reviewed;"
+        f" {waiting} corrections await review in the console's feedback queue)"
+    )
+
+
 def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
     """Check the trigger; retrain, evaluate both, gate, and promote or reject."""
     registry = registry or Registry()
@@ -286,15 +322,14 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
             f"{name}@{alias}: {err}; run the recipe with registry.alias={alias} first"
         ) from err
     since = last_decision_time(registry, name)
-    rows = store.rows(name, since)
-    reason = check_trigger(recipe, rows, store.rows(name))
+    every = store.rows(name)
+    rows = training_rows(recipe, every, since)
+    reason = check_trigger(recipe, rows, every)
     if reason is None and not force:
         return LoopDecision("not triggered", "no trigger rule met", production.ref)
     reason = reason or "forced"
     if not rows or (recipe.loop.method != "kto" and not any(r["correction"] for r in rows)):
-        raise LoopError(
-            f"{name}: no corrections since the last decision ({since or 'ever'}): nothing to train"
-        )
+        raise LoopError(_nothing_to_train(recipe, every, since))
     log.info(
         "loop: fired (%s); retraining from %s with %s", reason, production.ref, recipe.loop.method
     )

@@ -39,6 +39,20 @@ class RegistryError(ValueError):
     """An unknown model, version or alias, or a move the registry cannot make."""
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_name(value: str, what: str = "model name") -> str:
+    """`value` if it is a valid model name or alias (a letter or digit, then letters, digits,
+    `.`, `_`, `-`: what `NAME@ALIAS` can name); RegistryError naming it otherwise."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise RegistryError(
+            f"invalid {what} {value!r}: use letters, digits, '.', '_' and '-',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
 __all__ = [
     "ArtifactError",
     "ModelVersion",
@@ -131,8 +145,7 @@ class Registry:
         and the version points at the stored copy, never at the run dir."""
         from kollm.prompts import load_format
 
-        if not _REF_RE.match(name) or ":" in name or "@" in name:
-            raise RegistryError(f"invalid model name {name!r}")
+        check_name(name)
         artifact = Path(artifact).resolve()
         try:
             sha = weights_sha256(artifact)
@@ -340,6 +353,8 @@ class Registry:
 
     def promote(self, name: str, version: int, alias: str = "production") -> ModelVersion:
         """Point `alias` at `name:version`; the move is logged."""
+        check_name(name)
+        check_name(alias, "alias")
         with self._write() as conn:
             exists = conn.execute(
                 "SELECT 1 FROM model_versions WHERE name = ? AND version = ?", (name, version)
@@ -351,6 +366,8 @@ class Registry:
 
     def rollback(self, name: str, alias: str = "production") -> ModelVersion:
         """Return `alias` to the version it pointed at before its latest promotion."""
+        check_name(name)
+        check_name(alias, "alias")
         with self._write() as conn:
             current = conn.execute(
                 "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)

@@ -39,6 +39,7 @@ class ServeSettings:
     # Signs the console's logins and form tokens; None: derived from the keys (see sessions).
     secret: bytes | None = None
     session_s: float = SESSION_S  # how long a console login lasts
+    feedback_per_key_per_hour: int = 300  # ratings a key may post an hour; 0: no limit
 
 
 @dataclass

@@ -94,6 +94,7 @@ def build_server(
         key_names=dict(access.key_names),
         secret=access.secret,
         session_s=cfg.session_hours * 3600,
+        feedback_per_key_per_hour=cfg.feedback_per_key_per_hour,
     )
     request_log = (
         RequestLog(registry.home, cfg.log_max_kb, cfg.log_retention_days)

@@ -343,6 +343,17 @@ MIGRATIONS: list[tuple[str, str]] = [
             AND substr(artifact_path, -75, 11) = '/artifacts/';
         """,
     ),
+    (
+        "021_feedback_keys_and_job_runners",
+        """
+        -- Which API key posted a rating (its name in the key file, or a hash of it; never the
+        -- key), so the server can count feedback per key; and when a job's runner process
+        -- started (/proc/PID/stat's start time), so a dead runner is told from a reused pid.
+        ALTER TABLE feedback ADD COLUMN key_name TEXT;
+        CREATE INDEX feedback_key ON feedback (key_name, created_at);
+        ALTER TABLE jobs ADD COLUMN runner_started INTEGER;
+        """,
+    ),
 ]
 
 

@@ -1,4 +1,6 @@
-"""`POST /v1/feedback`: a rating (and correction) of a logged answer."""
+"""`POST /v1/feedback`: a rating (and correction) of a logged answer. Each rating records the
+key that posted it (its name, or a hash: never the key), and a key gets 429 with Retry-After
+once it posted `feedback_per_key_per_hour` ratings in the last hour."""
 
 from __future__ import annotations
 
@@ -6,10 +8,11 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Request
 
-from kollm.feedback.store import FeedbackError, FeedbackStore
+from kollm.feedback.store import FeedbackError, FeedbackLimitError, FeedbackStore
 from kollm.serve import protocol as p
-from kollm.serve.deps import authorize, state
+from kollm.serve.deps import authorize, given_key, state
 from kollm.serve.errors import ApiError
+from kollm.serve.keys import key_name
 
 router = APIRouter()
 
@@ -26,6 +29,7 @@ async def feedback(body: p.FeedbackRequest, request: Request):
             "response_id",
         )
     store = FeedbackStore(request_log.home)
+    settings = state(request).settings
     try:
         return await asyncio.to_thread(
             store.add,
@@ -35,6 +39,12 @@ async def feedback(body: p.FeedbackRequest, request: Request):
             body.comment,
             body.correction,
             "api",
+            key_name(given_key(request), settings.key_names),
+            settings.feedback_per_key_per_hour,
         )
+    except FeedbackLimitError as err:
+        raise ApiError(
+            429, str(err), "rate_limit_error", headers={"Retry-After": str(err.retry_after_s)}
+        ) from None
     except FeedbackError as err:
         raise ApiError(err.status, str(err), "invalid_request_error", err.field) from None

@@ -15,6 +15,7 @@ from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
 from kollm.feedback.picks import CandidatePicks, PickError
+from kollm.logtail import LogTail, poll_interval
 from kollm.serve.ui.routes import (
     _checked,
     _guard,
@@ -24,6 +25,7 @@ from kollm.serve.ui.routes import (
     _who,
     audit,
     read_runs,
+    refused,
     router,
 )
 from kollm.store import connect
@@ -64,7 +66,7 @@ def job_page(request: Request, job_id: int):
         return denied
     (job,) = _rows(request, "SELECT * FROM jobs WHERE id = ?", (job_id,)) or [None]
     if job is None:
-        return HTMLResponse(f"no job {job_id}", 404)
+        return refused(f"no job {job_id}", 404)
     for column in ("command", "resources", "devices"):
         job[column] = json.loads(job[column] or "null")
     return _page(request, "job.html", job=job, active=job["status"] in ACTIVE)
@@ -73,21 +75,22 @@ def job_page(request: Request, job_id: int):
 @router.get("/jobs/{job_id}/log")
 def job_log(request: Request, job_id: int, poll_s: float = 0.5):
     """The job's log as server-sent events: what it holds, then each addition, until the job
-    ends (`event: end` with its status)."""
+    ends (`event: end` with its status). Each poll reads only what was appended (a 1-MiB
+    event at most), and polls are at least MIN_POLL_S apart whatever `poll_s` asks."""
     if (denied := _guard(request)) is not None:
         return denied
     if not _rows(request, "SELECT id FROM jobs WHERE id = ?", (job_id,)):
         return Response(status_code=404)
+    poll_s = poll_interval(poll_s)
 
     async def events():
-        shown = 0
+        tail = None
         while True:
             (job,) = _rows(request, "SELECT status, log_path FROM jobs WHERE id = ?", (job_id,))
-            path = Path(job["log_path"])
-            text = path.read_text("utf-8", errors="replace") if path.is_file() else ""
-            if len(text) > shown:
-                yield f"data: {json.dumps(text[shown:], ensure_ascii=False)}\n\n"
-                shown = len(text)
+            if tail is None or str(tail.path) != job["log_path"]:
+                tail = LogTail(job["log_path"])
+            while text := await asyncio.to_thread(tail.read):
+                yield f"data: {json.dumps(text, ensure_ascii=False)}\n\n"
             if job["status"] not in ACTIVE:
                 yield f"event: end\ndata: {json.dumps(job['status'])}\n\n"
                 return
@@ -155,10 +158,10 @@ def pick(
         return denied
     files = _candidate_files(request)
     if file not in files:
-        return HTMLResponse(f"no candidates file {file!r} under the runs dir", 404)
+        return refused(f"no candidates file {file!r} under the runs dir", 404)
     try:
         CandidatePicks(_home(request)).pick(files[file], sha, picked, _who(request))
     except PickError as err:
-        return HTMLResponse(str(err), 400)
+        return refused(str(err), 400)
     audit(request, "pick", f"{file}:{sha[:12]}", {"picked": picked})
     return RedirectResponse(f"/ui/candidates?file={file}#item-{sha[:12]}", status_code=303)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import html
 import json
 import re
 import secrets
@@ -24,6 +25,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from kollm.registry import RegistryError
 from kollm.serve.deps import UI_COOKIE, given_key, state
 from kollm.serve.keys import key_name
 from kollm.serve.ui.labels import labels
@@ -104,6 +106,11 @@ def _page(request: Request, template: str, **context: Any) -> HTMLResponse:
         **context,
     )
     return HTMLResponse(html)
+
+
+def refused(message: str, status: int) -> HTMLResponse:
+    """An error page of one line: `message` escaped, since it may echo what the request sent."""
+    return HTMLResponse(html.escape(message, quote=False), status)  # body text, no attribute
 
 
 def _guard(request: Request, admin: bool = False) -> Response | None:
@@ -272,7 +279,10 @@ def promote(
 ):
     if (denied := _checked(request, csrf)) is not None:
         return denied
-    state(request).manager.registry.promote(name, version, alias)
+    try:
+        state(request).manager.registry.promote(name, version, alias)
+    except RegistryError as err:  # an unknown version or a bad alias: the admin's to fix
+        return refused(str(err), 400)
     audit(request, "promote", f"{name}@{alias}", {"version": version})
     return RedirectResponse("/ui/registry", status_code=303)
 
@@ -283,7 +293,10 @@ def rollback(
 ):
     if (denied := _checked(request, csrf)) is not None:
         return denied
-    moved = state(request).manager.registry.rollback(name, alias)
+    try:
+        moved = state(request).manager.registry.rollback(name, alias)
+    except RegistryError as err:  # no such alias, or no earlier version to return to
+        return refused(str(err), 400)
     audit(request, "rollback", f"{name}@{alias}", {"version": moved.version})
     return RedirectResponse("/ui/registry", status_code=303)
 
@@ -343,7 +356,7 @@ async def review(request: Request, feedback_id: int):
     try:
         FeedbackStore(_home(request)).review(feedback_id, _who(request), categories, correction)
     except FeedbackError as err:
-        return HTMLResponse(str(err), err.status)
+        return refused(str(err), err.status)
     audit(request, "review", f"feedback:{feedback_id}", {"categories": categories})
     return RedirectResponse(f"/ui/feedback#feedback-{feedback_id}", status_code=303)
 
