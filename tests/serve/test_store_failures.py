@@ -95,3 +95,18 @@ def test_a_store_whose_shm_cannot_be_created_starts_serving_degraded(
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     assert "read-only" in health.json()["reason"]
     assert _failures(server) == 1
+
+
+def test_feedback_on_a_full_disk_is_a_503_the_client_can_retry(start_server, monkeypatch):
+    from kollm.feedback import store
+
+    server = start_server()
+    answered = httpx.post(server.base_url + "/v1/chat/completions", json=CHAT, timeout=60)
+    real = store.connect
+    monkeypatch.setattr(store, "connect", lambda path: _FullDisk(real(path)))
+    rating = {"response_id": answered.json()["id"], "rating": "good"}
+    refused = httpx.post(server.base_url + "/v1/feedback", json=rating)
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert "disk is full" in refused.json()["error"]["message"]
+    monkeypatch.setattr(store, "connect", real)
+    assert httpx.post(server.base_url + "/v1/feedback", json=rating).status_code == 200

@@ -5,6 +5,7 @@ once it posted `feedback_per_key_per_hour` ratings in the last hour."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 from fastapi import APIRouter, Depends, Request
 
@@ -48,3 +49,10 @@ async def feedback(body: p.FeedbackRequest, request: Request):
         ) from None
     except FeedbackError as err:
         raise ApiError(err.status, str(err), "invalid_request_error", err.field) from None
+    except sqlite3.Error as err:  # a full disk or a read-only store: the rating was not kept
+        raise ApiError(
+            503,
+            f"the feedback store cannot take the rating now ({err}); retry later",
+            "service_unavailable",
+            headers={"Retry-After": "30"},
+        ) from None
