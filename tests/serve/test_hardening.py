@@ -115,7 +115,7 @@ def test_holding_back_a_possible_stop_string_is_linear_in_its_length():
 
 
 def test_a_body_over_the_limit_gets_413_before_it_is_read(start_server):
-    server = start_server()
+    server = start_server(log_requests=False)
     padding = {"note": "x" * (5 * 1024 * 1024)}  # over the default serve.max_body_mb of 4
     reply = httpx.post(server.base_url + "/v1/chat/completions", json={**CHAT, **padding})
     assert reply.status_code == 413, reply.text
