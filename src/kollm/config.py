@@ -540,6 +540,8 @@ class ServeConfig(StrictModel):
     """Most requests waiting per model; more get 429."""
     request_timeout_s: float = Field(120.0, gt=0)
     """Seconds before a request gets 504."""
+    max_body_mb: float = Field(4.0, gt=0)
+    """Largest request body in MB (2^20 bytes); a larger one gets 413 before it is read."""
     log_requests: bool = True
     """Log each request and answer (PII-masked) for feedback."""
     log_max_kb: int = Field(64, ge=1)

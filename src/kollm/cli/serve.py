@@ -92,6 +92,9 @@ def serve(
     max_batch: Annotated[int | None, typer.Option(help="Most requests a batch [8].")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Most waiting per model [64].")] = None,
     timeout: Annotated[float | None, typer.Option(help="Request timeout in seconds [120].")] = None,
+    max_body_mb: Annotated[
+        float | None, typer.Option(help="Largest request body in MB; larger gets 413 [4].")
+    ] = None,
     adapter: Annotated[
         list[str] | None, typer.Option(help="LoRA adapter NAME=DIR (transformers).")
     ] = None,
@@ -135,6 +138,7 @@ def serve(
         "max_batch": max_batch,
         "max_queue": max_queue,
         "request_timeout_s": timeout,
+        "max_body_mb": max_body_mb,
         "alias_poll_s": alias_poll,
         "log_requests": False if no_log else None,
         "adapters": _pairs(adapter, "--adapter") or None,

@@ -72,6 +72,9 @@ def score_each(sequences: list[list[int]], top_n: int, forward) -> list[TokenSco
 class Engine(Protocol):
     name: str
     context_length: int
+    # Token ids the tokenizer and the model's embedding both accept: 0 .. vocab_size - 1
+    # (None before load). The server refuses any other id before it reaches the engine.
+    vocab_size: int | None
 
     def load(self) -> None: ...
 
@@ -101,6 +104,44 @@ def adapter_base(model_dir: Path) -> str | None:
     return json.loads(path.read_text())["base_model_name_or_path"] if path.exists() else None
 
 
+def vocab_limit(tokenizer, config=None) -> int:
+    """How many token ids both the tokenizer and the model accept: the smaller of the
+    tokenizer's (with added tokens) and the embedding's (`config.vocab_size`), where known. An
+    id past the embedding crashes CTranslate2; one past the tokenizer cannot be decoded."""
+    sizes = [len(tokenizer)]
+    if config is not None and getattr(config, "vocab_size", None):
+        sizes.append(int(config.vocab_size))
+    return min(sizes)
+
+
+def prefix_function(s: str) -> list[int]:
+    """KMP's failure function: `f[i]` is the length of the longest proper prefix of
+    `s[: i + 1]` that is also its suffix."""
+    f = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = f[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        f[i] = k
+    return f
+
+
+def longest_prefix_at_end(text: str, stop: str, failure: list[int]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of `stop` (`failure` is
+    `prefix_function(stop)`): one pass of the KMP automaton over the last len(stop) - 1
+    characters, so linear in the stop's length (checking each prefix with `endswith` is
+    quadratic: a 240,000-character stop stalled the engine thread for seconds a token)."""
+    k = 0  # the tail is shorter than `stop`, so k stays below len(stop)
+    for c in text[max(0, len(text) - len(stop) + 1) :]:
+        while k and stop[k] != c:
+            k = failure[k - 1]
+        if stop[k] == c:
+            k += 1
+    return k
+
+
 def apply_stop(text: str, stop: tuple[str, ...] | list[str]) -> tuple[str, bool]:
     """`text` cut at the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
@@ -119,6 +160,9 @@ class IncrementalDecoder:
     def __init__(self, decode: Callable[[list[int]], str], stop: tuple[str, ...] = ()) -> None:
         self._decode = decode
         self._stop = tuple(s for s in stop if s)
+        # Per stop string: its KMP failure function and the characters a held-back tail can
+        # end with (a token ending in none of them holds nothing back for that stop).
+        self._prefixes = [(s, prefix_function(s), set(s[:-1])) for s in self._stop if len(s) > 1]
         self._ids: list[int] = []
         self._sent = 0  # characters of the decoded text already emitted
         self.stopped = False
@@ -149,9 +193,17 @@ class IncrementalDecoder:
         return delta
 
     def _partial_stop(self, text: str) -> int:
-        """Length of the longest tail of `text` that begins some stop string."""
+        """Length of the longest tail of `text` that begins some stop string (and is shorter
+        than it: a whole stop string is cut by `apply_stop`)."""
+        if not text:
+            return 0
         return max(
-            (k for s in self._stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+            (
+                longest_prefix_at_end(text, s, failure)
+                for s, failure, ends in self._prefixes
+                if text[-1] in ends
+            ),
+            default=0,
         )
 
 

@@ -23,6 +23,7 @@ from kollm.engines.base import (
     adapter_base,
     apply_stop,
     score_each,
+    vocab_limit,
 )
 
 
@@ -157,6 +158,7 @@ class CTranslate2Engine:
         self.tokenizer = None
         self.is_encoder_decoder = False
         self.context_length = 2048
+        self.vocab_size: int | None = None
         self.prefixes = SharedPrefixes() if prefix_cache else None
 
     def load(self) -> None:
@@ -169,6 +171,7 @@ class CTranslate2Engine:
         config = AutoConfig.from_pretrained(base)
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = vocab_limit(self.tokenizer, config)
         cls = ctranslate2.Translator if self.is_encoder_decoder else ctranslate2.Generator
         self.model = cls(
             str(path),

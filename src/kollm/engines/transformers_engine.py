@@ -21,6 +21,7 @@ from kollm.engines.base import (
     adapter_base,
     apply_stop,
     score_each,
+    vocab_limit,
 )
 
 
@@ -65,6 +66,7 @@ class TransformersEngine:
         self.is_encoder_decoder = False
         self.default_adapter: str | None = None
         self.context_length = 2048
+        self.vocab_size: int | None = None
         self._lock = threading.Lock()  # one generate at a time per loaded model
 
     def load(self) -> None:
@@ -98,6 +100,7 @@ class TransformersEngine:
                 model.load_adapter(str(path), adapter_name=name)
         self.model = model.to(self.device).eval()
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
+        self.vocab_size = vocab_limit(self.tokenizer, config)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Decoder-only batches pad on the left, so every prompt ends where generation starts.

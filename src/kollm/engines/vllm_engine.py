@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kollm.engines.base import Generation, GenerationParams, TokenCallback
+from kollm.engines.base import Generation, GenerationParams, TokenCallback, vocab_limit
 
 SERVED_NAME = "model"
 
@@ -87,6 +87,7 @@ class VllmEngine:
         self.context_length = max_model_len or 4096
         self.process: subprocess.Popen | None = None
         self.tokenizer = None
+        self.vocab_size: int | None = None
         self.command: list[str] = []
 
     @property
@@ -97,6 +98,7 @@ class VllmEngine:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        self.vocab_size = vocab_limit(self.tokenizer, _config(self.model_dir))
         self.port = self.port or free_port()
         memory, max_len, executable = self._command_args
         self.command = vllm_command(
@@ -208,6 +210,17 @@ class VllmEngine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
             self.process = None
+
+
+def _config(model_dir: Path):
+    """The model's config, for its embedding size; None where transformers cannot read it
+    (vLLM serves architectures transformers lacks): the tokenizer's size bounds the ids then."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(model_dir))
+    except (ValueError, OSError, KeyError):
+        return None
 
 
 def _events(lines):

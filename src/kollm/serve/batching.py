@@ -102,8 +102,11 @@ class Batcher:
         params: GenerationParams,
         adapter: str | None = None,
         stream: bool = False,
+        prompt_tokens: int | None = None,
     ) -> Job:
-        """Queue a request; raises QueueFull when `max_queue` requests already wait."""
+        """Queue a request; raises QueueFull when `max_queue` requests already wait.
+        `prompt_tokens`, where the caller has counted them, spares the batcher tokenising the
+        prompt on the event loop to group by length."""
         if self._closing or len(self._waiting) >= self.max_queue:
             self.metrics.rejected.labels(self.model_name).inc()
             raise QueueFull(self.model_name)
@@ -111,6 +114,7 @@ class Batcher:
         job = Job(
             prompt, params, adapter, loop.create_future(), asyncio.Queue() if stream else None
         )
+        job.prompt_tokens = prompt_tokens
         self._waiting.append(job)
         self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
         self._wakeup.set()

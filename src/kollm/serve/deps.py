@@ -30,6 +30,7 @@ class ServeSettings:
     log_requests: bool = True
     alias_poll_s: float = 2.0
     default_max_tokens: int = 128
+    max_body_mb: float | None = 4.0  # a larger request body gets 413 (None: no limit)
     # Load the models before the app takes traffic (a Ray Serve replica is routed requests once
     # its ASGI start-up returns; `kollm serve` exits 2 when one cannot load).
     load_before_ready: bool = False

@@ -1,6 +1,7 @@
-"""OpenAI's error JSON: 400 bad body (naming the field), 401 API key, 403 admin off, 404 unknown
-model, 413 prompt longer than the context, 429 queue full (with Retry-After), 503 not ready,
-504 timeout."""
+"""OpenAI's error JSON: 400 bad body (naming the field; a token id outside the vocabulary, a
+stop string too long), 401 API key, 403 admin off, 404 unknown model, 413 prompt longer than
+the context or body over `serve.max_body_mb`, 429 queue full (with Retry-After), 503 not
+ready, 504 timeout."""
 
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_STOPS = 4
+MAX_STOP_CHARS = 1024
+"""Stop strings a request may give, and the longest one (OpenAI takes 4; a stop string is
+checked against the answer's tail at every token, in the engine thread all clients share)."""
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -45,8 +50,15 @@ class _Sampling(_Request):
     @field_validator("stop")
     @classmethod
     def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
+        for i, stop in enumerate([value] if isinstance(value, str) else value or []):
+            if len(stop) > MAX_STOP_CHARS:
+                where = "" if isinstance(value, str) else f" {i}"
+                raise ValueError(
+                    f"stop sequence{where} has {len(stop)} characters; at most "
+                    f"{MAX_STOP_CHARS} are taken"
+                )
         return value
 
     def include_usage(self) -> bool:
@@ -108,6 +120,18 @@ class CompletionRequest(_Sampling):
     def prompt_text(self) -> str:
         first = self.prompts()[0]
         return first if isinstance(first, str) else ""
+
+
+def bad_token_id(ids: list[int], vocab_size: int) -> str | None:
+    """What is wrong with the first id of `ids` outside 0 .. vocab_size - 1, or None. The
+    bounds are checked at C speed first: a body holds up to millions of ids."""
+    if not ids or (min(ids) >= 0 and max(ids) < vocab_size):
+        return None
+    at = next(i for i, t in enumerate(ids) if not 0 <= t < vocab_size)
+    return (
+        f"token id {ids[at]} at position {at} is not in the model's vocabulary "
+        f"(ids 0 to {vocab_size - 1})"
+    )
 
 
 class TokenizeRequest(BaseModel):

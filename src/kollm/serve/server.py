@@ -86,6 +86,7 @@ def build_server(
         api_keys=list(access.api_keys),
         admin_keys=list(access.admin_keys),
         request_timeout_s=cfg.request_timeout_s,
+        max_body_mb=cfg.max_body_mb,
         log_requests=cfg.log_requests,
         alias_poll_s=cfg.alias_poll_s,
         load_before_ready=load_before_ready,

@@ -56,6 +56,7 @@ async def chat(body: p.ChatCompletionRequest, request: Request):
     started = time.perf_counter()
     served, adapter = service.find(body.model)
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    service.check_chars(served, sum(len(m["content"]) for m in messages), "messages")
     rid = p.new_id("chatcmpl")
     users = [m["content"] for m in messages if m["role"] == "user"]
     if served.guard is not None and not await asyncio.to_thread(
@@ -77,7 +78,8 @@ async def chat(body: p.ChatCompletionRequest, request: Request):
     params = service.params(body, body.max_completion_tokens or body.max_tokens)
     if retrieved is not None:
         messages = await asyncio.to_thread(_fit, retrieved, messages, served, params)
-    job = service.submit(served, served.prompt_for(messages), params, adapter, body.stream)
+    prompt = await asyncio.to_thread(served.prompt_for, messages)
+    job = await service.submit(served, prompt, params, adapter, body.stream)
     if body.stream:
         cite = retrieved.citations if retrieved else None
         stream = chat_stream(rid, body.model, served, job, request, body.include_usage(), cite)

@@ -19,11 +19,26 @@ from kollm.serve.generation import completion_stream
 router = APIRouter()
 
 
+def _text_and_ids(engine, prompt: str | list[int]) -> tuple[str, list[int]]:
+    """A prompt's text and token ids (one of them given, the other made: runs in a thread)."""
+    return scoring.prompt_text(engine, prompt), scoring.prompt_ids(engine, prompt)
+
+
+def _check_prompts(service, served, prompts: list) -> None:
+    """400 on a token id outside the vocabulary, 413 on a text too long to tokenise, before
+    anything is tokenised or reaches the engine."""
+    many = len(prompts) > 1
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            service.check_chars(served, len(prompt), "prompt")
+        else:
+            service.check_ids(served, prompt, "prompt", i if many else None)
+
+
 async def _choice(service, request, served, adapter, body, params, index: int, prompt):
     """One prompt's choice and its generation."""
     engine = served.engine
-    text = scoring.prompt_text(engine, prompt)
-    ids = scoring.prompt_ids(engine, prompt)
+    text, ids = await asyncio.to_thread(_text_and_ids, engine, prompt)
     if params.max_new_tokens == 0:  # scoring only: nothing is generated
         if len(ids) > engine.context_length:
             raise ApiError(
@@ -34,11 +49,15 @@ async def _choice(service, request, served, adapter, body, params, index: int, p
             )
         result = Generation("", len(ids), 0, "length")
     else:
-        job = service.submit(served, text, params, adapter, False)
+        job = await service.submit(served, text, params, adapter, False, "prompt")
         result = await service.wait(request, served, job)
     lp = None
     if body.logprobs is not None:
-        generated = scoring.continuation_ids(engine, result.text) if result.text else []
+        generated = (
+            await asyncio.to_thread(scoring.continuation_ids, engine, result.text)
+            if result.text
+            else []
+        )
         offset = 0 if body.echo else len(text)
         try:
             lp = await asyncio.to_thread(
@@ -64,9 +83,10 @@ async def completions(body: p.CompletionRequest, request: Request):
     if body.max_tokens == 0:
         params = replace(params, max_new_tokens=0)
     prompts = body.prompts()
+    _check_prompts(service, served, prompts)
     if body.stream:
-        text = scoring.prompt_text(served.engine, prompts[0])
-        job = service.submit(served, text, params, adapter, True)
+        text = await asyncio.to_thread(scoring.prompt_text, served.engine, prompts[0])
+        job = await service.submit(served, text, params, adapter, True, "prompt")
         stream = completion_stream(rid, body.model, served, job, request, body.include_usage())
         return service.stream_response("completions", rid, served, body, job, stream, started)
     done = [

@@ -16,13 +16,17 @@ router = APIRouter()
 
 @router.post("/v1/embeddings", dependencies=GUARD)
 async def embeddings(body: p.EmbeddingRequest, request: Request):
-    """OpenAI's embeddings (float or base64)."""
-    served, _ = state(request).generation.find(body.model)
+    """OpenAI's embeddings (float or base64); 413 at once for an input too long to tokenise."""
+    service = state(request).generation
+    served, _ = service.find(body.model)
+    texts = body.texts()
+    for text in texts:
+        service.check_chars(served, len(text), "input")
     try:
-        vectors = await asyncio.to_thread(served.engine.embed, body.texts())
+        vectors = await asyncio.to_thread(served.engine.embed, texts)
     except NotImplementedError as err:
         raise ApiError(400, str(err), "invalid_request_error", "model") from None
-    tokens = sum(len(served.engine.tokenize(t)) for t in body.texts())
+    tokens = await asyncio.to_thread(lambda: sum(len(served.engine.tokenize(t)) for t in texts))
     if body.encoding_format == "base64":  # what the openai client asks for by default
         import numpy as np
 

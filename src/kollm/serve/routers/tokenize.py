@@ -13,22 +13,29 @@ from kollm.serve.deps import GUARD, state
 router = APIRouter()
 
 
+def _tokens(engine, text: str, body: p.TokenizeRequest) -> tuple[list[int], list[str] | None]:
+    """The ids of `text` and, if asked, their token strings (runs in a worker thread)."""
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        return engine.tokenize(text), None
+    ids = tokenizer(text, add_special_tokens=body.add_special_tokens)["input_ids"]
+    return ids, tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
+
+
 @router.post("/tokenize", dependencies=GUARD)
 async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeResponse:
     """A prompt's token ids; with `messages`, the prompt the server builds for that chat."""
-    served, _ = state(request).generation.find(body.model)
+    service = state(request).generation
+    served, _ = service.find(body.model)
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        text = served.prompt_for(messages)
+        service.check_chars(served, sum(len(m["content"]) for m in messages), "messages")
+        text = await asyncio.to_thread(served.prompt_for, messages)
     else:
         text = body.prompt or ""
+        service.check_chars(served, len(text), "prompt")
     engine = served.engine
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is not None:
-        ids = tokenizer(text, add_special_tokens=body.add_special_tokens)["input_ids"]
-    else:
-        ids = await asyncio.to_thread(engine.tokenize, text)
-    strs = tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs and tokenizer else None
+    ids, strs = await asyncio.to_thread(_tokens, engine, text, body)
     return p.TokenizeResponse(
         count=len(ids), max_model_len=engine.context_length, tokens=ids, token_strs=strs
     )
@@ -36,6 +43,8 @@ async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeRespo
 
 @router.post("/detokenize", dependencies=GUARD)
 async def detokenize(body: p.DetokenizeRequest, request: Request) -> p.DetokenizeResponse:
-    """The text of token ids."""
-    served, _ = state(request).generation.find(body.model)
-    return p.DetokenizeResponse(prompt=served.engine.decode(body.tokens))
+    """The text of token ids; 400 naming the first id outside the vocabulary."""
+    service = state(request).generation
+    served, _ = service.find(body.model)
+    service.check_ids(served, body.tokens, "tokens")
+    return p.DetokenizeResponse(prompt=await asyncio.to_thread(served.engine.decode, body.tokens))
