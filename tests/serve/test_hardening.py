@@ -182,3 +182,17 @@ def test_health_and_other_clients_answer_while_a_big_prompt_is_tokenised(start_s
     assert health == 200 and health_s < 1.0  # it waited the whole 3 s before
     assert other == 200 and other_s < 2.5
     assert slow.status_code == 413  # 3000 characters is more than the tiny model's context
+
+
+def test_an_empty_prompt_is_a_400_and_any_int64_seed_is_taken(kollm_serve):
+    """Both were 500s from CTranslate2 (found by tests/serve/test_fuzz.py): an empty prompt
+    failed in C++ ('cannot create std::vector'), a seed past 32 bits in set_random_seed."""
+    url, _, process = kollm_serve
+    empty = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": ""})
+    _refused(empty, 400, "prompt", "no tokens")
+    for seed in (2**40, -5, 2**63 - 1):
+        sampled = {**CHAT, "seed": seed, "temperature": 1.0}
+        assert httpx.post(url + "/v1/chat/completions", json=sampled).status_code == 200
+    too_big = httpx.post(url + "/v1/chat/completions", json={**CHAT, "seed": 2**64})
+    assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "seed"
+    assert process.poll() is None

@@ -220,7 +220,7 @@ class CTranslate2Engine:
         if params.seed is not None:
             import ctranslate2
 
-            ctranslate2.set_random_seed(params.seed)
+            ctranslate2.set_random_seed(params.seed % 2**32)  # it takes an unsigned 32-bit seed
         if on_token is not None and params.num_beams == 1:
             options["callback"] = _step_callback(on_token, self.tokenizer.eos_token_id)
         if self.is_encoder_decoder:

@@ -86,6 +86,10 @@ class GenerationService:
     ) -> int:
         """The prompt's tokens; 413 when they and max_tokens do not fit the model's context."""
         n = await self.count_tokens(served, prompt, param)
+        if n == 0:  # engines cannot start from nothing (CTranslate2 failed in C++ on it)
+            raise ApiError(
+                400, f"{param}: the prompt has no tokens", "invalid_request_error", param
+            )
         if n + params.max_new_tokens > served.engine.context_length:
             raise ApiError(
                 413,

@@ -39,7 +39,7 @@ class ChatMessage(BaseModel):
 class _Sampling(_Request):
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, bool] | None = None
