@@ -137,6 +137,17 @@ def one_operation(operation, mode, url, model, examples, statuses, bad) -> None:
         run()
 
 
+def server_errors(log: Path) -> Counter:
+    """The last line of each traceback in the server's log (the causes of the 5xx), counted."""
+    causes: Counter = Counter()
+    lines = log.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback"):
+            end = next((j for j in range(i + 1, len(lines)) if not lines[j][:1].isspace()), i)
+            causes[lines[end][:200]] += 1
+    return causes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=25, help="per operation and mode")
@@ -159,6 +170,7 @@ def main() -> None:
             probe.stopped.set()
             probe.join()
             alive = process.poll() is None
+            causes = server_errors(Path(tmp) / "serve.log")
         finally:
             process.terminate()
             process.wait(30)
@@ -169,6 +181,8 @@ def main() -> None:
     )
     for line in bad[:20]:
         print("  " + line)
+    for cause, count in causes.most_common(10):
+        print(f"  server log: {count} x {cause}")
     p99 = statistics.quantiles(probe.times, n=100)[98]
     base = statistics.quantiles(idle.times, n=100)[98]
     print(f"/health p99 {p99:.1f} ms under fuzzing, {base:.1f} ms idle, {probe.failed} failed")

@@ -196,3 +196,20 @@ def test_an_empty_prompt_is_a_400_and_any_int64_seed_is_taken(kollm_serve):
     too_big = httpx.post(url + "/v1/chat/completions", json={**CHAT, "seed": 2**64})
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "seed"
     assert process.poll() is None
+
+
+def test_what_the_fuzz_test_found_answers_4xx_or_200(kollm_serve):
+    """Each of these was a 500 that schemathesis found (bench/fuzz_bench.py)."""
+    url, _, process = kollm_serve
+    only_system = {**CHAT, "messages": [{"role": "system", "content": "요약하세요"}]}
+    for path in ("/v1/chat/completions", "/tokenize"):
+        body = only_system if path != "/tokenize" else {"model": "tiny", **only_system}
+        body = {k: v for k, v in body.items() if path != "/tokenize" or k != "max_tokens"}
+        reply = httpx.post(url + path, json=body)
+        assert reply.status_code in (200, 400), reply.text
+        if reply.status_code == 400:
+            assert reply.json()["error"]["param"] == "messages"
+    tiny_top_p = {**CHAT, "temperature": 1.0, "top_p": 5e-324}
+    assert httpx.post(url + "/v1/chat/completions", json=tiny_top_p).status_code == 200
+    assert httpx.get(url + f"/ui/jobs/{2**70}").status_code == 400
+    assert process.poll() is None

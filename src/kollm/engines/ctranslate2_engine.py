@@ -214,7 +214,8 @@ class CTranslate2Engine:
             "no_repeat_ngram_size": params.no_repeat_ngram_size,
             "sampling_topk": 0 if params.do_sample else 1,
             "sampling_temperature": params.temperature,
-            "sampling_topp": params.top_p,
+            # CTranslate2 reads top_p as a float32: a tiny one (5e-324) becomes 0 and fails.
+            "sampling_topp": max(params.top_p, 1e-6),
             "end_token": self.tokenizer.eos_token,
         }
         if params.seed is not None:

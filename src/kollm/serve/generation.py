@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 
 from kollm.engines.base import Generation, GenerationParams
 from kollm.feedback.responses import RequestLog
@@ -80,6 +81,19 @@ class GenerationService:
         once the text has passed the character bound."""
         self.check_chars(served, len(text), param)
         return len(await asyncio.to_thread(served.engine.tokenize, text))
+
+    async def prompt(self, served: ServedModel, messages: list[dict], fit=None) -> str:
+        """The chat prompt, built in a worker thread (`fit(messages)` first, when given: the
+        retrieved context); a conversation the chat template refuses (no user turn, roles out
+        of order) is a 400 naming `messages`, not a 500."""
+
+        def build() -> str:
+            return served.prompt_for(fit(messages) if fit is not None else messages)
+
+        try:
+            return await asyncio.to_thread(build)
+        except (ValueError, TemplateError) as err:
+            raise ApiError(400, f"messages: {err}", "invalid_request_error", "messages") from None
 
     async def check_length(
         self, served: ServedModel, prompt: str, params: GenerationParams, param: str = "messages"

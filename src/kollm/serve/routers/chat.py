@@ -76,9 +76,8 @@ async def chat(body: p.ChatCompletionRequest, request: Request):
             await service.record("chat", rid, served, body, result, started, retrieved.log(None))
             return _fixed(rid, body, served, text, [])
     params = service.params(body, body.max_completion_tokens or body.max_tokens)
-    if retrieved is not None:
-        messages = await asyncio.to_thread(_fit, retrieved, messages, served, params)
-    prompt = await asyncio.to_thread(served.prompt_for, messages)
+    fit = (lambda m: _fit(retrieved, m, served, params)) if retrieved is not None else None
+    prompt = await service.prompt(served, messages, fit)
     job = await service.submit(served, prompt, params, adapter, body.stream)
     if body.stream:
         cite = retrieved.citations if retrieved else None

@@ -30,7 +30,7 @@ async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeRespo
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         service.check_chars(served, sum(len(m["content"]) for m in messages), "messages")
-        text = await asyncio.to_thread(served.prompt_for, messages)
+        text = await service.prompt(served, messages)
     else:
         text = body.prompt or ""
         service.check_chars(served, len(text), "prompt")

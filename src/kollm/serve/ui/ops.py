@@ -17,6 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from kollm.feedback.picks import CandidatePicks, PickError
 from kollm.logtail import LogTail, poll_interval
 from kollm.serve.ui.routes import (
+    SQLITE_MAX,
+    RowId,
     _checked,
     _guard,
     _home,
@@ -61,7 +63,7 @@ def jobs_page(request: Request):
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: int):
+def job_page(request: Request, job_id: RowId):
     if (denied := _guard(request)) is not None:
         return denied
     (job,) = _rows(request, "SELECT * FROM jobs WHERE id = ?", (job_id,)) or [None]
@@ -73,7 +75,7 @@ def job_page(request: Request, job_id: int):
 
 
 @router.get("/jobs/{job_id}/log")
-def job_log(request: Request, job_id: int, poll_s: float = 0.5):
+def job_log(request: Request, job_id: RowId, poll_s: float = 0.5):
     """The job's log as server-sent events: what it holds, then each addition, until the job
     ends (`event: end` with its status). Each poll reads only what was appended (a 1-MiB
     event at most), and polls are at least MIN_POLL_S apart whatever `poll_s` asks."""
@@ -150,7 +152,7 @@ def pick(
     request: Request,
     file: str = Form(...),
     sha: str = Form(...),
-    picked: int = Form(...),
+    picked: int = Form(..., ge=0, le=SQLITE_MAX),
     csrf: str = Form(""),
 ):
     """An admin's pick of the best answer; the file's reviewed pairs are rewritten."""

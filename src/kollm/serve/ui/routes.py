@@ -19,9 +19,10 @@ import re
 import secrets
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -32,6 +33,10 @@ from kollm.serve.ui.labels import labels
 from kollm.store import connect
 
 router = APIRouter(prefix="/ui")
+# A row id or version as SQLite stores it (a signed 64-bit integer): a larger one is a 400, not
+# an OverflowError at the query (a 500, found by the fuzz test).
+RowId = Annotated[int, PathParam(ge=0, le=2**63 - 1)]
+SQLITE_MAX = 2**63 - 1
 STATIC = Path(__file__).parent / "static"
 LOGIN_COOKIE = "kollm_login"  # the login form's nonce (double-submit CSRF before a session)
 _env = Environment(
@@ -273,7 +278,7 @@ def _checked(request: Request, token: str) -> Response | None:
 def promote(
     request: Request,
     name: str = Form(...),
-    version: int = Form(...),
+    version: int = Form(..., ge=0, le=SQLITE_MAX),
     alias: str = Form("production"),
     csrf: str = Form(""),
 ):
@@ -344,7 +349,7 @@ def _wanted(row: dict[str, Any], category: str, model: str, since: str, until: s
 
 
 @router.post("/feedback/{feedback_id}/review")
-async def review(request: Request, feedback_id: int):
+async def review(request: Request, feedback_id: RowId):
     """An admin's verdict on a rating: categories confirmed or changed, and a correction."""
     from kollm.feedback.store import FeedbackError, FeedbackStore
 
