@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) bench/console_bench.py
 	$(PY) bench/export_bench.py
 	$(PY) bench/vocab_bench.py
+	$(PY) bench/fuzz_bench.py
 
 # Slow and optional: llama.cpp (built once into .cache/llamacpp) runs a GGUF export; its greedy
 # answers are compared with transformers'.
