@@ -178,3 +178,47 @@ def test_hwpx_text_keeps_tables_text_boxes_line_breaks_and_any_prefix(tmp_path):
         "받습니다.",
         "2016 네임스페이스의 문단 & 기호",
     ]
+
+
+def _lying_member(path, name: str, inflated: int) -> None:
+    """Rewrite the zip at `path` so that member `name` is followed in its deflate stream by
+    `inflated` zeros, its headers still declaring (and checksumming) the real content."""
+    import struct
+    import zlib
+
+    with zipfile.ZipFile(path) as archive:
+        members = {i.filename: archive.read(i) for i in archive.infolist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, content in members.items():
+            with archive.open(member, "w") as out:
+                out.write(content)
+                for _ in range(inflated // MB if member == name else 0):
+                    out.write(bytes(MB))
+    data, key = bytearray(path.read_bytes()), name.encode()
+    for signature, at_crc, name_at in ((b"PK\x03\x04", 14, 30), (b"PK\x01\x02", 16, 46)):
+        header = data.find(signature)
+        while data[header + name_at : header + name_at + len(key)] != key:
+            header = data.find(signature, header + 1)
+        struct.pack_into("<I", data, header + at_crc, zlib.crc32(members[name]))
+        struct.pack_into("<I", data, header + at_crc + 8, len(members[name]))
+    path.write_bytes(bytes(data))
+
+
+def test_a_docx_member_that_lies_about_its_size_never_inflates_past_it(tmp_path):
+    """python-docx reads parts with ZipFile.read, which inflates a member's whole stream in one
+    call: a document.xml declaring its 1 KB over 200 MB more of zeros took 200 MB before the
+    declared size cut it. Read through the budget, it costs what it declares."""
+    import tracemalloc
+
+    path = tmp_path / "liar.docx"
+    write_docx(path, ["주민등록증 재발급은 가까운 주민센터에서 신청합니다."])
+    _lying_member(path, "word/document.xml", 200 * MB)
+    assert path.stat().st_size < 2 * MB
+    tracemalloc.start()
+    try:
+        sections = read_document(path, "liar.docx")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "주민센터" in sections[0].text
+    assert peak < 20 * MB, f"{peak / MB:.0f} MB inflated"
