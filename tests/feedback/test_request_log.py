@@ -126,3 +126,29 @@ def test_the_serve_settings_reach_the_request_log(tmp_path):
     app, _ = build_server(cfg, Registry(tmp_path))
     request_log = app.state.kollm.request_log
     assert (request_log.max_bytes, request_log.retention_days) == (8 * 1024, 0)
+
+
+def test_nested_lists_and_a_forged_marker_cannot_get_past_the_cap(tmp_path):
+    """Found in review: a list inside a message part was stored whole (3 MB against 64 KB),
+    and a client's own `_truncated` field made the log write fail or forged the size."""
+    part = {"type": "text", "text": "안녕하세요", "junk": [0] * 1_000_000}
+    nested = {"model": "tiny", "messages": [{"role": "user", "content": [part]}]}
+    forged = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "가" * 30_000}] * 3,
+        "_truncated": {"messages": "x", "bytes": 1},
+    }
+    log = RequestLog(tmp_path, max_kb=64)
+    _write(log, "nested", nested)
+    _write(log, "forged", forged)
+    for rid, request in (("nested", nested), ("forged", forged)):
+        row = _row(tmp_path, rid)
+        assert len(row["request"].encode()) <= 64 * 1024
+        kept = json.loads(row["request"])
+        assert kept["model"] == "tiny"
+        size = len(
+            json.dumps(
+                {k: v for k, v in request.items() if k != "_truncated"}, ensure_ascii=False
+            ).encode()
+        )
+        assert row["request_bytes"] == size and kept["_truncated"]["bytes"] == size

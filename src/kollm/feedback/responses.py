@@ -27,6 +27,7 @@ log = logging.getLogger("kollm.feedback")
 PRUNE_EVERY_S = 3600.0
 _PRUNE_BATCH = 1000  # rows per delete: a prune never holds the write lock for long
 _SHORTEST_CUT = 32  # characters a cut string keeps at least
+_LONGEST_LIST = 64  # items a list keeps once a request is cut: its first and last halves
 
 
 class RequestLog:
@@ -91,6 +92,8 @@ class RequestLog:
     def _bounded(self, request: dict[str, Any], text: str) -> dict[str, Any]:
         """The request and answer as a row keeps them: capped (before the PII mask, which is
         slow on a huge request), masked, and the originals' sizes."""
+        # `_truncated` is the cut's own marker: a client's field of that name is not kept
+        request = {k: v for k, v in request.items() if k != "_truncated"}
         size = _json_size(request)
         kept = mask_nested(cap_request(request, self.max_bytes, size))
         kept = cap_request(kept, self.max_bytes)  # a mask may lengthen a string
@@ -189,6 +192,9 @@ def cap_request(request: dict[str, Any], max_bytes: int, size: int | None = None
     if _json_size({**out, "_truncated": marker}) > max_bytes:  # many fields: keep the talk
         out = _essentials(out)
         marker["fields"] = "only model, messages and prompt kept"
+    if _json_size({**out, "_truncated": marker}) > max_bytes:  # deep structures: the model
+        out = {"model": out["model"]} if isinstance(out.get("model"), str) else {}
+        marker["fields"] = "too large to keep in any shape"
     return {**out, "_truncated": marker}
 
 
@@ -210,14 +216,17 @@ def _fit_messages(out: dict[str, Any], max_bytes: int) -> int:
 
 
 def _cut_strings(obj: Any, limit: int) -> Any:
-    """Every string longer than `limit` characters as its head and tail around a cut."""
+    """Every string longer than `limit` characters as its head and tail around a cut, and
+    every list longer than _LONGEST_LIST as its first and last items."""
     if isinstance(obj, str) and len(obj) > limit:
         half = limit // 2
         return f"{obj[:half]} … {obj[-half:]}"
     if isinstance(obj, dict):
         return {k: _cut_strings(v, limit) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_cut_strings(v, limit) for v in obj]
+        half = _LONGEST_LIST // 2
+        items = obj if len(obj) <= _LONGEST_LIST else obj[:half] + obj[-half:]
+        return [_cut_strings(v, limit) for v in items]
     return obj
 
 
