@@ -69,3 +69,17 @@ def test_no_limit_when_the_setting_is_0(tmp_path):
     app, _ = build_server(cfg, registry, Access())
     client = TestClient(app)
     assert {_rate(client, "").status_code for _ in range(5)} == {200}
+
+
+def test_without_keys_a_made_up_bearer_value_is_no_key_of_its_own(tmp_path):
+    """On a server without keys every caller shares one count (found in review: each new
+    Bearer value had a count of its own, so the limit was none)."""
+    registry = Registry(tmp_path / "home")
+    request = {"model": "tiny", "messages": [{"role": "user", "content": "안녕"}]}
+    RequestLog(registry.home).write("r1", "chat", "tiny", "tiny:1", request, "네", 2, 1, "stop", 1)
+    cfg = ServeConfig(models=["tiny@production"], feedback_per_key_per_hour=2)
+    client = TestClient(build_server(cfg, registry, Access())[0])
+    codes = [_rate(client, f"made-up-{i}").status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+    long = {"response_id": "r1", "rating": "bad", "correction": "가" * 20_000}
+    assert client.post("/v1/feedback", json=long).status_code == 400  # 16,000 at most

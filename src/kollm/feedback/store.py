@@ -94,6 +94,9 @@ class FeedbackStore:
                 f"categories: unknown {unknown}; use {', '.join(CATEGORIES)}", "categories"
             )
         now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        # masked before the write lock: masking a long text takes a while, and every other
+        # writer of the store (the request log among them) would wait on it
+        comment, correction = _mask(comment), _mask(correction)
         with closing(self._connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -117,8 +120,8 @@ class FeedbackStore:
                         parsed.score,
                         int(parsed.is_good),
                         json.dumps(sorted(set(categories or []))),
-                        _mask(comment),
-                        _mask(correction),
+                        comment,
+                        correction,
                         source,
                         key_name,
                     ),

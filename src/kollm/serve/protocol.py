@@ -200,8 +200,8 @@ class FeedbackRequest(BaseModel):
     response_id: str
     rating: str | int
     categories: list[str] = Field(default_factory=list)
-    comment: str | None = None
-    correction: str | None = None
+    comment: str | None = Field(None, max_length=4_000)
+    correction: str | None = Field(None, max_length=16_000)  # an answer, rewritten
 
 
 class Usage(BaseModel):

@@ -29,20 +29,25 @@ async def feedback(body: p.FeedbackRequest, request: Request):
             "invalid_request_error",
             "response_id",
         )
-    store = FeedbackStore(request_log.home)
     settings = state(request).settings
-    try:
-        return await asyncio.to_thread(
-            store.add,
+    # without keys every caller shares one count: a made-up Bearer value is no key of its own
+    keyed = settings.api_keys or settings.admin_keys
+    who = key_name(given_key(request), settings.key_names) if keyed else "anonymous"
+
+    def add() -> dict:  # opening the store migrates it: not on the event loop
+        return FeedbackStore(request_log.home).add(
             body.response_id,
             body.rating,
             body.categories,
             body.comment,
             body.correction,
             "api",
-            key_name(given_key(request), settings.key_names),
+            who,
             settings.feedback_per_key_per_hour,
         )
+
+    try:
+        return await asyncio.to_thread(add)
     except FeedbackLimitError as err:
         raise ApiError(
             429, str(err), "rate_limit_error", headers={"Retry-After": str(err.retry_after_s)}

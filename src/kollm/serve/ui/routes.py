@@ -11,6 +11,7 @@ stricter)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import html
@@ -358,11 +359,15 @@ async def review(request: Request, feedback_id: RowId):
         return denied
     categories = [str(c) for c in form.getlist("categories")]
     correction = str(form.get("correction") or "") or None
-    try:
+
+    def save() -> None:  # the store's writes wait on its lock: not on the event loop
         FeedbackStore(_home(request)).review(feedback_id, _who(request), categories, correction)
+        audit(request, "review", f"feedback:{feedback_id}", {"categories": categories})
+
+    try:
+        await asyncio.to_thread(save)
     except FeedbackError as err:
         return refused(str(err), err.status)
-    audit(request, "review", f"feedback:{feedback_id}", {"categories": categories})
     return RedirectResponse(f"/ui/feedback#feedback-{feedback_id}", status_code=303)
 
 
