@@ -124,3 +124,28 @@ def test_the_demo_recipe_and_demo_loop_train_on_all_and_say_so(
         logger.removeHandler(handler)
     assert used["train_on"] == "all"
     assert any("loop.train_on=all" in line for line in lines)
+
+
+def test_a_review_saved_while_the_loop_trains_counts_for_the_next_run(
+    tiny_recipe, tmp_path, local_base, monkeypatch
+):
+    """Found in review: the decision was stamped when the run ended, so a review saved while
+    it trained (hours on a real model) fell before the next run's `since` and never trained."""
+    registry = _production(tmp_path, local_base)
+    recipe = load_recipe(tiny_recipe, ["loop.trigger.min_corrections=1"])
+    store = _corrected(registry.home, 2)
+    first, late = [r["id"] for r in store.rows("tiny")]
+    store.review(first, "reviewer", ["evasive"], "먼저 검토한 답")
+
+    def train(recipe, rows, start_from, loop_dir):
+        store.review(late, "reviewer", ["evasive"], "학습 중에 검토한 답")
+        return start_from, "sha"
+
+    monkeypatch.setattr(loop, "_train_candidate", train)
+    monkeypatch.setattr(loop, "_evaluate", lambda recipe, model_dir, out: {"score": 1.0})
+    monkeypatch.setattr(loop, "refusal_rate", lambda recipe, model_dir: None)
+    assert run_loop(recipe, registry).decision in ("promoted", "rejected")
+    seen = _capture(monkeypatch)
+    with pytest.raises(Stop):
+        run_loop(recipe, registry)
+    assert [r["correction"] for r in seen["rows"]] == ["학습 중에 검토한 답"]

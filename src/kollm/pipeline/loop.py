@@ -98,14 +98,16 @@ def record(
     prod: ModelVersion | None,
     cand_version: int | None,
     export_sha: str | None,
+    at: str | None = None,
 ) -> None:
-    """Append a decision to the loop's audit log."""
+    """Append a decision to the loop's audit log, `at` when the feedback it used was read
+    (the next run reads what arrived or was reviewed after that)."""
     with closing(connect(registry.path)) as conn:
         conn.execute(
             "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
             " candidate_version, decision, metrics, export_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
             (
-                _now(),
+                at or _now(),
                 recipe.model_name,
                 recipe.loop.alias,
                 d.trigger,
@@ -322,6 +324,8 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
             f"{name}@{alias}: {err}; run the recipe with registry.alias={alias} first"
         ) from err
     since = last_decision_time(registry, name)
+    # Before reading: a review saved while this run trains (hours) counts for the next one.
+    read_at = _now()
     every = store.rows(name)
     rows = training_rows(recipe, every, since)
     reason = check_trigger(recipe, rows, every)
@@ -386,5 +390,5 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
         )
         registry.promote(name, version.version, alias)
         decision.candidate, cand_version = version.ref, version.version
-    record(registry, recipe, decision, production, cand_version, export_sha)
+    record(registry, recipe, decision, production, cand_version, export_sha, read_at)
     return decision
