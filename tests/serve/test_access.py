@@ -165,3 +165,20 @@ def test_a_key_file_others_can_read_is_refused(tmp_path, monkeypatch):
         configured_secret(secret, {})
     secret.chmod(0o600)
     assert configured_secret(secret, {}) == b"s3cret"
+
+
+def test_the_api_takes_the_login_cookie_only_with_the_pages_csrf_token(tmp_path):
+    """SameSite stops other sites, not another page of the same site (a sibling subdomain,
+    another port): a POST to the API with the cookie alone is not authorised (found in
+    review); the console's scripts send the token its pages carry."""
+    with _server(tmp_path) as client:
+        _login(client, "view-key")
+        rating = {"response_id": "chatcmpl-none", "rating": "bad"}
+        assert client.post("/v1/feedback", json=rating).status_code == 401
+        assert client.get("/v1/models").status_code == 200  # reading needs no token
+        page = client.get("/ui/chat").text
+        token = re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', page).group(1)
+        sent = client.post("/v1/feedback", json=rating, headers={"x-csrf-token": token})
+        assert sent.status_code == 404  # authorised: there is just no such answer
+        wrong = client.post("/v1/feedback", json=rating, headers={"x-csrf-token": "0" * 32})
+        assert wrong.status_code == 401

@@ -31,7 +31,13 @@ def _login(server, key):
     token = _csrf(client.get("/ui/login").text)  # the login form's token (with its cookie)
     page = client.post("/ui/login", data={"key": key, "csrf": token})
     assert page.status_code == 200
+    client.headers["x-csrf-token"] = page_token(page.text)  # as the playground sends it
     return client, page
+
+
+def page_token(html):
+    """The CSRF token a console page gives its scripts for calls to the API."""
+    return re.search(r'<meta name="csrf-token" content="([0-9a-f]+)">', html).group(1)
 
 
 def _csrf(html):

@@ -13,12 +13,15 @@ import httpx
 import pytest
 
 from tests.conftest import read_jsonl, write_jsonl
+from tests.serve.test_console import page_token
 
 
 def _login(server, key):
     client = httpx.Client(base_url=server.base_url, follow_redirects=True, timeout=30)
     token = _csrf(client.get("/ui/login").text)  # the login form's token (with its cookie)
-    assert client.post("/ui/login", data={"key": key, "csrf": token}).status_code == 200
+    page = client.post("/ui/login", data={"key": key, "csrf": token})
+    assert page.status_code == 200
+    client.headers["x-csrf-token"] = page_token(page.text)  # as the playground sends it
     return client
 
 

@@ -61,6 +61,8 @@ def state(request: Request) -> ServerState:
 # The web console's login: a signed session token (never the key), HttpOnly, SameSite=Strict,
 # Secure over https.
 UI_COOKIE = "kollm_session"
+CSRF_HEADER = "x-csrf-token"  # what the console's scripts send beside the cookie
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def given_key(request: Request) -> str:
@@ -69,7 +71,20 @@ def given_key(request: Request) -> str:
     if header.lower().startswith("bearer "):
         return header[7:]
     token = request.cookies.get(UI_COOKIE, "")
-    return state(request).sessions.key_of(token) if token else ""
+    if not token:
+        return ""
+    sessions = state(request).sessions
+    key = sessions.key_of(token)
+    if key and request.method not in SAFE_METHODS and not request.url.path.startswith("/ui/"):
+        # The API through the login cookie: SameSite stops other sites, not another page of
+        # this one (a sibling subdomain, another port), so the console's own pages send the
+        # CSRF token too (the console's forms check theirs).
+        expected = sessions.sign("csrf", key)[:32]
+        if not hmac.compare_digest(
+            request.headers.get(CSRF_HEADER, "").encode(), expected.encode()
+        ):
+            return ""
+    return key
 
 
 def _key_matches(request: Request, keys: list[str]) -> bool:

@@ -33,6 +33,9 @@ def _fit(retrieved: Retrieved, messages, served, params):
     """The context prompt with as many of the retrieved chunks, best first, as fit the
     model's context with max_tokens (the last one cut short if it must); the chunks left out
     are not cited either."""
+    bare = len(served.engine.tokenize(served.prompt_for(messages)))
+    if bare + params.max_new_tokens > served.engine.context_length:
+        return retrieved.messages(messages)  # no cut makes it fit: the length check says 413
     while True:
         with_context = retrieved.messages(messages)
         n = len(served.engine.tokenize(served.prompt_for(with_context)))

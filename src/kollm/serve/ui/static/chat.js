@@ -1,3 +1,8 @@
+// The API takes the console's login cookie only with the page's CSRF token beside it.
+function csrfToken() {
+  return document.querySelector('meta[name="csrf-token"]').content;
+}
+
 // The chat playground: multi-turn, streamed over SSE from /v1/chat/completions (the login
 // cookie authorises it); a RAG answer's citations arrive on the stream's last chunk.
 const form = document.getElementById("chat");
@@ -25,7 +30,7 @@ form.addEventListener("submit", async (event) => {
   if (form.collection.value) body.rag = { collection: form.collection.value };
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
     body: JSON.stringify(body),
   });
   let responseId = null;
@@ -70,7 +75,7 @@ function rating(answer, responseId) {
       if (body.rating === "bad") body.categories = [controls.querySelector("select").value];
       const sent = await fetch("/v1/feedback", {
         method: "POST",
-        headers: { "content-type": "application/json" },
+        headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
         body: JSON.stringify(body),
       });
       controls.querySelector(".rated").textContent = sent.ok ? "✓" : `(${sent.status})`;
