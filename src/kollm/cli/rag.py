@@ -91,6 +91,8 @@ def rag_index(
     )
     for failure in report.failures:
         console.print(f"  failed: {failure['path']}: {failure['reason']}")
+    for note in report.notes:
+        console.print(f"  note: {note['path']}: {note['note']}")
     console.print(f"report: {files[0]} {files[1]}")
 
 

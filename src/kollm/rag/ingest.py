@@ -1,6 +1,7 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
-HWP 5 (its OLE streams, a section per BodyText section), HWPX (its zipped XML), PDF (pypdf,
-a section per page) and DOCX (python-docx). A file that cannot be read raises IngestError
+HWP 5 (its OLE streams, a section per BodyText section, or per ViewText section decrypted in
+a distribution document), HWPX (its zipped XML), PDF (pypdf, a section per page) and DOCX
+(python-docx). A file that cannot be read raises IngestError
 with the reason, so the index report can name it; so does an HWP, HWPX or DOCX that would
 inflate past its limits (rag.limits), before it is inflated."""
 
@@ -43,6 +44,8 @@ class Section:
     text: str
     page: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # what the index report says of the document though it was read (not stored with chunks)
+    note: str | None = None
 
 
 def read_document(path: Path, doc_id: str, limits: Limits | None = None) -> list[Section]:
@@ -178,32 +181,44 @@ _HWP_CHAR_CONTROLS = {0, 10, 13, *range(24, 32)}
 
 
 def _hwp(path: Path, doc_id: str, budget: Budget) -> list[Section]:
-    """HWP 5: an OLE compound file; FileHeader says whether BodyText/SectionN streams are
-    raw-deflated, encrypted or a distribution document; paragraphs are PARA_TEXT records.
-    Each stream's stored size, and what it inflates to, is counted against the budget."""
+    """HWP 5: an OLE compound file; FileHeader says whether the section streams are
+    raw-deflated, password-protected (refused) or a distribution document (its sections are
+    ViewText/SectionN, AES-encrypted, instead of BodyText/SectionN); paragraphs are PARA_TEXT
+    records. Each stream's stored size, and what it inflates to, is counted against the
+    budget. A distribution document's sections carry a note saying so."""
     import olefile
 
     if not olefile.isOleFile(str(path)):
         raise IngestError("not an HWP 5 file (not an OLE compound file)")
     with olefile.OleFileIO(str(path)) as ole:
         flags = _hwp_flags(ole)
+        storage = "ViewText" if flags & 4 else "BodyText"
         names = sorted(
-            ("/".join(e) for e in ole.listdir() if len(e) == 2 and e[0] == "BodyText"),
+            ("/".join(e) for e in ole.listdir() if len(e) == 2 and e[0] == storage),
             key=lambda n: int(re.sub(r"\D", "", n) or 0),
         )
+        if not names and flags & 4:
+            raise IngestError("a distribution HWP document (배포용 문서) with no ViewText sections")
         if not names:
             raise IngestError("not an HWP 5 file (no BodyText sections)")
         # a stream inflates to no less than it stores, so its stored size is checked first
         budget.declared((n, ole.get_size(n), ole.get_size(n)) for n in names)
+        note = HWP_DISTRIBUTION_NOTE if flags & 4 else None
         sections = []
         for page, name in enumerate(names, 1):
             data = ole.openstream(name).read()
+            if flags & 4:
+                data = _hwp_undistribute(data, name)
             if flags & 1:
                 data = inflate_raw(data, name, budget)
             else:
                 budget.take(name, len(data), len(data), len(data))
-            sections.append(Section(doc_id, "\n".join(_hwp_paragraphs(data)), page))
+            text = "\n".join(_hwp_paragraphs(data))
+            sections.append(Section(doc_id, text, page, note=note))
         return sections
+
+
+HWP_DISTRIBUTION_NOTE = "a distribution HWP document (배포용 문서): its text read from ViewText"
 
 
 def _hwp_flags(ole) -> int:
@@ -216,9 +231,53 @@ def _hwp_flags(ole) -> int:
     flags = int.from_bytes(header[36:40], "little")
     if flags & 2:
         raise IngestError("the HWP file is password-protected")
-    if flags & 4:
-        raise IngestError("a distribution HWP document (배포용 문서) cannot be read")
     return flags
+
+
+# A distribution document's ViewText section opens with a DISTRIBUTE_DOC_DATA record
+# (HWPTAG_BEGIN + 12) of 256 bytes; the rest of the stream is AES-128-ECB encrypted.
+_HWP_DISTRIBUTE_DOC_DATA = 0x10 + 12
+
+
+def _hwp_undistribute(data: bytes, name: str) -> bytes:
+    """A ViewText section stream decrypted (what BodyText would hold: deflated or not)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    head = int.from_bytes(data[:4], "little")
+    if len(data) < 260 or head & 0x3FF != _HWP_DISTRIBUTE_DOC_DATA or head >> 20 != 256:
+        raise IngestError(f"distribution HWP document: {name} has no distribution record")
+    key = hwp_distribution_key(data[4:260])
+    tail = data[260:]
+    decryptor = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
+    # ECB works on whole 16-byte blocks; Hancom pads the stream to them
+    return decryptor.update(tail[: len(tail) // 16 * 16]) + decryptor.finalize()
+
+
+def hwp_scramble(record: bytes) -> bytes:
+    """DISTRIBUTE_DOC_DATA's 256 bytes past the first four XORed with runs of bytes from
+    MSVC's rand() seeded with those four (HWP 5.0 format spec, 배포용 문서; pyhwp's
+    hwp5.distdoc): each run is one rand() byte repeated 1 + rand() % 16 times. XOR is its own
+    inverse, so this both scrambles and unscrambles."""
+    seed = int.from_bytes(record[:4], "little")
+    out, at = bytearray(record), 0
+    while at < len(out):
+        seed = (seed * 214013 + 2531011) & 0xFFFFFFFF
+        byte = (seed >> 16) & 0xFF
+        seed = (seed * 214013 + 2531011) & 0xFFFFFFFF
+        run = ((seed >> 16) & 0x0F) + 1
+        for i in range(at, min(at + run, len(out))):
+            if i >= 4:
+                out[i] ^= byte
+        at += run
+    return bytes(out)
+
+
+def hwp_distribution_key(record: bytes) -> bytes:
+    """The AES-128 key of a distribution document: 16 bytes of the unscrambled record, at
+    4 plus the low four bits of its first byte."""
+    plain = hwp_scramble(record)
+    start = 4 + (plain[0] & 0x0F)
+    return plain[start : start + 16]
 
 
 def _hwp_paragraphs(data: bytes) -> list[str]:

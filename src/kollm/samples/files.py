@@ -7,6 +7,7 @@ can be checked against their generator."""
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -182,10 +183,12 @@ def _entry(name: str, kind: int, left=_NONE, right=_NONE, child=_NONE, start=0, 
     )
 
 
-def _cfb(streams: dict[str, bytes]) -> bytes:
-    """A compound file of FileHeader, DocInfo and BodyText/Section0, every stream in the mini
-    stream (each is under 4096 bytes, as the format requires of small streams)."""
-    order = ["DocInfo", "BodyText/Section0", "FileHeader"]
+def _cfb(streams: dict[str, bytes], storage: str = "BodyText") -> bytes:
+    """A compound file of FileHeader, DocInfo and `storage`/Section0 (BodyText, or ViewText
+    for a distribution document), every stream in the mini stream (each is under 4096 bytes,
+    as the format requires of small streams)."""
+    section = f"{storage}/Section0"
+    order = ["DocInfo", section, "FileHeader"]
     mini, minifat, starts = b"", [], {}
     for name in order:
         data = streams[name]
@@ -200,10 +203,8 @@ def _cfb(streams: dict[str, bytes]) -> bytes:
     entries = [
         _entry("Root Entry", 5, child=2, start=4, size=len(mini)),
         _entry("DocInfo", 2, start=starts["DocInfo"], size=len(streams["DocInfo"])),
-        _entry("BodyText", 1, left=1, right=4, child=3),
-        _entry(
-            "Section0", 2, start=starts["BodyText/Section0"], size=len(streams["BodyText/Section0"])
-        ),
+        _entry(storage, 1, left=1, right=4, child=3),
+        _entry("Section0", 2, start=starts[section], size=len(streams[section])),
         _entry("FileHeader", 2, start=starts["FileHeader"], size=len(streams["FileHeader"])),
     ]
     directory = b"".join(entries).ljust(1024, b"\0")
@@ -231,22 +232,33 @@ def _cfb(streams: dict[str, bytes]) -> bytes:
     return header + b"".join(sectors)
 
 
-def hwp_bytes(paragraphs: list[str], compressed: bool = True, flags: int = 0) -> bytes:
+def hwp_bytes(
+    paragraphs: list[str],
+    compressed: bool = True,
+    flags: int = 0,
+    distribute: Callable[[bytes], bytes] | None = None,
+) -> bytes:
     """An HWP 5.0.3.0 document of `paragraphs` (raw-deflated BodyText when `compressed`);
-    `flags` adds FileHeader property bits (2: password, 4: distribution document)."""
+    `flags` adds FileHeader property bits (2: password, 4: distribution document). With
+    `distribute` it is a distribution document: its section is ViewText/Section0, what
+    `distribute` makes of the (deflated) section (its distribution record and ciphertext)."""
     import zlib
 
     body = hwp_section(paragraphs)
     if compressed:
         packer = zlib.compressobj(9, zlib.DEFLATED, -15)
         body = packer.compress(body) + packer.flush()
+    storage = "BodyText"
+    if distribute is not None:
+        body, storage, flags = distribute(body), "ViewText", flags | 4
     properties = (1 if compressed else 0) | flags
     file_header = (
         b"HWP Document File".ljust(32, b"\0")
         + (0x05000300).to_bytes(4, "little")
         + properties.to_bytes(4, "little")
     ).ljust(256, b"\0")
-    return _cfb({"FileHeader": file_header, "DocInfo": b"\0" * 16, "BodyText/Section0": body})
+    streams = {"FileHeader": file_header, "DocInfo": b"\0" * 16, f"{storage}/Section0": body}
+    return _cfb(streams, storage)
 
 
 def write_hwp(path: Path, paragraphs: list[str]) -> None:
