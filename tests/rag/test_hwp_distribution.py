@@ -9,11 +9,12 @@ import json
 import os
 from pathlib import Path
 
+import olefile
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from kollm.rag.index import RagIndex
-from kollm.rag.ingest import IngestError, read_document
+from kollm.rag.ingest import IngestError, hwp_distribution_key, read_document
 from kollm.rag.limits import Limits
 from kollm.samples.files import hwp_bytes
 
@@ -104,6 +105,11 @@ def test_a_real_distribution_document_made_by_hancom_office():
     (section,) = read_document(FILES / "pyhwp-viewtext.hwp", "viewtext.hwp")
     assert section.text == "pyhwp 테스트를 위한 배포 문서 예제입니다."
     assert "배포용 문서" in section.note
+    # pyhwp's test_distdoc: the key is the start of the password's SHA-1 (hex, UTF-16LE)
+    with olefile.OleFileIO(str(FILES / "pyhwp-viewtext.hwp")) as ole:
+        record = ole.openstream("ViewText/Section0").read()[4:260]
+    password = hashlib.sha1(b"12345").hexdigest().upper().encode("utf-16-le")
+    assert hwp_distribution_key(record) == password[:16]
 
 
 @pytest.mark.skipif(
