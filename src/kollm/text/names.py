@@ -48,7 +48,7 @@ _AFTER = (
     r"(?=\s|$|[.,!?:;)\]'\"…~·]|입니다|이에요|예요|이고|이며|이다|이라고|라고|이랑|랑|에게|께서|께"
     r"|한테|은|는|이가|이는|이를|이의|이도|가|을|를|의|와|과|도|만|님|씨|이)"
 )
-_NOT_HANGUL_BEFORE = r"(?<![가-힣])"
+_NOT_HANGUL_BEFORE = r"(?<![가-힣○◯●])"
 
 
 # Given names alone before 씨/님 that are words in their own right.
@@ -67,6 +67,21 @@ _ROLE_LABELS = _words(
     "고객 상담원 상담사 직원 민원인 사용자 요약 질문 답변 참고 주의 안내 기자 사회자 진행자 환자"
     " 의사 간호사 손님 학생 선생님 엄마 아빠 남편 아내 부장 과장 팀장 대리 사장 매니저 점원 판매원"
     " 기사 승객 화자 대화 시스템 사회 진행 공지 알림 제목 내용 결론 문제 정답 해설 예시 출처"
+)
+
+# Role and kinship words: cues and titles, never a name themselves (`담당자 주무관입니다`,
+# `계약자 배우자`).
+_ROLE_WORDS = (
+    _ROLE_LABELS
+    | _words(
+        "계약자 신청인 신청자 보호자 담당자 민원인 상담원 주무관 피보험자 보험계약자 예금주 수취인"
+        " 작성자 대표자 대리인 배우자 본인 가족 자녀 아들 딸 누나 언니 오빠 동생 형 형님 어머니"
+        " 아버지 어머님 아버님 할머니 할아버지 부모님 시어머니 장모님 고객 회원 주민 국민 시민"
+        " 원장 의사 약사 간호사 관리자 운영자 책임자 위원 위원장 주임 사원 직원 공무원 팀원 상사"
+        " 선생 교사 교수 학생 학부모 어르신 임차인 임대인 매수인 매도인 채무자 채권자 청구인"
+    )
+    | frozenset(TITLES.split("|"))
+    | frozenset(t.removesuffix("님") for t in TITLES.split("|"))
 )
 
 _JOB_TITLES = (
@@ -91,11 +106,34 @@ _CUED_RE = re.compile(
     f"((?:{CUES})(?:[ \t]*[:：][ \t]*|[ \t]+))({_SURNAME}[가-힣]{{1,2}}|[가-힣]{{2}}){_AFTER}"
 )
 
-# Masks that other tools leave, and typos of ours.
-_BROKEN_TAG_RE = re.compile(r"[#＃][ \t]*([A-Za-z][A-Za-z0-9_]*?)[ \t]*(\d*)[ \t]*[#＃]")
+# Masks that other tools leave, and typos of ours. Only tag names that masks use are repaired:
+# `#FF0000 #00FF00` (colours), `# note #` (a code comment) and hashtags stay as they are.
+_TAG_NAMES = (
+    "Person|Name|SSN|AlienRegistrationNumber|Email|CardNumber|CreditCardNumber|PhoneNumber"
+    "|BusinessNumber|PassportNumber|DriverLicense|AccountNumber|IPAddress|Address|DateOfBirth"
+    "|CarNumber"
+)
+_BROKEN_TAG_RE = re.compile(
+    rf"[#＃][ \t]*({_TAG_NAMES})(?![A-Za-z_])[ \t]*(\d*)(?![A-Za-z_])[ \t]*[#＃]"
+)
+# What may follow a mask in the same word: a title or honorific, then a particle or the copula
+# (`○○○님`, `○○○씨가`, `○○○은`, `OOO고객님`), and then no more Hangul (`○○시`, `○○은행` are
+# places and firms, not people).
+_MASK_PARTICLES = (
+    "께서|에게서|에게|한테|께|이랑|랑|이나|은|는|이가|이|가|을|를|의|와|과|도|만|로|으로"
+    "|입니다|이에요|예요|이고|이며|이다|들"
+)
+_MASK_TITLES = TITLES.removesuffix("|군|양|씨|님") + "|씨|님"  # ○○군, ○○양: a county, an ocean
+_MASK_TAIL = f"(?=(?:{_MASK_TITLES})?(?:{_MASK_PARTICLES})?(?![가-힣]))"
+_MASK_CHARS = "○◯●"
 _FOREIGN_MASK_RE = re.compile(
-    r"(?<![\w*○◯●])(?:[가-힣][○◯●*]{1,2}(?![가-힣])|[○◯●]{2,4}"
-    r"|(?:OOO|\*\*\*|XXX)(?=[ \t]?[가-힣])|(?<=[가-힣][ \t])(?:OOO|\*\*\*|XXX))(?![\w*○◯●])"
+    rf"(?<![\w*{_MASK_CHARS}])(?:"
+    rf"{_SURNAME}(?:[{_MASK_CHARS}*]{{1,2}}|OO|XX)(?![A-Za-z*{_MASK_CHARS}]){_MASK_TAIL}"
+    rf"|{_SURNAME}[{_MASK_CHARS}][가-힣](?![{_MASK_CHARS}]){_MASK_TAIL}"
+    rf"|[{_MASK_CHARS}]{{2,4}}(?![{_MASK_CHARS}]){_MASK_TAIL}"
+    rf"|(?:OOO|\*\*\*|XXX)(?![\w*])(?=[ \t]?[가-힣])"
+    rf"|(?:OOO|XXX)(?![A-Za-z]){_MASK_TAIL}(?=[가-힣])"
+    rf"|(?<=[가-힣][ \t])(?:OOO|\*\*\*|XXX)(?![\w*]))"
 )
 
 
@@ -148,7 +186,7 @@ def is_common_word(word: str, compounds: bool = True) -> bool:
 
 def _is_full_name(word: str) -> bool:
     """A speaker label that is a surname and a given name (윤하린), not a role (고객, 요약)."""
-    if len(word) < 2 or len(word) > 5 or word in _ROLE_LABELS:
+    if len(word) < 2 or len(word) > 5 or word.removesuffix("님") in _ROLE_WORDS:
         return False
     surname = word[:2] if word[:2] in _SURNAMES_2 else word[:1]
     given = word[len(surname) :]
@@ -218,7 +256,7 @@ def _plausible(word: str, cued: bool = False) -> bool:
     """Could `word` be a name? Not when the dictionary reads it as one ordinary word or it ends
     in a particle or ending (신문에, 최근에). After a cue (성명, 환자명) a compound entry may
     still be a name (홍길동, 배수지)."""
-    if word in _ROLE_LABELS or word[:2] in _NOT_GIVEN:
+    if word.removesuffix("님") in _ROLE_WORDS or word[:2] in _NOT_GIVEN:
         return False
     if _dictionary_name(word):
         return True
