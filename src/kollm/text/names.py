@@ -94,6 +94,8 @@ _AMBIGUOUS_SURNAMES = frozenset("반전한제")
 _HONORIFIC = (
     r"(?:씨|님)(?=$|[^가-힣]|께서|에게|한테|이랑|랑|가|는|를|을|의|께|와|과|도|만|이|은|들|이나)"
 )
+# 주 after these is a week (이번 주 과장님 회의), not the surname 주.
+_WEEK_BEFORE_RE = re.compile(r"(?:이번|다음|지난|저번|매|한|두|세|네|몇|첫|그)[ \t]$")
 _SPEAKER_RE = re.compile(r"(?m)^([ \t]*)([가-힣]{2,5})([ \t]*[:：])")
 _TITLED_RE = re.compile(_NOT_HANGUL_BEFORE + f"({_SURNAME}[가-힣]{{1,2}})([ \t]?)(?={_TITLE_RE})")
 _SURNAME_TITLED_RE = re.compile(
@@ -119,9 +121,9 @@ _BROKEN_TAG_RE = re.compile(
 # What may follow a mask in the same word: a title or honorific, then a particle or the copula
 # (`○○○님`, `○○○씨가`, `○○○은`, `OOO고객님`), and then no more Hangul (`○○시`, `○○은행` are
 # places and firms, not people).
-_MASK_PARTICLES = (
-    "께서|에게서|에게|한테|께|이랑|랑|이나|은|는|이가|이|가|을|를|의|와|과|도|만|로|으로"
-    "|입니다|이에요|예요|이고|이며|이다|들"
+_MASK_PARTICLES = (  # not 도, 로, 과: ○○도, ○○로, ○○과 are a province, a road, a department
+    "께서|에게서|에게|한테|께|이랑|랑|이나|은|는|이가|이|가|을|를|의|만|입니다|이에요|예요|이고"
+    "|이며|이다|들"
 )
 _MASK_TITLES = TITLES.removesuffix("|군|양|씨|님") + "|씨|님"  # ○○군, ○○양: a county, an ocean
 _MASK_TAIL = f"(?=(?:{_MASK_TITLES})?(?:{_MASK_PARTICLES})?(?![가-힣]))"
@@ -212,7 +214,8 @@ def _titled(text: str, counts: Counter) -> str:
         word = m.group(1)
         title = re.match(_TITLE_RE, m.string[m.end() :])
         whole = word + (title.group(0) if title and not m.group(2) else "")
-        if not _plausible(word) or (whole != word and is_common_word(whole)):
+        # The title vouches for a compound entry too (주민지 대리님), as a cue does.
+        if not _plausible(word, cued=True) or (whole != word and is_common_word(whole)):
             return m.group(0)
         return mask(m, m.group(2))
 
@@ -220,7 +223,7 @@ def _titled(text: str, counts: Counter) -> str:
         title = re.match(_JOB_TITLES, m.string[m.end() :])
         if not m.group(2) and title and is_common_word(m.group(1) + title.group(0)):
             return m.group(0)  # 조교수, 이사장: one word, not a surname and a title
-        if m.group(1) in _AMBIGUOUS_SURNAMES:
+        if m.group(1) in _AMBIGUOUS_SURNAMES or _WEEK_BEFORE_RE.search(m.string[: m.start()]):
             return m.group(0)
         return mask(m, m.group(2) or m.group(3))
 
@@ -242,6 +245,17 @@ def _dictionary_name(word: str) -> bool:
     return len(found) == 1 and found[0][1].startswith("NNP,인명")
 
 
+@cache
+def _alone_as(word: str) -> str:
+    """The tag MeCab gives `word` read alone as one morpheme (`NNP,지명` for 강서구, `NNP,*` for a
+    proper noun it knows no kind of), or '' when it splits `word`. In a sentence MeCab may read
+    a district as a person (강서구 보건소): alone it says what the word is."""
+    found = _morphemes(word)
+    if len(found) != 1 or found[0][0] != word:
+        return ""
+    return ",".join(found[0][1].split(",")[:2])
+
+
 def _has_particle(word: str) -> bool:
     """Whether `word` holds a particle or an ending, also inside a compound tag (지참해 is
     지참 + XSV+EC: a verb form, not a name)."""
@@ -252,14 +266,27 @@ def _has_particle(word: str) -> bool:
     return False
 
 
+# Last syllables of an office or unit (인사과, 전산실, 기획팀, 총무부, 장수군); not 서, which
+# ends many given names (민서, 윤서).
+_UNIT_SUFFIXES = frozenset("과실팀부국청처소군단")
+
+
+def _is_unit(word: str) -> bool:
+    """An ordinary noun and a unit suffix (민원 + 실), not a surname and a given name."""
+    return len(word) == 3 and word[2] in _UNIT_SUFFIXES and is_common_word(word[:2])
+
+
 def _plausible(word: str, cued: bool = False) -> bool:
     """Could `word` be a name? Not when the dictionary reads it as one ordinary word or it ends
     in a particle or ending (신문에, 최근에). After a cue (성명, 환자명) a compound entry may
     still be a name (홍길동, 배수지)."""
     if word.removesuffix("님") in _ROLE_WORDS or word[:2] in _NOT_GIVEN:
         return False
-    if _dictionary_name(word):
-        return True
+    kind = _alone_as(word)
+    if kind == "NNP,지명" or _is_unit(word):
+        return False
+    if kind == "NNP,인명" or (kind == "NNP,*" and len(word) == 3):
+        return True  # a surname and a given name MeCab knows only as a proper noun (조민서)
     return not is_common_word(word, compounds=not cued) and not _has_particle(word)
 
 
@@ -281,7 +308,10 @@ def _dictionary(text: str, counts: Counter) -> str:
     spans = [
         (start, start + len(surface))
         for surface, features, start in _morphemes(text)
-        if features.startswith("NNP,인명") and len(surface) >= 2 and "#" not in surface
+        if features.startswith("NNP,인명")
+        and len(surface) >= 2
+        and "#" not in surface
+        and _alone_as(surface) != "NNP,지명"
     ]
     for start, end in reversed(spans):
         text = text[:start] + NAME + text[end:]
