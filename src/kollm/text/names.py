@@ -79,6 +79,7 @@ _ROLE_WORDS = (
         " 아버지 어머님 아버님 할머니 할아버지 부모님 시어머니 장모님 고객 회원 주민 국민 시민"
         " 원장 의사 약사 간호사 관리자 운영자 책임자 위원 위원장 주임 사원 직원 공무원 팀원 상사"
         " 선생 교사 교수 학생 학부모 어르신 임차인 임대인 매수인 매도인 채무자 채권자 청구인"
+        " 이장 통장 반장 동장 면장 소장 국장 지점장 센터장 약사 조교 기장"
     )
     | frozenset(TITLES.split("|"))
     | frozenset(t.removesuffix("님") for t in TITLES.split("|"))
@@ -214,8 +215,7 @@ def _titled(text: str, counts: Counter) -> str:
         word = m.group(1)
         title = re.match(_TITLE_RE, m.string[m.end() :])
         whole = word + (title.group(0) if title and not m.group(2) else "")
-        # The title vouches for a compound entry too (주민지 대리님), as a cue does.
-        if not _plausible(word, cued=True) or (whole != word and is_common_word(whole)):
+        if not _plausible(word) or (whole != word and is_common_word(whole)):
             return m.group(0)
         return mask(m, m.group(2))
 
@@ -229,10 +229,10 @@ def _titled(text: str, counts: Counter) -> str:
 
     def given(m: re.Match[str]) -> str:
         word, rest = m.group(1), m.string[m.end() :]
-        if word in _NOT_GIVEN or _has_particle(word):
+        if word in _NOT_GIVEN or word in _ROLE_WORDS or _has_particle(word):
             return m.group(0)
-        if not m.group(2) and is_common_word(word + rest[:1]):
-            return m.group(0)  # 마음씨, 아저씨, 하느님: one word
+        if not m.group(2) and (is_common_word(word + rest[:1]) or is_common_word(word)):
+            return m.group(0)  # 마음씨, 아저씨, 하느님: one word; 소장님, 국장님: a role
         return mask(m, m.group(2))
 
     text = _TITLED_RE.sub(full, text)
@@ -311,7 +311,8 @@ def _dictionary(text: str, counts: Counter) -> str:
         if features.startswith("NNP,인명")
         and len(surface) >= 2
         and "#" not in surface
-        and _alone_as(surface) != "NNP,지명"
+        # Alone, a place (강서구) or an ordinary word (도지사) is what MeCab took for a name.
+        and _alone_as(surface) not in ("NNP,지명", "NNG,*")
     ]
     for start, end in reversed(spans):
         text = text[:start] + NAME + text[end:]
