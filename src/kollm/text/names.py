@@ -11,6 +11,14 @@ What the detector catches, in order:
 A candidate that the dictionary knows as an ordinary word (이상, 김밥, 박수, 정말, 조금, 강아지,
 유학, 신문, 임시 ...) is kept, unless a title or cue vouches for it. Not caught: a given name alone
 with no title, cue or dictionary entry (`하린이 왔어`), names in Latin letters, and nicknames.
+Role, kinship and office words (계약자, 보호자, 주무관, 어머님, 소장님, 민원실, 강서구) are cues or
+titles, never names; a word MeCab reads alone as a place or an ordinary noun is not a name even
+where it tags it as one in a sentence (강서구 보건소, 도지사 발표).
+
+Masks: `○○○님`, `김○○님`, `○○○씨가`, `김OO 주무관`, `OOO고객님`, `홍○동 씨` become one `#Name#`
+with the honorific and particle kept; `○○시`, `○○은행`, `○○도` (places, firms) are left. Broken
+tags are repaired only for the tag names masks use (`# Person1 #`); colours (`#FF0000`), code
+comments (`# note #`) and hashtags stay byte-identical.
 """
 
 from __future__ import annotations
