@@ -161,6 +161,7 @@ def test_text_that_is_not_a_mask_is_kept_byte_identical(text):
         "민원실 주무관께 전달했습니다.",
         "이번 주 과장님 회의는 취소입니다.",
         "소장님께 보고하고 국장님이 승인했습니다.",
+        "이용자 약관에 동의해 주세요.",  # MeCab has 이용자 as a person too
         "도지사 발표가 있었습니다.",  # MeCab reads 도지사 here as a person
         "주치의 선생님과 은행원 씨가 오셨어요.",
     ],

@@ -87,7 +87,8 @@ _ROLE_WORDS = (
         " 아버지 어머님 아버님 할머니 할아버지 부모님 시어머니 장모님 고객 회원 주민 국민 시민"
         " 원장 의사 약사 간호사 관리자 운영자 책임자 위원 위원장 주임 사원 직원 공무원 팀원 상사"
         " 선생 교사 교수 학생 학부모 어르신 임차인 임대인 매수인 매도인 채무자 채권자 청구인"
-        " 이장 통장 반장 동장 면장 소장 국장 지점장 센터장 약사 조교 기장"
+        " 이장 통장 반장 동장 면장 소장 국장 지점장 센터장 약사 조교 기장 이용자 참여자 가입자"
+        " 수급자 대상자 응시자 지원자 방문자 관계자 당사자 소유자 거주자 세대주 납세자 수험생"
     )
     | frozenset(TITLES.split("|"))
     | frozenset(t.removesuffix("님") for t in TITLES.split("|"))
@@ -321,6 +322,7 @@ def _dictionary(text: str, counts: Counter) -> str:
         and "#" not in surface
         # Alone, a place (강서구) or an ordinary word (도지사) is what MeCab took for a name.
         and _alone_as(surface) not in ("NNP,지명", "NNG,*")
+        and surface not in _ROLE_WORDS  # MeCab has 이용자 as a person too
     ]
     for start, end in reversed(spans):
         text = text[:start] + NAME + text[end:]
