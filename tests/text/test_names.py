@@ -139,6 +139,7 @@ def test_masks_joined_to_particles_and_honorifics_become_one_name(text, expected
         "배경색은 #FF0000 #00FF00 중에서 고르세요.",
         "x = 1  # note #",
         "total += 1  # 합계 #",
+        "# TODO XXX 고치기, 비밀번호 *** 입력",  # not a name before a title
         "색상 # FFF # 과 #000",
         "○○시청과 ○○은행, ○○도 지역, ○○로 12",  # places left masked by others, not people
     ],

@@ -140,12 +140,14 @@ _MASK_TAIL = f"(?=(?:{_MASK_TITLES})?(?:{_MASK_PARTICLES})?(?![가-힣]))"
 _MASK_CHARS = "○◯●"
 _FOREIGN_MASK_RE = re.compile(
     rf"(?<![\w*{_MASK_CHARS}])(?:"
-    rf"{_SURNAME}(?:[{_MASK_CHARS}*]{{1,2}}|OO|XX)(?![A-Za-z*{_MASK_CHARS}]){_MASK_TAIL}"
-    rf"|{_SURNAME}[{_MASK_CHARS}][가-힣](?![{_MASK_CHARS}]){_MASK_TAIL}"
+    rf"{_SURNAME}(?:[{_MASK_CHARS}*]{{1,2}}|OO|XX|oo|xx)(?![A-Za-z*{_MASK_CHARS}]){_MASK_TAIL}"
+    rf"|{_SURNAME}[{_MASK_CHARS}*][가-힣](?![{_MASK_CHARS}*]){_MASK_TAIL}"
     rf"|[{_MASK_CHARS}]{{2,4}}(?![{_MASK_CHARS}]){_MASK_TAIL}"
-    rf"|(?:OOO|\*\*\*|XXX)(?![\w*])(?=[ \t]?[가-힣])"
+    # Latin and star runs only before a title (`*** 씨`, `OOO 고객님`): `TODO XXX 고치기` and
+    # `비밀번호 ***` are code and passwords.
+    rf"|(?:OOO|\*\*\*|XXX)(?![\w*])(?=[ \t]?(?:{_MASK_TITLES}))"
     rf"|(?:OOO|XXX)(?![A-Za-z]){_MASK_TAIL}(?=[가-힣])"
-    rf"|(?<=[가-힣][ \t])(?:OOO|\*\*\*|XXX)(?![\w*]))"
+    rf"|(?<=[가-힣][ \t])OOO(?![\w*]))"
 )
 
 
