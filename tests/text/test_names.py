@@ -113,3 +113,64 @@ def test_the_data_stage_counts_names_and_fixed_masks(tmp_path):
         "담당자 #Name#입니다. #Person1#에게 연락 주세요.",
         "정말 좋아요.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("○○○님, 서류가 준비되었습니다.", "#Name#님, 서류가 준비되었습니다."),
+        ("김○○님께서 오셨어요.", "#Name#님께서 오셨어요."),
+        ("○○○씨가 다시 온대요.", "#Name#씨가 다시 온대요."),
+        ("○○○은 3층에 있어요.", "#Name#은 3층에 있어요."),
+        ("김OO 주무관에게 이관", "#Name# 주무관에게 이관"),
+        ("OOO고객님, 감사합니다.", "#Name#고객님, 감사합니다."),
+        ("홍○동 씨, 12번입니다.", "#Name# 씨, 12번입니다."),
+    ],
+)
+def test_masks_joined_to_particles_and_honorifics_become_one_name(text, expected):
+    result = mask_pii(text)
+    assert result.text == expected
+    assert result.counts["mask_fixed"] == 1 and result.counts["name"] == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "배경색은 #FF0000 #00FF00 중에서 고르세요.",
+        "x = 1  # note #",
+        "total += 1  # 합계 #",
+        "# TODO XXX 고치기, 비밀번호 *** 입력",  # not a name before a title
+        "색상 # FFF # 과 #000",
+        "○○시청과 ○○은행, ○○도 지역, ○○로 12",  # places left masked by others, not people
+    ],
+)
+def test_text_that_is_not_a_mask_is_kept_byte_identical(text):
+    counts: Counter = Counter()
+    assert normalise_masks(text, counts) == text and not counts
+    assert mask_pii(text).text == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "담당자 주무관에게 문의하세요.",
+        "담당자 주무관입니다.",
+        "저는 주무관입니다.",
+        "계약자 배우자도 서명해야 합니다.",
+        "강서구 보건소에서 접종하세요.",  # MeCab reads the district as a person here
+        "전산실 과장님께 여쭤보세요.",
+        "민원실 주무관께 전달했습니다.",
+        "이번 주 과장님 회의는 취소입니다.",
+        "소장님께 보고하고 국장님이 승인했습니다.",
+        "이용자 약관에 동의해 주세요.",  # MeCab has 이용자 as a person too
+        "도지사 발표가 있었습니다.",  # MeCab reads 도지사 here as a person
+        "주치의 선생님과 은행원 씨가 오셨어요.",
+    ],
+)
+def test_role_kinship_and_office_words_are_never_names(text):
+    assert mask_pii(text).text == text
+
+
+def test_a_full_name_the_dictionary_knows_only_as_a_proper_noun_is_masked_before_a_title():
+    text = "조민서 환자분, 들어오세요."  # MeCab: NNP of no kind, neither a person nor a place
+    assert mask_names(text, Counter()) == "#Name# 환자분, 들어오세요."
