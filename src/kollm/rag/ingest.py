@@ -149,7 +149,78 @@ def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
                 plain.writestr(info.filename, read_member(archive, info, budget))
     packed.seek(0)
     document = docx.Document(packed)
-    return [Section(doc_id, "\n".join(p.text for p in document.paragraphs))]
+    lines = _docx_header_footer(document, "header")
+    lines += _docx_blocks(document.element.body)
+    lines += _docx_header_footer(document, "footer")
+    lines += _docx_notes(document)
+    return [Section(doc_id, "\n".join(line for line in lines if line.strip()))]
+
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+
+
+def _docx_blocks(parent) -> list[str]:
+    """Paragraphs and tables in document order; a table row is one line, its cells joined
+    by ` | ` (as rag.owpml does for HWPX), a table nested in a cell on lines of its own."""
+    lines: list[str] = []
+    for child in parent:
+        if child.tag == f"{_W}p":
+            lines.append(_docx_paragraph(child))
+        elif child.tag == f"{_W}tbl":
+            lines += _docx_table(child)
+        elif child.tag == f"{_W}sdt":  # content controls wrap paragraphs and tables
+            lines += _docx_blocks(child.iterfind(f"{_W}sdtContent/*"))
+    return lines
+
+
+def _docx_paragraph(p) -> str:
+    return "".join(t.text or "" for t in p.iter(f"{_W}t", f"{_W}tab"))
+
+
+def _docx_table(tbl) -> list[str]:
+    lines: list[str] = []
+    for row in tbl.iterfind(f"{_W}tr"):
+        cells, nested = [], []
+        for cell in row.iterfind(f"{_W}tc"):
+            text = [_docx_paragraph(p) for p in cell.iterfind(f"{_W}p")]
+            cells.append(" ".join(t for t in text if t.strip()))
+            for inner in cell.iterfind(f"{_W}tbl"):
+                nested += _docx_table(inner)
+        lines.append(" | ".join(cells))
+        lines += nested
+    return lines
+
+
+def _docx_header_footer(document, kind: str) -> list[str]:
+    """Each section's header or footer once: sections usually repeat the same one."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for section in document.sections:
+        part = getattr(section, kind)
+        if part.is_linked_to_previous:
+            continue
+        text = "\n".join(_docx_blocks(part._element))
+        if text.strip() and text not in seen:
+            seen.add(text)
+            lines.append(text)
+    return lines
+
+
+def _docx_notes(document) -> list[str]:
+    """Footnotes and endnotes: python-docx has no API for them, so their parts are read from
+    the package, skipping the separator notes Word keeps there."""
+    from lxml import etree
+
+    lines: list[str] = []
+    for part in document.part.package.iter_parts():
+        if str(part.partname) not in ("/word/footnotes.xml", "/word/endnotes.xml"):
+            continue
+        root = etree.fromstring(part.blob)
+        for note in root:
+            if note.get(f"{_W}type") in ("separator", "continuationSeparator"):
+                continue
+            lines += _docx_blocks(note)
+    return lines
 
 
 def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
