@@ -70,3 +70,57 @@ def test_docx_reads_tables_headers_footers_and_footnotes_in_order(tmp_path):
     assert _hangul(text) == expected
     assert "가나 | 다라" in text
     assert "분리" not in text
+
+
+def _pdf(pages: list[bytes | None]) -> bytes:
+    """A minimal PDF: a page's content stream draws text (bytes), or None for a page with
+    only an image (a scan: no text layer)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")  # 3
+    objects.append(  # 4: a 2x2 grey image
+        b"<< /Type /XObject /Subtype /Image /Width 2 /Height 2 /ColorSpace /DeviceGray"
+        b" /BitsPerComponent 8 /Length 4 >>\nstream\n\x10\x80\x80\x10\nendstream"
+    )
+    kids = []
+    for text in pages:
+        body = (
+            b"BT /F1 24 Tf 72 700 Td (" + text + b") Tj ET"
+            if text
+            else b"q 500 0 0 700 50 50 cm /Im1 Do Q"
+        )
+        objects.append(b"<< /Length %d >>\nstream\n" % len(body) + body + b"\nendstream")
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R"
+            b" /Resources << /Font << /F1 3 0 R >> /XObject << /Im1 4 0 R >> >> >>" % len(objects)
+        )
+        kids.append(b"%d 0 R" % len(objects))
+    objects[1] = b"<< /Type /Pages /Kids [" + b" ".join(kids) + b"] /Count %d >>" % len(kids)
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def test_a_pdf_page_without_a_text_layer_is_named_in_the_report(tmp_path):
+    pytest.importorskip("pypdf")
+    from kollm.rag.index import RagIndex
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    (root / "mixed.pdf").write_bytes(_pdf([b"Parking permits", None, b"Opening hours", None]))
+    (root / "scan.pdf").write_bytes(_pdf([None, None]))
+    report = RagIndex(tmp_path / "home").index_paths("c", [root])
+    assert report.indexed == 1
+    notes = {n["path"].rsplit("/", 1)[-1]: n["reason"] for n in report.notes}
+    assert notes == {"mixed.pdf": "pages 2, 4: no text layer (scanned?), OCR needed"}
+    reasons = {f["path"].rsplit("/", 1)[-1]: f["reason"] for f in report.failures}
+    assert reasons == {"scan.pdf": "no text layer on any page (scanned?), OCR needed"}
+    assert RagIndex(tmp_path / "home").search("c", "Parking permits")[0].doc_id == "mixed.pdf"

@@ -51,6 +51,8 @@ class IndexReport:
     characters: int = 0
     embedded: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    # files indexed with parts left out, and why (a PDF's pages with no text layer)
+    notes: list[dict[str, str]] = field(default_factory=list)
     # chunks by language (Korean when at least 30% of its letters are Hangul) and by length
     languages: dict[str, int] = field(default_factory=dict)
     lengths: list[int] = field(default_factory=list, repr=False)
@@ -172,6 +174,8 @@ class RagIndex:
         except IngestError as err:
             report.failures.append({"path": str(file), "reason": str(err)})
             return
+        for note in getattr(sections, "notes", []):
+            report.notes.append({"path": str(file), "reason": note})
         rows = list(_chunk_rows(sections, mask, max_chars))
         self._replace(collection, source, sha, rows)
         report.indexed += 1
@@ -343,15 +347,20 @@ class RagIndex:
             f"<tr><td>{html.escape(f['path'])}</td><td>{html.escape(f['reason'])}</td></tr>"
             for f in report.failures
         )
+        notes = "".join(
+            f"<tr><td>{html.escape(f['path'])}</td><td>{html.escape(f['reason'])}</td></tr>"
+            for f in report.notes
+        )
         counts = "".join(
             f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>"
             for k, v in report.as_dict().items()
-            if k != "failures"
+            if k not in ("failures", "notes")
         )
         page = (
             f"<!doctype html><meta charset='utf-8'><title>{html.escape(report.collection)}</title>"
             f"<h1>Index report: {html.escape(report.collection)}</h1><table>{counts}</table>"
             f"<h2>Failures</h2><table><tr><th>file</th><th>reason</th></tr>{rows}</table>"
+            f"<h2>Notes</h2><table><tr><th>file</th><th>note</th></tr>{notes}</table>"
         )
         write_text(out / "index_report.html", page)
         return out / "index_report.json", out / "index_report.html"

@@ -45,6 +45,15 @@ class Section:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+class Sections(list):
+    """A document's sections, with notes for the index report on what was not read (a PDF's
+    scanned pages)."""
+
+    def __init__(self, items=()) -> None:
+        super().__init__(items)
+        self.notes: list[str] = []
+
+
 def read_document(path: Path, doc_id: str, limits: Limits | None = None) -> list[Section]:
     """The sections of one file, by its suffix; a compressed format (HWP, HWPX, DOCX) is
     read within `limits` [the recipe defaults]."""
@@ -94,10 +103,20 @@ def _pdf(path: Path, doc_id: str) -> list[Section]:
     reader = PdfReader(str(path))
     if reader.is_encrypted:
         raise IngestError("the PDF is encrypted")
-    return [
+    sections = Sections(
         Section(doc_id, unwrap_lines(page.extract_text() or ""), number)
         for number, page in enumerate(reader.pages, 1)
-    ]
+    )
+    scanned = [s.page for s in sections if not s.text.strip()]
+    if scanned and len(scanned) == len(sections):
+        raise IngestError("no text layer on any page (scanned?), OCR needed")
+    if scanned:
+        # a scan indexed as empty pages would look indexed while nothing on it can be found
+        pages = ", ".join(map(str, scanned))
+        sections.notes.append(
+            f"page{'s' * (len(scanned) > 1)} {pages}: no text layer (scanned?), OCR needed"
+        )
+    return sections
 
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-•·○※▶■□◦*]|\d+[.)]|[가-하][.)]|제\s*\d+\s*조|[QA][.:])")
