@@ -18,6 +18,7 @@ _FOOTNOTES = (
     '<w:footnote w:id="1"><w:p><w:r><w:t>각주내용</w:t></w:r></w:p></w:footnote>'
     "</w:footnotes>"
 )
+_MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
 _FN_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.footnotes+xml"
 _FN_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/footnotes"
 
@@ -46,6 +47,9 @@ def _hangul(text: str) -> list[str]:
 
 def test_docx_reads_tables_headers_footers_and_footnotes_in_order(tmp_path):
     docx = pytest.importorskip("docx")
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
     document = docx.Document()
     section = document.sections[0]
     section.header.paragraphs[0].text = "머리말"
@@ -59,6 +63,15 @@ def test_docx_reads_tables_headers_footers_and_footnotes_in_order(tmp_path):
     inner.cell(0, 0).text = "안쪽"
     inner.cell(0, 1).text = "표칸"
     document.add_paragraph("끝문단")
+    # a text box: Word keeps its text twice, as the drawing and as a VML fallback
+    box = document.add_paragraph()._p
+    box.append(
+        parse_xml(
+            f'<w:r {nsdecls("w")} xmlns:mc="{_MC}"><mc:AlternateContent>'
+            "<mc:Choice Requires='wps'><w:t>글상자</w:t></mc:Choice>"
+            "<mc:Fallback><w:t>글상자</w:t></mc:Fallback></mc:AlternateContent></w:r>"
+        )
+    )
     buffer = io.BytesIO()
     document.save(buffer)
     path = tmp_path / "doc.docx"
@@ -66,7 +79,7 @@ def test_docx_reads_tables_headers_footers_and_footnotes_in_order(tmp_path):
 
     text = "\n".join(s.text for s in read_document(path, "doc.docx"))
     expected = ["머리말", "첫문단", "가나", "다라", "마바", "안쪽", "표칸"]
-    expected += ["끝문단", "꼬리말", "각주내용"]
+    expected += ["끝문단", "글상자", "꼬리말", "각주내용"]
     assert _hangul(text) == expected
     assert "가나 | 다라" in text
     assert "분리" not in text

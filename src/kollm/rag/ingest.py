@@ -7,6 +7,7 @@ inflate past its limits (rag.limits), before it is inflated."""
 from __future__ import annotations
 
 import array
+import functools
 import io
 import re
 import sys
@@ -178,6 +179,19 @@ def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 
 
+@functools.cache
+def _docx_runs():
+    from lxml import etree  # python-docx's own dependency, loaded with it
+
+    return etree.XPath(
+        ".//w:t[not(ancestor::mc:Fallback)] | .//w:tab[not(ancestor::mc:Fallback)]",
+        namespaces={
+            "w": _W[1:-1],
+            "mc": "http://schemas.openxmlformats.org/markup-compatibility/2006",
+        },
+    )
+
+
 def _docx_blocks(parent) -> list[str]:
     """Paragraphs and tables in document order; a table row is one line, its cells joined
     by ` | ` (as rag.owpml does for HWPX), a table nested in a cell on lines of its own."""
@@ -193,7 +207,12 @@ def _docx_blocks(parent) -> list[str]:
 
 
 def _docx_paragraph(p) -> str:
-    return "".join(t.text or "" for t in p.iter(f"{_W}t", f"{_W}tab"))
+    """A paragraph's text; a text box is kept twice in Word's files (as drawing and as VML
+    fallback for old readers), so its mc:Fallback copy is skipped."""
+    parts = []
+    for node in _docx_runs()(p):
+        parts.append(node.text or "" if node.tag == f"{_W}t" else "\t")
+    return "".join(parts)
 
 
 def _docx_table(tbl) -> list[str]:
