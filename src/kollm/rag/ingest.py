@@ -1,6 +1,9 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
 HWP 5 (its OLE streams, a section per BodyText section), HWPX (its zipped XML), PDF (pypdf,
-a section per page) and DOCX (python-docx). A file that cannot be read raises IngestError
+a section per page; pages with no text layer are noted for the index report, a PDF with none
+refused: no OCR) and DOCX (python-docx: body paragraphs and tables in order, nested tables,
+text boxes, headers, footers, footnotes and endnotes; not comments, charts or images' text).
+A file that cannot be read raises IngestError
 with the reason, so the index report can name it; so does an HWP, HWPX or DOCX that would
 inflate past its limits (rag.limits), before it is inflated."""
 
