@@ -51,7 +51,8 @@ class IndexReport:
     characters: int = 0
     embedded: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
-    # files read, with something worth knowing about them (e.g. a distribution HWP document)
+    # files read, with something worth knowing about them: a distribution HWP document, a
+    # PDF's pages with no text layer (left out)
     notes: list[dict[str, str]] = field(default_factory=list)
     # chunks by language (Korean when at least 30% of its letters are Hangul) and by length
     languages: dict[str, int] = field(default_factory=dict)
@@ -174,7 +175,8 @@ class RagIndex:
         except IngestError as err:
             report.failures.append({"path": str(file), "reason": str(err)})
             return
-        for note in dict.fromkeys(s.note for s in sections if s.note):
+        said = [s.note for s in sections if s.note] + list(getattr(sections, "notes", []))
+        for note in dict.fromkeys(said):
             report.notes.append({"path": str(file), "note": note})
         rows = list(_chunk_rows(sections, mask, max_chars))
         self._replace(collection, source, sha, rows)

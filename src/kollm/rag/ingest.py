@@ -1,13 +1,17 @@
 """Documents -> text sections: TXT, Markdown, HTML, JSONL records (`text` plus metadata),
 HWP 5 (its OLE streams, a section per BodyText section, or per ViewText section decrypted in
-a distribution document), HWPX (its zipped XML), PDF (pypdf, a section per page) and DOCX
-(python-docx). A file that cannot be read raises IngestError
+a distribution document), HWPX (its zipped XML), PDF (pypdf, a section per page; pages with
+no text layer are noted for the index report, a PDF with none refused: no OCR) and DOCX
+(python-docx: body paragraphs and tables in order, nested tables, text boxes, headers,
+footers, footnotes and endnotes; not comments, charts or images' text).
+A file that cannot be read raises IngestError
 with the reason, so the index report can name it; so does an HWP, HWPX or DOCX that would
 inflate past its limits (rag.limits), before it is inflated."""
 
 from __future__ import annotations
 
 import array
+import functools
 import io
 import re
 import sys
@@ -46,6 +50,15 @@ class Section:
     meta: dict[str, Any] = field(default_factory=dict)
     # what the index report says of the document though it was read (not stored with chunks)
     note: str | None = None
+
+
+class Sections(list):
+    """A document's sections, with notes for the index report on what was not read (a PDF's
+    scanned pages)."""
+
+    def __init__(self, items=()) -> None:
+        super().__init__(items)
+        self.notes: list[str] = []
 
 
 def read_document(path: Path, doc_id: str, limits: Limits | None = None) -> list[Section]:
@@ -97,10 +110,20 @@ def _pdf(path: Path, doc_id: str) -> list[Section]:
     reader = PdfReader(str(path))
     if reader.is_encrypted:
         raise IngestError("the PDF is encrypted")
-    return [
+    sections = Sections(
         Section(doc_id, unwrap_lines(page.extract_text() or ""), number)
         for number, page in enumerate(reader.pages, 1)
-    ]
+    )
+    scanned = [s.page for s in sections if not s.text.strip()]
+    if scanned and len(scanned) == len(sections):
+        raise IngestError("no text layer on any page (scanned?), OCR needed")
+    if scanned:
+        # a scan indexed as empty pages would look indexed while nothing on it can be found
+        pages = ", ".join(map(str, scanned))
+        sections.notes.append(
+            f"page{'s' * (len(scanned) > 1)} {pages}: no text layer (scanned?), OCR needed"
+        )
+    return sections
 
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-•·○※▶■□◦*]|\d+[.)]|[가-하][.)]|제\s*\d+\s*조|[QA][.:])")
@@ -152,7 +175,96 @@ def _docx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
                 plain.writestr(info.filename, read_member(archive, info, budget))
     packed.seek(0)
     document = docx.Document(packed)
-    return [Section(doc_id, "\n".join(p.text for p in document.paragraphs))]
+    lines = _docx_header_footer(document, "header")
+    lines += _docx_blocks(document.element.body)
+    lines += _docx_header_footer(document, "footer")
+    lines += _docx_notes(document)
+    return [Section(doc_id, "\n".join(line for line in lines if line.strip()))]
+
+
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+
+
+@functools.cache
+def _docx_runs():
+    from lxml import etree  # python-docx's own dependency, loaded with it
+
+    return etree.XPath(
+        ".//w:t[not(ancestor::mc:Fallback)] | .//w:tab[not(ancestor::mc:Fallback)]",
+        namespaces={
+            "w": _W[1:-1],
+            "mc": "http://schemas.openxmlformats.org/markup-compatibility/2006",
+        },
+    )
+
+
+def _docx_blocks(parent) -> list[str]:
+    """Paragraphs and tables in document order; a table row is one line, its cells joined
+    by ` | ` (as rag.owpml does for HWPX), a table nested in a cell on lines of its own."""
+    lines: list[str] = []
+    for child in parent:
+        if child.tag == f"{_W}p":
+            lines.append(_docx_paragraph(child))
+        elif child.tag == f"{_W}tbl":
+            lines += _docx_table(child)
+        elif child.tag == f"{_W}sdt":  # content controls wrap paragraphs and tables
+            lines += _docx_blocks(child.iterfind(f"{_W}sdtContent/*"))
+    return lines
+
+
+def _docx_paragraph(p) -> str:
+    """A paragraph's text; a text box is kept twice in Word's files (as drawing and as VML
+    fallback for old readers), so its mc:Fallback copy is skipped."""
+    parts = []
+    for node in _docx_runs()(p):
+        parts.append(node.text or "" if node.tag == f"{_W}t" else "\t")
+    return "".join(parts)
+
+
+def _docx_table(tbl) -> list[str]:
+    lines: list[str] = []
+    for row in tbl.iterfind(f"{_W}tr"):
+        cells, nested = [], []
+        for cell in row.iterfind(f"{_W}tc"):
+            text = [_docx_paragraph(p) for p in cell.iterfind(f"{_W}p")]
+            cells.append(" ".join(t for t in text if t.strip()))
+            for inner in cell.iterfind(f"{_W}tbl"):
+                nested += _docx_table(inner)
+        lines.append(" | ".join(cells))
+        lines += nested
+    return lines
+
+
+def _docx_header_footer(document, kind: str) -> list[str]:
+    """Each section's header or footer once: sections usually repeat the same one."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for section in document.sections:
+        part = getattr(section, kind)
+        if part.is_linked_to_previous:
+            continue
+        text = "\n".join(_docx_blocks(part._element))
+        if text.strip() and text not in seen:
+            seen.add(text)
+            lines.append(text)
+    return lines
+
+
+def _docx_notes(document) -> list[str]:
+    """Footnotes and endnotes: python-docx has no API for them, so their parts are read from
+    the package, skipping the separator notes Word keeps there."""
+    from lxml import etree
+
+    lines: list[str] = []
+    for part in document.part.package.iter_parts():
+        if str(part.partname) not in ("/word/footnotes.xml", "/word/endnotes.xml"):
+            continue
+        root = etree.fromstring(part.blob)
+        for note in root:
+            if note.get(f"{_W}type") in ("separator", "continuationSeparator"):
+                continue
+            lines += _docx_blocks(note)
+    return lines
 
 
 def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
