@@ -111,7 +111,10 @@ def test_a_corrupt_file_is_named_in_the_report_and_the_rest_are_indexed(
     out = CliRunner().invoke(app, ["rag", "query", "civil", "주차 신청 기간", "--json"])
     (first, *_) = json.loads(out.output)
     assert first["doc_id"] == "parking.txt"
-    assert set(first) == {"doc_id", "chunk_id", "source", "page", "start", "end", "score", "text"}
+    assert set(first) == {
+        *("doc_id", "chunk_id", "source", "page", "section", "paragraph"),
+        *("start", "end", "score", "text"),
+    }
 
 
 def test_chunks_are_whole_sentences_with_their_span():
@@ -177,6 +180,7 @@ def test_hwp5_documents_are_read_and_unreadable_ones_named(tmp_path):
     assert "배포용" in reasons["dist.hwp"]
     assert reasons["junk.hwp"] == "not an HWP 5 file (not an OLE compound file)"
     (hit, *_) = index.search("h", "관내 주민이 대상인가요")
-    assert hit.doc_id == "rules.hwp" and hit.page == 1
+    # kollm's own writer saves no line layout: the page is not known, the paragraph is
+    assert hit.doc_id == "rules.hwp" and (hit.section, hit.paragraph, hit.page) == (1, 1, None)
     assert hit.text.startswith("주차 운영 규정\n제2조")  # the section control is not text
     assert index.search("h", "압축")[0].doc_id == "plain.hwp"

@@ -113,10 +113,10 @@ def rag_query(
         print(json.dumps([h.as_dict() for h in hits], ensure_ascii=False))
         return
     table = Table(title=f"{collection}: {query} ({retriever.mode})")
-    for column in ("score", "source", "page", "text"):
+    for column in ("score", "source", "where", "text"):
         table.add_column(column)
     for h in hits:
-        table.add_row(f"{h.score:.3f}", h.doc_id, str(h.page or "-"), h.text[:120])
+        table.add_row(f"{h.score:.3f}", h.doc_id, h.place or "-", h.text[:120])
     console.print(table)
 
 

@@ -86,6 +86,7 @@ def _demo_rag(recipe, times: dict) -> None:
     import time
 
     from kollm.pipeline.demo import demo_rag
+    from kollm.rag.index import place
 
     console.rule("kollm demo: answers from the bundled documents, with citations")
     started = time.monotonic()
@@ -100,8 +101,9 @@ def _demo_rag(recipe, times: dict) -> None:
         console.print(f"[bold]Q:[/] {item['question']}")
         console.print(f"[bold]A:[/] {item['answer'].strip()}", highlight=False)
         for c in item["citations"]:
-            page = f" p.{c['page']}" if c.get("page") else ""
-            console.print(f"   [{c['index']}] {c['doc_id']}{page} chars {c['start']}-{c['end']}")
+            where = place(c.get("page"), c.get("section"), c.get("paragraph"))
+            where = f" {where}" if where else ""
+            console.print(f"   [{c['index']}] {c['doc_id']}{where} chars {c['start']}-{c['end']}")
 
 
 @app.command("demo")

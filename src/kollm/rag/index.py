@@ -5,6 +5,7 @@ changed files (a file whose sha256 is unchanged is skipped; `prune` drops vanish
 from __future__ import annotations
 
 import datetime as dt
+import bisect
 import hashlib
 import json
 import math
@@ -35,9 +36,24 @@ class Hit:
     end: int
     score: float
     text: str
+    # where a reader finds it in an HWP or HWPX file: its section and paragraph number
+    section: int | None = None
+    paragraph: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def place(self) -> str:
+        return place(self.page, self.section, self.paragraph)
+
+
+def place(page: int | None, section: int | None = None, paragraph: int | None = None) -> str:
+    """Where a chunk is, as a reader would look for it: "section 2, paragraph 14, p. 3"."""
+    parts = [f"section {section}"] if section else []
+    parts += [f"paragraph {paragraph}"] if paragraph else []
+    parts += [f"p. {page}"] if page else []
+    return ", ".join(parts)
 
 
 @dataclass
@@ -382,6 +398,7 @@ CANDIDATES = 2000  # chunks FTS5 hands over for BM25 scoring
 
 
 def _hit(row, score: float) -> Hit:
+    meta = json.loads(row["meta"] or "{}")
     return Hit(
         row["doc_id"],
         row["id"],
@@ -391,6 +408,8 @@ def _hit(row, score: float) -> Hit:
         row["end"],
         round(score, 4),
         row["text"],
+        meta.get("section"),
+        meta.get("paragraph"),
     )
 
 
@@ -496,21 +515,47 @@ TITLE_CHARS = 80
 
 def _chunk_rows(sections: list[Section], mask: bool, max_chars: int):
     """Chunks of every section, normalised (and PII-masked with `mask`), each with the title
-    of its document (a JSONL record's `title`)."""
+    of its document (a JSONL record's `title`) and, where the section marks its paragraphs,
+    the section, paragraph and page its first sentence is in."""
     one_document = len({s.doc_id for s in sections}) == 1  # not a JSONL file of records
     title = _title(sections) if one_document else ""
     for section in sections:
-        text = normalize_text(section.text)
+        text, places = _prepared(section, mask)
         heading = str(section.meta.get("title") or title)
         if mask:
-            text, heading = mask_pii(text).text, mask_pii(heading).text
+            heading = mask_pii(heading).text
+        starts = [at for at, _ in places]
         for chunk in chunk_text(text, max_chars):
+            where = places[bisect.bisect_right(starts, chunk.start) - 1][1] if places else {}
             yield {
                 "title": heading,
                 "doc_id": section.doc_id,
-                "page": section.page,
+                "page": where.get("page", section.page),
                 "start": chunk.start,
                 "end": chunk.end,
                 "text": chunk.text,
-                "meta": section.meta,
+                "meta": {**section.meta, **_located(where)},
             }
+
+
+def _located(where: dict[str, Any]) -> dict[str, Any]:
+    return {k: where[k] for k in ("section", "paragraph") if k in where}
+
+
+def _prepared(section: Section, mask: bool) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """The section's text normalised (and masked), with its paragraphs' places moved to
+    where they start in it: each paragraph is normalised on its own, since normalising and
+    masking change lengths."""
+    if not section.places:
+        text = normalize_text(section.text)
+        return (mask_pii(text).text if mask else text), []
+    bounds = [at for at, _ in section.places] + [len(section.text) + 1]
+    parts, places, at = [], [], 0
+    for (start, where), end in zip(section.places, bounds[1:], strict=True):
+        part = normalize_text(section.text[start : end - 1])
+        part = mask_pii(part).text if mask and part else part
+        if part:
+            places.append((at, where))
+            parts.append(part)
+            at += len(part) + 1
+    return "\n".join(parts), places

@@ -10,11 +10,9 @@ inflate past its limits (rag.limits), before it is inflated."""
 
 from __future__ import annotations
 
-import array
 import functools
 import io
 import re
-import sys
 import zipfile
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -31,7 +29,9 @@ from kollm.rag.limits import (
     inflate_raw,
     read_member,
 )
-from kollm.rag.owpml import OwpmlError, section_text
+from kollm.rag.hwp import DISTRIBUTION_NOTE, HwpError, read_hwp
+from kollm.rag.layout import page_numbers
+from kollm.rag.owpml import OwpmlError, section_paragraphs
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwp", ".hwpx", ".pdf", ".docx")
 
@@ -50,6 +50,23 @@ class Section:
     meta: dict[str, Any] = field(default_factory=dict)
     # what the index report says of the document though it was read (not stored with chunks)
     note: str | None = None
+    # where each paragraph of `text` starts, and where a reader finds it: {"section": 2,
+    # "paragraph": 14, "page": 3} (HWP, HWPX); chunks are cited by the paragraph they open in
+    places: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+    def place(self, paragraphs) -> None:
+        """Set the text from (lines, where) pairs, a paragraph each: its lines joined by
+        newlines, the empty ones left out."""
+        parts: list[str] = []
+        at = len(self.text) + 1 if self.text else 0
+        for lines, where in paragraphs:
+            text = "\n".join(line for line in lines if line.strip())
+            if not text:
+                continue
+            self.places.append((at, {k: v for k, v in where.items() if v is not None}))
+            parts.append(text)
+            at += len(text) + 1
+        self.text = "\n".join([self.text, *parts] if self.text else parts)
 
 
 class Sections(list):
@@ -269,7 +286,8 @@ def _docx_notes(document) -> list[str]:
 
 def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
     """HWPX is a zip of OWPML sections (Contents/section0.xml ...), each parsed as it is
-    inflated (rag.owpml); the sections' declared sizes are checked before any is read."""
+    inflated (rag.owpml); the sections' declared sizes are checked before any is read. Each
+    paragraph is marked with its section, number and page (where the layout tells it)."""
     with _open_zip(path, "an HWPX") as archive:
         names = sorted(
             (n for n in archive.namelist() if re.fullmatch(r"Contents/section\d+\.xml", n)),
@@ -278,156 +296,42 @@ def _hwpx(path: Path, doc_id: str, budget: Budget) -> list[Section]:
         if not names:
             raise IngestError("not an HWPX file (no Contents/section*.xml)")
         check_zip(archive, budget, names)
-        sections = []
-        for page, name in enumerate(names, 1):
+        parsed = []
+        for name in names:
             reader = BoundedReader(archive, archive.getinfo(name), budget)
             with closing(reader):
-                sections.append(Section(doc_id, section_text(reader, name), page))
-        return sections
-
-
-_HWP_PARA_TEXT = 0x10 + 51  # HWPTAG_BEGIN + 51
-# Control characters of PARA_TEXT: these take one code unit; every other code below 32 is an
-# inline or extended control of eight units (HWP 5.0 format spec, 4.3.2).
-_HWP_CHAR_CONTROLS = {0, 10, 13, *range(24, 32)}
+                parsed.append(section_paragraphs(reader, name))
+    columns = max(s.columns for s in parsed)
+    pages = iter(page_numbers([p for s in parsed for _, p in s.paragraphs], columns))
+    sections = []
+    for number, owpml in enumerate(parsed, 1):
+        section = Section(doc_id, "")
+        section.place(
+            (lines, {"section": number, "paragraph": index, "page": next(pages)})
+            for index, (lines, _) in enumerate(owpml.paragraphs, 1)
+        )
+        sections.append(section)
+    return sections
 
 
 def _hwp(path: Path, doc_id: str, budget: Budget) -> list[Section]:
-    """HWP 5: an OLE compound file; FileHeader says whether the section streams are
-    raw-deflated, password-protected (refused) or a distribution document (its sections are
-    ViewText/SectionN, AES-encrypted, instead of BodyText/SectionN); paragraphs are PARA_TEXT
-    records. Each stream's stored size, and what it inflates to, is counted against the
-    budget. A distribution document's sections carry a note saying so."""
-    import olefile
-
-    if not olefile.isOleFile(str(path)):
-        raise IngestError("not an HWP 5 file (not an OLE compound file)")
-    with olefile.OleFileIO(str(path)) as ole:
-        flags = _hwp_flags(ole)
-        storage = "ViewText" if flags & 4 else "BodyText"
-        names = sorted(
-            ("/".join(e) for e in ole.listdir() if len(e) == 2 and e[0] == storage),
-            key=lambda n: int(re.sub(r"\D", "", n) or 0),
+    """HWP 5 (rag.hwp): a section per HWP section, each paragraph marked with its section,
+    number and page (where the layout tells it); a distribution document's sections carry a
+    note saying so."""
+    try:
+        document = read_hwp(str(path), budget)
+    except HwpError as err:
+        raise IngestError(str(err)) from err
+    note = DISTRIBUTION_NOTE if document.distribution else None
+    sections = []
+    for hwp_section in document.sections:
+        section = Section(doc_id, "", note=note)
+        section.place(
+            (p.lines, {"section": hwp_section.number, "paragraph": p.number, "page": p.page})
+            for p in hwp_section.paragraphs
         )
-        if not names and flags & 4:
-            raise IngestError("a distribution HWP document (배포용 문서) with no ViewText sections")
-        if not names:
-            raise IngestError("not an HWP 5 file (no BodyText sections)")
-        # a stream inflates to no less than it stores, so its stored size is checked first
-        budget.declared((n, ole.get_size(n), ole.get_size(n)) for n in names)
-        note = HWP_DISTRIBUTION_NOTE if flags & 4 else None
-        sections = []
-        for page, name in enumerate(names, 1):
-            data = ole.openstream(name).read()
-            if flags & 4:
-                data = _hwp_undistribute(data, name)
-            if flags & 1:
-                data = inflate_raw(data, name, budget)
-            else:
-                budget.take(name, len(data), len(data), len(data))
-            text = "\n".join(_hwp_paragraphs(data))
-            sections.append(Section(doc_id, text, page, note=note))
-        return sections
-
-
-HWP_DISTRIBUTION_NOTE = "a distribution HWP document (배포용 문서): its text read from ViewText"
-
-
-def _hwp_flags(ole) -> int:
-    """The FileHeader's property bits, after refusing what cannot be read."""
-    if not ole.exists("FileHeader"):
-        raise IngestError("not an HWP 5 file (no FileHeader stream)")
-    header = ole.openstream("FileHeader").read(256)
-    if not header.startswith(b"HWP Document File"):
-        raise IngestError("not an HWP 5 file (no HWP signature)")
-    flags = int.from_bytes(header[36:40], "little")
-    if flags & 2:
-        raise IngestError("the HWP file is password-protected")
-    return flags
-
-
-# A distribution document's ViewText section opens with a DISTRIBUTE_DOC_DATA record
-# (HWPTAG_BEGIN + 12) of 256 bytes; the rest of the stream is AES-128-ECB encrypted.
-_HWP_DISTRIBUTE_DOC_DATA = 0x10 + 12
-
-
-def _hwp_undistribute(data: bytes, name: str) -> bytes:
-    """A ViewText section stream decrypted (what BodyText would hold: deflated or not)."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    head = int.from_bytes(data[:4], "little")
-    if len(data) < 260 or head & 0x3FF != _HWP_DISTRIBUTE_DOC_DATA or head >> 20 != 256:
-        raise IngestError(f"distribution HWP document: {name} has no distribution record")
-    key = hwp_distribution_key(data[4:260])
-    tail = data[260:]
-    decryptor = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
-    # ECB works on whole 16-byte blocks; Hancom pads the stream to them
-    return decryptor.update(tail[: len(tail) // 16 * 16]) + decryptor.finalize()
-
-
-def hwp_scramble(record: bytes) -> bytes:
-    """DISTRIBUTE_DOC_DATA's 256 bytes past the first four XORed with runs of bytes from
-    MSVC's rand() seeded with those four (HWP 5.0 format spec, 배포용 문서; pyhwp's
-    hwp5.distdoc): each run is one rand() byte repeated 1 + rand() % 16 times. XOR is its own
-    inverse, so this both scrambles and unscrambles."""
-    seed = int.from_bytes(record[:4], "little")
-    out, at = bytearray(record), 0
-    while at < len(out):
-        seed = (seed * 214013 + 2531011) & 0xFFFFFFFF
-        byte = (seed >> 16) & 0xFF
-        seed = (seed * 214013 + 2531011) & 0xFFFFFFFF
-        run = ((seed >> 16) & 0x0F) + 1
-        for i in range(at, min(at + run, len(out))):
-            if i >= 4:
-                out[i] ^= byte
-        at += run
-    return bytes(out)
-
-
-def hwp_distribution_key(record: bytes) -> bytes:
-    """The AES-128 key of a distribution document: 16 bytes of the unscrambled record, at
-    4 plus the low four bits of its first byte."""
-    plain = hwp_scramble(record)
-    start = 4 + (plain[0] & 0x0F)
-    return plain[start : start + 16]
-
-
-def _hwp_paragraphs(data: bytes) -> list[str]:
-    """The text of each PARA_TEXT record of a section stream."""
-    paragraphs, at = [], 0
-    while at + 4 <= len(data):
-        head = int.from_bytes(data[at : at + 4], "little")
-        tag, size, at = head & 0x3FF, head >> 20, at + 4
-        if size == 0xFFF:
-            size, at = int.from_bytes(data[at : at + 4], "little"), at + 4
-        if tag == _HWP_PARA_TEXT:
-            text = _hwp_text(data[at : at + size])
-            if text.strip():
-                paragraphs.append(text)
-        at += size
-    return paragraphs
-
-
-# An extended or inline control (codes below 32 that are not character controls) takes eight
-# code units: the code and seven more, whatever they hold (fewer where the paragraph ends).
-_HWP_WIDE_CODES = "".join(chr(c) for c in range(32) if c not in _HWP_CHAR_CONTROLS)
-_HWP_WIDE_CONTROL = re.compile(f"[{re.escape(_HWP_WIDE_CODES)}][\\x00-\\uffff]{{0,7}}")
-_HWP_SHOWN = {"\t": "\t", "\n": "\n", "\x1e": " ", "\x1f": " ", "\x18": "-"}
-
-
-def _hwp_text(payload: bytes) -> str:
-    """The text of a PARA_TEXT payload (UTF-16LE code units with controls), one character per
-    code unit while controls are cut out (UTF-32 holds surrogates unpaired), in memory of a
-    few times its size (a list of code units cost ~40 bytes a unit)."""
-    units = array.array("H", payload[: len(payload) // 2 * 2])
-    if sys.byteorder == "big":
-        units.byteswap()  # the payload is little-endian
-    text = array.array("I", units).tobytes().decode(f"utf-32-{sys.byteorder[0]}e", "surrogatepass")
-    # a tab is an inline control of eight units that shows as a tab
-    text = _HWP_WIDE_CONTROL.sub(lambda m: "\t" if m.group()[0] == "\t" else "", text)
-    text = re.sub("[\x00-\x1f]", lambda m: _HWP_SHOWN.get(m.group(), ""), text)
-    # surrogate pairs arrive as two units: join them; one left alone is no character
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        sections.append(section)
+    return sections
 
 
 class _HtmlText(HTMLParser):

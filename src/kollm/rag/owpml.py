@@ -15,7 +15,10 @@ cell's paragraphs by spaces), so a chunk of a table still reads as rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import IO
+
+from kollm.rag.layout import line_positions
 
 HANCOM = "{http://www.hancom.co.kr/hwpml/"
 MAX_DEPTH = 200  # real sections nest ~10 elements per table level; libxml2 stops at 256
@@ -71,9 +74,10 @@ def _table(tbl, out: _Lines) -> None:
     for row in tbl:
         if _local(row) != "tr":
             continue
-        cells = [" ".join(_block(cell)) for cell in row if _local(cell) == "tc"]
-        out.write(CELL_SEPARATOR.join(c.strip() for c in cells))
-        out.end()
+        cells = [" ".join(_block(cell)).strip() for cell in row if _local(cell) == "tc"]
+        if any(cells):
+            out.write(CELL_SEPARATOR.join(cells))
+            out.end()
 
 
 def _block(element) -> list[str]:
@@ -107,9 +111,23 @@ def paragraph_lines(paragraph) -> list[str]:
     return out.lines
 
 
-def section_text(source: IO[bytes], name: str) -> str:
-    """The text of a section read from `source` (a file object; read in chunks, so a bounded
-    reader can stop it), one line per paragraph or table row."""
+@dataclass
+class OwpmlSection:
+    """A section's outermost paragraphs, each as (its lines, the vertical positions of its
+    lines as last laid out), empty ones included so that their numbers match the file's;
+    and the most columns any column definition asks for."""
+
+    paragraphs: list[tuple[list[str], list[int]]] = field(default_factory=list)
+    columns: int = 1
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for lines, _ in self.paragraphs for line in lines)
+
+
+def section_paragraphs(source: IO[bytes], name: str) -> OwpmlSection:
+    """The paragraphs of a section read from `source` (a file object; read in chunks, so a
+    bounded reader can stop it), one line per paragraph or table row."""
     from lxml import etree
 
     events = etree.iterparse(
@@ -122,14 +140,48 @@ def section_text(source: IO[bytes], name: str) -> str:
         remove_comments=True,
         remove_pis=True,
     )
+    section = OwpmlSection()
     try:
-        return "\n".join(_paragraphs(events, name))
+        for paragraph in _outermost(events, name):
+            section.paragraphs.append((paragraph_lines(paragraph), _positions(paragraph)))
+            section.columns = max(section.columns, _columns(paragraph))
+            _drop(paragraph)
     except etree.XMLSyntaxError as err:
         raise OwpmlError(f"{name} is not well-formed XML: {err.msg}") from err
+    return section
 
 
-def _paragraphs(events, name: str):
-    """Lines of each outermost paragraph, yielded as it closes and then dropped, so memory
+def section_text(source: IO[bytes], name: str) -> str:
+    """The text of a section, one line per paragraph or table row."""
+    return section_paragraphs(source, name).text
+
+
+def _positions(paragraph) -> list[int]:
+    """Its lines' vertical positions: <linesegarray><lineseg vertpos= flags=> of its own."""
+    segments = []
+    for array in paragraph:
+        if _local(array) != "linesegarray":
+            continue
+        for segment in array:
+            if _local(segment) == "lineseg":
+                segments.append((_int(segment.get("vertpos")), _int(segment.get("flags"))))
+    return line_positions(segments)
+
+
+def _columns(paragraph) -> int:
+    counts = [_int(e.get("colCount")) for e in paragraph.iter() if _local(e) == "colPr"]
+    return max(counts, default=1)
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+def _outermost(events, name: str):
+    """Each outermost paragraph as it closes (the caller reads, then drops it), so memory
     holds one paragraph, not the section."""
     depth = open_paragraphs = 0
     for event, element in events:
@@ -146,8 +198,7 @@ def _paragraphs(events, name: str):
         if is_paragraph:
             open_paragraphs -= 1
             if open_paragraphs == 0:
-                yield from paragraph_lines(element)
-                _drop(element)
+                yield element
 
 
 def _drop(element) -> None:

@@ -7,6 +7,7 @@ cluster; without one, Qdrant's local mode keeps the data in a dir (one process a
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from functools import cache
 from typing import Any
@@ -143,4 +144,6 @@ def payload(row: dict[str, Any], source: str, ordinal: int) -> dict[str, Any]:
         "end": row["end"],
         "text": row["text"],
         "title": row["title"],
+        # the row's meta as the SQLite store keeps it (the section and paragraph it cites)
+        "meta": json.dumps(row["meta"], ensure_ascii=False),
     }

@@ -234,6 +234,9 @@ class Citation(BaseModel):
     doc_id: str
     source: str
     page: int | None = None
+    # an HWP or HWPX file's section and paragraph (numbered from 1) the chunk opens in
+    section: int | None = None
+    paragraph: int | None = None
     start: int
     end: int
     score: float

@@ -52,6 +52,8 @@ def _citation(n: int, hit: Hit) -> p.Citation:
         doc_id=hit.doc_id,
         source=hit.source,
         page=hit.page,
+        section=hit.section,
+        paragraph=hit.paragraph,
         start=hit.start,
         end=hit.end,
         score=hit.score,
