@@ -13,8 +13,8 @@ import olefile
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from kollm.rag.index import RagIndex
 from kollm.rag.hwp import distribution_key as hwp_distribution_key
+from kollm.rag.index import RagIndex
 from kollm.rag.ingest import IngestError, read_document
 from kollm.rag.limits import Limits
 from kollm.samples.files import hwp_bytes

@@ -185,7 +185,7 @@ def distribution_key(record: bytes) -> bytes:
 
 
 class _Node:
-    __slots__ = ("tag", "payload", "children")
+    __slots__ = ("children", "payload", "tag")
 
     def __init__(self, tag: int, payload: bytes) -> None:
         self.tag, self.payload, self.children = tag, payload, []

@@ -4,8 +4,8 @@ changed files (a file whose sha256 is unchanged is skipped; `prune` drops vanish
 
 from __future__ import annotations
 
-import datetime as dt
 import bisect
+import datetime as dt
 import hashlib
 import json
 import math

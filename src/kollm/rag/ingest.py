@@ -20,17 +20,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from kollm.rag.hwp import DISTRIBUTION_NOTE, HwpError, read_hwp
+from kollm.rag.layout import page_numbers
 from kollm.rag.limits import (
     BoundedReader,
     Budget,
     LimitError,
     Limits,
     check_zip,
-    inflate_raw,
     read_member,
 )
-from kollm.rag.hwp import DISTRIBUTION_NOTE, HwpError, read_hwp
-from kollm.rag.layout import page_numbers
 from kollm.rag.owpml import OwpmlError, section_paragraphs
 
 SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".hwp", ".hwpx", ".pdf", ".docx")
