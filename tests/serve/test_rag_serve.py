@@ -120,3 +120,19 @@ def test_unknown_collection_and_bad_rag_field_are_4xx(start_server, collection):
             json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "rag": bad},
         )
         assert 400 <= r.status_code < 500 and "rag" in r.text
+
+
+def test_a_citation_of_an_hwp_file_names_its_section_paragraph_and_page(
+    start_server, served_home, tmp_path
+):
+    from pathlib import Path
+
+    public = Path(__file__).parents[1] / "rag" / "public"
+    (tmp_path / "aligns.hwp").write_bytes((public / "pyhwp-aligns.hwp").read_bytes())
+    RagIndex(served_home).index_paths("hwp", [tmp_path], max_chars=20)
+    answer = _ask(start_server(), "bottom 10", rag={"collection": "hwp", "top_k": 1})
+    (citation,) = answer.model_extra["citations"]
+    # aligns.hwp holds a paragraph a page, paragraph n on page n - 1; the chunk cited opens
+    # with "bottom 0", the 16th
+    assert answer.model_extra["citations"]
+    assert (citation["section"], citation["paragraph"], citation["page"]) == (1, 16, 15)

@@ -11,9 +11,9 @@ text box, a caption, a header or footer, a footnote or endnote.
 
 Reading order: a table or drawn object (text box) is read where it stands in its paragraph's
 text, a table as a line per row with its cells joined by " | " (as rag.owpml does for HWPX); a
-header, footer, footnote or endnote after the paragraph that holds it. Left out: hidden
-comments (숨은 설명, not shown to a reader), equations (their script is no prose), OLE objects,
-charts and pictures.
+header, footer, footnote, endnote or hidden comment (숨은 설명) after the paragraph that holds
+it. Left out: equations (their script is no prose), OLE objects, charts, pictures, ruby text
+(덧말) and numbers the word processor computes (page, footnote and caption numbers).
 
 Where: paragraphs are numbered within their section from 1 (the section's top-level
 paragraphs, empty ones counted, so the number matches the file's); pages are counted from the
@@ -51,7 +51,6 @@ _SHOWN = {"\t": "\t", "\n": "\n", "\x1e": " ", "\x1f": " ", "\x18": "-"}
 
 # controls read where they stand in the text; the rest with lists are read after it
 _INLINE_CONTROLS = {"tbl ", "gso "}
-_SKIPPED_CONTROLS = {"tcmt"}  # hidden comment
 
 DISTRIBUTION_NOTE = "a distribution HWP document (배포용 문서): its text read from ViewText"
 
@@ -270,8 +269,6 @@ class _Reader:
     def control(self, node: _Node, kind: str) -> list[str]:
         if kind == "cold":
             self._columns(node.payload)
-        if kind in _SKIPPED_CONTROLS:
-            return []
         if kind == "tbl ":
             return self.table(node)
         lines = []
