@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,50 @@ def test_a_docx_member_that_lies_about_its_size_never_inflates_past_it(tmp_path)
         tracemalloc.stop()
     assert "주민센터" in sections[0].text
     assert peak < 20 * MB, f"{peak / MB:.0f} MB inflated"
+
+
+def _hwp_record(tag: int, level: int, payload: bytes = b"") -> bytes:
+    return (tag | level << 10 | len(payload) << 20).to_bytes(4, "little") + payload
+
+
+def test_an_hwp_nested_past_any_real_document_is_refused_by_name(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    write_hwp(root / "good.hwp", ["제1조(목적) 이 규정은 거주자 우선 주차를 정한다."])
+    # a paragraph in a list in a drawn object in a paragraph ... 600 levels down: the reader
+    # recurses through controls, and HWP's ten-bit levels allow 1,023, past Python's stack
+    text = (11).to_bytes(2, "little") + b" osg" + b"\0" * 8 + (11).to_bytes(2, "little")
+    deep = b"".join(
+        _hwp_record(0x10 + 50, level, b"\0" * 22)  # PARA_HEADER
+        + _hwp_record(0x10 + 51, level + 1, text + "안".encode("utf-16-le"))  # PARA_TEXT
+        + _hwp_record(0x10 + 55, level + 1, b" osg")  # CTRL_HEADER: a drawn object
+        + _hwp_record(0x10 + 56, level + 2, b"\1\0" + b"\0" * 6)  # LIST_HEADER
+        for level in range(0, 600, 2)
+    )
+    (root / "deep.hwp").write_bytes(hwp_bytes([], section=deep))
+    report = RagIndex(tmp_path / "home").index_paths("d", [root])
+    assert report.indexed == 1
+    assert [f["reason"] for f in report.failures] == ["records nested deeper than 100 levels"]
+
+
+def test_damaged_hwp_records_are_read_or_refused_never_a_crash():
+    import random
+    import zlib
+
+    import olefile
+
+    from kollm.rag.hwp import HwpDocument, HwpError, _section
+
+    path = Path(__file__).parent / "public" / "pyhwp-sample-5017.hwp"
+    with olefile.OleFileIO(str(path)) as ole:
+        body = zlib.decompress(ole.openstream("BodyText/Section0").read(), -15)
+    rng = random.Random(5017)
+    for _ in range(300):
+        damaged = bytearray(body)
+        for _ in range(rng.randint(1, 30)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        damaged = damaged[: rng.randrange(len(damaged) + 1)] if rng.random() < 0.3 else damaged
+        try:
+            _section(1, bytes(damaged), HwpDocument([], False))
+        except HwpError:
+            pass

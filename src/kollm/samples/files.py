@@ -237,14 +237,16 @@ def hwp_bytes(
     compressed: bool = True,
     flags: int = 0,
     distribute: Callable[[bytes], bytes] | None = None,
+    section: bytes | None = None,
 ) -> bytes:
     """An HWP 5.0.3.0 document of `paragraphs` (raw-deflated BodyText when `compressed`);
     `flags` adds FileHeader property bits (2: password, 4: distribution document). With
     `distribute` it is a distribution document: its section is ViewText/Section0, what
-    `distribute` makes of the (deflated) section (its distribution record and ciphertext)."""
+    `distribute` makes of the (deflated) section (its distribution record and ciphertext).
+    `section` replaces the section's records (a test's own, malformed ones)."""
     import zlib
 
-    body = hwp_section(paragraphs)
+    body = hwp_section(paragraphs) if section is None else section
     if compressed:
         packer = zlib.compressobj(9, zlib.DEFLATED, -15)
         body = packer.compress(body) + packer.flush()
