@@ -5,6 +5,7 @@ reading order, tables and text boxes included."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import zipfile
@@ -266,7 +267,5 @@ def test_damaged_hwp_records_are_read_or_refused_never_a_crash():
         for _ in range(rng.randint(1, 30)):
             damaged[rng.randrange(len(damaged))] = rng.randrange(256)
         damaged = damaged[: rng.randrange(len(damaged) + 1)] if rng.random() < 0.3 else damaged
-        try:
+        with contextlib.suppress(HwpError):  # a refusal is fine; any other error is not
             _section(1, bytes(damaged), HwpDocument([], False))
-        except HwpError:
-            pass
