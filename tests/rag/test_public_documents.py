@@ -1,5 +1,5 @@
 """Files kollm did not write (tests/rag/public: HWP and HWPX saved by Hancom Office, a PDF
-the National Assembly published), read as bench/ingest_bench.py reads them: every file read
+the National Assembly published, DOCX from Word and LibreOffice), read as bench/ingest_bench.py reads them: every file read
 or refused with its reason, its Hangul syllables found against independent references, its
 tables, boxes, notes and headers in reading order, and its chunks cited by section, paragraph
 and page."""
@@ -47,7 +47,7 @@ def test_each_public_file_is_read_whole_or_refused_with_its_reason(name):
 def test_the_set_has_every_kind_the_issue_names_and_recall_over_it_is_whole():
     result = _bench().run(PUBLIC, repeat=1)
     formats = {row["format"] for row in result["files"] if "recall" in row}
-    assert formats >= {"hwp", "hwpx", "pdf"}
+    assert formats >= {"hwp", "hwpx", "pdf", "docx"}
     assert result["recall"] >= 0.98 and not result["below"]
     assert result["refused"] == REFUSED
     # most files are checked against at least two references
@@ -77,6 +77,14 @@ def test_hwp_tables_are_rows_where_they_stand_and_notes_follow_their_paragraph()
     assert "글상자" in _lines("pyhwp-textbox.hwp")  # text in a drawn text box
     captions = _lines("pyhwp-table-caption.hwp")
     assert {"표  위 캡션", "표  아래 캡션", "표  왼쪽 위"} <= set(captions)
+
+
+def test_a_docx_table_from_another_writer_is_a_line_per_row():
+    lines = _lines("libreoffice-bill-table.docx")
+    at = lines.index("신ㆍ구조문대비표")
+    assert lines[at + 1] == "현 행 | 개 정 안"
+    assert lines[at + 4] == "<신 설> | 5. 「비영리민간단체 지원법」 제2조에 따른 비영리민간단체"
+    assert lines[-1] == "제1조(시행일) 이 법은 공포 후 6개월이 경과한 날부터 시행한다."
 
 
 def _places(name: str) -> list[dict]:
