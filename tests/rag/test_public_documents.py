@@ -1,8 +1,8 @@
 """Files kollm did not write (tests/rag/public: HWP and HWPX saved by Hancom Office, a PDF
-the National Assembly published, DOCX from Word and LibreOffice), read as bench/ingest_bench.py reads them: every file read
-or refused with its reason, its Hangul syllables found against independent references, its
-tables, boxes, notes and headers in reading order, and its chunks cited by section, paragraph
-and page."""
+the National Assembly published, DOCX from Word and LibreOffice), read as
+bench/ingest_bench.py reads them: every file read or refused with its reason, its Hangul
+syllables found against independent references, its tables, boxes, notes and headers in
+reading order, and its chunks cited by section, paragraph and page."""
 
 from __future__ import annotations
 
