@@ -41,7 +41,10 @@ class Hit:
     paragraph: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields, where-it-is first, then the span, the score and the text."""
+        out = asdict(self)
+        order = ("doc_id", "chunk_id", "source", "page", "section", "paragraph")
+        return {**{k: out[k] for k in order}, **out}
 
     @property
     def place(self) -> str:
