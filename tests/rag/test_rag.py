@@ -172,10 +172,12 @@ def test_hwp5_documents_are_read_and_unreadable_ones_named(tmp_path):
     (root / "locked.hwp").write_bytes(hwp_bytes(["비밀"], flags=2))
     (root / "dist.hwp").write_bytes(hwp_bytes(["배포"], flags=4))
     (root / "junk.hwp").write_bytes(b"HWP? no, just bytes")
+    (root / "old.hwp").write_bytes(b"HWP Document File V3.00 \x1a\x01\x02\x03\x04\x05" + bytes(99))
     index = RagIndex(tmp_path / "home")
     report = index.index_paths("h", [root])
     reasons = {f["path"].split("/")[-1]: f["reason"] for f in report.failures}
-    assert report.indexed == 2 and set(reasons) == {"locked.hwp", "dist.hwp", "junk.hwp"}
+    assert report.indexed == 2 and set(reasons) == {"locked.hwp", "dist.hwp", "junk.hwp", "old.hwp"}
+    assert reasons["old.hwp"].startswith("an HWP 3 file (한글 97 or older), not read")
     assert reasons["locked.hwp"] == "the HWP file is password-protected"
     assert "배포용" in reasons["dist.hwp"]
     assert reasons["junk.hwp"] == "not an HWP 5 file (not an OLE compound file)"

@@ -89,6 +89,11 @@ def read_hwp(path: str, budget: Budget) -> HwpDocument:
     import olefile
 
     if not olefile.isOleFile(path):
+        with open(path, "rb") as file:
+            if file.read(30).startswith(b"HWP Document File V"):  # HWP 3 and older
+                raise HwpError(
+                    "an HWP 3 file (한글 97 or older), not read: save it as HWP 5 or HWPX"
+                )
         raise HwpError("not an HWP 5 file (not an OLE compound file)")
     with olefile.OleFileIO(path) as ole:
         flags = _flags(ole)
