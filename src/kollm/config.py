@@ -535,7 +535,12 @@ class ServeConfig(StrictModel):
     port: int = Field(8000, ge=1, le=65535)
     """Port to listen on."""
     max_batch: int = Field(8, ge=1)
-    """Most requests in one engine batch."""
+    """Most requests in one engine batch (engines that run static batches: ctranslate2,
+    transformers)."""
+    max_concurrency: int | None = Field(None, ge=1)
+    """Most requests in flight per model on an engine that batches its own sequences as they
+    come (vllm, llamacpp); more wait in the queue [the engine's own: vLLM's max_num_seqs,
+    llama.cpp's --parallel]."""
     max_queue: int = Field(64, ge=1)
     """Most requests waiting per model; more get 429."""
     request_timeout_s: float = Field(120.0, gt=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kollm.engines.base import Generation, GenerationParams
+from kollm.engines.base import Capabilities, Generation, GenerationParams
 from kollm.serve.batching import Batcher, length_groups
 from kollm.serve.metrics import ServerMetrics
 
@@ -33,7 +33,7 @@ def test_groups_hold_every_request_once_and_respect_the_batch_size():
 class _StepwiseEngine:
     """Echoes each prompt; its batches pay for uneven prompt lengths (as CTranslate2's do)."""
 
-    uneven_prompts_cost_steps = True
+    capabilities = Capabilities(uneven_prompt_cost=True)
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
@@ -72,7 +72,7 @@ def test_the_batcher_runs_the_oldest_requests_length_group_first():
 
 def test_an_engine_that_pads_keeps_one_batch():
     class Padding(_StepwiseEngine):
-        uneven_prompts_cost_steps = False
+        capabilities = Capabilities(uneven_prompt_cost=False)
 
     engine = Padding()
     prompts = ["짧다", " ".join(["긴"] * 200), "중간 길이 질문"]
@@ -86,8 +86,8 @@ def test_ctranslate2_declares_it_for_decoder_only_models(local_base, kobart_base
     decoder_only, seq2seq = CTranslate2Engine(local_base), CTranslate2Engine(kobart_base)
     decoder_only.load()
     seq2seq.load()
-    assert decoder_only.uneven_prompts_cost_steps is True
-    assert seq2seq.uneven_prompts_cost_steps is False
+    assert decoder_only.capabilities.uneven_prompt_cost is True
+    assert seq2seq.capabilities.uneven_prompt_cost is False
 
 
 def test_a_prompt_the_tokenizer_fails_on_keeps_the_batcher_running():

@@ -91,6 +91,10 @@ def serve(
     no_log: Annotated[bool, typer.Option("--no-log", help="Log no requests.")] = False,
     max_batch: Annotated[int | None, typer.Option(help="Most requests a batch [8].")] = None,
     max_queue: Annotated[int | None, typer.Option(help="Most waiting per model [64].")] = None,
+    max_concurrency: Annotated[
+        int | None,
+        typer.Option(help="vllm: most requests in flight per model [vLLM's max_num_seqs]."),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Request timeout in seconds [120].")] = None,
     max_body_mb: Annotated[
         float | None, typer.Option(help="Largest request body in MB; larger gets 413 [4].")
@@ -137,6 +141,7 @@ def serve(
         "port": port,
         "max_batch": max_batch,
         "max_queue": max_queue,
+        "max_concurrency": max_concurrency,
         "request_timeout_s": timeout,
         "max_body_mb": max_body_mb,
         "alias_poll_s": alias_poll,

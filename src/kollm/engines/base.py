@@ -69,8 +69,34 @@ def score_each(sequences: list[list[int]], top_n: int, forward) -> list[TokenSco
     return out
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, declared by the engine so the server need not probe for it."""
+
+    self_scheduling: bool = False
+    """It batches its own sequences as they come (continuous batching: vLLM, llama.cpp): the
+    server hands each request over when it arrives instead of running static batches."""
+    max_concurrency: int = 8
+    """Requests a self-scheduling engine takes in flight by default (vLLM's max_num_seqs,
+    llama.cpp's --parallel); more wait in the server's queue."""
+    uneven_prompt_cost: bool = False
+    """A batch pays a decoding step per prompt token past its shortest prompt (CTranslate2's
+    decoder-only models), so the batcher groups waiting requests by prompt length."""
+    adapters: bool = False
+    """LoRA adapters given at start are picked per request by name (`generate(adapter=)`)."""
+    runtime_adapters: bool = False
+    """Adapters load and unload while serving (`load_adapter`, `unload_adapter`)."""
+    scoring: bool = True
+    """Prompt log-probabilities (`score`), as lm-eval asks through echo and logprobs."""
+    embeddings: bool = True
+    """Text embeddings (`embed`)."""
+    cancellation: bool = False
+    """A sequence stops when its request's `cancel` event is set (the client left)."""
+
+
 class Engine(Protocol):
     name: str
+    capabilities: Capabilities
     context_length: int
     # Token ids the tokenizer and the model's embedding both accept: 0 .. vocab_size - 1
     # (None before load). The server refuses any other id before it reaches the engine.
@@ -81,7 +107,10 @@ class Engine(Protocol):
     def generate(
         self, prompts: list[str], params: GenerationParams, on_token: TokenCallback | None = None
     ) -> list[Generation]:
-        """One answer per prompt, the prompts run as one batch; `on_token` sees every token."""
+        """One answer per prompt, the prompts run as one batch; `on_token` sees every token.
+        Engines with `capabilities.adapters` take `adapter=NAME`, and those with
+        `capabilities.cancellation` take `cancel=` (a threading.Event set when the request is
+        abandoned: the sequence stops, with finish_reason "cancelled")."""
         ...
 
     def tokenize(self, text: str) -> list[int]: ...

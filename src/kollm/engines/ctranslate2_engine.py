@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from kollm.engines.base import (
+    Capabilities,
     Generation,
     GenerationParams,
     TokenCallback,
@@ -181,12 +182,13 @@ class CTranslate2Engine:
         )
 
     @property
-    def uneven_prompts_cost_steps(self) -> bool:
-        """A decoder-only batch runs its prompts together only up to the shortest one's length;
+    def capabilities(self) -> Capabilities:
+        """Static batches (CTranslate2 cannot add a sequence to a running batch). A
+        decoder-only batch runs its prompts together only up to the shortest one's length;
         CTranslate2 feeds the rest of each longer prompt one decoding step at a time (measured:
-        8 prompts of 28-125 tokens take 6.6 s to prefill, the same 8 cut to 100 tokens 1.2 s).
-        The batcher groups such an engine's requests by prompt length. An encoder pads."""
-        return not self.is_encoder_decoder
+        8 prompts of 28-125 tokens take 6.6 s to prefill, the same 8 cut to 100 tokens 1.2 s),
+        so the batcher groups such an engine's requests by prompt length. An encoder pads."""
+        return Capabilities(uneven_prompt_cost=not self.is_encoder_decoder)
 
     def _tokens(self, prompt: str, max_new_tokens: int) -> list[str]:
         ids = self.tokenizer(prompt)["input_ids"]

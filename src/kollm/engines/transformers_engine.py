@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from kollm.engines.base import (
+    Capabilities,
     Generation,
     GenerationParams,
     TokenCallback,
@@ -51,6 +52,7 @@ class _CallbackStreamer:
 
 class TransformersEngine:
     name = "transformers"
+    capabilities = Capabilities(adapters=True, runtime_adapters=True)
 
     def __init__(
         self,

@@ -7,7 +7,9 @@ per prompt, sent together. Streaming is real: each request streams from vLLM (SS
 server is started with `--return-tokens-as-token-ids` so every chunk names its token ids
 (`logprobs.tokens`: `token_id:123`), which feed the engine protocol's per-token callback as
 they arrive. LoRA adapters are passed through (`--enable-lora --lora-modules NAME=DIR`) and
-picked per request by name.
+picked per request by name. vLLM schedules its own sequences (continuous batching): the
+server hands each request over as it arrives, up to `max_num_seqs` in flight, and a request
+whose client leaves closes its stream, which vLLM takes as an abort.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kollm.engines.base import Generation, GenerationParams, TokenCallback, vocab_limit
+from kollm.engines.base import (
+    Capabilities,
+    Generation,
+    GenerationParams,
+    TokenCallback,
+    vocab_limit,
+)
 
 SERVED_NAME = "model"
 
@@ -42,6 +50,7 @@ def vllm_command(
     dtype: str = "auto",
     adapters: dict[str, str | Path] | None = None,
     executable: list[str] | None = None,
+    max_num_seqs: int | None = None,
 ) -> list[str]:
     """The command line that starts vLLM's OpenAI-compatible server for `model_dir`."""
     if executable is not None:
@@ -56,6 +65,8 @@ def vllm_command(
     cmd += ["--return-tokens-as-token-ids"]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if max_num_seqs:
+        cmd += ["--max-num-seqs", str(max_num_seqs)]
     if adapters:
         cmd += ["--enable-lora", "--lora-modules"]
         cmd += [f"{name}={path}" for name, path in adapters.items()]
@@ -68,6 +79,7 @@ class VllmError(RuntimeError):
 
 class VllmEngine:
     name = "vllm"
+    DEFAULT_MAX_NUM_SEQS = 256  # vLLM's own default
 
     def __init__(
         self,
@@ -78,8 +90,10 @@ class VllmEngine:
         startup_timeout_s: float = 600,
         adapters: dict[str, str | Path] | None = None,
         executable: list[str] | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.max_num_seqs = max_num_seqs
         self.port = port  # None: a free port, chosen at each load
         self.startup_timeout_s = startup_timeout_s
         self.adapters = dict(adapters or {})
@@ -89,6 +103,17 @@ class VllmEngine:
         self.tokenizer = None
         self.vocab_size: int | None = None
         self.command: list[str] = []
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            self_scheduling=True,
+            max_concurrency=self.max_num_seqs or self.DEFAULT_MAX_NUM_SEQS,
+            adapters=True,
+            scoring=False,
+            embeddings=False,
+            cancellation=True,
+        )
 
     @property
     def url(self) -> str:
@@ -110,6 +135,7 @@ class VllmEngine:
             "auto",
             self.adapters,
             executable,
+            self.max_num_seqs,
         )
         self.process = subprocess.Popen(self.command)
         self._wait_healthy()
@@ -146,8 +172,9 @@ class VllmEngine:
             "logprobs": 0,  # with --return-tokens-as-token-ids, each chunk names its token ids
         }
 
-    def _one(self, index: int, prompt, params, adapter, on_token) -> Generation:
-        """Stream one completion from vLLM, passing each token id on as it arrives."""
+    def _one(self, index: int, prompt, params, adapter, on_token, cancel=None) -> Generation:
+        """Stream one completion from vLLM, passing each token id on as it arrives; when
+        `cancel` is set the stream is closed, and vLLM aborts the sequence."""
         import httpx
 
         text, finish, usage = [], "length", {}
@@ -157,6 +184,9 @@ class VllmEngine:
                 reply.read()
                 raise VllmError(f"vLLM answered {reply.status_code}: {_message(reply.text)}")
             for chunk in _events(reply.iter_lines()):
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices", []):
                     text.append(choice.get("text", ""))
@@ -177,12 +207,15 @@ class VllmEngine:
         params: GenerationParams,
         on_token: TokenCallback | None = None,
         adapter: str | None = None,
+        cancel=None,
     ) -> list[Generation]:
         if adapter is not None and adapter not in self.adapters:
             raise ValueError(f"no LoRA adapter '{adapter}' was given to vLLM")
+        if len(prompts) == 1:  # the server's path: one request a call, in its own thread
+            return [self._one(0, prompts[0], params, adapter, on_token, cancel)]
         with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
             futures = [
-                pool.submit(self._one, i, p, params, adapter, on_token)
+                pool.submit(self._one, i, p, params, adapter, on_token, cancel)
                 for i, p in enumerate(prompts)
             ]
             return [f.result() for f in futures]

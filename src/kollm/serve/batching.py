@@ -1,4 +1,9 @@
-"""A bounded queue per model and a batcher that runs waiting requests as engine batches.
+"""A bounded queue per model, and what takes requests from it to the engine: a batcher that
+runs waiting requests as static engine batches, or, for an engine that schedules its own
+sequences (vLLM, llama.cpp: continuous batching), a dispatcher that hands each request over
+as it arrives.
+
+Batcher:
 
 Requests with the same decoding settings (and adapter) that wait together form one batch, up
 to `max_batch`, so throughput rises with concurrency. For an engine whose batch pays a step for
@@ -12,6 +17,7 @@ requests are batched too: the engine's per-token callback feeds each request's d
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +43,8 @@ class Job:
     first_token_at: float | None = None
     last_token_at: float | None = None
     prompt_tokens: int | None = None  # counted when the batcher groups by length
+    # set when the client leaves: an engine with `capabilities.cancellation` stops the sequence
+    cancel_event: threading.Event = field(default_factory=threading.Event)
 
     def key(self) -> tuple:
         return (self.params, self.adapter)
@@ -123,6 +131,7 @@ class Batcher:
     def cancel(self, job: Job) -> None:
         """The client left: a waiting job frees its place now; a running one is ignored."""
         job.cancelled = True
+        job.cancel_event.set()
         if job in self._waiting:
             self._waiting.remove(job)
             self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
@@ -132,7 +141,7 @@ class Batcher:
     def _take_batch(self) -> list[Job]:
         first = self._waiting[0]
         batch = [j for j in self._waiting if j.key() == first.key()]
-        if len(batch) > 1 and getattr(self.engine, "uneven_prompts_cost_steps", False):
+        if len(batch) > 1 and self.engine.capabilities.uneven_prompt_cost:
             batch = self._similar_lengths(batch)
         batch = batch[: self.max_batch]
         for job in batch:
@@ -253,4 +262,92 @@ class Batcher:
                 await asyncio.wait_for(self._task, timeout_s)
             except TimeoutError:
                 self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Dispatcher(Batcher):
+    """Requests to an engine that schedules its own sequences, each handed over as it arrives
+    (see the module's docstring). Shares the batcher's queue, metrics and answers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model_name: str,
+        metrics: ServerMetrics,
+        max_concurrency: int | None = None,
+        max_queue: int = 64,
+    ) -> None:
+        super().__init__(engine, model_name, metrics, max_batch=1, max_queue=max_queue)
+        self.max_concurrency = max_concurrency or engine.capabilities.max_concurrency
+        # a thread per request in flight: the engine call blocks while its sequence streams
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix=f"engine-{model_name}"
+        )
+        self._active: dict[Job, asyncio.Task] = {}
+
+    def start(self) -> None:
+        """Nothing to run in the background: requests start as they are submitted."""
+
+    def submit(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        adapter: str | None = None,
+        stream: bool = False,
+        prompt_tokens: int | None = None,
+    ) -> Job:
+        """Start the request now if fewer than `max_concurrency` run, else queue it; raises
+        QueueFull when `max_queue` already wait."""
+        job = super().submit(prompt, params, adapter, stream, prompt_tokens)
+        self._pump()
+        return job
+
+    def _pump(self) -> None:
+        while self._waiting and self._running < self.max_concurrency:
+            job = self._waiting.popleft()
+            self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
+            self._running += 1
+            self.metrics.running.labels(self.model_name).set(self._running)
+            self._active[job] = asyncio.get_running_loop().create_task(self._one(job))
+
+    async def _one(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.queue_time.labels(self.model_name).observe(time.perf_counter() - job.enqueued)
+        decoder = IncrementalDecoder(self.engine.decode, job.params.stop)
+
+        def on_token(index: int, token_id: int) -> None:  # runs in the engine's thread
+            delta = decoder.push(token_id)
+            loop.call_soon_threadsafe(self._token, job, delta)
+
+        extra: dict = {"adapter": job.adapter} if job.adapter is not None else {}
+        if self.engine.capabilities.cancellation:
+            extra["cancel"] = job.cancel_event
+        try:
+            (result,) = await loop.run_in_executor(
+                self._executor,
+                lambda: self.engine.generate([job.prompt], job.params, on_token, **extra),
+            )
+        except Exception as err:
+            self._fail(job, err)
+        else:
+            self._done(job, decoder.finish(), result)
+        finally:
+            self._active.pop(job, None)
+            self._running -= 1
+            self.metrics.running.labels(self.model_name).set(self._running)
+            self._pump()
+
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Refuse new requests, let the waiting and running ones finish for `timeout_s`, then
+        stop what still runs upstream."""
+        self._closing = True
+        deadline = time.perf_counter() + timeout_s
+        while (self._waiting or self._active) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.05)
+        for job in list(self._waiting):
+            self.cancel(job)
+        for job in list(self._active):
+            job.cancel_event.set()
+        if self._active:
+            await asyncio.wait(list(self._active.values()), timeout=5)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -60,6 +60,7 @@ def build_manager(
         registry=registry,
         max_batch=cfg.max_batch,
         max_queue=cfg.max_queue,
+        max_concurrency=cfg.max_concurrency,
         adapters=dict(cfg.adapters),
         guards=domain_guards(cfg.domains),
         adapter_root=access.adapter_root if access else None,

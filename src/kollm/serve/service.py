@@ -17,7 +17,7 @@ from typing import Any
 from kollm.engines.base import Engine, GenerationParams
 from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
-from kollm.serve.batching import Batcher
+from kollm.serve.batching import Batcher, Dispatcher
 from kollm.serve.metrics import ServerMetrics
 
 log = logging.getLogger("kollm.serve")
@@ -89,6 +89,7 @@ class ModelManager:
         max_batch: int = 8,
         max_queue: int = 64,
         adapters: dict[str, str] | None = None,
+        max_concurrency: int | None = None,
         guards: dict[str, DomainGuard] | None = None,
         engine_options: dict[str, Any] | None = None,
         adapter_root: Path | str | None = None,
@@ -96,6 +97,7 @@ class ModelManager:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
         self.registry = registry
         self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_concurrency = max_concurrency  # None: the engine's own limit
         self.adapters = adapters or {}
         self.guards = guards or {}
         self.engine_options = engine_options or {}
@@ -165,7 +167,7 @@ class ModelManager:
         guard = self.guards.get(model_id)
         if guard is not None:
             guard.prepare(engine)
-        batcher = Batcher(engine, model_id, self.metrics, self.max_batch, self.max_queue)
+        batcher = self._scheduler(engine, model_id)
         return ServedModel(
             model_id,
             ref,
@@ -177,6 +179,13 @@ class ModelManager:
             fmt,
             self.guards.get(model_id),
         )
+
+    def _scheduler(self, engine: Engine, model_id: str) -> Batcher:
+        """A dispatcher for an engine that batches its own sequences as they come; a static
+        batcher for the others."""
+        if engine.capabilities.self_scheduling:
+            return Dispatcher(engine, model_id, self.metrics, self.max_concurrency, self.max_queue)
+        return Batcher(engine, model_id, self.metrics, self.max_batch, self.max_queue)
 
     async def start(self) -> None:
         try:
@@ -232,7 +241,7 @@ class ModelManager:
         return path
 
     def _adapter_host(self, base: str | None) -> ServedModel:
-        hosts = [m for m in self.models.values() if hasattr(m.engine, "load_adapter")]
+        hosts = [m for m in self.models.values() if m.engine.capabilities.runtime_adapters]
         if base is not None:
             hosts = [m for m in hosts if m.model_id == base]
         if len(hosts) != 1:
