@@ -78,7 +78,11 @@ def serve(
         Path | None, typer.Option(help="Take settings from this recipe's serve section.")
     ] = None,
     engine: Annotated[
-        str | None, typer.Option(help="ctranslate2 (default), transformers or vllm.")
+        str | None,
+        typer.Option(help="ctranslate2 (default), transformers, vllm or llamacpp."),
+    ] = None,
+    quant: Annotated[
+        str | None, typer.Option(help="llamacpp: GGUF quantisation (q8_0, q4_k_m ...) [q8_0].")
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on [8000].")] = None,
@@ -93,7 +97,9 @@ def serve(
     max_queue: Annotated[int | None, typer.Option(help="Most waiting per model [64].")] = None,
     max_concurrency: Annotated[
         int | None,
-        typer.Option(help="vllm: most requests in flight per model [vLLM's max_num_seqs]."),
+        typer.Option(
+            help="vllm, llamacpp: most requests in flight per model [vLLM's 256, llama.cpp's 8]."
+        ),
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Request timeout in seconds [120].")] = None,
     max_body_mb: Annotated[
@@ -142,6 +148,7 @@ def serve(
         "max_batch": max_batch,
         "max_queue": max_queue,
         "max_concurrency": max_concurrency,
+        "quant": quant,
         "request_timeout_s": timeout,
         "max_body_mb": max_body_mb,
         "alias_poll_s": alias_poll,
@@ -160,7 +167,13 @@ def serve(
     # A model that cannot load stops the server (exit 2), not a 503 forever.
     rag_settings = loaded.rag if loaded is not None else None
     app, manager = build_server(
-        cfg, None, access, load_before_ready=True, rag=rag_settings, runs_dir=runs_dir
+        cfg,
+        None,
+        access,
+        load_before_ready=True,
+        rag=rag_settings,
+        runs_dir=runs_dir,
+        prepare=_llamacpp_files(cfg) if cfg.engine == "llamacpp" else None,
     )
     try:
         manager.check_refs()
@@ -176,6 +189,19 @@ def serve(
         if manager.failure:  # uvicorn exits 3 on a failed start-up; the reason is ours
             fail(f"cannot serve: {manager.failure}")
         raise
+
+
+def _llamacpp_files(cfg):
+    """The llamacpp engine's GGUF maker; exit 2 with how to get llama-server when it is not
+    on this machine."""
+    from kollm.cluster.gguf_files import llamacpp_preparer
+    from kollm.engines.llamacpp_engine import LlamaServerMissing, find_llama_server
+
+    try:
+        find_llama_server()
+    except LlamaServerMissing as err:
+        fail(str(err))
+    return llamacpp_preparer(cfg.quant)
 
 
 @app.command("ui")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 VERSION = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+STAMP = f"{VERSION} lora"  # what a fetched dir holds; an older fetch lacks the LoRA converter
 
 
 class ConverterMissing(RuntimeError):
@@ -46,12 +47,23 @@ def converter() -> Path:
     return script
 
 
+def lora_converter() -> Path:
+    """llama.cpp's PEFT-LoRA-to-GGUF converter; ConverterMissing when not fetched."""
+    script = converter().parent / "convert_lora_to_gguf.py"
+    if not script.is_file():
+        raise ConverterMissing(
+            f"llama.cpp's LoRA converter is not at {script.parent}: run `python -m"
+            " kollm.cluster.llamacpp fetch` again (make does it)"
+        )
+    return script
+
+
 def fetch(target: Path | None = None) -> Path:
     """Download the pinned sdist with pip, check its sha256, and unpack the converter's files
     into `target` (replaced whole, so a failed fetch leaves nothing half-written)."""
     target = target or converter_dir()
     stamp = target / ".version"
-    if stamp.is_file() and stamp.read_text().strip() == VERSION:
+    if stamp.is_file() and stamp.read_text().strip() == STAMP:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
@@ -63,7 +75,7 @@ def fetch(target: Path | None = None) -> Path:
             raise RuntimeError(f"{sdist.name}: sha256 {digest} is not the pinned {SDIST_SHA256}")
         staged = Path(tmp) / "llama.cpp"
         _unpack(sdist, staged)
-        (staged / ".version").write_text(VERSION + "\n")
+        (staged / ".version").write_text(STAMP + "\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             shutil.rmtree(target)

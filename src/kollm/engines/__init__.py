@@ -7,7 +7,7 @@ from typing import Any
 
 from kollm.engines.base import Engine, Generation, GenerationParams
 
-ENGINES = ("ctranslate2", "transformers", "vllm")
+ENGINES = ("ctranslate2", "transformers", "vllm", "llamacpp")
 
 __all__ = ["ENGINES", "Engine", "Generation", "GenerationParams", "open_engine"]
 
@@ -28,8 +28,14 @@ def open_engine(
         from kollm.engines.vllm_engine import VllmEngine
 
         return VllmEngine(model_dir, adapters=adapters, **options)
+    if kind == "llamacpp":
+        from kollm.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(model_dir, adapters=adapters, **options)
     if adapters:
-        raise ValueError(f"LoRA adapters are served by the transformers or vllm engine, not {kind}")
+        raise ValueError(
+            f"LoRA adapters are served by the transformers, vllm or llamacpp engine, not {kind}"
+        )
     if kind == "ctranslate2":
         from kollm.engines.ctranslate2_engine import CTranslate2Engine
 

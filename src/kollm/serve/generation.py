@@ -49,6 +49,22 @@ class GenerationService:
             raise ApiError(404, f"model '{model}' is not served here", "not_found_error", "model")
         return found
 
+    @staticmethod
+    def require(served: ServedModel, capability: str, param: str) -> None:
+        """400 naming `param` when the model's engine cannot do `capability` (scoring,
+        embeddings), before any work is done."""
+        if getattr(served.engine.capabilities, capability):
+            return
+        can = {"scoring": "transformers or ctranslate2", "embeddings": "transformers"}[capability]
+        what = {"scoring": "token log-probabilities", "embeddings": "embeddings"}[capability]
+        raise ApiError(
+            400,
+            f"the {served.engine.name} engine gives no {what}: serve the model with the {can} "
+            "engine for them",
+            "invalid_request_error",
+            param,
+        )
+
     def params(self, body: p._Sampling, max_tokens: int | None) -> GenerationParams:
         """Decoding settings from a request body; temperature 0 is greedy."""
         if body.unknown_fields():

@@ -49,8 +49,21 @@ def _guard(d: DomainConfig) -> DomainGuard:
     return DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
 
 
+def _engine_options(cfg: ServeConfig) -> dict:
+    if cfg.engine == "ctranslate2":
+        return {"prefix_cache": cfg.prefix_cache}
+    if cfg.engine == "vllm" and cfg.max_concurrency:
+        return {"max_num_seqs": cfg.max_concurrency}
+    if cfg.engine == "llamacpp" and cfg.max_concurrency:
+        return {"parallel": cfg.max_concurrency}
+    return {}
+
+
 def build_manager(
-    cfg: ServeConfig, registry: Registry | None = None, access: Access | None = None
+    cfg: ServeConfig,
+    registry: Registry | None = None,
+    access: Access | None = None,
+    prepare: Callable | None = None,
 ) -> ModelManager:
     """The models of `cfg` with their engine, batchers, adapters and domain guards."""
     return ModelManager(
@@ -64,7 +77,8 @@ def build_manager(
         adapters=dict(cfg.adapters),
         guards=domain_guards(cfg.domains),
         adapter_root=access.adapter_root if access else None,
-        engine_options={"prefix_cache": cfg.prefix_cache} if cfg.engine == "ctranslate2" else {},
+        engine_options=_engine_options(cfg),
+        prepare=prepare,
     )
 
 
@@ -76,13 +90,14 @@ def build_server(
     on_ready: Callable[[], None] | None = None,
     rag: RagConfig | None = None,
     runs_dir: Path | None = None,
+    prepare: Callable | None = None,
 ) -> tuple[FastAPI, ModelManager]:
     """The OpenAI-compatible app for `cfg`, and the manager of its models; `rag` holds the
     retrieval settings (the recipe's `rag` section) for `cfg.rag` and for requests that
-    name a collection."""
+    name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF)."""
     registry = registry or Registry()
     access = access or Access()
-    manager = build_manager(cfg, registry, access)
+    manager = build_manager(cfg, registry, access, prepare)
     settings = ServeSettings(
         api_keys=list(access.api_keys),
         admin_keys=list(access.admin_keys),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class ModelManager:
         guards: dict[str, DomainGuard] | None = None,
         engine_options: dict[str, Any] | None = None,
         adapter_root: Path | str | None = None,
+        prepare: Callable[[str, Path, dict[str, str]], dict[str, Any]] | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
         self.registry = registry
@@ -102,6 +104,9 @@ class ModelManager:
         self.guards = guards or {}
         self.engine_options = engine_options or {}
         self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
+        # per version, the engine's files made from it (the llamacpp engine's GGUF): given by
+        # the CLI, since making them is the export stage's work, above the server
+        self.prepare = prepare
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.failure: str | None = None
@@ -136,16 +141,15 @@ class ModelManager:
             except RegistryError as err:
                 raise ValueError(f"{ref}: {err}") from err
 
-    def _open_engine(self, model_dir: Path, sha256: str | None) -> Engine:
+    def _open_engine(self, ref: str, model_dir: Path, sha256: str | None) -> Engine:
         from kollm.engines import open_engine
 
-        return open_engine(
-            self.engine_kind,
-            model_dir,
-            adapters={name: self._startup_adapter(src) for name, src in self.adapters.items()},
-            sha256=sha256,
-            **self.engine_options,
-        )
+        adapters = {name: self._startup_adapter(src) for name, src in self.adapters.items()}
+        options = dict(self.engine_options)
+        if self.prepare is not None:
+            options.update(self.prepare(ref, model_dir, adapters))
+            adapters = options.pop("adapters", adapters)
+        return open_engine(self.engine_kind, model_dir, adapters=adapters, sha256=sha256, **options)
 
     def _startup_adapter(self, source: str) -> str:
         """An adapter given at start: a directory, or a registered version (sha-checked)."""
@@ -159,7 +163,7 @@ class ModelManager:
     def load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
         model_id, version, model_dir, sha, fmt = self._resolve(ref)
-        engine = self._open_engine(model_dir, sha)
+        engine = self._open_engine(ref, model_dir, sha)
         engine.load()
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
         if len(answer) != 1:

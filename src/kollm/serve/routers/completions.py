@@ -78,6 +78,8 @@ async def completions(body: p.CompletionRequest, request: Request):
     service = state(request).generation
     started = time.perf_counter()
     served, adapter = service.find(body.model)
+    if body.logprobs is not None:
+        service.require(served, "scoring", "logprobs")
     rid = p.new_id("cmpl")
     params = service.params(body, body.max_tokens)
     if body.max_tokens == 0:
