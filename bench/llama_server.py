@@ -1,6 +1,7 @@
-"""llama.cpp's own `llama-server`, built once into .cache/llama-server for the serving bench.
+"""llama.cpp's own `llama-server` and `llama-quantize`, built once into .cache/llama-server/bin
+for the llamacpp engine (`make llama-server`), the serving bench and k-quant GGUF exports.
 
-    .venv/bin/python bench/llama_server.py      # builds it (minutes on 2 cores), prints its path
+    .venv/bin/python bench/llama_server.py      # builds them (minutes on 2 cores), prints a path
 
 The Python package a user installs (llama-cpp-python) serves one request at a time; the
 baseline the serving issue asks for is llama.cpp's server with `--parallel 8`. Its source comes
@@ -57,21 +58,23 @@ def _source(work: Path) -> tuple[Path, str]:
 def llama_server() -> Path:
     """The built binary, building it on the first call."""
     binary = CACHE / "bin" / "llama-server"
-    if binary.exists():
+    if binary.exists() and (CACHE / "bin" / "llama-quantize").exists():
         return binary
     with tempfile.TemporaryDirectory() as tmp:
         source, tag = _source(Path(tmp))
         build = Path(tmp) / "build"
         print(f"building llama-server from llama.cpp {tag} (minutes on 2 cores)", flush=True)
         subprocess.run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_OPTIONS], check=True)
+        targets = ["llama-server", "llama-quantize"]
         subprocess.run(
-            ["cmake", "--build", str(build), "--target", "llama-server", "-j", "2"], check=True
+            ["cmake", "--build", str(build), "--target", *targets, "-j", "2"], check=True
         )
         binary.parent.mkdir(parents=True, exist_ok=True)
-        built = next(build.rglob("llama-server"))
-        tmp_binary = binary.with_suffix(".tmp")
-        shutil.copy2(built, tmp_binary)
-        tmp_binary.replace(binary)  # a build stopped half-way leaves no binary behind
+        for target in targets:
+            built = next(p for p in build.rglob(target) if p.is_file())
+            tmp_binary = (binary.parent / target).with_suffix(".tmp")
+            shutil.copy2(built, tmp_binary)
+            tmp_binary.replace(binary.parent / target)  # a stopped build leaves none behind
         (CACHE / "VERSION").write_text(f"{PACKAGE} llama.cpp {tag}\n")
     return binary
 

@@ -216,6 +216,7 @@ def test_a_seq2seq_model_gets_a_clear_refusal(kobart_base, tmp_path):
 
 def test_q4_without_llama_quantize_says_what_is_needed(local_base, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("kollm.engines.llamacpp_engine.built_places", lambda: [])
     with pytest.raises(ExportError, match="llama-quantize on PATH"):
         export_model(str(local_base), "gguf", tmp_path / "out", "q4_k_m")
 

@@ -127,7 +127,9 @@ def test_a_crashed_llama_server_is_started_again_once(qwen2_chat_base, gguf):
         engine.process.wait(10)
         with pytest.raises(LlamaCppError, match="died again"):
             engine.generate([PROMPT], GenerationParams(max_new_tokens=4))
-        assert engine.health()["llama_server"] == "down"
+        assert (
+            engine.health()["llama_server"] == "down" and "died again" in engine.health()["failure"]
+        )
     finally:
         engine.unload()
 

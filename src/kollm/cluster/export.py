@@ -26,6 +26,7 @@ from pathlib import Path
 
 from kollm.artifacts import file_sha256, weights_sha256
 from kollm.cluster import llamacpp
+from kollm.engines.llamacpp_engine import find_quantize
 from kollm.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
@@ -198,10 +199,10 @@ def _gguf(
     if quant not in CONVERTER_QUANTS + QUANTIZE_KINDS:
         kinds = ", ".join(CONVERTER_QUANTS + QUANTIZE_KINDS)
         raise ExportError(f"--quant {quant!r} for gguf: expected one of {kinds}")
-    if quant in QUANTIZE_KINDS and shutil.which("llama-quantize") is None:
+    if quant in QUANTIZE_KINDS and find_quantize() is None:
         raise ExportError(
-            f"--quant {quant} needs llama.cpp's llama-quantize on PATH (build llama.cpp, or use"
-            " f16, bf16 or q8_0, which the converter writes itself)"
+            f"--quant {quant} needs llama.cpp's llama-quantize on PATH (`make llama-server` builds"
+            " it), or use f16, bf16 or q8_0, which the converter writes itself"
         )
     try:
         script = llamacpp.converter()
@@ -261,7 +262,7 @@ def _explain(output: str, log_path: Path) -> str:
 
 def _quantize(path: Path, quant: str) -> None:
     quantized = path.with_name(path.name + ".q")
-    command = ["llama-quantize", str(path), str(quantized), quant.upper()]
+    command = [str(find_quantize()), str(path), str(quantized), quant.upper()]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -124,6 +124,11 @@ class Engine(Protocol):
         through `echo` and `logprobs`)."""
         ...
 
+    def health(self) -> dict:
+        """What /health shows of the engine ({} when there is nothing to say; an engine that
+        runs a server process says whether it is up: `{"llama_server": "down", ...}`)."""
+        ...
+
     def unload(self) -> None: ...
 
 

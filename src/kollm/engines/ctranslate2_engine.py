@@ -188,7 +188,7 @@ class CTranslate2Engine:
         CTranslate2 feeds the rest of each longer prompt one decoding step at a time (measured:
         8 prompts of 28-125 tokens take 6.6 s to prefill, the same 8 cut to 100 tokens 1.2 s),
         so the batcher groups such an engine's requests by prompt length. An encoder pads."""
-        return Capabilities(uneven_prompt_cost=not self.is_encoder_decoder)
+        return Capabilities(uneven_prompt_cost=not self.is_encoder_decoder, embeddings=False)
 
     def _tokens(self, prompt: str, max_new_tokens: int) -> list[str]:
         ids = self.tokenizer(prompt)["input_ids"]
@@ -284,6 +284,9 @@ class CTranslate2Engine:
             top_n,
             lambda ids: np.asarray(self.model.forward_batch([ids], return_log_probs=True))[0],
         )
+
+    def health(self) -> dict:
+        return {}
 
     def unload(self) -> None:
         self.model = None

@@ -51,6 +51,16 @@ def built_places() -> list[Path]:
     return [Path.cwd() / built, Path(__file__).resolve().parents[3] / built]
 
 
+def find_quantize() -> Path | None:
+    """llama.cpp's `llama-quantize` (for k-quant GGUF exports): on PATH, or built beside
+    llama-server by `make llama-server`; None when neither."""
+    on_path = shutil.which("llama-quantize")
+    if on_path:
+        return Path(on_path)
+    places = [p.with_name("llama-quantize") for p in built_places()]
+    return next((p for p in places if p.is_file() and os.access(p, os.X_OK)), None)
+
+
 def find_llama_server(explicit: str | Path | None = None) -> Path:
     """`explicit`, $KOLLM_LLAMA_SERVER, `llama-server` on PATH, or the one `make llama-server`
     builds into .cache/llama-server/bin; LlamaServerMissing names the ways to get one."""
@@ -281,7 +291,8 @@ class LlamaCppEngine:
     def health(self) -> dict:
         """What /health says of it: whether llama-server runs, and its restarts."""
         alive = self.process is not None and self.process.poll() is None
-        return {"llama_server": "up" if alive else "down", "restarts": self.restarts}
+        out = {"llama_server": "up" if alive else "down", "restarts": self.restarts}
+        return {**out, "failure": self.failure} if self.failure else out
 
     def unload(self) -> None:
         if self.process is not None:

@@ -248,6 +248,9 @@ class TransformersEngine:
 
         return score_each(sequences, top_n, forward)
 
+    def health(self) -> dict:
+        return {}
+
     def unload(self) -> None:
         self.model = None
         self.tokenizer = None

@@ -235,6 +235,10 @@ class VllmEngine:
             "model with the transformers or ctranslate2 engine to score prompts"
         )
 
+    def health(self) -> dict:
+        alive = self.process is not None and self.process.poll() is None
+        return {"vllm": "up" if alive else "down"}
+
     def unload(self) -> None:
         if self.process is not None:
             self.process.terminate()

@@ -24,8 +24,19 @@ async def health(request: Request):
             "status": "ok",
             "models": {m.model_id: m.version for m in manager.models.values()},
         }
+        engines = {m.model_id: m.engine.health() for m in manager.models.values()}
+        engines = {k: v for k, v in engines.items() if v}
+        if engines:  # an engine's own server process: up, and how often it was restarted
+            body["engines"] = engines
+        failed = {k: v["failure"] for k, v in engines.items() if v.get("failure")}
+        if failed:  # an engine that will not come back: route elsewhere
+            reason = "; ".join(f"{k}: {why}" for k, why in failed.items())
+            return JSONResponse({**body, "status": "failed", "reason": reason}, status_code=503)
+        down = [k for k, v in engines.items() if "down" in v.values()]
         problem = request_log.problem if request_log is not None else None
-        if problem:
+        if down:
+            body.update(status="degraded", reason=f"engine down: {', '.join(down)}")
+        elif problem:
             body.update(status="degraded", reason=f"request log: {problem}")
         return body
     return JSONResponse(

@@ -1,0 +1,75 @@
+"""Serving a registered version on the llamacpp engine (the real llama-server): its GGUF is
+exported on first use and recorded in the version's exports, found again (sha256 checked) on
+the next load; the openai client streams from it; prompt log-probabilities get a 400 naming
+the engines that give them; /health shows llama-server; `kollm serve --engine llamacpp`
+without a llama-server exits 2 saying how to get one."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from kollm.cli import app
+from kollm.cluster import llamacpp
+from kollm.cluster.gguf_files import llamacpp_preparer
+from kollm.engines.llamacpp_engine import LlamaServerMissing, find_llama_server
+from kollm.registry import Registry
+
+
+def _missing() -> bool:
+    try:
+        find_llama_server()
+    except LlamaServerMissing:
+        return True
+    return not (llamacpp.converter_dir() / "convert_hf_to_gguf.py").is_file()
+
+
+needs_server = pytest.mark.skipif(
+    _missing(), reason="no llama-server or converter here: `make llama-server` builds it"
+)
+
+
+@needs_server
+def test_a_version_is_served_from_its_gguf_export_made_once(start_server, served_home, monkeypatch):
+    monkeypatch.setenv("KOLLM_HOME", str(served_home))
+    registry = Registry(served_home)
+    prepare = llamacpp_preparer("q8_0", registry)
+    server = start_server(engine="llamacpp", prepare=prepare, max_concurrency=4)
+    (export,) = [e for e in registry.exports("tiny:1") if e["format"] == "gguf"]
+    assert export["quant"] == "q8_0"
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="none", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "주차 신청은 언제 하나요?"}],
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    health = httpx.get(server.base_url + "/health").json()
+    assert health["engines"]["tiny"] == {"llama_server": "up", "restarts": 0}
+    with pytest.raises(openai.BadRequestError, match="transformers or ctranslate2") as err:
+        client.completions.create(
+            model="tiny", prompt="가나다", max_tokens=1, logprobs=1, echo=True
+        )
+    assert err.value.body["param"] == "logprobs"
+    # a second server finds the recorded export (sha256 checked) instead of making another
+    start_server(engine="llamacpp", prepare=prepare)
+    assert len([e for e in registry.exports("tiny:1") if e["format"] == "gguf"]) == 1
+
+
+def test_serving_on_llamacpp_without_llama_server_says_how_to_get_it(
+    served_home, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("KOLLM_HOME", str(served_home))
+    monkeypatch.setenv("PATH", str(tmp_path) + ":/usr/bin:/bin")
+    monkeypatch.delenv("KOLLM_LLAMA_SERVER", raising=False)
+    monkeypatch.setattr("kollm.engines.llamacpp_engine.built_places", lambda: [])
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+    result = CliRunner().invoke(app, ["serve", "tiny@production", "--engine", "llamacpp"])
+    assert result.exit_code == 2
+    assert "make llama-server" in result.output
