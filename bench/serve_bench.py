@@ -14,10 +14,12 @@ the same clients at concurrency 8 with a ~300-token system prompt before every p
 CTranslate2's static-prompt cache on and off (off everywhere else). Memory: the resident set
 of a `kollm serve` process serving the model. `--profile` prints the batches the server formed
 and the engine's busy share of the wall time; `--llamacpp` adds llama.cpp's `llama-server
---parallel 8` (built once, see llama_server.py) and llama-cpp-python's server on the GGUF Q8_0
-export. The last line reads `serve/engine R1  serve/naive R2  prefix/off R3  rss_gb M`
-(R1 and R2 at concurrency 8; R3 the throughput with the cache on over off), with
-`kollm/llamacpp R4` (against llama-server) when asked.
+--parallel 8` (built once, see llama_server.py), kollm serve on its llamacpp engine over the
+same GGUF Q8_0 export, and llama-cpp-python's server. The last line reads `serve/engine R1
+serve/naive R2  prefix/off R3  rss_gb M` (R1 and R2 at concurrency 8; R3 the throughput with
+the cache on over off), with, when asked, `kollm/llamacpp` and `kollm/llamacpp_16` (kollm on
+llamacpp over raw llama-server, output tokens/s at 8 and 16), `kollm/llamacpp_ttft` (TTFT p50
+at 8, kollm over raw) and `ct2/llamacpp` (kollm's default CPU engine over raw llama-server).
 """
 
 from __future__ import annotations
@@ -333,23 +335,53 @@ def wait_ready(url: str, path: str, process) -> None:
         time.sleep(0.5)
 
 
-def served_rate(command: list[str], port: int, ready: str, texts: list[str], args) -> float:
-    """Output tokens/s of the same clients at concurrency 8 against a server started here."""
+def served_rate(
+    command: list[str], port: int, ready: str, texts: list[str], args, concurrency=(8,)
+) -> dict[int, tuple[float, float]]:
+    """(output tokens/s, TTFT p50) of the same clients at each concurrency against a server
+    started here."""
     import subprocess
 
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, ready, server)
-        asyncio.run(closed_loop(url, 2, 1, texts, args.max_tokens))  # warm-up
-        _, rate = asyncio.run(closed_loop(url, 8, args.requests, texts, args.max_tokens))
-        return rate
+        return loop_rates(url, texts, args, concurrency)
     finally:
         server.terminate()
         server.wait(30)
 
 
-def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, float]:
+def loop_rates(url: str, texts, args, concurrency) -> dict[int, tuple[float, float]]:
+    asyncio.run(closed_loop(url, 2, 1, texts, args.max_tokens))  # warm-up
+    out = {}
+    for c in concurrency:
+        results, rate = asyncio.run(closed_loop(url, c, args.requests, texts, args.max_tokens))
+        out[c] = (rate, pct([r["ttft"] for r in results], 50))
+    return out
+
+
+def kollm_llamacpp_rates(model_dir: Path, gguf: str, texts, args) -> dict[int, tuple[float, float]]:
+    """kollm serve on the llamacpp engine over the same GGUF (llama-server started by the
+    engine with the same 8 slots and 2 threads), the same clients at 8 and 16."""
+    from kollm.serve.app import ServeSettings, create_app
+    from kollm.serve.metrics import ServerMetrics
+    from kollm.serve.service import ModelManager
+
+    options = {"gguf": gguf, "parallel": 8, "threads": 2, "context_length": 2048}
+    manager = ModelManager(
+        [str(model_dir)], "llamacpp", ServerMetrics(), max_queue=256, engine_options=options
+    )
+    server, url = run_in_thread(create_app(manager, ServeSettings(log_requests=False), None))
+    try:
+        return loop_rates(url, texts, args, (8, 16))
+    finally:
+        server.should_exit = True
+        for served in manager.models.values():
+            served.engine.unload()
+
+
+def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
     """The same model as GGUF Q8_0 behind llama.cpp's own `llama-server --parallel 8`
     (continuous batching over 8 slots; built once into .cache, see bench/llama_server.py) and
     behind llama-cpp-python's server (what `pip install llama-cpp-python[server]` gives: one
@@ -360,13 +392,22 @@ def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from check_gguf import llamacpp_python
     from kollm.cluster.export import export_model
+    from kollm.engines.llamacpp_engine import LlamaServerMissing, find_llama_server
     from llama_server import llama_server
 
     gguf = str(export_model(str(model_dir), "gguf", model_dir.parent / "gguf", "q8_0").path)
     port = free_port()
-    native = [str(llama_server()), "-m", gguf, "--host", "127.0.0.1", "--port", str(port)]
+    try:
+        binary = find_llama_server()
+    except LlamaServerMissing:
+        binary = llama_server()
+    native = [str(binary), "-m", gguf, "--host", "127.0.0.1", "--port", str(port)]
     native += ["--parallel", "8", "-c", str(8 * 2048), "-t", "2", "-tb", "2", "--no-webui"]
-    rates = {"llama-server": served_rate(native, port, "/health", texts, args)}
+    native += ["--kv-unified", "--cont-batching"]
+    rates = {"llama-server": served_rate(native, port, "/health", texts, args, (8, 16))}
+    rates["kollm/llamacpp"] = kollm_llamacpp_rates(model_dir, gguf, texts, args)
+    if args.no_llamacpp_python:
+        return rates
     python = llamacpp_python()
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "llama-cpp-python[server]==0.3.36"], check=True
@@ -385,6 +426,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--llamacpp", action="store_true", help="add llama.cpp (builds it once)")
+    parser.add_argument(
+        "--no-llamacpp-python", action="store_true", help="skip llama-cpp-python's server"
+    )
     parser.add_argument(
         "--profile", action="store_true", help="where the server's time goes, per concurrency"
     )
@@ -459,8 +503,12 @@ def main() -> None:
         print(f"naive transformers server, concurrency 8: {naive:.1f} output tokens/s")
         rss = serve_rss_gb(model_dir)
         llama = llamacpp_rates(model_dir, texts, args) if args.llamacpp else {}
-        for name, rate in llama.items():
-            print(f"{name}, GGUF Q8_0, concurrency 8: {rate:.1f} output tokens/s")
+        for name, by_concurrency in llama.items():
+            for c, (rate, ttft) in by_concurrency.items():
+                print(
+                    f"{name}, GGUF Q8_0, concurrency {c}: {rate:.1f} output tokens/s, "
+                    f"TTFT p50 {ttft:.3f} s"
+                )
     print(
         f"serve/engine at 16: {serve_rates[16] / engine_rate[16]:.2f};"
         f" TTFT at 1 / engine first text (same prompts): {served_first / first:.2f};"
@@ -470,7 +518,19 @@ def main() -> None:
     print(
         f"serve/engine {ratio:.2f}  serve/naive {over_naive:.2f}"
         f"  prefix/off {prefix[True][0] / prefix[False][0]:.2f}  rss_gb {rss:.2f}"
-        + (f"  kollm/llamacpp {serve_rates[8] / llama['llama-server']:.2f}" if llama else "")
+        + (_llamacpp_ratios(serve_rates, llama) if llama else "")
+    )
+
+
+def _llamacpp_ratios(serve_rates: dict, llama: dict) -> str:
+    """kollm on llamacpp over raw llama-server (throughput at 8 and 16, TTFT p50 at 8), and
+    kollm's default CPU engine (CTranslate2) over raw llama-server at 8."""
+    raw, ours = llama["llama-server"], llama["kollm/llamacpp"]
+    return (
+        f"  kollm/llamacpp {ours[8][0] / raw[8][0]:.2f}"
+        f"  kollm/llamacpp_16 {ours[16][0] / raw[16][0]:.2f}"
+        f"  kollm/llamacpp_ttft {ours[8][1] / raw[8][1]:.2f}"
+        f"  ct2/llamacpp {serve_rates[8] / raw[8][0]:.2f}"
     )
 
 

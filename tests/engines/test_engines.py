@@ -54,5 +54,5 @@ def test_ctranslate2_serves_a_lora_adapter_merged_and_caches_the_conversion(loca
 def test_open_engine_rejects_unknown_engines_and_misplaced_adapters(tmp_path):
     with pytest.raises(ValueError, match="unknown engine 'onnx'"):
         open_engine("onnx", tmp_path)
-    with pytest.raises(ValueError, match="served by the transformers or vllm engine"):
+    with pytest.raises(ValueError, match="served by the transformers, vllm or llamacpp engine"):
         open_engine("ctranslate2", tmp_path, adapters={"a": str(tmp_path)})

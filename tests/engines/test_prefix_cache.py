@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kollm.engines.base import Generation, GenerationParams
+from kollm.engines.base import Capabilities, Generation, GenerationParams
 from kollm.engines.ctranslate2_engine import CTranslate2Engine, SharedPrefixes
 from kollm.serve.batching import Batcher
 from kollm.serve.metrics import ServerMetrics
@@ -42,6 +42,8 @@ def test_few_prefixes_are_kept():
 
 
 class _Recorder:
+    capabilities = Capabilities()
+
     def __init__(self):
         self.batches = []
 

@@ -172,7 +172,13 @@ class Batcher:
                 await self._wakeup.wait()
                 continue
             await self._gather()
-            batch = self._take_batch()
+            try:
+                batch = self._take_batch()
+            except Exception as err:  # never leave the loop: its waiting requests would hang
+                batch = []
+                for job in list(self._waiting):
+                    self._waiting.remove(job)
+                    self._fail(job, err)
             if batch:
                 await self._run(loop, batch)
 

@@ -19,10 +19,10 @@ async def embeddings(body: p.EmbeddingRequest, request: Request):
     """OpenAI's embeddings (float or base64); 413 at once for an input too long to tokenise."""
     service = state(request).generation
     served, _ = service.find(body.model)
-    service.require(served, "embeddings", "model")
     texts = body.texts()
     for text in texts:
         service.check_chars(served, len(text), "input")
+    service.require(served, "embeddings", "model")
     try:
         vectors = await asyncio.to_thread(served.engine.embed, texts)
     except NotImplementedError as err:
