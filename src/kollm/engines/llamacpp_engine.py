@@ -21,7 +21,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 from kollm.engines.base import (
@@ -31,7 +30,8 @@ from kollm.engines.base import (
     TokenCallback,
     vocab_limit,
 )
-from kollm.engines.vllm_engine import _events, free_port
+from kollm.engines.upstream import UpstreamServer, free_port
+from kollm.engines.vllm_engine import _events
 
 DEFAULT_PARALLEL = 8
 
@@ -97,8 +97,9 @@ def llama_server_command(
     return cmd
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(UpstreamServer):
     name = "llamacpp"
+    label = "llama-server"
 
     def __init__(
         self,
@@ -170,26 +171,9 @@ class LlamaCppEngine:
         log = self.gguf.with_name(f".{self.gguf.name}.llama-server.log")
         with open(log, "ab") as out:  # its own log: a crash's reason stays readable
             self.process = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT)
-        self._wait_healthy(log)
-
-    def _wait_healthy(self, log: Path) -> None:
-        import httpx
-
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-                raise LlamaCppError(
-                    f"llama-server exited with code {self.process.returncode}: " + " | ".join(tail)
-                )
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.unload()
-        raise TimeoutError(f"llama-server did not report healthy within {self.startup_timeout_s}s")
+        self.wait_healthy(
+            lambda code: LlamaCppError(f"llama-server exited with code {code}: {_tail(log)}")
+        )
 
     def _ensure_running(self) -> None:
         """Start llama-server again once if it died; a second death leaves the engine failed
@@ -273,32 +257,11 @@ class LlamaCppEngine:
             results.append(self._one(prompt, params, adapter, callback, cancel))
         return results
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        raise ValueError("embeddings are not served by the llamacpp engine: use transformers")
-
-    def score(self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None):
-        raise ValueError(
-            "prompt log-probabilities (echo with logprobs) are not given by llama-server: "
-            "serve the model with the transformers or ctranslate2 engine to score prompts"
-        )
-
     def health(self) -> dict:
         """What /health says of it: whether llama-server runs, and its restarts."""
-        alive = self.process is not None and self.process.poll() is None
-        out = {"llama_server": "up" if alive else "down", "restarts": self.restarts}
+        out = {"llama_server": "up" if self.alive else "down", "restarts": self.restarts}
         return {**out, "failure": self.failure} if self.failure else out
 
-    def unload(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
+
+def _tail(log: Path) -> str:
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:])

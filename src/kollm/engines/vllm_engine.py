@@ -21,10 +21,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,15 +33,9 @@ from kollm.engines.base import (
     TokenCallback,
     vocab_limit,
 )
+from kollm.engines.upstream import UpstreamServer, free_port
 
 SERVED_NAME = "model"
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def api_server_command(python: str | Path) -> list[str]:
@@ -90,8 +82,9 @@ class VllmError(RuntimeError):
     """vLLM answered with an error; the message is vLLM's."""
 
 
-class VllmEngine:
+class VllmEngine(UpstreamServer):
     name = "vllm"
+    label = "vLLM"
     DEFAULT_MAX_NUM_SEQS = 256  # vLLM's own default
 
     def __init__(
@@ -156,25 +149,10 @@ class VllmEngine:
             self.max_num_seqs,
         )
         self.process = subprocess.Popen(self.command, env={**os.environ, **self.env})
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        import httpx
-
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM exited with code {self.process.returncode}: {' '.join(self.command)}"
-                )
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.unload()
-        raise TimeoutError(f"vLLM did not report healthy within {self.startup_timeout_s}s")
+        self.wait_healthy(
+            lambda code: RuntimeError(f"vLLM exited with code {code}: {' '.join(self.command)}"),
+            poll_s=0.5,
+        )
 
     def _body(self, prompt: str, params: GenerationParams, adapter: str | None) -> dict:
         return {
@@ -238,33 +216,8 @@ class VllmEngine:
             ]
             return [f.result() for f in futures]
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        raise NotImplementedError("serve embeddings with the transformers engine")
-
-    def score(self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None):
-        raise ValueError(
-            "prompt log-probabilities are not passed through the vllm engine yet: serve the "
-            "model with the transformers or ctranslate2 engine to score prompts"
-        )
-
     def health(self) -> dict:
-        alive = self.process is not None and self.process.poll() is None
-        return {"vllm": "up" if alive else "down"}
-
-    def unload(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-            self.process = None
+        return {"vllm": "up" if self.alive else "down"}
 
 
 def _config(model_dir: Path):

@@ -3,20 +3,14 @@ served model over HTTP as users do (the demo, benchmarks through lm-eval)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import httpx
 
 from kollm.config import RagConfig, ServeConfig
+from kollm.engines.upstream import free_port
 from kollm.registry import Registry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_in_process(cfg: ServeConfig, registry: Registry, rag: RagConfig | None = None):

@@ -1,0 +1,73 @@
+"""What the engines that run an inference server of their own as a subprocess share (vLLM,
+llama.cpp's llama-server): a free loopback port, waiting for its /health, its tokenizer for
+the server's side of the protocol, and stopping it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UpstreamServer:
+    """A mixin: `process`, `url`, `tokenizer` and `startup_timeout_s` are the engine's."""
+
+    label = "the server"  # how messages name the upstream
+    process: subprocess.Popen | None = None
+    tokenizer = None
+    startup_timeout_s: float = 300
+
+    def wait_healthy(self, exited: Callable[[int], Exception], poll_s: float = 0.2) -> None:
+        """Return once /health answers 200; `exited(code)` is raised if the process ends
+        first, TimeoutError (the process stopped) past `startup_timeout_s`."""
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise exited(self.process.returncode)
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(poll_s)
+        self.unload()
+        raise TimeoutError(f"{self.label} did not report healthy within {self.startup_timeout_s}s")
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError(f"{self.label} gives no embeddings: use the transformers engine")
+
+    def score(self, sequences: list[list[int]], top_n: int = 0, adapter: str | None = None):
+        raise ValueError(
+            f"prompt log-probabilities (echo with logprobs) are not passed through from "
+            f"{self.label}: serve the model with the transformers or ctranslate2 engine to score"
+            " prompts"
+        )
+
+    def unload(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
