@@ -56,3 +56,35 @@ def test_open_engine_rejects_unknown_engines_and_misplaced_adapters(tmp_path):
         open_engine("onnx", tmp_path)
     with pytest.raises(ValueError, match="served by the transformers, vllm or llamacpp engine"):
         open_engine("ctranslate2", tmp_path, adapters={"a": str(tmp_path)})
+
+
+class _CountingTokenizer:
+    """A tokenizer that counts the texts it tokenises, and is otherwise the one it wraps."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.mark.parametrize("kind", ["ctranslate2", "transformers"])
+@pytest.mark.parametrize("base", ["local_base", "kobart_base"])
+def test_a_prompt_given_as_its_token_ids_gets_its_texts_answer_untokenised(kind, base, request):
+    """The server tokenises a prompt once and hands the engine those ids: the answer is the
+    one the text gets, and the engine tokenises nothing more (a batch may mix both)."""
+    engine = open_engine(kind, request.getfixturevalue(base))
+    engine.load()
+    texts = ["#Person1#: 안녕하세요", "#Person2#: 네, 어디가 불편하신가요? 치과 예약이요."]
+    params = GenerationParams(max_new_tokens=6)
+    expected = [(a.text, a.prompt_tokens) for a in engine.generate(texts, params)]
+    ids = [engine.tokenize(t) for t in texts]
+    engine.tokenizer = counting = _CountingTokenizer(engine.tokenizer)
+    assert [(a.text, a.prompt_tokens) for a in engine.generate(ids, params)] == expected
+    assert counting.calls == 0
+    mixed = engine.generate([ids[0], texts[1]], params)
+    assert [(a.text, a.prompt_tokens) for a in mixed] == expected and counting.calls == 1

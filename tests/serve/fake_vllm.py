@@ -3,9 +3,10 @@ short start-up, and /v1/completions that streams one token per SSE chunk with
 `logprobs.tokens` as `token_id:N` (what vLLM does with --return-tokens-as-token-ids).
 
 The answer is deterministic: `<served model> 답변: ` and the prompt's last five characters,
-tokenized with the model dir's tokenizer; an adapter name in `model` answers with its name. A
-prompt holding `FAIL` gets vLLM's 400 error body. Tokens are 30 ms apart, so a client can see
-that the stream arrives while it is generated.
+tokenized with the model dir's tokenizer; a prompt is a text or token ids, as vLLM takes; an
+adapter name in `model` answers with its name. A prompt holding `FAIL` gets vLLM's 400 error
+body. Tokens are 30 ms apart, so a client can see that the stream arrives while it is
+generated.
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def build(args: argparse.Namespace) -> FastAPI:
         body = await request.json()
         if body["model"] not in (args.served_model_name, *adapters):
             return JSONResponse({"error": {"message": f"no model {body['model']}"}}, 404)
-        if "FAIL" in body["prompt"]:
+        # as vLLM: a prompt is a text, tokenised with the special tokens, or token ids as they are
+        given = body["prompt"]
+        prompt_ids = tokenizer(given)["input_ids"] if isinstance(given, str) else given
+        prompt = given if isinstance(given, str) else tokenizer.decode(given)
+        if "FAIL" in prompt:
             message = "This model's maximum context length is 16 tokens."
             return JSONResponse({"object": "error", "message": message, "code": 400}, 400)
-        answer = f"{body['model']} 답변: {body['prompt'][-5:]}"
+        answer = f"{body['model']} 답변: {prompt[-5:]}"
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: body["max_tokens"]]
-        prompt_tokens = len(tokenizer(body["prompt"])["input_ids"])
+        prompt_tokens = len(prompt_ids)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids)}
         finish = "stop" if len(ids) < body["max_tokens"] else "length"
         if not body.get("stream"):

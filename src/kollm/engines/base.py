@@ -7,10 +7,14 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 # on_token(batch_index, token_id): called for each token an engine produces, in order.
 TokenCallback = Callable[[int, int], None]
+
+# A prompt is its text, or its token ids as the engine's own `tokenize` gives them: the server
+# tokenises a prompt once (to check it fits the context) and hands those ids on, used as is.
+Prompt = str | list[int]
 
 
 @dataclass(frozen=True)
@@ -101,19 +105,28 @@ class Engine(Protocol):
     # Token ids the tokenizer and the model's embedding both accept: 0 .. vocab_size - 1
     # (None before load). The server refuses any other id before it reaches the engine.
     vocab_size: int | None
+    # The Hugging Face tokenizer the engine tokenises with (None before load): the server
+    # builds chat prompts with its template and shows /tokenize's token strings from it.
+    tokenizer: Any
 
     def load(self) -> None: ...
 
     def generate(
-        self, prompts: list[str], params: GenerationParams, on_token: TokenCallback | None = None
+        self,
+        prompts: list[Prompt],
+        params: GenerationParams,
+        on_token: TokenCallback | None = None,
     ) -> list[Generation]:
         """One answer per prompt, the prompts run as one batch; `on_token` sees every token.
+        A prompt given as token ids (from `tokenize`) is used as it is, not tokenised again.
         Engines with `capabilities.adapters` take `adapter=NAME`, and those with
         `capabilities.cancellation` take `cancel=` (a threading.Event set when the request is
         abandoned: the sequence stops, with finish_reason "cancelled")."""
         ...
 
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids `generate` runs for the prompt `text` (before any cut to the context)."""
+        ...
 
     def decode(self, ids: list[int]) -> str: ...
 

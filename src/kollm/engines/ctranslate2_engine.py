@@ -19,6 +19,7 @@ from kollm.engines.base import (
     Capabilities,
     Generation,
     GenerationParams,
+    Prompt,
     TokenCallback,
     TokenScores,
     adapter_base,
@@ -190,14 +191,14 @@ class CTranslate2Engine:
         so the batcher groups such an engine's requests by prompt length. An encoder pads."""
         return Capabilities(uneven_prompt_cost=not self.is_encoder_decoder, embeddings=False)
 
-    def _tokens(self, prompt: str, max_new_tokens: int) -> list[str]:
-        ids = self.tokenizer(prompt)["input_ids"]
+    def _tokens(self, prompt: Prompt, max_new_tokens: int) -> list[str]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else prompt
         limit = self.context_length - (0 if self.is_encoder_decoder else max_new_tokens)
         return self.tokenizer.convert_ids_to_tokens(ids[-limit:])  # keep the end: the question
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         params: GenerationParams,
         on_token: TokenCallback | None = None,
         adapter: str | None = None,

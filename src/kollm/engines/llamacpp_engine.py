@@ -27,6 +27,7 @@ from kollm.engines.base import (
     Capabilities,
     Generation,
     GenerationParams,
+    Prompt,
     TokenCallback,
     vocab_limit,
 )
@@ -190,9 +191,10 @@ class LlamaCppEngine(UpstreamServer):
             self.restarts += 1
             self._start()
 
-    def prompt_ids(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """The prompt's token ids, cut from the front to leave room for the answer."""
-        ids = self.tokenizer(prompt)["input_ids"]
+    def prompt_ids(self, prompt: Prompt, max_new_tokens: int) -> list[int]:
+        """The prompt's token ids (tokenised here when given as text), cut from the front
+        to leave room for the answer."""
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else prompt
         return ids[-max(1, self.context_length - max_new_tokens) :]
 
     def _body(self, ids: list[int], params: GenerationParams, adapter: str | None) -> dict:
@@ -214,7 +216,7 @@ class LlamaCppEngine(UpstreamServer):
             body["lora"] = [{"id": i, "scale": float(n == adapter)} for i, n in enumerate(names)]
         return body
 
-    def _one(self, prompt: str, params, adapter, on_token, cancel) -> Generation:
+    def _one(self, prompt: Prompt, params, adapter, on_token, cancel) -> Generation:
         """Stream one completion, passing each token id on as it arrives; when `cancel` is
         set the stream is closed and llama-server frees the slot."""
         import httpx
@@ -242,7 +244,7 @@ class LlamaCppEngine(UpstreamServer):
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         params: GenerationParams,
         on_token: TokenCallback | None = None,
         adapter: str | None = None,

@@ -17,6 +17,7 @@ from kollm.engines.base import (
     Capabilities,
     Generation,
     GenerationParams,
+    Prompt,
     TokenCallback,
     TokenScores,
     adapter_base,
@@ -124,16 +125,22 @@ class TransformersEngine:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
         return kwargs
 
-    def _encode(self, prompts: list[str], max_new_tokens: int):
+    def _encode(self, prompts: list[Prompt], max_new_tokens: int):
+        """The batch's padded tensors; a text is tokenised here, token ids are taken as they
+        are. Either is cut from the front to the context (the tokenizer's truncation side)."""
         # Special tokens as in training (TRL and the seq2seq trainer tokenize with the defaults).
         limit = self.context_length - (0 if self.is_encoder_decoder else max_new_tokens)
-        return self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=limit
-        )
+        rows = [
+            self.tokenizer(p, truncation=True, max_length=limit)["input_ids"]
+            if isinstance(p, str)
+            else list(p)[-limit:]
+            for p in prompts
+        ]
+        return self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         params: GenerationParams,
         on_token: TokenCallback | None = None,
         adapter: str | None = None,

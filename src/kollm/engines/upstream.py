@@ -48,7 +48,10 @@ class UpstreamServer:
         return self.process is not None and self.process.poll() is None
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """The ids the upstream runs for the text prompt: with the tokenizer's special tokens,
+        as vLLM's /v1/completions adds them to a text prompt, so the ids the server counts
+        and hands on are the model's input whether it sends text or ids."""
+        return self.tokenizer(text)["input_ids"]
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -30,6 +30,7 @@ from kollm.engines.base import (
     Capabilities,
     Generation,
     GenerationParams,
+    Prompt,
     TokenCallback,
     vocab_limit,
 )
@@ -154,10 +155,10 @@ class VllmEngine(UpstreamServer):
             poll_s=0.5,
         )
 
-    def _body(self, prompt: str, params: GenerationParams, adapter: str | None) -> dict:
+    def _body(self, prompt: Prompt, params: GenerationParams, adapter: str | None) -> dict:
         return {
             "model": adapter or SERVED_NAME,
-            "prompt": prompt,
+            "prompt": prompt,  # token ids go as they are: vLLM takes a list of ints as a prompt
             "max_tokens": params.max_new_tokens,
             "temperature": params.temperature if params.do_sample else 0.0,
             "top_p": params.top_p,
@@ -199,7 +200,7 @@ class VllmEngine(UpstreamServer):
 
     def generate(
         self,
-        prompts: list[str],
+        prompts: list[Prompt],
         params: GenerationParams,
         on_token: TokenCallback | None = None,
         adapter: str | None = None,
