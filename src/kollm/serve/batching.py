@@ -23,7 +23,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from kollm.engines.base import Engine, Generation, GenerationParams, IncrementalDecoder
+from kollm.engines.base import Engine, Generation, GenerationParams, IncrementalDecoder, Prompt
 from kollm.serve.metrics import ServerMetrics
 
 
@@ -33,7 +33,7 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class Job:
-    prompt: str
+    prompt: Prompt  # token ids where the server has tokenised it: the engine uses them as is
     params: GenerationParams
     adapter: str | None
     future: asyncio.Future
@@ -42,7 +42,7 @@ class Job:
     cancelled: bool = False
     first_token_at: float | None = None
     last_token_at: float | None = None
-    prompt_tokens: int | None = None  # counted when the batcher groups by length
+    prompt_tokens: int | None = None  # len(prompt) for ids; a text is counted to group it
     # set when the client leaves: an engine with `capabilities.cancellation` stops the sequence
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
@@ -106,15 +106,14 @@ class Batcher:
 
     def submit(
         self,
-        prompt: str,
+        prompt: Prompt,
         params: GenerationParams,
         adapter: str | None = None,
         stream: bool = False,
-        prompt_tokens: int | None = None,
     ) -> Job:
-        """Queue a request; raises QueueFull when `max_queue` requests already wait.
-        `prompt_tokens`, where the caller has counted them, spares the batcher tokenising the
-        prompt on the event loop to group by length."""
+        """Queue a request; raises QueueFull when `max_queue` requests already wait. A prompt
+        given as token ids spares the batcher tokenising it on the event loop to group by
+        length, and the engine tokenising it again."""
         if self._closing or len(self._waiting) >= self.max_queue:
             self.metrics.rejected.labels(self.model_name).inc()
             raise QueueFull(self.model_name)
@@ -122,7 +121,8 @@ class Batcher:
         job = Job(
             prompt, params, adapter, loop.create_future(), asyncio.Queue() if stream else None
         )
-        job.prompt_tokens = prompt_tokens
+        if not isinstance(prompt, str):
+            job.prompt_tokens = len(prompt)
         self._waiting.append(job)
         self.metrics.waiting.labels(self.model_name).set(len(self._waiting))
         self._wakeup.set()
@@ -296,15 +296,14 @@ class Dispatcher(Batcher):
 
     def submit(
         self,
-        prompt: str,
+        prompt: Prompt,
         params: GenerationParams,
         adapter: str | None = None,
         stream: bool = False,
-        prompt_tokens: int | None = None,
     ) -> Job:
         """Start the request now if fewer than `max_concurrency` run, else queue it; raises
         QueueFull when `max_queue` already wait."""
-        job = super().submit(prompt, params, adapter, stream, prompt_tokens)
+        job = super().submit(prompt, params, adapter, stream)
         self._pump()
         return job
 

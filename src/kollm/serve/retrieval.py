@@ -35,13 +35,13 @@ class Retrieved:
         numbers = sorted(marked) or range(1, len(self.hits) + 1)
         return [_citation(n, self.hits[n - 1]) for n in numbers]
 
-    def log(self, answer: str | None) -> dict:
-        """What the request log keeps: the collection, every chunk given, the ones cited."""
-        cited = [c.chunk_id for c in self.citations(answer)] if answer is not None else []
+    def log(self, citations: list[p.Citation] | None) -> dict:
+        """What the request log keeps: the collection, every chunk given, the ones cited (the
+        answer's `citations`, as the response gave them: computed once)."""
         return {
             "collection": self.collection,
             "chunks": [h.chunk_id for h in self.hits],
-            "cited": cited,
+            "cited": [c.chunk_id for c in citations or []],
         }
 
 

@@ -1,0 +1,264 @@
+"""What the chat and completion services share, after vLLM's serving classes (OpenAIServing):
+finding the model, decoding settings, the checks made before any work (characters, token ids,
+the context), queueing with 429, waiting with 499/504, and the request log; and the one state
+a request carries from its route to its log, `RequestContext`.
+
+A serving class owns a request from its parsed body to its logged answer: the route parses and
+makes one call. The steps hand each other the context, not long argument lists, so what a step
+made (the prompt's token ids, the citations) is made once and read where it is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
+
+from kollm.engines.base import Generation, GenerationParams
+from kollm.feedback.responses import RequestLog
+from kollm.prompts import Messages
+from kollm.serve import protocol as p
+from kollm.serve.batching import Job, QueueFull
+from kollm.serve.errors import ApiError
+from kollm.serve.frames import finished
+from kollm.serve.retrieval import Retrieved
+from kollm.serve.service import ModelManager, ServedModel
+
+log = logging.getLogger("kollm.serve")
+T = TypeVar("T")
+
+CHARS_PER_TOKEN = 32
+"""More characters than any tokenizer served here puts in one token of real text (Korean is
+1-2 a token, English about 4): a text longer than context_length * CHARS_PER_TOKEN cannot
+fit the context, and is refused before it is tokenised (24 MB took 24 s to tokenise)."""
+
+
+@dataclass(eq=False)
+class RequestContext:
+    """One request's state, from its route to the request log."""
+
+    endpoint: str  # what the request log calls the route: chat, completions
+    rid: str
+    body: Any  # the parsed request
+    raw: Request  # the HTTP request, to see the client leave
+    served: ServedModel
+    adapter: str | None
+    started: float  # perf_counter when the request arrived: the log's latency
+    params: GenerationParams | None = None
+    messages: Messages = field(default_factory=list)
+    retrieved: Retrieved | None = None
+    prompt: str = ""  # the prompt's text (for a completion given ids: only where echo needs it)
+    prompt_ids: list[int] = field(default_factory=list)  # tokenised once; what the engine runs
+    job: Job | None = None
+    citations: list[p.Citation] | None = None  # None: the request used no retrieval
+
+    def cite(self, answer: str) -> list[p.Citation] | None:
+        """The answer's citations, computed once: the response and the request log share
+        them. None for a request without retrieval."""
+        if self.retrieved is not None and self.citations is None:
+            self.citations = self.retrieved.citations(answer)
+        return self.citations
+
+
+class ServingEngine:
+    def __init__(
+        self,
+        manager: ModelManager,
+        request_log: RequestLog | None,
+        request_timeout_s: float = 120.0,
+        default_max_tokens: int = 128,
+        log_requests: bool = True,
+    ) -> None:
+        self.manager, self.request_log = manager, request_log
+        self.request_timeout_s, self.default_max_tokens = request_timeout_s, default_max_tokens
+        self.log_requests = log_requests and request_log is not None
+
+    def find(self, model: str) -> tuple[ServedModel, str | None]:
+        """The served model and adapter an API id names; 404 otherwise."""
+        found = self.manager.lookup(model)
+        if found is None:
+            raise ApiError(404, f"model '{model}' is not served here", "not_found_error", "model")
+        return found
+
+    def context(self, endpoint: str, body, raw: Request, prefix: str) -> RequestContext:
+        """A request's state: its model (404 if not served) and a new id."""
+        started = time.perf_counter()
+        served, adapter = self.find(body.model)
+        return RequestContext(endpoint, p.new_id(prefix), body, raw, served, adapter, started)
+
+    @staticmethod
+    def require(served: ServedModel, capability: str, param: str) -> None:
+        """400 naming `param` when the model's engine cannot do `capability` (scoring,
+        embeddings), before any work is done."""
+        if getattr(served.engine.capabilities, capability):
+            return
+        can = {"scoring": "transformers or ctranslate2", "embeddings": "transformers"}[capability]
+        what = {"scoring": "token log-probabilities", "embeddings": "embeddings"}[capability]
+        raise ApiError(
+            400,
+            f"the {served.engine.name} engine gives no {what}: serve the model with the {can} "
+            "engine for them",
+            "invalid_request_error",
+            param,
+        )
+
+    def params(self, body: p._Sampling, max_tokens: int | None) -> GenerationParams:
+        """Decoding settings from a request body; temperature 0 is greedy."""
+        if body.unknown_fields():
+            log.info("ignored unknown request fields: %s", ", ".join(body.unknown_fields()))
+        sample = body.temperature > 0
+        return GenerationParams(
+            max_new_tokens=max_tokens or self.default_max_tokens,
+            do_sample=sample,
+            temperature=body.temperature if sample else 1.0,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop_list(),
+        )
+
+    @staticmethod
+    def check_chars(served: ServedModel, chars: int, param: str) -> None:
+        """413 at once for a text of `chars` characters that cannot fit the context."""
+        context = served.engine.context_length
+        if chars > context * CHARS_PER_TOKEN:
+            raise ApiError(
+                413,
+                f"{param}: {chars} characters cannot fit the context of {context} tokens (at "
+                f"most {context * CHARS_PER_TOKEN} characters are tokenised)",
+                "invalid_request_error",
+                param,
+            )
+
+    @staticmethod
+    def check_ids(served: ServedModel, ids: list[int], param: str, index: int | None = None):
+        """400 naming the first id outside the model's vocabulary: an engine given one
+        crashes (CTranslate2 segfaults) or fails with a 500."""
+        vocab = served.engine.vocab_size or 2**31  # unknown: still an int32
+        problem = p.bad_token_id(ids, vocab)
+        if problem is not None:
+            where = param if index is None else f"{param}[{index}]"
+            raise ApiError(400, f"{where}: {problem}", "invalid_request_error", param)
+
+    async def tokenize(self, served: ServedModel, text: str, param: str) -> list[int]:
+        """The ids of `text`, tokenised in a worker thread (the event loop keeps answering)
+        once the text has passed the character bound."""
+        self.check_chars(served, len(text), param)
+        return await asyncio.to_thread(served.engine.tokenize, text)
+
+    @staticmethod
+    async def templated(build: Callable[[], T]) -> T:
+        """What `build()` makes of a conversation through the chat template, in a worker
+        thread; a conversation the template refuses (no user turn, roles out of order) is a
+        400 naming `messages`, not a 500."""
+        try:
+            return await asyncio.to_thread(build)
+        except (ValueError, TemplateError) as err:
+            raise ApiError(400, f"messages: {err}", "invalid_request_error", "messages") from None
+
+    async def prompt(self, served: ServedModel, messages: Messages) -> str:
+        """The chat prompt of `messages`, in the format the version was trained with."""
+        return await self.templated(lambda: served.prompt_for(messages))
+
+    def check_length(self, ctx: RequestContext, param: str) -> None:
+        """400 for a prompt of no tokens; 413 when its tokens and max_tokens do not fit the
+        model's context."""
+        n, context = len(ctx.prompt_ids), ctx.served.engine.context_length
+        if n == 0:  # engines cannot start from nothing (CTranslate2 failed in C++ on it)
+            raise ApiError(
+                400, f"{param}: the prompt has no tokens", "invalid_request_error", param
+            )
+        if n + ctx.params.max_new_tokens > context:
+            raise ApiError(
+                413,
+                f"prompt of {n} tokens + max_tokens {ctx.params.max_new_tokens} exceeds the "
+                f"context of {context}",
+                "invalid_request_error",
+                param,
+            )
+
+    def submit(self, ctx: RequestContext, stream: bool, param: str = "messages") -> Job:
+        """Queue the request's prompt ids (the engine runs them as they are, and the batcher
+        groups by their count); 429 with Retry-After when the model's queue is full."""
+        self.check_length(ctx, param)
+        try:
+            ctx.job = ctx.served.batcher.submit(
+                ctx.prompt_ids, ctx.params, ctx.adapter, stream
+            )
+        except QueueFull:
+            raise ApiError(
+                429,
+                f"the queue of '{ctx.served.model_id}' is full; retry shortly",
+                "rate_limit_error",
+                headers={"Retry-After": "1"},
+            ) from None
+        return ctx.job
+
+    async def wait(self, ctx: RequestContext) -> Generation:
+        """The job's result; cancels it if the client leaves or the timeout passes."""
+        deadline = time.monotonic() + self.request_timeout_s
+        job, batcher = ctx.job, ctx.served.batcher
+        while True:
+            done, _ = await asyncio.wait({job.future}, timeout=0.25)
+            if done:
+                return job.future.result()
+            if await ctx.raw.is_disconnected():
+                batcher.cancel(job)
+                raise ApiError(499, "client closed the request", "cancelled")
+            if time.monotonic() > deadline:
+                batcher.cancel(job)
+                raise ApiError(504, "the request timed out", "timeout")
+
+    async def record(self, ctx: RequestContext, result: Generation) -> None:
+        """Log the request and its answer (PII-masked) with the version that answered and,
+        for a RAG answer, the chunks it was given and cited. Best effort: an answer the log
+        cannot take (a full disk, a read-only store) is still given; the failure is counted
+        (`kollm:request_log_failures`) and `/health` says degraded."""
+        if not self.log_requests:
+            return
+        sources = ctx.retrieved.log(ctx.citations) if ctx.retrieved is not None else None
+        try:
+            await asyncio.to_thread(
+                self.request_log.write,
+                ctx.rid,
+                ctx.endpoint,
+                ctx.served.model_id,
+                ctx.served.version,
+                ctx.body.model_dump(exclude_none=True),
+                result.text,
+                result.prompt_tokens,
+                result.completion_tokens,
+                result.finish_reason,
+                (time.perf_counter() - ctx.started) * 1000,
+                sources,
+            )
+        except Exception:  # RequestLog warned and keeps the reason for /health
+            metrics = self.manager.metrics
+            metrics.request_log_failures.labels(model_name=ctx.served.model_id).inc()
+
+    def stream_response(self, ctx: RequestContext, stream) -> StreamingResponse:
+        """The SSE response of the request's job; the whole answer is logged once it has
+        finished (with the citations its last chunk gave)."""
+        return StreamingResponse(
+            self._logged(ctx, stream),
+            media_type="text/event-stream",
+            headers={"X-Request-Id": ctx.rid},
+        )
+
+    async def _logged(self, ctx: RequestContext, stream) -> AsyncIterator[str]:
+        """Pass the stream through, then log the whole answer once it finished."""
+        async for item in stream:
+            yield item
+        result = finished(ctx.job)
+        if result is None:
+            return
+        try:
+            ctx.cite(result.text)  # the last chunk computed them already: this reads them
+            await self.record(ctx, result)
+        except Exception:  # the client has its whole answer: a failed log must not cut it
+            log.exception("logging a streamed answer failed")
