@@ -58,13 +58,19 @@ def batch(
 
 
 def _deploy_recipe(recipe: Path | None, overrides: list[str] | None) -> Recipe:
+    """The recipe a deployment is made from. Its units carry a CTranslate2 conversion and no
+    llama-server, so `serve.engine: auto` is ctranslate2 there."""
     from kollm.config import apply_overrides, format_validation_error, parse_overrides
 
-    if recipe is not None:
-        return _load(recipe, overrides)
     try:
-        raw = apply_overrides({}, parse_overrides(overrides or []))
-        return Recipe.model_validate(raw)
+        if recipe is not None:
+            cfg = _load(recipe, overrides)
+        else:
+            cfg = Recipe.model_validate(apply_overrides({}, parse_overrides(overrides or [])))
+        if cfg.serve.engine == "auto":
+            serve = cfg.serve.model_copy(update={"engine": "ctranslate2"})
+            cfg = cfg.model_copy(update={"serve": serve})
+        return cfg
     except RecipeError as err:
         fail(str(err))
     except ValidationError as err:
