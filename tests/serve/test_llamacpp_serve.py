@@ -57,6 +57,16 @@ def test_a_version_is_served_from_its_gguf_export_made_once(start_server, served
             model="tiny", prompt="가나다", max_tokens=1, logprobs=1, echo=True
         )
     assert err.value.body["param"] == "logprobs"
+    # a llama-server that dies is started again, and /health and the metrics say so
+    served = server.manager.models["tiny"]
+    served.engine.process.kill()
+    served.engine.process.wait(10)
+    again = client.completions.create(model="tiny", prompt="주차", max_tokens=2, temperature=0)
+    assert again.choices[0].finish_reason in ("stop", "length")
+    health = httpx.get(server.base_url + "/health").json()
+    assert health["engines"]["tiny"] == {"llama_server": "up", "restarts": 1}
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'kollm:engine_restarts_total{model_name="tiny"} 1.0' in metrics
     # a second server finds the recorded export (sha256 checked) instead of making another
     start_server(engine="llamacpp", prepare=prepare)
     assert len([e for e in registry.exports("tiny:1") if e["format"] == "gguf"]) == 1
