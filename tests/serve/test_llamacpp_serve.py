@@ -83,3 +83,21 @@ def test_serving_on_llamacpp_without_llama_server_says_how_to_get_it(
     result = CliRunner().invoke(app, ["serve", "tiny@production", "--engine", "llamacpp"])
     assert result.exit_code == 2
     assert "make llama-server" in result.output
+
+
+def test_kollm_serve_names_the_engine_auto_picked_and_why(served_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOLLM_HOME", str(served_home))
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)  # the first line is enough
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("KOLLM_LLAMA_SERVER", str(fake))
+    found = CliRunner().invoke(app, ["serve", "tiny@production"])
+    assert found.exit_code == 0, found.output
+    assert "with llamacpp (auto: llama-server found at" in " ".join(found.output.split())
+    monkeypatch.delenv("KOLLM_LLAMA_SERVER")
+    monkeypatch.setattr("kollm.engines.llamacpp_engine.built_places", lambda: [])
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+    missing = CliRunner().invoke(app, ["serve", "tiny@production"])
+    assert missing.exit_code == 0, missing.output
+    assert "with ctranslate2 (auto: no llama-server here" in " ".join(missing.output.split())
