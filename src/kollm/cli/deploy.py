@@ -58,8 +58,8 @@ def batch(
 
 
 def _deploy_recipe(recipe: Path | None, overrides: list[str] | None) -> Recipe:
-    """The recipe a deployment is made from. Its units carry a CTranslate2 conversion and no
-    llama-server, so `serve.engine: auto` is ctranslate2 there."""
+    """The recipe a deployment is made from, with the serve settings its units run."""
+    from kollm.cluster import units
     from kollm.config import apply_overrides, format_validation_error, parse_overrides
 
     try:
@@ -67,10 +67,7 @@ def _deploy_recipe(recipe: Path | None, overrides: list[str] | None) -> Recipe:
             cfg = _load(recipe, overrides)
         else:
             cfg = Recipe.model_validate(apply_overrides({}, parse_overrides(overrides or [])))
-        if cfg.serve.engine == "auto":
-            serve = cfg.serve.model_copy(update={"engine": "ctranslate2"})
-            cfg = cfg.model_copy(update={"serve": serve})
-        return cfg
+        return cfg.model_copy(update={"serve": units.unit_serve(cfg.serve)})
     except RecipeError as err:
         fail(str(err))
     except ValidationError as err:
