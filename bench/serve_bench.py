@@ -1,7 +1,7 @@
 """Serving benchmark: kollm serve (CTranslate2 int8) against raw CTranslate2 and a naive server.
 
     .venv/bin/python bench/serve_bench.py [--layers 24] [--requests 2] [--max-tokens 32]
-        [--profile] [--llamacpp]
+        [--profile] [--llamacpp] [--vllm]
 
 A random-weight Qwen2-shaped model (about 0.5B parameters at the defaults; the vocabulary is a
 BPE learnt from the bundled data) is built locally and served on 127.0.0.1. Closed-loop
@@ -19,7 +19,10 @@ same GGUF Q8_0 export, and llama-cpp-python's server. The last line reads `serve
 serve/naive R2  prefix/off R3  rss_gb M` (R1 and R2 at concurrency 8; R3 the throughput with
 the cache on over off), with, when asked, `kollm/llamacpp` and `kollm/llamacpp_16` (kollm on
 llamacpp over raw llama-server, output tokens/s at 8 and 16), `kollm/llamacpp_ttft` (TTFT p50
-at 8, kollm over raw) and `ct2/llamacpp` (kollm's default CPU engine over raw llama-server).
+at 8, kollm over raw) and `ct2/llamacpp` (CTranslate2 under kollm over raw llama-server);
+`--vllm` adds vLLM's CPU build (`make vllm-venv`) hit directly and under kollm's vllm engine,
+with `kollm/vllm` and `kollm/vllm_ttft` (output tokens/s and TTFT p50 at 16, kollm over raw)
+and `vllm/ct2`, `vllm/llamacpp` (raw vLLM's throughput at 16 over the other engines').
 """
 
 from __future__ import annotations
@@ -82,12 +85,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_in_thread(app) -> tuple[uvicorn.Server, str]:
+def run_in_thread(app, manager=None) -> tuple[uvicorn.Server, str]:
+    """The app on a free port once /health says ready (or SystemExit with why its models did
+    not load)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     while True:
+        if manager is not None and manager.failure:
+            server.should_exit = True
+            raise SystemExit(f"the server's models did not load: {manager.failure}")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
                 return server, url
@@ -420,12 +428,65 @@ def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
     return rates
 
 
+VLLM_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "2",  # GiB of KV cache; vLLM's CPU default is a share of RAM
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_NO_USAGE_STATS": "1",
+}
+
+
+def vllm_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
+    """The same model on vLLM's CPU build (`make vllm-venv`, in .venv-vllm) hit directly, and
+    kollm serve on its vllm engine over a vLLM started with the same flags (16 sequences, the
+    checkpoint's dtype as vLLM picks it); the same clients at 8 and 16."""
+    import os
+
+    from kollm.engines.vllm_engine import api_server_command, vllm_command
+    from kollm.serve.app import ServeSettings, create_app
+    from kollm.serve.metrics import ServerMetrics
+    from kollm.serve.service import ModelManager
+
+    python = REPO / ".venv-vllm" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit("--vllm needs vLLM's CPU build: run `make vllm-venv` first")
+    executable = api_server_command(python)
+    port = free_port()
+    # the very command line the engine runs (vllm_command), on its own port
+    raw = vllm_command(
+        model_dir, port, "bench", max_model_len=2048, executable=executable, max_num_seqs=16
+    )
+    os.environ.update(VLLM_ENV)  # the raw server inherits it, as the engine's does
+    rates = {"vllm": served_rate(raw, port, "/health", texts, args, (8, 16))}
+    options = {
+        "executable": executable,
+        "max_model_len": 2048,
+        "max_num_seqs": 16,
+        "env": VLLM_ENV,
+        "startup_timeout_s": 900,
+    }
+    manager = ModelManager(
+        [str(model_dir)], "vllm", ServerMetrics(), max_queue=256, engine_options=options
+    )
+    app = create_app(manager, ServeSettings(log_requests=False), None)
+    server, url = run_in_thread(app, manager)
+    try:
+        rates["kollm/vllm"] = loop_rates(url, texts, args, (8, 16))
+    finally:
+        server.should_exit = True
+        for served in manager.models.values():
+            served.engine.unload()
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--requests", type=int, default=2, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--llamacpp", action="store_true", help="add llama.cpp (builds it once)")
+    parser.add_argument(
+        "--vllm", action="store_true", help="add vLLM's CPU build (needs make vllm-venv)"
+    )
     parser.add_argument(
         "--no-llamacpp-python", action="store_true", help="skip llama-cpp-python's server"
     )
@@ -503,12 +564,15 @@ def main() -> None:
         print(f"naive transformers server, concurrency 8: {naive:.1f} output tokens/s")
         rss = serve_rss_gb(model_dir)
         llama = llamacpp_rates(model_dir, texts, args) if args.llamacpp else {}
-        for name, by_concurrency in llama.items():
+        vllm = vllm_rates(model_dir, texts, args) if args.vllm else {}
+        for name, by_concurrency in {**llama, **vllm}.items():
+            what = "bf16" if name in vllm else "GGUF Q8_0"
             for c, (rate, ttft) in by_concurrency.items():
                 print(
-                    f"{name}, GGUF Q8_0, concurrency {c}: {rate:.1f} output tokens/s, "
+                    f"{name}, {what}, concurrency {c}: {rate:.1f} output tokens/s, "
                     f"TTFT p50 {ttft:.3f} s"
                 )
+        print(f"CTranslate2 int8 (kollm serve), concurrency 16: {serve_rates[16]:.1f} tokens/s")
     print(
         f"serve/engine at 16: {serve_rates[16] / engine_rate[16]:.2f};"
         f" TTFT at 1 / engine first text (same prompts): {served_first / first:.2f};"
@@ -519,7 +583,22 @@ def main() -> None:
         f"serve/engine {ratio:.2f}  serve/naive {over_naive:.2f}"
         f"  prefix/off {prefix[True][0] / prefix[False][0]:.2f}  rss_gb {rss:.2f}"
         + (_llamacpp_ratios(serve_rates, llama) if llama else "")
+        + (_vllm_ratios(serve_rates, vllm, llama) if vllm else "")
     )
+
+
+def _vllm_ratios(serve_rates: dict, vllm: dict, llama: dict) -> str:
+    """kollm on vllm over vLLM hit directly (throughput at 16, TTFT p50 at 16), and vLLM's CPU
+    throughput at 16 over CTranslate2's (kollm serve) and llama-server's."""
+    raw, ours = vllm["vllm"], vllm["kollm/vllm"]
+    out = (
+        f"  kollm/vllm {ours[16][0] / raw[16][0]:.2f}"
+        f"  kollm/vllm_ttft {ours[16][1] / raw[16][1]:.2f}"
+        f"  vllm/ct2 {raw[16][0] / serve_rates[16]:.2f}"
+    )
+    if llama:
+        out += f"  vllm/llamacpp {raw[16][0] / llama['llama-server'][16][0]:.2f}"
+    return out
 
 
 def _llamacpp_ratios(serve_rates: dict, llama: dict) -> str:

@@ -528,9 +528,11 @@ class RagConfig(StrictModel):
 class ServeConfig(StrictModel):
     models: list[str] = Field(default_factory=list)
     """References to serve; default: the recipe's model at `registry.alias` (or its latest)."""
-    engine: Literal["ctranslate2", "transformers", "vllm", "llamacpp"] = "ctranslate2"
-    """ctranslate2 (CPU default, int8), transformers (any model, LoRA adapters), vllm (GPU) or
-    llamacpp (CPU, llama.cpp's llama-server over the version's GGUF export)."""
+    engine: Literal["auto", "ctranslate2", "transformers", "vllm", "llamacpp"] = "auto"
+    """auto (the faster CPU engine here: llamacpp where llama-server is found and the model is
+    decoder-only, else ctranslate2; `kollm serve` says which on its first line), ctranslate2
+    (CPU, int8), transformers (any model, LoRA adapters), vllm (GPU) or llamacpp (CPU,
+    llama.cpp's llama-server over the version's GGUF export)."""
     quant: str = "q8_0"
     """llamacpp: the GGUF quantisation exported and served (f16, bf16, q8_0; q4_k_m and other
     k-quants through llama.cpp's llama-quantize)."""

@@ -36,6 +36,7 @@ def kollm_serve(served_home):
     port = free_port()
     kollm = Path(sys.executable).parent / "kollm"
     command = [str(kollm), "serve", "tiny@production", "--port", str(port), "--no-log"]
+    command += ["--engine", "ctranslate2"]  # whose forward pass the scoring checks guard
     env = {**os.environ, "KOLLM_HOME": str(served_home)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

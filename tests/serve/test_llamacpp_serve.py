@@ -57,6 +57,16 @@ def test_a_version_is_served_from_its_gguf_export_made_once(start_server, served
             model="tiny", prompt="가나다", max_tokens=1, logprobs=1, echo=True
         )
     assert err.value.body["param"] == "logprobs"
+    # a llama-server that dies is started again, and /health and the metrics say so
+    served = server.manager.models["tiny"]
+    served.engine.process.kill()
+    served.engine.process.wait(10)
+    again = client.completions.create(model="tiny", prompt="주차", max_tokens=2, temperature=0)
+    assert again.choices[0].finish_reason in ("stop", "length")
+    health = httpx.get(server.base_url + "/health").json()
+    assert health["engines"]["tiny"] == {"llama_server": "up", "restarts": 1}
+    metrics = httpx.get(server.base_url + "/metrics").text
+    assert 'kollm:engine_restarts_total{model_name="tiny"} 1.0' in metrics
     # a second server finds the recorded export (sha256 checked) instead of making another
     start_server(engine="llamacpp", prepare=prepare)
     assert len([e for e in registry.exports("tiny:1") if e["format"] == "gguf"]) == 1
@@ -73,3 +83,21 @@ def test_serving_on_llamacpp_without_llama_server_says_how_to_get_it(
     result = CliRunner().invoke(app, ["serve", "tiny@production", "--engine", "llamacpp"])
     assert result.exit_code == 2
     assert "make llama-server" in result.output
+
+
+def test_kollm_serve_names_the_engine_auto_picked_and_why(served_home, monkeypatch, tmp_path):
+    monkeypatch.setenv("KOLLM_HOME", str(served_home))
+    monkeypatch.setattr("uvicorn.run", lambda *args, **kwargs: None)  # the first line is enough
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("KOLLM_LLAMA_SERVER", str(fake))
+    found = CliRunner().invoke(app, ["serve", "tiny@production"])
+    assert found.exit_code == 0, found.output
+    assert "with llamacpp (auto: llama-server found at" in " ".join(found.output.split())
+    monkeypatch.delenv("KOLLM_LLAMA_SERVER")
+    monkeypatch.setattr("kollm.engines.llamacpp_engine.built_places", lambda: [])
+    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
+    missing = CliRunner().invoke(app, ["serve", "tiny@production"])
+    assert missing.exit_code == 0, missing.output
+    assert "with ctranslate2 (auto: no llama-server here" in " ".join(missing.output.split())

@@ -58,13 +58,16 @@ def batch(
 
 
 def _deploy_recipe(recipe: Path | None, overrides: list[str] | None) -> Recipe:
+    """The recipe a deployment is made from, with the serve settings its units run."""
+    from kollm.cluster import units
     from kollm.config import apply_overrides, format_validation_error, parse_overrides
 
-    if recipe is not None:
-        return _load(recipe, overrides)
     try:
-        raw = apply_overrides({}, parse_overrides(overrides or []))
-        return Recipe.model_validate(raw)
+        if recipe is not None:
+            cfg = _load(recipe, overrides)
+        else:
+            cfg = Recipe.model_validate(apply_overrides({}, parse_overrides(overrides or [])))
+        return cfg.model_copy(update={"serve": units.unit_serve(cfg.serve)})
     except RecipeError as err:
         fail(str(err))
     except ValidationError as err:

@@ -79,7 +79,10 @@ def serve(
     ] = None,
     engine: Annotated[
         str | None,
-        typer.Option(help="ctranslate2 (default), transformers, vllm or llamacpp."),
+        typer.Option(
+            help="auto (llamacpp where llama-server is found, else ctranslate2), ctranslate2,"
+            " transformers, vllm or llamacpp [auto]."
+        ),
     ] = None,
     quant: Annotated[
         str | None, typer.Option(help="llamacpp: GGUF quantisation (q8_0, q4_k_m ...) [q8_0].")
@@ -138,7 +141,7 @@ def serve(
     KOLLM_API_KEY_FILE / KOLLM_API_KEY (--allow-no-keys serves openly)."""
     import uvicorn
 
-    from kollm.serve.server import build_server, resolve_config
+    from kollm.serve.server import build_server, engine_choice, resolve_config
 
     loaded = _load(recipe, None) if recipe is not None else None
     options = {
@@ -161,6 +164,7 @@ def serve(
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
     except ValueError as err:
         fail(str(err))
+    cfg, why = engine_choice(cfg)
     access = _access(
         cfg.host, allow_no_keys, api_key, cfg.api_key_file, admin_key, adapter_root, cfg.secret_file
     )
@@ -180,8 +184,8 @@ def serve(
     except ValueError as err:
         fail(f"cannot serve: {err}")
     console.print(
-        f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} on http://{cfg.host}:{cfg.port}/v1"
-        f" (console: http://{cfg.host}:{cfg.port}/ui)"
+        f"kollm serve: {', '.join(cfg.models)} with {cfg.engine} ({why}) on"
+        f" http://{cfg.host}:{cfg.port}/v1 (console: http://{cfg.host}:{cfg.port}/ui)"
     )
     try:
         uvicorn.run(app, host=cfg.host, port=cfg.port)

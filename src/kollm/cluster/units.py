@@ -43,8 +43,17 @@ class UnitError(ValueError):
     """A unit that cannot be built for this version; the message names the setting."""
 
 
+def unit_serve(serve: ServeConfig) -> ServeConfig:
+    """The serve settings a unit runs: its image carries a CTranslate2 conversion and no
+    llama-server, so `engine: auto` is ctranslate2 there."""
+    if serve.engine == "auto":
+        return serve.model_copy(update={"engine": "ctranslate2"})
+    return serve
+
+
 def serve_command(name: str, serve: ServeConfig, root: str = MODEL_ROOT) -> list[str]:
     """The `kollm serve` command line every unit runs (and the tests run)."""
+    serve = unit_serve(serve)
     command = ["kollm", "serve", f"{root}/{name}", "--engine", serve.engine]
     command += ["--host", "0.0.0.0", "--port", str(PORT)]
     command += ["--max-batch", str(serve.max_batch), "--max-queue", str(serve.max_queue)]

@@ -6,7 +6,10 @@ collide.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5)
@@ -85,3 +88,27 @@ class ServerMetrics:
             label,
             registry=r,
         )
+
+    def watch_engines(self, restarts: Callable[[], dict[str, int]]) -> None:
+        """`kollm:engine_restarts_total`, read at each scrape from `restarts()` (model ->
+        times its engine's server process was started again after it died): the engine
+        counts them, so the number cannot drift from what /health says."""
+        self.registry.register(_EngineRestarts(restarts))
+
+
+class _EngineRestarts:
+    def __init__(self, restarts: Callable[[], dict[str, int]]) -> None:
+        self.restarts = restarts
+
+    def describe(self) -> list:
+        return []  # read at scrape time: nothing to check for clashes at registration
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "kollm:engine_restarts",
+            "Times an engine's server process (llama-server) was started again after it died.",
+            labels=["model_name"],
+        )
+        for model, count in self.restarts().items():
+            family.add_metric([model], count)
+        yield family

@@ -3,6 +3,7 @@ Ray Serve replica and the demo; `build_manager` is the same models without HTTP,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -12,8 +13,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from kollm.config import DomainConfig, RagConfig, ServeConfig
+from kollm.engines import choose_engine
 from kollm.feedback.responses import RequestLog
-from kollm.registry import Registry
+from kollm.registry import Registry, RegistryError
 from kollm.serve.app import create_app
 from kollm.serve.deps import ServeSettings
 from kollm.serve.metrics import ServerMetrics
@@ -82,6 +84,30 @@ def build_manager(
     )
 
 
+def model_dirs(refs: list[str], registry: Registry) -> list[Path]:
+    """The directories of the references that resolve (a bad one fails later, by name)."""
+    dirs = []
+    for ref in refs:
+        if Path(ref).is_dir():
+            dirs.append(Path(ref))
+            continue
+        with contextlib.suppress(RegistryError):
+            dirs.append(Path(registry.get(ref).artifact_path))
+    return dirs
+
+
+def engine_choice(
+    cfg: ServeConfig, registry: Registry | None = None, needs: tuple[str, ...] = ()
+) -> tuple[ServeConfig, str]:
+    """`cfg` with `engine: auto` made the engine it picks here (see
+    kollm.engines.choose_engine), and why."""
+    if cfg.engine != "auto":
+        return cfg, "as asked"
+    dirs = model_dirs(list(cfg.models), registry or Registry())
+    engine, why = choose_engine("auto", dirs, needs)
+    return cfg.model_copy(update={"engine": engine}), why
+
+
 def build_server(
     cfg: ServeConfig,
     registry: Registry | None = None,
@@ -97,6 +123,11 @@ def build_server(
     name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF)."""
     registry = registry or Registry()
     access = access or Access()
+    if cfg.engine == "auto" and prepare is None:
+        # llamacpp serves the GGUF that `prepare` makes (the export stage, above serve):
+        # a caller that gives none (a Ray Serve replica) serves with CTranslate2
+        cfg = cfg.model_copy(update={"engine": "ctranslate2"})
+    cfg, _ = engine_choice(cfg, registry)
     manager = build_manager(cfg, registry, access, prepare)
     settings = ServeSettings(
         api_keys=list(access.api_keys),

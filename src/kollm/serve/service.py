@@ -110,6 +110,11 @@ class ModelManager:
         self.models: dict[str, ServedModel] = {}
         self.ready = False
         self.failure: str | None = None
+        metrics.watch_engines(self._engine_restarts)
+
+    def _engine_restarts(self) -> dict[str, int]:
+        health = {m.model_id: m.engine.health() for m in list(self.models.values())}
+        return {model: h["restarts"] for model, h in health.items() if "restarts" in h}
 
     def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, PromptFormat | None]:
         """(model id, version, dir, sha256, prompt format) of a reference."""
