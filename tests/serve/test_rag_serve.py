@@ -84,6 +84,31 @@ def test_a_stream_ends_with_its_citations(start_server, collection):
     assert chunks[-1].model_extra["citations"][0]["doc_id"] == "parking.txt"
 
 
+def test_a_streamed_answer_from_documents_tokenises_its_prompt_once(
+    start_server, collection, monkeypatch
+):
+    """The context prompt is tokenised once: the ids checked against the context are the ones
+    the engine runs and the usage counts (fitting the chunks, the length check and the engine
+    each tokenised it before)."""
+    server = start_server()
+    engine = server.manager.models["tiny"].engine
+    tokenised, tokenize = [], engine.tokenize
+    monkeypatch.setattr(engine, "tokenize", lambda text: tokenised.append(text) or tokenize(text))
+    chunks = list(
+        _client(server).chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "거주자 우선 주차는 언제 신청받나요?"}],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"rag": {"collection": collection}},
+        )
+    )
+    assert len(tokenised) == 1 and "거주자 우선 주차 신청" in tokenised[0]  # with the context
+    assert chunks[-1].usage.prompt_tokens == len(tokenize(tokenised[0]))
+    assert chunks[-1].model_extra["citations"][0]["doc_id"] == "parking.txt"
+
+
 def test_no_source_says_so_instead_of_guessing(start_server, served_home, collection):
     settings = RagConfig(min_score=0.5)
     server = start_server(rag=RagService(settings, collection, served_home))

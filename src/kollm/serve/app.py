@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from kollm.feedback.responses import RequestLog
 from kollm.serve.deps import ServerState, ServeSettings
 from kollm.serve.errors import ApiError, error_response, install_handlers
-from kollm.serve.generation import GenerationService
 from kollm.serve.retrieval import RagService
 from kollm.serve.routers import ROUTERS
 from kollm.serve.service import ModelManager
+from kollm.serve.serving_chat import ChatServing
+from kollm.serve.serving_completion import CompletionServing
+from kollm.serve.serving_engine import ServingEngine
 from kollm.serve.sessions import Sessions, shared_secret
 from kollm.serve.ui import router as console
 
@@ -78,6 +80,17 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+def _serving(manager: ModelManager, settings: ServeSettings, request_log, rag: RagService):
+    """The serving classes of the generation routes, and their base for the others."""
+    args = (manager, request_log, settings.request_timeout_s, settings.default_max_tokens)
+    kwargs = {"log_requests": settings.log_requests}
+    return (
+        ChatServing(*args, rag=rag, **kwargs),
+        CompletionServing(*args, **kwargs),
+        ServingEngine(*args, **kwargs),
+    )
+
+
 def create_app(
     manager: ModelManager,
     settings: ServeSettings,
@@ -104,17 +117,17 @@ def create_app(
 
     # the docs and schema are routes of their own, behind the keys (routers/docs.py)
     app = FastAPI(title="kollm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    service = GenerationService(
-        manager,
-        request_log,
-        settings.request_timeout_s,
-        settings.default_max_tokens,
-        settings.log_requests,
-    )
     rag = rag or RagService(None, None, request_log.home if request_log else None)
     keys = [*settings.api_keys, *settings.admin_keys]
     sessions = Sessions(shared_secret(settings.secret, keys), keys, settings.session_s)
-    app.state.kollm = ServerState(manager, settings, request_log, service, rag, sessions)
+    app.state.kollm = ServerState(
+        manager,
+        settings,
+        request_log,
+        rag,
+        sessions,
+        *_serving(manager, settings, request_log, rag),
+    )
     install_handlers(app)
     if settings.max_body_mb is not None:
         app.add_middleware(BodyLimit, max_mb=settings.max_body_mb)

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from kollm.feedback.responses import RequestLog
-    from kollm.serve.generation import GenerationService
     from kollm.serve.retrieval import RagService
     from kollm.serve.service import ModelManager
+    from kollm.serve.serving_chat import ChatServing
+    from kollm.serve.serving_completion import CompletionServing
+    from kollm.serve.serving_engine import ServingEngine
 
 
 @dataclass
@@ -48,13 +50,15 @@ class ServerState:
     manager: ModelManager
     settings: ServeSettings
     request_log: RequestLog | None
-    generation: GenerationService
     rag: RagService
     sessions: Sessions
+    chat: ChatServing  # /v1/chat/completions
+    completion: CompletionServing  # /v1/completions
+    serving: ServingEngine  # what /tokenize and /v1/embeddings share with them
 
 
 def state(request: Request) -> ServerState:
-    """The server's state (manager, settings, request log, generation)."""
+    """The server's state (manager, settings, request log, the serving classes)."""
     return request.app.state.kollm
 
 

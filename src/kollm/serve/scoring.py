@@ -10,19 +10,10 @@ from kollm.engines.base import Engine
 from kollm.serve import protocol as p
 
 
-def prompt_ids(engine: Engine, prompt: str | list[int]) -> list[int]:
-    return list(prompt) if isinstance(prompt, list) else engine.tokenize(prompt)
-
-
-def prompt_text(engine: Engine, prompt: str | list[int]) -> str:
-    return prompt if isinstance(prompt, str) else engine.decode(prompt)
-
-
 def continuation_ids(engine: Engine, text: str) -> list[int]:
     """The generated text's ids, without the special tokens a tokenizer puts at a start."""
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if engine.tokenizer is not None:  # a loaded engine's: the protocol declares it
+        return engine.tokenizer(text, add_special_tokens=False)["input_ids"]
     return engine.tokenize(text)
 
 

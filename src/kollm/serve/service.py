@@ -77,7 +77,7 @@ class ServedModel:
 
     def prompt_for(self, messages: Messages) -> str:
         """The prompt for a chat request, in the format the version was trained with."""
-        return request_prompt(self.prompt_format, messages, getattr(self.engine, "tokenizer", None))
+        return request_prompt(self.prompt_format, messages, self.engine.tokenizer)
 
 
 class ModelManager:

@@ -53,7 +53,7 @@ class RequestContext:
     params: GenerationParams | None = None
     messages: Messages = field(default_factory=list)
     retrieved: Retrieved | None = None
-    prompt: str = ""  # the prompt's text (for a completion given ids: only where echo needs it)
+    prompt: str = ""  # the prompt's text (a completion given ids: decoded, for echo)
     prompt_ids: list[int] = field(default_factory=list)  # tokenised once; what the engine runs
     job: Job | None = None
     citations: list[p.Citation] | None = None  # None: the request used no retrieval
@@ -67,6 +67,9 @@ class RequestContext:
 
 
 class ServingEngine:
+    """The base of the serving classes (vLLM's OpenAIServing): each step takes the request's
+    `RequestContext`; /tokenize and /v1/embeddings use its checks directly."""
+
     def __init__(
         self,
         manager: ModelManager,
@@ -187,9 +190,7 @@ class ServingEngine:
         groups by their count); 429 with Retry-After when the model's queue is full."""
         self.check_length(ctx, param)
         try:
-            ctx.job = ctx.served.batcher.submit(
-                ctx.prompt_ids, ctx.params, ctx.adapter, stream
-            )
+            ctx.job = ctx.served.batcher.submit(ctx.prompt_ids, ctx.params, ctx.adapter, stream)
         except QueueFull:
             raise ApiError(
                 429,

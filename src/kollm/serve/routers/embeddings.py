@@ -17,7 +17,7 @@ router = APIRouter()
 @router.post("/v1/embeddings", dependencies=GUARD)
 async def embeddings(body: p.EmbeddingRequest, request: Request):
     """OpenAI's embeddings (float or base64); 413 at once for an input too long to tokenise."""
-    service = state(request).generation
+    service = state(request).serving
     served, _ = service.find(body.model)
     texts = body.texts()
     for text in texts:

@@ -15,8 +15,8 @@ router = APIRouter()
 
 def _tokens(engine, text: str, body: p.TokenizeRequest) -> tuple[list[int], list[str] | None]:
     """The ids of `text` and, if asked, their token strings (runs in a worker thread)."""
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is None:
+    tokenizer = engine.tokenizer
+    if tokenizer is None:  # not loaded yet
         return engine.tokenize(text), None
     ids = tokenizer(text, add_special_tokens=body.add_special_tokens)["input_ids"]
     return ids, tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None
@@ -25,7 +25,7 @@ def _tokens(engine, text: str, body: p.TokenizeRequest) -> tuple[list[int], list
 @router.post("/tokenize", dependencies=GUARD)
 async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeResponse:
     """A prompt's token ids; with `messages`, the prompt the server builds for that chat."""
-    service = state(request).generation
+    service = state(request).serving
     served, _ = service.find(body.model)
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -44,7 +44,7 @@ async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeRespo
 @router.post("/detokenize", dependencies=GUARD)
 async def detokenize(body: p.DetokenizeRequest, request: Request) -> p.DetokenizeResponse:
     """The text of token ids; 400 naming the first id outside the vocabulary."""
-    service = state(request).generation
+    service = state(request).serving
     served, _ = service.find(body.model)
     service.check_ids(served, body.tokens, "tokens")
     return p.DetokenizeResponse(prompt=await asyncio.to_thread(served.engine.decode, body.tokens))
