@@ -219,12 +219,11 @@ class LlamaCppEngine(UpstreamServer):
     def _one(self, prompt: Prompt, params, adapter, on_token, cancel) -> Generation:
         """Stream one completion, passing each token id on as it arrives; when `cancel` is
         set the stream is closed and llama-server frees the slot."""
-        import httpx
 
         ids = self.prompt_ids(prompt, params.max_new_tokens)
         body = self._body(ids, params, adapter)
         text, finish, last = [], "length", {}
-        with httpx.stream("POST", self.url + "/completion", json=body, timeout=None) as reply:
+        with self.http.stream("POST", self.url + "/completion", json=body) as reply:
             if reply.status_code >= 400:
                 reply.read()
                 raise LlamaCppError(f"llama-server answered {reply.status_code}: {reply.text}")

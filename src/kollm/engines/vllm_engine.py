@@ -172,11 +172,11 @@ class VllmEngine(UpstreamServer):
     def _one(self, index: int, prompt, params, adapter, on_token, cancel=None) -> Generation:
         """Stream one completion from vLLM, passing each token id on as it arrives; when
         `cancel` is set the stream is closed, and vLLM aborts the sequence."""
-        import httpx
 
         text, finish, usage = [], "length", {}
         body = self._body(prompt, params, adapter)
-        with httpx.stream("POST", self.url + "/v1/completions", json=body, timeout=600) as reply:
+        url = self.url + "/v1/completions"
+        with self.http.stream("POST", url, json=body, timeout=600) as reply:
             if reply.status_code >= 400:
                 reply.read()
                 raise VllmError(f"vLLM answered {reply.status_code}: {_message(reply.text)}")
