@@ -3,26 +3,26 @@
     .venv/bin/python bench/serve_bench.py [--layers 24] [--requests 2] [--max-tokens 32]
         [--profile] [--llamacpp] [--vllm]
 
-A random-weight Qwen2-shaped model (about 0.5B parameters at the defaults; the vocabulary is a
-BPE learnt from the bundled data) is built locally and served on 127.0.0.1. Closed-loop
-streaming clients at concurrency 1, 4, 8, 16 send Korean dialogue prompts; per request we time
-TTFT, e2e and the gaps between chunks, as `vllm bench serve` defines them: TPOT = (e2e - ttft) /
-(tokens - 1), ITL = mean gap, output tokens/s = all output tokens / wall time. In the same run:
-CTranslate2's `generate_batch` on the very batches the clients make (round k of requests is one
-batch), and a naive transformers server (one `generate` per request). Shared-prompt caching:
-the same clients at concurrency 8 with a ~300-token system prompt before every prompt, with
-CTranslate2's static-prompt cache on and off (off everywhere else). Memory: the resident set
-of a `kollm serve` process serving the model. `--profile` prints the batches the server formed
-and the engine's busy share of the wall time; `--llamacpp` adds llama.cpp's `llama-server
---parallel 8` (built once, see llama_server.py), kollm serve on its llamacpp engine over the
-same GGUF Q8_0 export, and llama-cpp-python's server. The last line reads `serve/engine R1
-serve/naive R2  prefix/off R3  rss_gb M` (R1 and R2 at concurrency 8; R3 the throughput with
-the cache on over off), with, when asked, `kollm/llamacpp` and `kollm/llamacpp_16` (kollm on
-llamacpp over raw llama-server, output tokens/s at 8 and 16), `kollm/llamacpp_ttft` (TTFT p50
-at 8, kollm over raw) and `ct2/llamacpp` (CTranslate2 under kollm over raw llama-server);
-`--vllm` adds vLLM's CPU build (`make vllm-venv`) hit directly and under kollm's vllm engine,
-with `kollm/vllm` and `kollm/vllm_ttft` (output tokens/s and TTFT p50 at 16, kollm over raw)
-and `vllm/ct2`, `vllm/llamacpp` (raw vLLM's throughput at 16 over the other engines').
+A random-weight Qwen2-shaped model (about 0.5B parameters at the defaults; the vocabulary is a BPE
+learnt from the bundled data) is built locally and served on 127.0.0.1. Closed-loop streaming
+clients at concurrency 1, 4, 8, 16 send Korean dialogue prompts; per request we time TTFT, e2e and
+the gaps between chunks, as `vllm bench serve` defines them: TPOT = (e2e - ttft) / (tokens - 1), ITL
+= mean gap, output tokens/s = all output tokens / wall time. In the same run: CTranslate2's
+`generate_batch` on the very batches the clients make (round k of requests is one batch), and a
+naive transformers server (one `generate` per request). Shared-prompt caching: the same clients at
+concurrency 8 with a ~300-token system prompt before every prompt, with CTranslate2's static-prompt
+cache on and off (off everywhere else). Memory: the resident set of a `kollm serve` process serving
+the model on CTranslate2. `--profile` prints the batches the server formed and the engine's busy
+share of the wall time; `--llamacpp` adds llama.cpp's `llama-server --parallel 8` (built once, see
+llama_server.py), `kollm serve --engine llamacpp` (a process of its own, as llama-server is) over
+the same GGUF Q8_0 export, and llama-cpp-python's server. The last line reads `serve/engine R1
+serve/naive R2 prefix/off R3 rss_gb M` (R1 and R2 at concurrency 8; R3 the throughput with the cache
+on over off), with, when asked, `kollm/llamacpp` and `kollm/llamacpp_16` (kollm on llamacpp over raw
+llama-server, output tokens/s at 8 and 16), `kollm/llamacpp_ttft` (TTFT p50 at 8, kollm over raw)
+and `ct2/llamacpp` (CTranslate2 under kollm over raw llama-server); `--vllm` adds vLLM's CPU build
+(`make vllm-venv`) hit directly and under kollm's vllm engine, with `kollm/vllm` and
+`kollm/vllm_ttft` (output tokens/s and TTFT p50 at 16, kollm over raw) and `vllm/ct2`,
+`vllm/llamacpp` (raw vLLM's throughput at 16 over the other engines').
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -253,15 +254,16 @@ def server_first_text(url: str, texts: list[str], max_tokens: int) -> float:
 
 
 def serve_rss_gb(model_dir: Path) -> float:
-    """Resident memory of a `kollm serve` process serving the model, once it answers."""
-    import os
+    """Resident memory of a `kollm serve` process serving the model on CTranslate2 (int8), once
+    it answers."""
     import subprocess
     import sys
 
     port = free_port()
     kollm = Path(sys.executable).parent / "kollm"
     env = {**os.environ, "KOLLM_HOME": str(model_dir.parent / "home")}
-    cmd = [str(kollm), "serve", str(model_dir), "--port", str(port), "--no-log"]
+    cmd = [str(kollm), "serve", str(model_dir), "--engine", "ctranslate2", "--port", str(port)]
+    cmd += ["--no-log"]
     process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(600):
@@ -369,24 +371,27 @@ def loop_rates(url: str, texts, args, concurrency) -> dict[int, tuple[float, flo
     return out
 
 
-def kollm_llamacpp_rates(model_dir: Path, gguf: str, texts, args) -> dict[int, tuple[float, float]]:
-    """kollm serve on the llamacpp engine over the same GGUF (llama-server started by the
-    engine with the same 8 slots and 2 threads), the same clients at 8 and 16."""
-    from kollm.serve.app import ServeSettings, create_app
-    from kollm.serve.metrics import ServerMetrics
-    from kollm.serve.service import ModelManager
+def kollm_llamacpp_rates(model_dir: Path, texts, args) -> dict[int, tuple[float, float]]:
+    """`kollm serve --engine llamacpp` as a user runs it, in a process of its own (as raw
+    llama-server is: the clients here do not share its interpreter), over the same GGUF (the
+    export gguf_for made under this run's KOLLM_HOME) with llama-server's defaults here: 8
+    slots, the model's 2048-token context a slot, a thread per core; the same clients at 8
+    and 16."""
+    import subprocess
+    import sys
 
-    options = {"gguf": gguf, "parallel": 8, "threads": 2, "context_length": 2048}
-    manager = ModelManager(
-        [str(model_dir)], "llamacpp", ServerMetrics(), max_queue=256, engine_options=options
-    )
-    server, url = run_in_thread(create_app(manager, ServeSettings(log_requests=False), None))
+    port = free_port()
+    kollm = str(Path(sys.executable).parent / "kollm")
+    command = [kollm, "serve", str(model_dir), "--engine", "llamacpp", "--port", str(port)]
+    command += ["--no-log", "--max-queue", "256"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
     try:
+        wait_ready(url, "/health", server)
         return loop_rates(url, texts, args, (8, 16))
     finally:
-        server.should_exit = True
-        for served in manager.models.values():
-            served.engine.unload()
+        server.terminate()
+        server.wait(60)
 
 
 def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
@@ -399,11 +404,11 @@ def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from check_gguf import llamacpp_python
-    from kollm.cluster.export import export_model
+    from kollm.cluster.gguf_files import gguf_for
     from kollm.engines.llamacpp_engine import LlamaServerMissing, find_llama_server
     from llama_server import llama_server
 
-    gguf = str(export_model(str(model_dir), "gguf", model_dir.parent / "gguf", "q8_0").path)
+    gguf = str(gguf_for(str(model_dir), model_dir, "q8_0"))  # where kollm serve looks for it
     port = free_port()
     try:
         binary = find_llama_server()
@@ -413,7 +418,7 @@ def llamacpp_rates(model_dir: Path, texts: list[str], args) -> dict[str, dict]:
     native += ["--parallel", "8", "-c", str(8 * 2048), "-t", "2", "-tb", "2", "--no-webui"]
     native += ["--kv-unified", "--cont-batching"]
     rates = {"llama-server": served_rate(native, port, "/health", texts, args, (8, 16))}
-    rates["kollm/llamacpp"] = kollm_llamacpp_rates(model_dir, gguf, texts, args)
+    rates["kollm/llamacpp"] = kollm_llamacpp_rates(model_dir, texts, args)
     if args.no_llamacpp_python:
         return rates
     python = llamacpp_python()
@@ -501,6 +506,7 @@ def main() -> None:
 
     texts = prompts(64)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["KOLLM_HOME"] = str(Path(tmp) / "kollm-home")  # the exports, not ~'s
         model_dir = Path(tmp) / "bench"
         build_model(model_dir, args.layers)
         manager = ModelManager(
