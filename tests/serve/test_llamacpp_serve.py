@@ -57,6 +57,7 @@ def test_a_version_is_served_from_its_gguf_export_made_once(start_server, served
             model="tiny", prompt="가나다", max_tokens=1, logprobs=1, echo=True
         )
     assert err.value.body["param"] == "logprobs"
+    _sampling_reaches_llama_server(server, client)
     # a llama-server that dies is started again, and /health and the metrics say so
     served = server.manager.models["tiny"]
     served.engine.process.kill()
@@ -70,6 +71,34 @@ def test_a_version_is_served_from_its_gguf_export_made_once(start_server, served
     # a second server finds the recorded export (sha256 checked) instead of making another
     start_server(engine="llamacpp", prepare=prepare)
     assert len([e for e in registry.exports("tiny:1") if e["format"] == "gguf"]) == 1
+
+
+def _sampling_reaches_llama_server(server, client) -> None:
+    """logit_bias, the OpenAI penalties, top_k and min_p go to llama-server and change its
+    answer as they say."""
+    (token,) = httpx.post(
+        server.base_url + "/tokenize", json={"model": "tiny", "prompt": "예약"}
+    ).json()["tokens"][-1:]
+    text = httpx.post(
+        server.base_url + "/detokenize", json={"model": "tiny", "tokens": [token]}
+    ).json()["prompt"]
+
+    def answer(temperature=0.0, **extra) -> str:
+        reply = client.completions.create(
+            model="tiny",
+            prompt="주차 신청은",
+            max_tokens=8,
+            temperature=temperature,
+            seed=5,
+            extra_body=extra,
+        )
+        return reply.choices[0].text
+
+    greedy = answer()
+    assert answer(logit_bias={str(token): 100}) == text * 8 != greedy
+    assert 1 <= answer(logit_bias={str(token): 6}, frequency_penalty=2.0).count(text) < 8
+    assert answer(1.5, top_k=1) == greedy == answer(1.5, min_p=1.0)
+    assert answer(1.5) != greedy  # so the line above could fail
 
 
 def test_serving_on_llamacpp_without_llama_server_says_how_to_get_it(

@@ -202,3 +202,20 @@ def test_a_request_sent_while_a_long_one_streams_gets_its_first_token_at_once(vl
     assert answer.completion_tokens == 3
     assert not long_done  # answered while the long one still streamed
     assert short.first_token_at - short.enqueued < 0.5
+
+
+def test_logit_bias_penalties_top_k_and_min_p_reach_vllm(vllm_cpu):
+    token = vllm_cpu.tokenize("예약")[-1]
+
+    def ids(**settings) -> list[int]:
+        out: list[int] = []
+        params = GenerationParams(max_new_tokens=8, seed=5, **settings)
+        vllm_cpu.generate(["주차 신청은"], params, lambda _i, tok: out.append(tok))
+        return out
+
+    greedy = ids()
+    assert ids(logit_bias=((token, 100.0),)) == [token] * 8 != greedy
+    assert 1 <= ids(logit_bias=((token, 6.0),), frequency_penalty=2.0).count(token) < 8
+    hot = {"do_sample": True, "temperature": 1.5}
+    assert ids(**hot, top_k=1) == greedy == ids(**hot, min_p=1.0)
+    assert ids(**hot) != greedy  # so the line above could fail

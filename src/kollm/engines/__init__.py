@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kollm.engines.base import Engine, Generation, GenerationParams
+from kollm.engines.base import ENGINE_SAMPLING, Engine, Generation, GenerationParams
 
 ENGINES = ("ctranslate2", "transformers", "vllm", "llamacpp")
 
-__all__ = ["ENGINES", "Engine", "Generation", "GenerationParams", "choose_engine", "open_engine"]
+__all__ = [
+    "ENGINES",
+    "ENGINE_SAMPLING",
+    "Engine",
+    "Generation",
+    "GenerationParams",
+    "choose_engine",
+    "open_engine",
+]
 
 
 def choose_engine(

@@ -28,6 +28,40 @@ class GenerationParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
+    presence_penalty: float = 0.0  # OpenAI's: minus this from a token's logit once it occurred
+    frequency_penalty: float = 0.0  # OpenAI's: minus this times the times it occurred
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+
+
+SAMPLING_FIELDS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+)
+"""The decoding settings beyond temperature, top_p, seed and stop that an engine may or may
+not honour; each engine declares the ones it does (`Capabilities.sampling`)."""
+
+
+ENGINE_SAMPLING = {
+    "transformers": frozenset(SAMPLING_FIELDS),
+    "vllm": frozenset(SAMPLING_FIELDS),
+    "llamacpp": frozenset(SAMPLING_FIELDS),
+    # generate_batch has no logits hook: no min_p, OpenAI penalties or biases
+    "ctranslate2": frozenset({"top_k", "repetition_penalty"}),
+}
+"""Each engine's `Capabilities.sampling`, in one place so that a refusal can name the engines
+that would honour the setting."""
+
+
+def sampling_used(params: GenerationParams) -> list[str]:
+    """The SAMPLING_FIELDS that `params` sets away from their defaults (off)."""
+    default = GenerationParams()
+    return [f for f in SAMPLING_FIELDS if getattr(params, f) != getattr(default, f)]
 
 
 @dataclass
@@ -96,6 +130,8 @@ class Capabilities:
     """Text embeddings (`embed`)."""
     cancellation: bool = False
     """A sequence stops when its request's `cancel` event is set (the client left)."""
+    sampling: frozenset[str] = frozenset(SAMPLING_FIELDS)
+    """The SAMPLING_FIELDS it honours; a request setting another is refused by name."""
 
 
 class Engine(Protocol):

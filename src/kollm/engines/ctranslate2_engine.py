@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 
 from kollm.engines.base import (
+    ENGINE_SAMPLING,
     Capabilities,
     Generation,
     GenerationParams,
@@ -189,7 +190,11 @@ class CTranslate2Engine:
         CTranslate2 feeds the rest of each longer prompt one decoding step at a time (measured:
         8 prompts of 28-125 tokens take 6.6 s to prefill, the same 8 cut to 100 tokens 1.2 s),
         so the batcher groups such an engine's requests by prompt length. An encoder pads."""
-        return Capabilities(uneven_prompt_cost=not self.is_encoder_decoder, embeddings=False)
+        return Capabilities(
+            uneven_prompt_cost=not self.is_encoder_decoder,
+            embeddings=False,
+            sampling=ENGINE_SAMPLING["ctranslate2"],
+        )
 
     def _tokens(self, prompt: Prompt, max_new_tokens: int) -> list[str]:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else prompt
@@ -215,7 +220,7 @@ class CTranslate2Engine:
             "beam_size": params.num_beams,
             "repetition_penalty": params.repetition_penalty,
             "no_repeat_ngram_size": params.no_repeat_ngram_size,
-            "sampling_topk": 0 if params.do_sample else 1,
+            "sampling_topk": (params.top_k or 0) if params.do_sample else 1,  # 0: all tokens
             "sampling_temperature": params.temperature,
             # CTranslate2 reads top_p as a float32: a tiny one (5e-324) becomes 0 and fails.
             "sampling_topp": max(params.top_p, 1e-6),

@@ -211,6 +211,7 @@ class LlamaCppEngine(UpstreamServer):
         }
         if params.seed is not None:
             body["seed"] = params.seed
+        body.update(_sampling(params))
         if self.adapters:
             names = list(self.adapters)
             body["lora"] = [{"id": i, "scale": float(n == adapter)} for i, n in enumerate(names)]
@@ -262,6 +263,19 @@ class LlamaCppEngine(UpstreamServer):
         """What /health says of it: whether llama-server runs, and its restarts."""
         out = {"llama_server": "up" if self.alive else "down", "restarts": self.restarts}
         return {**out, "failure": self.failure} if self.failure else out
+
+
+def _sampling(params: GenerationParams) -> dict:
+    """The request's top_k, min_p, OpenAI penalties and logit biases in llama-server's
+    /completion fields (its own defaults, top_k 40 and min_p 0.05, switched off unless asked:
+    an OpenAI request samples from every token)."""
+    return {
+        "top_k": max(params.top_k, 0),
+        "min_p": params.min_p,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "logit_bias": [[token, bias] for token, bias in params.logit_bias],
+    }
 
 
 def _tail(log: Path) -> str:

@@ -27,6 +27,25 @@ from kollm.engines.base import (
 )
 
 
+class OpenAIPenalties:
+    """OpenAI's presence and frequency penalties, as vLLM applies them: a token's logit is
+    lowered by `presence` once it occurs in the answer so far and by `frequency` times the
+    number of times it does (the prompt's tokens are not counted)."""
+
+    def __init__(self, params: GenerationParams, prompt_length: int) -> None:
+        self.presence, self.frequency = params.presence_penalty, params.frequency_penalty
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        answer = input_ids[:, self.prompt_length :]
+        counts = torch.zeros_like(scores).scatter_add_(
+            1, answer, torch.ones_like(answer, dtype=scores.dtype)
+        )
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
 class _CallbackStreamer:
     """Forwards each generated token of each row to `on_token`, until that row's EOS."""
 
@@ -110,7 +129,7 @@ class TransformersEngine:
         self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
         self.tokenizer.truncation_side = "left"  # a prompt too long keeps its end: the question
 
-    def _generate_kwargs(self, params: GenerationParams) -> dict:
+    def _generate_kwargs(self, params: GenerationParams, batch_prompt_length: int) -> dict:
         kwargs = {
             "max_new_tokens": params.max_new_tokens,
             "num_beams": params.num_beams,
@@ -120,9 +139,16 @@ class TransformersEngine:
             "eos_token_id": self.tokenizer.eos_token_id,
         }
         if params.do_sample:
+            # top_k set even when off: the model's generation config would otherwise add its
+            # own (transformers' default is 50), which an OpenAI request never asked for
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
+            kwargs.update(top_k=max(params.top_k, 0), min_p=params.min_p or None)
         if params.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+        if params.logit_bias:
+            kwargs["sequence_bias"] = [[[token], bias] for token, bias in params.logit_bias]
+        if params.presence_penalty or params.frequency_penalty:
+            kwargs["logits_processor"] = [OpenAIPenalties(params, batch_prompt_length)]
         return kwargs
 
     def _encode(self, prompts: list[Prompt], max_new_tokens: int):
@@ -150,7 +176,9 @@ class TransformersEngine:
         if self.model is None:
             self.load()
         batch = self._encode(prompts, params.max_new_tokens).to(self.device)
-        kwargs = self._generate_kwargs(params)
+        # where the answer starts in what generate passes its logits processors
+        prompt_length = 1 if self.is_encoder_decoder else batch["input_ids"].shape[1]
+        kwargs = self._generate_kwargs(params, prompt_length)
         if on_token is not None:
             kwargs["streamer"] = _CallbackStreamer(
                 on_token, len(prompts), self.tokenizer.eos_token_id

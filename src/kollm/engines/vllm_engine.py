@@ -164,6 +164,12 @@ class VllmEngine(UpstreamServer):
             "top_p": params.top_p,
             "stop": list(params.stop) or None,
             "seed": params.seed,
+            "top_k": max(params.top_k, 0),  # 0: off (None would take the model's default)
+            "min_p": params.min_p,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "repetition_penalty": params.repetition_penalty,
+            "logit_bias": {str(token): bias for token, bias in params.logit_bias} or None,
             "stream": True,
             "stream_options": {"include_usage": True},
             "logprobs": 0,  # with --return-tokens-as-token-ids, each chunk names its token ids

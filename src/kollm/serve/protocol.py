@@ -1,6 +1,9 @@
 """OpenAI-compatible request and response schemas, fields in OpenAI's order.
 
-Unknown request fields are accepted and ignored (OpenAI clients send many); the app logs them.
+Unknown request fields are accepted and logged (clients send many of their own); the OpenAI and
+vLLM fields that would change the answer and that kollm does not honour (UNSUPPORTED) are
+refused with a 400 naming the field, and a sampling setting the model's engine does not honour
+is refused the same way, naming the engines that do.
 Every response adds `model_version` (`NAME:VERSION` in the registry, or the served dir) beside
 OpenAI's fields.
 """
@@ -11,7 +14,15 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 MAX_STOPS = 4
 MAX_STOP_CHARS = 1024
@@ -19,11 +30,74 @@ MAX_STOP_CHARS = 1024
 checked against the answer's tail at every token, in the engine thread all clients share)."""
 
 
+MAX_LOGIT_BIAS = 300  # entries a request's logit_bias may hold (OpenAI's limit)
+
+UNSUPPORTED = {
+    "tools": "tool calls are not supported yet; send the tool descriptions in a message",
+    "tool_choice": "tool calls are not supported yet",
+    "functions": "function calls are not supported yet",
+    "function_call": "function calls are not supported yet",
+    "parallel_tool_calls": "tool calls are not supported yet",
+    "response_format": "structured output is not supported yet; ask for JSON in the prompt",
+    "top_logprobs": "log-probabilities of chat answers are not supported yet",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported: kollm answers from its own documents "
+    "(the rag field)",
+    "best_of": "best_of is not supported; use n",
+    "suffix": "suffix (fill in the middle) is not supported",
+    "guided_json": "guided decoding is not supported yet",
+    "guided_regex": "guided decoding is not supported yet",
+    "guided_choice": "guided decoding is not supported yet",
+    "guided_grammar": "guided decoding is not supported yet",
+    "structured_outputs": "structured output is not supported yet",
+}
+"""OpenAI (and vLLM) request fields that would change the answer and that kollm does not
+honour: a request that sets one gets a 400 naming it rather than an answer that ignored it.
+A field given as null, false or empty is taken as not set."""
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+
+def _refuse(value: Any, info: ValidationInfo) -> Any:
+    """A field of UNSUPPORTED set to something that would change the answer: refused."""
+    name = info.field_name
+    off = value in (None, False, "", [], {}, "none", "auto") or (
+        (name == "response_format" and value == {"type": "text"})
+        or (name == "best_of" and value == 1)
+    )
+    if not off:
+        raise PydanticCustomError("unsupported", UNSUPPORTED[name])
+    return value
+
+
+class _Refusing(_Request):
+    """The fields of UNSUPPORTED, declared so that a request setting one is refused by name."""
+
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    top_logprobs: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    best_of: Any = None
+    suffix: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
+
+    _refused = field_validator(*UNSUPPORTED)(_refuse)
 
 
 class ChatMessage(BaseModel):
@@ -36,9 +110,12 @@ class ChatMessage(BaseModel):
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
-class _Sampling(_Request):
+class _Sampling(_Refusing):
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
     stop: str | list[str] | None = None
     stream: bool = False
@@ -46,6 +123,26 @@ class _Sampling(_Request):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     user: str | None = None
+    # vLLM's sampling extensions, beside OpenAI's
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float = Field(0.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value and len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased")
+        for key, bias in (value or {}).items():
+            if not key.strip().lstrip("-").isdigit():
+                raise ValueError(f"keys are token ids; '{key[:40]}' is not one")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"token {key}: a bias is between -100 and 100, not {bias}")
+        return value
+
+    def token_biases(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias as (token id, bias) pairs, in id order."""
+        return tuple(sorted((int(k), float(v)) for k, v in (self.logit_bias or {}).items()))
 
     @field_validator("stop")
     @classmethod
@@ -81,8 +178,20 @@ class RagOptions(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
+    logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     rag: RagOptions | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_chat_logprobs(cls, value: bool) -> bool:
+        if value:
+            raise PydanticCustomError(
+                "unsupported",
+                "log-probabilities of chat answers are not supported yet; /v1/completions "
+                "gives them (logprobs: N)",
+            )
+        return value
 
 
 class CompletionRequest(_Sampling):

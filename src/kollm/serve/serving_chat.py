@@ -36,7 +36,7 @@ class ChatServing(ServingEngine):
         await self._retrieve(ctx)
         if ctx.retrieved is not None and not ctx.retrieved.hits:
             return await self._no_source(ctx)
-        ctx.params = self.params(body, body.max_completion_tokens or body.max_tokens)
+        ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
         await self._encode(ctx)
         self.submit(ctx, body.stream)
         if body.stream:

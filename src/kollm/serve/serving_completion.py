@@ -27,7 +27,7 @@ class CompletionServing(ServingEngine):
         ctx = self.context("completions", body, raw, "cmpl")
         if body.logprobs is not None:
             self.require(ctx.served, "scoring", "logprobs")
-        ctx.params = self.params(body, body.max_tokens)
+        ctx.params = self.params(ctx, body.max_tokens)
         if body.max_tokens == 0:  # scoring only: nothing is generated
             ctx.params = replace(ctx.params, max_new_tokens=0)
         prompts = body.prompts()

@@ -20,7 +20,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
-from kollm.engines.base import Generation, GenerationParams
+from kollm.engines import ENGINE_SAMPLING
+from kollm.engines.base import Generation, GenerationParams, sampling_used
 from kollm.feedback.responses import RequestLog
 from kollm.prompts import Messages
 from kollm.serve import protocol as p
@@ -111,19 +112,45 @@ class ServingEngine:
             param,
         )
 
-    def params(self, body: p._Sampling, max_tokens: int | None) -> GenerationParams:
-        """Decoding settings from a request body; temperature 0 is greedy."""
+    def params(self, ctx: RequestContext, max_tokens: int | None) -> GenerationParams:
+        """Decoding settings from a request body; temperature 0 is greedy. A setting the
+        model's engine does not honour is a 400 naming it and the engines that do."""
+        body = ctx.body
         if body.unknown_fields():
             log.info("ignored unknown request fields: %s", ", ".join(body.unknown_fields()))
         sample = body.temperature > 0
-        return GenerationParams(
+        params = GenerationParams(
             max_new_tokens=max_tokens or self.default_max_tokens,
             do_sample=sample,
             temperature=body.temperature if sample else 1.0,
             top_p=body.top_p,
             seed=body.seed,
             stop=body.stop_list(),
+            repetition_penalty=body.repetition_penalty,
+            top_k=max(body.top_k or 0, 0),
+            min_p=body.min_p,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            logit_bias=body.token_biases(),
         )
+        self._check_sampling(ctx.served, params)
+        if params.logit_bias:
+            self.check_ids(ctx.served, [t for t, _ in params.logit_bias], "logit_bias")
+        return params
+
+    @staticmethod
+    def _check_sampling(served: ServedModel, params: GenerationParams) -> None:
+        engine = served.engine
+        missing = [f for f in sampling_used(params) if f not in engine.capabilities.sampling]
+        if missing:
+            others = ", ".join(n for n, fields in ENGINE_SAMPLING.items() if missing[0] in fields)
+            raise ApiError(
+                400,
+                f"{missing[0]}: the {engine.name} engine serving {served.model_id} does not "
+                f"support it (engines that do: {others})",
+                "invalid_request_error",
+                missing[0],
+            )
 
     @staticmethod
     def check_chars(served: ServedModel, chars: int, param: str) -> None:
