@@ -32,6 +32,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--gpu-memory-utilization")
     parser.add_argument("--max-model-len")
     parser.add_argument("--return-tokens-as-token-ids", action="store_true")
+    parser.add_argument("--structured-outputs-config")
     parser.add_argument("--enable-lora", action="store_true")
     parser.add_argument("--lora-modules", nargs="*", default=[])
     return parser.parse_args()

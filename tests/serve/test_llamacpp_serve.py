@@ -99,6 +99,24 @@ def _sampling_reaches_llama_server(server, client) -> None:
     assert 1 <= answer(logit_bias={str(token): 6}, frequency_penalty=2.0).count(text) < 8
     assert answer(1.5, top_k=1) == greedy == answer(1.5, min_p=1.0)
     assert answer(1.5) != greedy  # so the line above could fail
+    # response_format: llama-server decodes under the schema's grammar. Its grammar lets a
+    # random-weight model put bytes that are no UTF-8 inside a string (each decodes to
+    # U+FFFD, so a Korean string can pass its maxLength): lengths are checked on the other
+    # engines, the structure here.
+    from tests.serve.test_structured import FORMAT, MESSAGES, without_lengths
+
+    _valid = without_lengths
+
+    for seed in range(5):
+        reply = client.chat.completions.create(
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=160,
+            temperature=1.0,
+            seed=seed,
+            response_format=FORMAT,
+        )
+        assert _valid(reply.choices[0].message.content), reply.choices[0].message.content
 
 
 def test_serving_on_llamacpp_without_llama_server_says_how_to_get_it(

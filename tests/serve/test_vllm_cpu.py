@@ -219,3 +219,20 @@ def test_logit_bias_penalties_top_k_and_min_p_reach_vllm(vllm_cpu):
     hot = {"do_sample": True, "temperature": 1.5}
     assert ids(**hot, top_k=1) == greedy == ids(**hot, min_p=1.0)
     assert ids(**hot) != greedy  # so the line above could fail
+
+
+def test_a_json_schema_is_kept_by_vllm_guided_decoding(vllm_cpu):
+    import json
+
+    from tests.serve.test_structured import SCHEMA, _valid
+
+    params = [
+        GenerationParams(
+            max_new_tokens=160, do_sample=True, seed=seed, json_schema=json.dumps(SCHEMA)
+        )
+        for seed in range(5)
+    ]
+    texts = [vllm_cpu.generate(["민원을 정리해 주세요"], p)[0].text for p in params]
+    assert all(_valid(text) for text in texts), texts
+    free = vllm_cpu.generate(["민원을 정리해 주세요"], GenerationParams(max_new_tokens=60))
+    assert not _valid(free[0].text)

@@ -33,6 +33,7 @@ class GenerationParams:
     presence_penalty: float = 0.0  # OpenAI's: minus this from a token's logit once it occurred
     frequency_penalty: float = 0.0  # OpenAI's: minus this times the times it occurred
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    json_schema: str | None = None  # the answer must be JSON valid under it (constrained)
 
 
 SAMPLING_FIELDS = (
@@ -42,6 +43,7 @@ SAMPLING_FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
+    "json_schema",
 )
 """The decoding settings beyond temperature, top_p, seed and stop that an engine may or may
 not honour; each engine declares the ones it does (`Capabilities.sampling`)."""
@@ -51,7 +53,8 @@ ENGINE_SAMPLING = {
     "transformers": frozenset(SAMPLING_FIELDS),
     "vllm": frozenset(SAMPLING_FIELDS),
     "llamacpp": frozenset(SAMPLING_FIELDS),
-    # generate_batch has no logits hook: no min_p, OpenAI penalties or biases
+    # generate_batch has no logits hook: no min_p, OpenAI penalties, biases or constrained
+    # decoding (json_schema)
     "ctranslate2": frozenset({"top_k", "repetition_penalty"}),
 }
 """Each engine's `Capabilities.sampling`, in one place so that a refusal can name the engines

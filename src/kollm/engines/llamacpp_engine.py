@@ -17,6 +17,7 @@ started again once; a second death leaves the engine failed, which /health repor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -269,7 +270,9 @@ def _sampling(params: GenerationParams) -> dict:
     """The request's top_k, min_p, OpenAI penalties and logit biases in llama-server's
     /completion fields (its own defaults, top_k 40 and min_p 0.05, switched off unless asked:
     an OpenAI request samples from every token)."""
+    fields = {} if params.json_schema is None else {"json_schema": json.loads(params.json_schema)}
     return {
+        **fields,  # llama-server turns it into a grammar and decodes under it
         "top_k": max(params.top_k, 0),
         "min_p": params.min_p,
         "presence_penalty": params.presence_penalty,

@@ -129,7 +129,9 @@ class TransformersEngine:
         self.tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
         self.tokenizer.truncation_side = "left"  # a prompt too long keeps its end: the question
 
-    def _generate_kwargs(self, params: GenerationParams, batch_prompt_length: int) -> dict:
+    def _generate_kwargs(
+        self, params: GenerationParams, batch_prompt_length: int, batch_size: int
+    ) -> dict:
         kwargs = {
             "max_new_tokens": params.max_new_tokens,
             "num_beams": params.num_beams,
@@ -147,8 +149,18 @@ class TransformersEngine:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
         if params.logit_bias:
             kwargs["sequence_bias"] = [[[token], bias] for token, bias in params.logit_bias]
+        processors = []
         if params.presence_penalty or params.frequency_penalty:
-            kwargs["logits_processor"] = [OpenAIPenalties(params, batch_prompt_length)]
+            processors.append(OpenAIPenalties(params, batch_prompt_length))
+        if params.json_schema is not None:  # last: the mask has the final word
+            from kollm.engines.structured import JsonSchemaProcessor, grammar_for
+
+            grammar = grammar_for(params.json_schema, self.tokenizer)
+            processors.append(
+                JsonSchemaProcessor(grammar, self.tokenizer, batch_size, batch_prompt_length)
+            )
+        if processors:
+            kwargs["logits_processor"] = processors
         return kwargs
 
     def _encode(self, prompts: list[Prompt], max_new_tokens: int):
@@ -178,7 +190,7 @@ class TransformersEngine:
         batch = self._encode(prompts, params.max_new_tokens).to(self.device)
         # where the answer starts in what generate passes its logits processors
         prompt_length = 1 if self.is_encoder_decoder else batch["input_ids"].shape[1]
-        kwargs = self._generate_kwargs(params, prompt_length)
+        kwargs = self._generate_kwargs(params, prompt_length, len(prompts))
         if on_token is not None:
             kwargs["streamer"] = _CallbackStreamer(
                 on_token, len(prompts), self.tokenizer.eos_token_id

@@ -69,6 +69,11 @@ def vllm_command(
     cmd += ["--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--dtype", dtype, "--gpu-memory-utilization", str(gpu_memory_utilization)]
     cmd += ["--return-tokens-as-token-ids"]
+    # response_format through llguidance, as on the transformers engine, and compact: a model
+    # free to add whitespace may pad the answer with it up to max_tokens (vLLM sets both for
+    # the whole server, and takes the second only with a named backend)
+    outputs = '{"backend": "guidance", "disable_any_whitespace": true}'
+    cmd += ["--structured-outputs-config", outputs]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if max_num_seqs:
@@ -170,6 +175,7 @@ class VllmEngine(UpstreamServer):
             "frequency_penalty": params.frequency_penalty,
             "repetition_penalty": params.repetition_penalty,
             "logit_bias": {str(token): bias for token, bias in params.logit_bias} or None,
+            "structured_outputs": _structured(params.json_schema),
             "stream": True,
             "stream_options": {"include_usage": True},
             "logprobs": 0,  # with --return-tokens-as-token-ids, each chunk names its token ids
@@ -256,3 +262,11 @@ def _message(body: str) -> str:
         return body[:200]
     inner = error.get("error", error) if isinstance(error, dict) else error
     return str(inner.get("message", inner) if isinstance(inner, dict) else inner)[:300]
+
+
+def _structured(json_schema: str | None) -> dict | None:
+    """The schema as vLLM's structured_outputs (0.11 and later), enforced by its guided
+    decoding."""
+    if json_schema is None:
+        return None
+    return {"json": json.loads(json_schema)}

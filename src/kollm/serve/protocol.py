@@ -10,6 +10,7 @@ OpenAI's fields.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -38,7 +39,6 @@ UNSUPPORTED = {
     "functions": "function calls are not supported yet",
     "function_call": "function calls are not supported yet",
     "parallel_tool_calls": "tool calls are not supported yet",
-    "response_format": "structured output is not supported yet; ask for JSON in the prompt",
     "top_logprobs": "log-probabilities of chat answers are not supported yet",
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",
@@ -67,10 +67,7 @@ class _Request(BaseModel):
 def _refuse(value: Any, info: ValidationInfo) -> Any:
     """A field of UNSUPPORTED set to something that would change the answer: refused."""
     name = info.field_name
-    off = value in (None, False, "", [], {}, "none", "auto") or (
-        (name == "response_format" and value == {"type": "text"})
-        or (name == "best_of" and value == 1)
-    )
+    off = value in (None, False, "", [], {}, "none", "auto") or (name == "best_of" and value == 1)
     if not off:
         raise PydanticCustomError("unsupported", UNSUPPORTED[name])
     return value
@@ -84,7 +81,6 @@ class _Refusing(_Request):
     functions: Any = None
     function_call: Any = None
     parallel_tool_calls: Any = None
-    response_format: Any = None
     top_logprobs: Any = None
     audio: Any = None
     prediction: Any = None
@@ -110,12 +106,50 @@ class ChatMessage(BaseModel):
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field("answer", max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: text, any JSON object, or JSON valid under a schema; the
+    JSON kinds are enforced by constrained decoding on the engines that can."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_compiles(self):
+        from kollm.engines.structured import SchemaError, check_schema
+
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only then")
+        if self.json_schema is not None:
+            try:
+                check_schema(self.json_schema.schema_)
+            except SchemaError as err:
+                raise ValueError(f"json_schema.schema cannot be enforced: {err}") from None
+        return self
+
+    def schema_json(self) -> str | None:
+        """The JSON schema the answer must satisfy, as canonical text (None: free text)."""
+        if self.type == "text":
+            return None
+        schema = {"type": "object"} if self.json_schema is None else self.json_schema.schema_
+        return json.dumps(schema, sort_keys=True, ensure_ascii=False)
+
+
 class _Sampling(_Refusing):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1)
     n: int = Field(1, ge=1, le=1)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
+    response_format: ResponseFormat | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
     stop: str | list[str] | None = None
     stream: bool = False

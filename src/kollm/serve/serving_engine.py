@@ -132,6 +132,7 @@ class ServingEngine:
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             logit_bias=body.token_biases(),
+            json_schema=body.response_format.schema_json() if body.response_format else None,
         )
         self._check_sampling(ctx.served, params)
         if params.logit_bias:
@@ -144,12 +145,13 @@ class ServingEngine:
         missing = [f for f in sampling_used(params) if f not in engine.capabilities.sampling]
         if missing:
             others = ", ".join(n for n, fields in ENGINE_SAMPLING.items() if missing[0] in fields)
+            param = "response_format" if missing[0] == "json_schema" else missing[0]
             raise ApiError(
                 400,
-                f"{missing[0]}: the {engine.name} engine serving {served.model_id} does not "
+                f"{param}: the {engine.name} engine serving {served.model_id} does not "
                 f"support it (engines that do: {others})",
                 "invalid_request_error",
-                missing[0],
+                param,
             )
 
     @staticmethod
