@@ -7,6 +7,7 @@ length limit: an engine that stopped only on the tokenizer's EOS would answer 20
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from kollm.engines import open_engine
 from kollm.engines.base import GenerationParams, end_ids
 from tests.conftest import REPO, _bpe_tokenizer, read_jsonl
+from tests.engines.test_llamacpp import needs_server
 
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}{%- for message in messages %}"
@@ -29,7 +31,7 @@ GEMMA_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 QUESTION = [{"role": "user", "content": "주차 신청은 언제 하나요?"}]
-ANSWER = "A"  # an ordinary token of the byte-level alphabet
+ANSWER = "A"  # an ordinary token of both tokenizers
 
 
 def _tokenizer(special: list[str], template: str, **roles):
@@ -42,24 +44,29 @@ def _tokenizer(special: list[str], template: str, **roles):
     return tok
 
 
-def _answer_then_end(model, answer: int, end: int) -> None:
-    """Weights under which greedy decoding answers `answer` after any other token and `end`
-    after `answer`. With every layer's output projections zero the residual stream (and so
-    the last hidden state) is the current token's embedding: every token points along
-    dimension 0 but `answer`, along 1; the head maps 0 to `answer` and 1 to `end`."""
+def _answer_then_end(model, answer: int, end: int, norm_offset: float = 0.0) -> None:
+    """Weights under which greedy decoding answers `answer` after any other token, `end`
+    after `answer`, and `answer` after `end`. With every layer's output projections zero, the
+    last hidden state is the current token's embedding, normalised and scaled by the final
+    norm's weight (diagonal d, `norm_offset` below what the model multiplies by: Gemma's
+    is 1 + weight); with the embeddings tied (Gemma's GGUF has no separate head), token t
+    follows token s by the score e_t . d . e_s. Every other token's embedding is (1, 0, 0),
+    `answer`'s (2, 0, 3), `end`'s (0, 0, -2) and d = (1, 0, -1): after another token, scores
+    1 / answer 2 / end 0; after `answer`, 2 / -5 / 6; after `end`, 0 / 6 / -4."""
     import torch
 
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
-        embed = model.model.embed_tokens.weight
+        embed = model.get_input_embeddings().weight
         embed.zero_()
         embed[:, 0] = 1.0
-        embed[answer, 0], embed[answer, 1] = 0.0, 1.0
-        head = model.lm_head.weight
-        head.zero_()
-        head[answer, 0] = head[end, 1] = 10.0
+        embed[answer, :3] = torch.tensor([2.0, 0.0, 3.0])
+        embed[end, :3] = torch.tensor([0.0, 0.0, -2.0])
+        norm = torch.zeros_like(model.model.norm.weight)
+        norm[0], norm[2] = 1.0, -1.0
+        model.model.norm.weight.copy_(norm - norm_offset)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +93,7 @@ def llama3_base(tmp_path_factory) -> Path:
         max_position_embeddings=512,
         bos_token_id=ids("<|begin_of_text|>"),
         eos_token_id=ids("<|end_of_text|>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
     _answer_then_end(model, ids(ANSWER), ids("<|eot_id|>"))
@@ -98,24 +105,49 @@ def llama3_base(tmp_path_factory) -> Path:
     return out
 
 
+def _sentencepiece_tokenizer(out: Path):
+    """Gemma's kind of tokenizer: a SentencePiece model (trained here on the sample chats,
+    with byte fallback) whose pad, eos, bos and unk are ids 0-3 and whose turn markers are
+    user-defined pieces, loaded by transformers from `out/tokenizer.model`."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    rows = read_jsonl(REPO / "data" / "sample" / "chats.jsonl")
+    texts = [m["content"] for r in rows for m in r["messages"]] + ["user model A"] * 10
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=500,
+        model_type="bpe",
+        **{f"{role}_id": i for i, role in enumerate(("pad", "eos", "bos", "unk"))},
+        **{f"{role}_piece": f"<{role}>" for role in ("pad", "eos", "bos", "unk")},
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"],
+        byte_fallback=True,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    roles = {f"{role}_token": f"<{role}>" for role in ("pad", "eos", "bos", "unk")}
+    config = {"tokenizer_class": "GemmaTokenizer", **roles}
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.chat_template = GEMMA_TEMPLATE
+    tok.save_pretrained(str(out))
+    return tok
+
+
 @pytest.fixture(scope="module")
 def gemma_base(tmp_path_factory) -> Path:
-    """Gemma-shaped: EOS `<eos>` (the only end id its configs name), turns closed by
-    `<end_of_turn>` in the chat template. A byte-level BPE stands in for Gemma's SentencePiece
-    model (none can be fetched offline); the special tokens and their roles are Gemma's."""
+    """Gemma-shaped: a SentencePiece tokenizer, EOS `<eos>` (the only end id its configs
+    name), turns closed by `<end_of_turn>` in the chat template."""
     from transformers import GemmaConfig, GemmaForCausalLM
 
     out = tmp_path_factory.mktemp("gemma")
-    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    tok = _tokenizer(
-        special,
-        GEMMA_TEMPLATE,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-    )
-    tok.save_pretrained(str(out))
+    tok = _sentencepiece_tokenizer(out)
     ids = tok.convert_tokens_to_ids
     config = GemmaConfig(
         vocab_size=len(tok),
@@ -129,10 +161,10 @@ def gemma_base(tmp_path_factory) -> Path:
         pad_token_id=ids("<pad>"),
         bos_token_id=ids("<bos>"),
         eos_token_id=ids("<eos>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,
     )
     model = GemmaForCausalLM(config)
-    _answer_then_end(model, ids(ANSWER), ids("<end_of_turn>"))
+    _answer_then_end(model, ids(ANSWER), ids("<end_of_turn>"), norm_offset=1.0)
     model.save_pretrained(str(out))
     return out
 
@@ -195,6 +227,10 @@ def test_the_fixtures_run_on_past_their_end_of_turn_when_only_eos_stops_them(sha
 def test_an_answer_stops_at_the_models_end_of_turn(kind, shape, request):
     engine = open_engine(kind, request.getfixturevalue(shape))
     engine.load()
+    _assert_stops_after_the_answer(engine)
+
+
+def _assert_stops_after_the_answer(engine) -> None:
     prompt = _prompt(engine.tokenizer)
     streamed: list[int] = []
     (answer,) = engine.generate(
@@ -205,3 +241,22 @@ def test_an_answer_stops_at_the_models_end_of_turn(kind, shape, request):
     assert streamed == [engine.tokenizer.convert_tokens_to_ids(ANSWER)]
     (cut,) = engine.generate([prompt], GenerationParams(max_new_tokens=1))
     assert (cut.text, cut.finish_reason, cut.completion_tokens) == (ANSWER, "length", 1)
+
+
+@needs_server
+@pytest.mark.parametrize("shape", ["llama3_base", "gemma_base"])
+def test_llama_server_stops_at_the_end_of_turn_too(shape, request, tmp_path):
+    """llama-server stops on its own: llama.cpp counts both fixtures' end of turn among the
+    GGUF's end-of-generation tokens. It streams the token it stopped on, which the engine
+    keeps from `on_token`, as the other engines do."""
+    from kollm.cluster.export import export_model
+    from kollm.engines.llamacpp_engine import LlamaCppEngine
+
+    base = request.getfixturevalue(shape)
+    gguf = export_model(str(base), "gguf", tmp_path, "f16").path
+    engine = LlamaCppEngine(base, gguf, parallel=1, threads=1)
+    engine.load()
+    try:
+        _assert_stops_after_the_answer(engine)
+    finally:
+        engine.unload()
