@@ -4,9 +4,10 @@ short start-up, and /v1/completions that streams one token per SSE chunk with
 
 The answer is deterministic: `<served model> 답변: ` and the prompt's last five characters,
 tokenized with the model dir's tokenizer; a prompt is a text or token ids, as vLLM takes; an
-adapter name in `model` answers with its name. A prompt holding `FAIL` gets vLLM's 400 error
-body. Tokens are 30 ms apart, so a client can see that the stream arrives while it is
-generated.
+adapter name in `model` answers with its name. The answer ends at an id of `stop_token_ids`
+(counted and streamed, its text left out as vLLM leaves out a special token's). A prompt
+holding `FAIL` gets vLLM's 400 error body. Tokens are 30 ms apart, so a client can see that
+the stream arrives while it is generated.
 """
 
 from __future__ import annotations
@@ -63,11 +64,15 @@ def build(args: argparse.Namespace) -> FastAPI:
             return JSONResponse({"object": "error", "message": message, "code": 400}, 400)
         answer = f"{body['model']} 답변: {prompt[-5:]}"
         ids = tokenizer(answer, add_special_tokens=False)["input_ids"][: body["max_tokens"]]
+        # as vLLM: the answer ends at a stop token id, which is counted and streamed
+        ends = [i for i, token in enumerate(ids) if token in (body.get("stop_token_ids") or ())]
+        ids = ids[: ends[0] + 1] if ends else ids
         prompt_tokens = len(prompt_ids)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(ids)}
-        finish = "stop" if len(ids) < body["max_tokens"] else "length"
+        finish = "stop" if ends or len(ids) < body["max_tokens"] else "length"
         if not body.get("stream"):
-            choice = {"index": 0, "text": tokenizer.decode(ids), "finish_reason": finish}
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            choice = {"index": 0, "text": text, "finish_reason": finish}
             return {"choices": [choice], "usage": usage}
         return StreamingResponse(
             _stream(tokenizer, ids, finish, usage), media_type="text/event-stream"
@@ -81,7 +86,7 @@ async def _stream(tokenizer, ids: list[int], finish: str, usage: dict):
     for i, token in enumerate(ids):
         await asyncio.sleep(0.03)
         # As vLLM's detokenizer: a character split across tokens waits for its last byte.
-        upto = tokenizer.decode(ids[: i + 1])
+        upto = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
         if upto.endswith("\ufffd") and i < len(ids) - 1:
             upto = upto.rstrip("\ufffd")
         text, sent = upto[len(sent) :], upto

@@ -54,6 +54,22 @@ def test_tokens_reach_the_callback_while_vllm_is_still_generating(engine):
     assert spread > 0.03 * (len(arrivals) - 2)  # one by one, not replayed at the end
 
 
+def test_an_answer_ends_at_an_end_id_which_the_callback_never_sees(engine):
+    """The engine names the model's end ids to vLLM (which stops on a chat template's end of
+    turn only when told); the token it stopped on is no part of the answer."""
+    e = engine()
+    streamed: list[int] = []
+    (answer,) = e.generate(  # the fake answers with the prompt's end, EOS included
+        ["질문</s>"],
+        GenerationParams(max_new_tokens=32),
+        on_token=lambda _i, tok: streamed.append(tok),
+    )
+    assert e.end_ids == tuple(e.tokenizer.convert_tokens_to_ids(["</s>", "<|im_end|>"]))
+    assert (answer.text, answer.finish_reason) == ("model 답변: 문", "stop")
+    assert e.decode(streamed) == answer.text and e.tokenizer.eos_token_id not in streamed
+    assert answer.completion_tokens == len(streamed) + 1  # the end token counts, as EOS does
+
+
 def test_lora_adapters_are_passed_through_and_picked_by_name(engine, tmp_path):
     e = engine(adapters={"civil": tmp_path / "civil"})
     assert "--enable-lora" in e.command and f"civil={tmp_path / 'civil'}" in e.command

@@ -190,6 +190,54 @@ def adapter_base(model_dir: Path) -> str | None:
     return json.loads(path.read_text())["base_model_name_or_path"] if path.exists() else None
 
 
+# Tokens that close a turn in chat templates (Llama-3, Gemma, ChatML, EXAONE, Phi-3,
+# Command-R): a model ends its answer with one even where tokenizer.eos_token is another.
+END_OF_TURN_TOKENS = (
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<end_of_turn>",
+    "<|im_end|>",
+    "[|endofturn|]",
+    "<|end|>",
+    "<|END_OF_TURN_TOKEN|>",
+)
+
+
+def end_ids(model_dir: Path, tokenizer) -> tuple[int, ...]:
+    """Every token id that ends an answer: the tokenizer's EOS, the eos_token_id (an int or a
+    list) of generation_config.json (or else config.json) of the model or an adapter's base,
+    and the end-of-turn tokens the chat template writes that the tokenizer holds as added
+    tokens. In that order, each once."""
+    ids = [tokenizer.eos_token_id, *_declared_eos(Path(model_dir))]
+    added = tokenizer.get_added_vocab()
+    template = tokenizer.chat_template or ""
+    template = " ".join(template.values()) if isinstance(template, dict) else template
+    ids += [added[t] for t in END_OF_TURN_TOKENS if t in added and t in template]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
+def cut_at_end(ids: list[int], ends: tuple[int, ...]) -> tuple[list[int], bool]:
+    """`ids` up to the first end id (which is not part of the answer), and whether one came."""
+    at = next((i for i, token in enumerate(ids) if token in ends), None)
+    return (ids, False) if at is None else (ids[:at], True)
+
+
+def _declared_eos(model_dir: Path) -> list[int]:
+    """The eos_token_id the model's configs declare, as a list (empty when none does)."""
+    base = Path(adapter_base(model_dir) or model_dir)
+    if (base / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        value = GenerationConfig.from_pretrained(str(base)).eos_token_id
+    elif (base / "config.json").is_file():
+        config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+        # a multimodal model (Gemma 3) keeps its language model's ids in text_config
+        value = config.get("eos_token_id", (config.get("text_config") or {}).get("eos_token_id"))
+    else:
+        value = None
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
 def vocab_limit(tokenizer, config=None) -> int:
     """How many token ids both the tokenizer and the model accept: the smaller of the
     tokenizer's (with added tokens) and the embedding's (`config.vocab_size`), where known. An

@@ -25,6 +25,8 @@ from kollm.engines.base import (
     TokenScores,
     adapter_base,
     apply_stop,
+    cut_at_end,
+    end_ids,
     score_each,
     vocab_limit,
 )
@@ -80,13 +82,13 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
     return out
 
 
-def _step_callback(on_token: TokenCallback, eos: int):
-    """CTranslate2's per-step callback. It stops the sequence when the callback returns a
-    truthy value (and fails on a value it cannot cast), so whatever on_token returns is
-    dropped here."""
+def _step_callback(on_token: TokenCallback, ends: tuple[int, ...]):
+    """CTranslate2's per-step callback, which sees the end token too (not part of the answer).
+    It stops the sequence when the callback returns a truthy value (and fails on a value it
+    cannot cast), so whatever on_token returns is dropped here."""
 
     def callback(step) -> None:
-        if step.token_id != eos:
+        if step.token_id not in ends:
             on_token(step.batch_id, step.token_id)
 
     return callback
@@ -162,6 +164,7 @@ class CTranslate2Engine:
         self.is_encoder_decoder = False
         self.context_length = 2048
         self.vocab_size: int | None = None
+        self.end_ids: tuple[int, ...] = ()
         self.prefixes = SharedPrefixes() if prefix_cache else None
 
     def load(self) -> None:
@@ -175,6 +178,7 @@ class CTranslate2Engine:
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.vocab_size = vocab_limit(self.tokenizer, config)
+        self.end_ids = end_ids(self.model_dir, self.tokenizer)
         cls = ctranslate2.Translator if self.is_encoder_decoder else ctranslate2.Generator
         self.model = cls(
             str(path),
@@ -224,14 +228,14 @@ class CTranslate2Engine:
             "sampling_temperature": params.temperature,
             # CTranslate2 reads top_p as a float32: a tiny one (5e-324) becomes 0 and fails.
             "sampling_topp": max(params.top_p, 1e-6),
-            "end_token": self.tokenizer.eos_token,
+            "end_token": list(self.end_ids),  # ids: CTranslate2 stops on any of them
         }
         if params.seed is not None:
             import ctranslate2
 
             ctranslate2.set_random_seed(params.seed % 2**32)  # it takes an unsigned 32-bit seed
         if on_token is not None and params.num_beams == 1:
-            options["callback"] = _step_callback(on_token, self.tokenizer.eos_token_id)
+            options["callback"] = _step_callback(on_token, self.end_ids)
         if self.is_encoder_decoder:
             results = self.model.translate_batch(
                 tokens,
@@ -249,9 +253,8 @@ class CTranslate2Engine:
         return [self._finish(row, len(t), params) for row, t in zip(ids, tokens, strict=True)]
 
     def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
-        eos = self.tokenizer.eos_token_id
-        ended = eos in ids or len(ids) < params.max_new_tokens  # CT2 drops the end token it met
-        ids = ids[: ids.index(eos)] if eos in ids else ids
+        ids, met_end = cut_at_end(ids, self.end_ids)
+        ended = met_end or len(ids) < params.max_new_tokens  # CT2 drops the end token it met
         text, stopped = apply_stop(self.decode(ids), params.stop)
         return Generation(
             text, prompt_tokens, len(ids) + int(ended), "stop" if ended or stopped else "length"

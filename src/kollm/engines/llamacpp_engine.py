@@ -30,6 +30,7 @@ from kollm.engines.base import (
     GenerationParams,
     Prompt,
     TokenCallback,
+    end_ids,
     vocab_limit,
 )
 from kollm.engines.upstream import UpstreamServer, free_port
@@ -124,6 +125,7 @@ class LlamaCppEngine(UpstreamServer):
         self.startup_timeout_s = startup_timeout_s
         self.tokenizer = None
         self.vocab_size: int | None = None
+        self.end_ids: tuple[int, ...] = ()
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.command: list[str] = []
@@ -155,6 +157,7 @@ class LlamaCppEngine(UpstreamServer):
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         config = AutoConfig.from_pretrained(str(self.model_dir))
         self.vocab_size = vocab_limit(self.tokenizer, config)
+        self.end_ids = end_ids(self.model_dir, self.tokenizer)
         if not self._context_given:
             self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.port = free_port()
@@ -235,7 +238,8 @@ class LlamaCppEngine(UpstreamServer):
                     break
                 text.append(chunk.get("content", ""))
                 for token in chunk.get("tokens") or []:
-                    if on_token is not None:
+                    # llama-server streams the end-of-generation token it stopped on too
+                    if on_token is not None and int(token) not in self.end_ids:
                         on_token(0, int(token))
                 if chunk.get("stop"):
                     last = chunk

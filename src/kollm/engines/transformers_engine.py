@@ -22,6 +22,8 @@ from kollm.engines.base import (
     TokenScores,
     adapter_base,
     apply_stop,
+    cut_at_end,
+    end_ids,
     score_each,
     vocab_limit,
 )
@@ -47,10 +49,11 @@ class OpenAIPenalties:
 
 
 class _CallbackStreamer:
-    """Forwards each generated token of each row to `on_token`, until that row's EOS."""
+    """Forwards each generated token of each row to `on_token`, until that row's first end
+    id (the end token is not part of the answer; what follows it is padding)."""
 
-    def __init__(self, on_token: TokenCallback, batch: int, eos_id: int | None) -> None:
-        self.on_token, self.eos_id = on_token, eos_id
+    def __init__(self, on_token: TokenCallback, batch: int, ends: tuple[int, ...]) -> None:
+        self.on_token, self.ends = on_token, ends
         self.done = [False] * batch
         self.prompt_seen = False
 
@@ -61,7 +64,7 @@ class _CallbackStreamer:
         for i, token in enumerate(value.reshape(-1).tolist()):
             if self.done[i]:
                 continue
-            if token == self.eos_id:
+            if token in self.ends:
                 self.done[i] = True
                 continue
             self.on_token(i, token)
@@ -89,6 +92,7 @@ class TransformersEngine:
         self.default_adapter: str | None = None
         self.context_length = 2048
         self.vocab_size: int | None = None
+        self.end_ids: tuple[int, ...] = ()
         self._lock = threading.Lock()  # one generate at a time per loaded model
 
     def load(self) -> None:
@@ -123,6 +127,7 @@ class TransformersEngine:
         self.model = model.to(self.device).eval()
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         self.vocab_size = vocab_limit(self.tokenizer, config)
+        self.end_ids = end_ids(self.model_dir, self.tokenizer)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # Decoder-only batches pad on the left, so every prompt ends where generation starts.
@@ -138,7 +143,7 @@ class TransformersEngine:
             "do_sample": params.do_sample,
             "repetition_penalty": params.repetition_penalty,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": list(self.end_ids),
         }
         if params.do_sample:
             # top_k set even when off: the model's generation config would otherwise add its
@@ -192,9 +197,7 @@ class TransformersEngine:
         prompt_length = 1 if self.is_encoder_decoder else batch["input_ids"].shape[1]
         kwargs = self._generate_kwargs(params, prompt_length, len(prompts))
         if on_token is not None:
-            kwargs["streamer"] = _CallbackStreamer(
-                on_token, len(prompts), self.tokenizer.eos_token_id
-            )
+            kwargs["streamer"] = _CallbackStreamer(on_token, len(prompts), self.end_ids)
         with self._lock, torch.inference_mode(), self._adapter(adapter):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -239,9 +242,7 @@ class TransformersEngine:
             del self.adapters[name]
 
     def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
-        eos = self.tokenizer.eos_token_id
-        ended = eos in ids
-        ids = ids[: ids.index(eos)] if ended else ids
+        ids, ended = cut_at_end(ids, self.end_ids)
         text, stopped = apply_stop(self.decode(ids), params.stop)
         finish = "stop" if ended or stopped else "length"
         return Generation(text, int(prompt_tokens), len(ids) + int(ended), finish)

@@ -32,6 +32,7 @@ from kollm.engines.base import (
     GenerationParams,
     Prompt,
     TokenCallback,
+    end_ids,
     vocab_limit,
 )
 from kollm.engines.upstream import UpstreamServer, free_port
@@ -119,6 +120,7 @@ class VllmEngine(UpstreamServer):
         self.process: subprocess.Popen | None = None
         self.tokenizer = None
         self.vocab_size: int | None = None
+        self.end_ids: tuple[int, ...] = ()
         self.command: list[str] = []
 
     @property
@@ -141,6 +143,7 @@ class VllmEngine(UpstreamServer):
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         self.vocab_size = vocab_limit(self.tokenizer, _config(self.model_dir))
+        self.end_ids = end_ids(self.model_dir, self.tokenizer)
         self.port = self.port or free_port()
         memory, max_len, executable, dtype = self._command_args
         self.command = vllm_command(
@@ -168,6 +171,9 @@ class VllmEngine(UpstreamServer):
             "temperature": params.temperature if params.do_sample else 0.0,
             "top_p": params.top_p,
             "stop": list(params.stop) or None,
+            # vLLM stops on the EOS and generation_config's ids itself, not on an end of turn
+            # that only the chat template names
+            "stop_token_ids": list(self.end_ids),
             "seed": params.seed,
             "top_k": max(params.top_k, 0),  # 0: off (None would take the model's default)
             "min_p": params.min_p,
@@ -201,8 +207,11 @@ class VllmEngine(UpstreamServer):
                     text.append(choice.get("text", ""))
                     finish = choice.get("finish_reason") or finish
                     for token in (choice.get("logprobs") or {}).get("tokens") or []:
-                        if on_token is not None and token.startswith("token_id:"):
-                            on_token(index, int(token.split(":", 1)[1]))
+                        if on_token is None or not token.startswith("token_id:"):
+                            continue
+                        token_id = int(token.split(":", 1)[1])
+                        if token_id not in self.end_ids:  # the token it stopped on
+                            on_token(index, token_id)
         return Generation(
             "".join(text),
             int(usage.get("prompt_tokens", 0)),
