@@ -110,6 +110,10 @@ def test_kollm_serve_streams_from_vllm(start_server, local_base):
                     times.append(time.monotonic())
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]
     assert whole["choices"][0]["message"]["content"].startswith("model 답변: ")
+    # what vLLM refuses (its 400) is the client's error: a 400 with vLLM's message, not a 500
+    failing = {**body, "messages": [{"role": "user", "content": "FAIL"}]}
+    refused = httpx.post(server.base_url + "/v1/chat/completions", json=failing, timeout=30)
+    assert refused.status_code == 400 and "maximum context length" in refused.text
     assert len(pieces) >= 4 and times[-1] - times[0] > 0.05
     process = server.manager.models["base"].engine.process
     server.stop()

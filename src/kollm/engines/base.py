@@ -17,6 +17,12 @@ TokenCallback = Callable[[int, int], None]
 Prompt = str | list[int]
 
 
+class RequestRejected(ValueError):
+    """The engine's upstream server refused this request's settings (a 4xx from vLLM or
+    llama-server): the client's error, answered as a 400 with the upstream's message, not
+    the server's."""
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 64

@@ -29,12 +29,12 @@ from kollm.engines.base import (
     Generation,
     GenerationParams,
     Prompt,
+    RequestRejected,
     TokenCallback,
     end_ids,
     vocab_limit,
 )
-from kollm.engines.upstream import UpstreamServer, free_port
-from kollm.engines.vllm_engine import _events
+from kollm.engines.upstream import UpstreamServer, free_port, sse_events
 
 DEFAULT_PARALLEL = 8
 
@@ -45,6 +45,10 @@ class LlamaServerMissing(RuntimeError):
 
 class LlamaCppError(RuntimeError):
     """llama-server answered with an error, or died; the message says which."""
+
+
+class LlamaCppRejected(LlamaCppError, RequestRejected):
+    """A 4xx from the upstream: this request's settings, the client's to fix."""
 
 
 def built_places() -> list[Path]:
@@ -231,8 +235,9 @@ class LlamaCppEngine(UpstreamServer):
         with self.http.stream("POST", self.url + "/completion", json=body) as reply:
             if reply.status_code >= 400:
                 reply.read()
-                raise LlamaCppError(f"llama-server answered {reply.status_code}: {reply.text}")
-            for chunk in _events(reply.iter_lines()):
+                error = LlamaCppRejected if reply.status_code < 500 else LlamaCppError
+                raise error(f"llama-server answered {reply.status_code}: {reply.text}")
+            for chunk in sse_events(reply):
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                     break

@@ -4,11 +4,12 @@ the server's side of the protocol, and stopping it."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 _CLIENT_LOCK = threading.Lock()
 
@@ -18,6 +19,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sse_events(reply) -> Iterator[dict]:
+    """The JSON objects of a streamed reply's SSE `data:` lines, up to `data: [DONE]`. Lines
+    are cut at LF only: httpx's iter_lines also cuts at U+2028, U+0085 and the like, which
+    JSON leaves unescaped inside a string (a model's answer may hold them)."""
+    pending = b""
+    for block in reply.iter_bytes():
+        pending += block
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                return
+            yield json.loads(data)
 
 
 class UpstreamServer:
@@ -57,7 +75,12 @@ class UpstreamServer:
 
         with _CLIENT_LOCK:
             if self._http is None:
-                limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+                # idle connections are dropped before the upstream's own keep-alive timeout
+                # (5 s in llama-server and uvicorn), so a request never lands on one the
+                # upstream is closing ("Server disconnected without sending a response")
+                limits = httpx.Limits(
+                    max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0
+                )
                 self._http = httpx.Client(limits=limits, trust_env=False, timeout=None)
             return self._http
 

@@ -31,11 +31,12 @@ from kollm.engines.base import (
     Generation,
     GenerationParams,
     Prompt,
+    RequestRejected,
     TokenCallback,
     end_ids,
     vocab_limit,
 )
-from kollm.engines.upstream import UpstreamServer, free_port
+from kollm.engines.upstream import UpstreamServer, free_port, sse_events
 
 SERVED_NAME = "model"
 
@@ -87,6 +88,10 @@ def vllm_command(
 
 class VllmError(RuntimeError):
     """vLLM answered with an error; the message is vLLM's."""
+
+
+class VllmRejected(VllmError, RequestRejected):
+    """A 4xx from the upstream: this request's settings, the client's to fix."""
 
 
 class VllmEngine(UpstreamServer):
@@ -197,8 +202,9 @@ class VllmEngine(UpstreamServer):
         with self.http.stream("POST", url, json=body, timeout=600) as reply:
             if reply.status_code >= 400:
                 reply.read()
-                raise VllmError(f"vLLM answered {reply.status_code}: {_message(reply.text)}")
-            for chunk in _events(reply.iter_lines()):
+                error = VllmRejected if reply.status_code < 500 else VllmError
+                raise error(f"vLLM answered {reply.status_code}: {_message(reply.text)}")
+            for chunk in sse_events(reply):
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                     break
@@ -251,17 +257,6 @@ def _config(model_dir: Path):
         return AutoConfig.from_pretrained(str(model_dir))
     except (ValueError, OSError, KeyError):
         return None
-
-
-def _events(lines):
-    """The JSON objects of an SSE stream, up to `data: [DONE]`."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        yield json.loads(data)
 
 
 def _message(body: str) -> str:

@@ -160,7 +160,7 @@ class _Sampling(_Refusing):
     # vLLM's sampling extensions, beside OpenAI's
     top_k: int | None = Field(None, ge=-1)
     min_p: float = Field(0.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10)  # llama.cpp: > 0 as a float32
 
     @field_validator("logit_bias")
     @classmethod

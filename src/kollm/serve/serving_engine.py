@@ -21,7 +21,12 @@ from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
 from kollm.engines import ENGINE_SAMPLING
-from kollm.engines.base import Generation, GenerationParams, sampling_used
+from kollm.engines.base import (
+    Generation,
+    GenerationParams,
+    RequestRejected,
+    sampling_used,
+)
 from kollm.feedback.responses import RequestLog
 from kollm.prompts import Messages
 from kollm.serve import protocol as p
@@ -236,7 +241,10 @@ class ServingEngine:
         while True:
             done, _ = await asyncio.wait({job.future}, timeout=0.25)
             if done:
-                return job.future.result()
+                try:
+                    return job.future.result()
+                except RequestRejected as err:
+                    raise ApiError(400, str(err), "invalid_request_error") from None
             if await ctx.raw.is_disconnected():
                 batcher.cancel(job)
                 raise ApiError(499, "client closed the request", "cancelled")
