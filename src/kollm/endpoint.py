@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kollm.store import connect, open_store
+
+log = logging.getLogger("kollm.endpoint")
 
 
 class EndpointError(RuntimeError):
@@ -79,6 +82,16 @@ class Usage:
     by_step: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def _refused_param(reply) -> str | None:
+    """The field a 400 in OpenAI's error shape names, if any."""
+    if reply.status_code != 400:
+        return None
+    try:
+        return (reply.json().get("error") or {}).get("param")
+    except (ValueError, AttributeError):
+        return None
+
+
 class EndpointClient:
     def __init__(
         self,
@@ -92,6 +105,9 @@ class EndpointClient:
         self.usage = Usage()
         self._lock = threading.Lock()
         self._http = None  # one pooled HTTP client, made at the first call
+        # set when the endpoint refused `seed` (an engine that cannot repeat a sample, such as
+        # kollm serve on CTranslate2): later calls go without it, and lineage says so
+        self.seed_refused = False
 
     def _client(self):
         import httpx
@@ -150,6 +166,8 @@ class EndpointClient:
             "seed": seed,
             **params,
         }
+        if self.seed_refused:
+            body.pop("seed")
 
         @retry(
             stop=stop_after_attempt(self.retries),
@@ -163,6 +181,11 @@ class EndpointClient:
             )
             if r.status_code == 429 or r.status_code >= 500:
                 raise _Retryable(f"{r.status_code}: {r.text[:200]}")
+            if "seed" in body and _refused_param(r) == "seed":
+                log.warning("%s cannot honour seed; asking without it from now on", e.url)
+                self.seed_refused = True
+                body.pop("seed")
+                return post()
             if r.status_code != 200:
                 raise EndpointError(f"{e.url} answered {r.status_code}: {r.text[:300]}")
             answer = r.json()

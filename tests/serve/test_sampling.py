@@ -81,7 +81,7 @@ def test_ctranslate2_honours_top_k_and_refuses_what_it_cannot(start_server):
     api = client(server)
     greedy = api.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0)
     top1 = api.completions.create(
-        model="tiny", prompt=PROMPT, max_tokens=10, temperature=1.5, seed=7, extra_body={"top_k": 1}
+        model="tiny", prompt=PROMPT, max_tokens=10, temperature=1.5, extra_body={"top_k": 1}
     )
     assert top1.choices[0].text == greedy.choices[0].text
     for field, value in (
@@ -89,6 +89,7 @@ def test_ctranslate2_honours_top_k_and_refuses_what_it_cannot(start_server):
         ("frequency_penalty", -0.5),
         ("min_p", 0.1),
         ("logit_bias", {"5": 3}),
+        ("seed", 5),  # with temperature 1: a sample it could not repeat
     ):
         with pytest.raises(openai.BadRequestError) as caught:
             api.chat.completions.create(
@@ -158,7 +159,50 @@ def test_defaults_leave_the_engines_sampling_off():
     from kollm.engines.base import sampling_used
 
     assert sampling_used(GenerationParams()) == []
+    assert sampling_used(GenerationParams(seed=1)) == []  # greedy: a seed changes nothing
     assert sampling_used(GenerationParams(top_k=5, logit_bias=((1, 2.0),))) == [
         "top_k",
         "logit_bias",
     ]
+
+
+@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
+def test_n_choices_are_sampled_apart_and_counted_once(start_server, engine):
+    server = start_server(engine=engine)
+    api = client(server)
+    messages = [{"role": "user", "content": "주차 신청은 어떻게 하나요?"}]
+
+    seed = 11 if engine == "transformers" else None  # CTranslate2 refuses a seeded sample
+
+    def ask(n: int):
+        return api.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=12, temperature=1.2, seed=seed, n=n
+        )
+
+    one, three = ask(1), ask(3)
+    assert [c.index for c in three.choices] == [0, 1, 2]
+    texts = [c.message.content for c in three.choices]
+    assert len(set(texts)) >= 2
+    if seed is not None:
+        assert texts[0] == one.choices[0].message.content  # choice 0 takes the request's seed
+        assert [c.message.content for c in ask(3).choices] == texts  # the same again
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    assert three.usage.completion_tokens > one.usage.completion_tokens
+    # completions: choices run prompt by prompt
+    reply = api.completions.create(
+        model="tiny", prompt=["안녕하세요", "감사합니다"], max_tokens=4, temperature=0, n=2
+    )
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert reply.choices[0].text == reply.choices[1].text  # greedy: n alike
+    single = api.completions.create(model="tiny", prompt="안녕하세요", max_tokens=4, temperature=0)
+    assert reply.choices[0].text == single.choices[0].text
+
+
+def test_n_beyond_the_limit_or_streamed_is_a_400_naming_it(start_server):
+    server = start_server(engine="ctranslate2")
+    base = {"model": "tiny", "messages": [{"role": "user", "content": "안녕"}], "max_tokens": 2}
+    for extra, param in (({"n": 17}, "n"), ({"n": 2, "stream": True}, "stream")):
+        reply = httpx.post(
+            server.base_url + "/v1/chat/completions", json={**base, **extra}, timeout=60
+        )
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text

@@ -50,6 +50,7 @@ SAMPLING_FIELDS = (
     "frequency_penalty",
     "logit_bias",
     "json_schema",
+    "seed",
 )
 """The decoding settings beyond temperature, top_p, seed and stop that an engine may or may
 not honour; each engine declares the ones it does (`Capabilities.sampling`)."""
@@ -62,15 +63,18 @@ ENGINE_SAMPLING = {
     # generate_batch has no logits hook: no min_p, OpenAI penalties, biases or constrained
     # decoding (json_schema)
     "ctranslate2": frozenset({"top_k", "repetition_penalty"}),
+    # and its random seed is its worker threads' own: a seeded sample is not reproducible
 }
 """Each engine's `Capabilities.sampling`, in one place so that a refusal can name the engines
 that would honour the setting."""
 
 
 def sampling_used(params: GenerationParams) -> list[str]:
-    """The SAMPLING_FIELDS that `params` sets away from their defaults (off)."""
+    """The SAMPLING_FIELDS that `params` sets away from their defaults (off); a seed counts
+    only when sampling (greedy answers need none)."""
     default = GenerationParams()
-    return [f for f in SAMPLING_FIELDS if getattr(params, f) != getattr(default, f)]
+    used = [f for f in SAMPLING_FIELDS if getattr(params, f) != getattr(default, f)]
+    return [f for f in used if f != "seed" or params.do_sample]
 
 
 @dataclass

@@ -35,17 +35,29 @@ def usage(result: Generation) -> p.Usage:
     )
 
 
-def chat_response(ctx: RequestContext, result: Generation) -> JSONResponse:
-    """A chat completion in OpenAI's shape, with the model version (and the citations)."""
-    choice = p.ChatChoice(
-        message={"role": "assistant", "content": result.text}, finish_reason=result.finish_reason
-    )
+def chat_response(ctx: RequestContext, *results: Generation) -> JSONResponse:
+    """A chat completion in OpenAI's shape, a choice a generation (`n`), with the model
+    version (and the citations, of the first choice). The prompt is counted once."""
+    choices = [
+        p.ChatChoice(
+            index=i,
+            message={"role": "assistant", "content": r.text},
+            finish_reason=r.finish_reason,
+        )
+        for i, r in enumerate(results)
+    ]
+    prompt_tokens = results[0].prompt_tokens
+    completion_tokens = sum(r.completion_tokens for r in results)
     body = p.ChatCompletion(
         id=ctx.rid,
         created=p.now(),
         model=ctx.body.model,
-        choices=[choice],
-        usage=usage(result),
+        choices=choices,
+        usage=p.Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
         model_version=ctx.served.version,
         citations=ctx.citations,
     )

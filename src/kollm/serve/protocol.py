@@ -31,6 +31,7 @@ MAX_STOP_CHARS = 1024
 checked against the answer's tail at every token, in the engine thread all clients share)."""
 
 
+MAX_N = 16  # choices a request may ask for (each is a sequence the engine runs)
 MAX_LOGIT_BIAS = 300  # entries a request's logit_bias may hold (OpenAI's limit)
 
 UNSUPPORTED = {
@@ -147,7 +148,7 @@ class _Sampling(_Refusing):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
     max_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     response_format: ResponseFormat | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
@@ -190,6 +191,16 @@ class _Sampling(_Refusing):
                     f"stop sequence{where} has {len(stop)} characters; at most "
                     f"{MAX_STOP_CHARS} are taken"
                 )
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _one_streamed_choice(cls, value: bool, info: ValidationInfo) -> bool:
+        n = info.data.get("n", 1)
+        if value and n > 1:
+            raise PydanticCustomError(
+                "unsupported", f"several choices (n: {n}) are not streamed; set stream: false"
+            )
         return value
 
     def include_usage(self) -> bool:

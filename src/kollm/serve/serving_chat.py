@@ -38,13 +38,13 @@ class ChatServing(ServingEngine):
             return await self._no_source(ctx)
         ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
         await self._encode(ctx)
-        self.submit(ctx, body.stream)
         if body.stream:
+            self.submit(ctx, True)
             return self.stream_response(ctx, chat_stream(ctx))
-        result = await self.wait(ctx)
-        ctx.cite(result.text)
-        await self.record(ctx, result)
-        return chat_response(ctx, result)
+        results = await self.generate_n(ctx, body.n, "messages")
+        ctx.cite(results[0].text)
+        await self.record(ctx, results[0])
+        return chat_response(ctx, *results)
 
     async def _allowed(self, ctx: RequestContext) -> bool:
         """Whether the model's domain guard lets the user turns through (counted if not)."""
@@ -82,7 +82,7 @@ class ChatServing(ServingEngine):
         if ctx.body.stream:
             stream = fixed_chat_stream(ctx, text)
             return StreamingResponse(stream, media_type="text/event-stream")
-        return chat_response(ctx, Generation(text, 0, 0, "stop"))
+        return chat_response(ctx, *[Generation(text, 0, 0, "stop")] * ctx.body.n)
 
     async def _encode(self, ctx: RequestContext) -> None:
         """The prompt and its token ids, tokenised once: the ids that fitted the retrieved

@@ -36,8 +36,8 @@ class CompletionServing(ServingEngine):
             await self._encode(ctx, prompts[0])
             self.submit(ctx, True, "prompt")
             return self.stream_response(ctx, completion_stream(ctx))
-        done = [await self._choice(ctx, i, prompt) for i, prompt in enumerate(prompts)]
-        if len(done) == 1:  # a batch of prompts is evaluation traffic: not logged for feedback
+        done = [c for i, prompt in enumerate(prompts) for c in await self._choices(ctx, i, prompt)]
+        if len(prompts) == 1:  # a batch of prompts is evaluation traffic: not logged for feedback
             await self.record(ctx, done[0][1])
         return _completion(ctx, done)
 
@@ -60,34 +60,38 @@ class CompletionServing(ServingEngine):
         else:
             ctx.prompt, ctx.prompt_ids = await asyncio.to_thread(engine.decode, prompt), prompt
 
-    async def _choice(
+    async def _choices(
         self, ctx: RequestContext, index: int, prompt: str | list[int]
-    ) -> tuple[p.CompletionChoice, Generation]:
-        """One prompt's choice and its generation (the prompts of a request run in turn)."""
+    ) -> list[tuple[p.CompletionChoice, Generation]]:
+        """One prompt's `n` choices and their generations (the prompts of a request run in
+        turn); choice indexes run prompt by prompt, as OpenAI's do."""
         await self._encode(ctx, prompt)
-        result = await self._generate(ctx)
         body = ctx.body
-        lp = await self._logprobs(ctx, result) if body.logprobs is not None else None
-        shown = (ctx.prompt if body.echo else "") + result.text
-        choice = p.CompletionChoice(
-            index=index, text=shown, logprobs=lp, finish_reason=result.finish_reason
-        )
-        return choice, result
+        out = []
+        for j, result in enumerate(await self._generate(ctx, body.n)):
+            lp = await self._logprobs(ctx, result) if body.logprobs is not None else None
+            shown = (ctx.prompt if body.echo else "") + result.text
+            finish = result.finish_reason
+            choice = p.CompletionChoice(
+                index=index * body.n + j, text=shown, logprobs=lp, finish_reason=finish
+            )
+            out.append((choice, result))
+        return out
 
-    async def _generate(self, ctx: RequestContext) -> Generation:
-        """The answer to the prompt's ids; with max_tokens 0, none (the prompt is scored)."""
+    async def _generate(self, ctx: RequestContext, n: int) -> list[Generation]:
+        """The `n` answers to the prompt's ids; with max_tokens 0, none (the prompt is
+        scored)."""
         if ctx.params.max_new_tokens > 0:
-            self.submit(ctx, False, "prompt")
-            return await self.wait(ctx)
-        n, context = len(ctx.prompt_ids), ctx.served.engine.context_length
-        if n > context:
+            return await self.generate_n(ctx, n, "prompt")
+        count, context = len(ctx.prompt_ids), ctx.served.engine.context_length
+        if count > context:
             raise ApiError(
                 413,
-                f"prompt of {n} tokens exceeds the context of {context}",
+                f"prompt of {count} tokens exceeds the context of {context}",
                 "invalid_request_error",
                 "prompt",
             )
-        return Generation("", n, 0, "length")
+        return [Generation("", count, 0, "length")] * n
 
     async def _logprobs(self, ctx: RequestContext, result: Generation) -> p.CompletionLogprobs:
         """The token log-probabilities of the prompt (with echo) and the answer; 400 naming
@@ -108,7 +112,8 @@ def _completion(
     ctx: RequestContext, done: list[tuple[p.CompletionChoice, Generation]]
 ) -> p.Completion:
     """The completion of every prompt's choice, with the usage they add up to."""
-    prompt_tokens = sum(r.prompt_tokens for _, r in done)
+    n = ctx.body.n  # a prompt is counted once, not once a choice
+    prompt_tokens = sum(r.prompt_tokens for c, r in done if c.index % n == 0)
     completion_tokens = sum(r.completion_tokens for _, r in done)
     return p.Completion(
         id=ctx.rid,

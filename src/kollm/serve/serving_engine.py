@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -233,6 +233,25 @@ class ServingEngine:
                 headers={"Retry-After": "1"},
             ) from None
         return ctx.job
+
+    async def generate_n(self, ctx: RequestContext, n: int, param: str) -> list[Generation]:
+        """`n` answers to the request's prompt, queued together so that the batcher (or the
+        engine) runs them side by side; a seeded request's answers take seeds seed, seed + 1,
+        ..., so each differs and each can be had again."""
+        runs = []
+        for i in range(n):
+            seed = None if ctx.params.seed is None else ctx.params.seed + i
+            runs.append(replace(ctx, params=replace(ctx.params, seed=seed), job=None))
+        for run in runs:
+            self.submit(run, False, param)
+        try:
+            results = await asyncio.gather(*(self.wait(run) for run in runs))
+        finally:
+            for run in runs:
+                if not run.job.future.done():
+                    run.served.batcher.cancel(run.job)
+        ctx.job = runs[0].job
+        return list(results)
 
     async def wait(self, ctx: RequestContext) -> Generation:
         """The job's result; cancels it if the client leaves or the timeout passes."""

@@ -170,6 +170,7 @@ def lineage(cfg: SynthConfig, stages, client, judge) -> dict[str, Any]:
         },
         "judge": {"url": judge.endpoint.url, "model": judge.endpoint.model},
         "seed": cfg.seed,
+        "seed_honoured": not client.seed_refused,  # an endpoint that cannot repeat a sample
         "steps": stages,
         "usage": {
             "calls": client.usage.calls,
