@@ -34,6 +34,16 @@ QUESTION = [{"role": "user", "content": "주차 신청은 언제 하나요?"}]
 ANSWER = "A"  # an ordinary token of both tokenizers
 
 
+TINY = {  # a 2-layer model of the family, small enough to train and convert in seconds
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
 def _tokenizer(special: list[str], template: str, **roles):
     from transformers import PreTrainedTokenizerFast
 
@@ -85,12 +95,7 @@ def llama3_base(tmp_path_factory) -> Path:
     ids = tok.convert_tokens_to_ids
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY,
         bos_token_id=ids("<|begin_of_text|>"),
         eos_token_id=ids("<|end_of_text|>"),
         tie_word_embeddings=True,
@@ -151,13 +156,8 @@ def gemma_base(tmp_path_factory) -> Path:
     ids = tok.convert_tokens_to_ids
     config = GemmaConfig(
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **TINY,
         head_dim=16,
-        max_position_embeddings=512,
         pad_token_id=ids("<pad>"),
         bos_token_id=ids("<bos>"),
         eos_token_id=ids("<eos>"),
