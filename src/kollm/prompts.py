@@ -193,19 +193,33 @@ def rag_messages(messages: Messages, passages: list[tuple[str, str]]) -> Message
     return [*messages[:last], {**messages[last], "content": prompt}, *messages[last + 1 :]]
 
 
-def chat_prompt(tokenizer, messages: Messages) -> str:
-    """Every turn through the tokenizer's chat template, ending where the assistant speaks."""
+def chat_prompt(tokenizer, messages: Messages, tools: list[dict] | None = None) -> str:
+    """Every turn through the tokenizer's chat template, ending where the assistant speaks;
+    `tools` (OpenAI's shape) go to the template, which shows them to the model its way."""
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(
             "the tokenizer has no chat template: set train.chat_template (`chatml` or a Jinja "
             "template), or train with a prompt_template"
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+    )
 
 
-def request_prompt(fmt: PromptFormat | None, messages: Messages, tokenizer=None) -> str:
+def takes_tools(fmt: PromptFormat | None, tokenizer) -> bool:
+    """Whether the model's prompt is its chat template and that template shows tools."""
+    if fmt is not None and fmt.style == "template":
+        return False
+    return "tools" in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def request_prompt(
+    fmt: PromptFormat | None, messages: Messages, tokenizer=None, tools: list[dict] | None = None
+) -> str:
     """The prompt for a chat request: the model's format; without one, the tokenizer's chat
-    template, else a plain `role: text` script of every turn."""
+    template (with the request's tools), else a plain `role: text` script of every turn."""
+    if tools:
+        return chat_prompt(tokenizer, messages, tools)
     if fmt is not None and fmt.style == "template":
         return render(fmt.prompt_template, request_record(fmt, messages))
     if fmt is not None or getattr(tokenizer, "chat_template", None):

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from kollm.engines.base import Generation
 from kollm.serve import protocol as p
 from kollm.serve.batching import Job
+from kollm.serve.tool_parsers import ToolCall, ToolStream, forced_calls
 
 if TYPE_CHECKING:
     from kollm.serve.serving_engine import RequestContext
@@ -38,14 +39,10 @@ def usage(result: Generation) -> p.Usage:
 def chat_response(ctx: RequestContext, *results: Generation) -> JSONResponse:
     """A chat completion in OpenAI's shape, a choice a generation (`n`), with the model
     version (and the citations, of the first choice). The prompt is counted once."""
-    choices = [
-        p.ChatChoice(
-            index=i,
-            message={"role": "assistant", "content": r.text},
-            finish_reason=r.finish_reason,
-        )
-        for i, r in enumerate(results)
-    ]
+    choices = []
+    for i, r in enumerate(results):
+        message, finish = _message(ctx, r)
+        choices.append(p.ChatChoice(index=i, message=message, finish_reason=finish))
     prompt_tokens = results[0].prompt_tokens
     completion_tokens = sum(r.completion_tokens for r in results)
     body = p.ChatCompletion(
@@ -63,6 +60,37 @@ def chat_response(ctx: RequestContext, *results: Generation) -> JSONResponse:
     )
     headers = {"X-Request-Id": ctx.rid, "X-Model-Version": ctx.served.version}
     return JSONResponse(_dump(body), headers=headers)
+
+
+def _calls(ctx: RequestContext, text: str) -> tuple[str | None, tuple[ToolCall, ...]]:
+    """The answer's text outside its tool calls, and the calls (none: all text)."""
+    if ctx.forced_tools:
+        calls = forced_calls(text)
+        return (None, calls) if calls else (text, ())
+    if ctx.tool_parser is not None:
+        parsed = ctx.tool_parser.parse(text)
+        return parsed.content, parsed.calls
+    return text, ()
+
+
+def _message(ctx: RequestContext, result: Generation) -> tuple[dict, str]:
+    """An answer as OpenAI's assistant message, and its finish reason (`tool_calls` when it
+    calls a tool)."""
+    content, calls = _calls(ctx, result.text)
+    if not calls:
+        return {"role": "assistant", "content": result.text}, result.finish_reason
+    message = {"role": "assistant", "content": content, "tool_calls": _call_items(calls)}
+    return message, "tool_calls"
+
+
+def _call_items(calls, streamed: bool = False) -> list[dict]:
+    """Tool calls in OpenAI's shape (with their `index` in a stream's delta)."""
+    items = []
+    for i, call in enumerate(calls):
+        function = {"name": call.name, "arguments": call.arguments}
+        item = {"id": call.id, "type": "function", "function": function}
+        items.append({"index": i, **item} if streamed else item)
+    return items
 
 
 def _sse(obj) -> str:
@@ -144,6 +172,39 @@ def chat_stream(ctx: RequestContext) -> AsyncIterator[str]:
 
     opening = _chat_chunk(ctx, {"role": "assistant", "content": ""})
     return _stream(ctx, make, opening, tail if ctx.retrieved is not None else None)
+
+
+async def chat_tool_stream(ctx: RequestContext) -> AsyncIterator[str]:
+    """SSE chunks of a chat completion whose answer may call tools: text passes as it comes
+    until a call may be starting; the calls follow whole, in one `delta.tool_calls`, when
+    the answer has ended (a required call: nothing but the calls), finish_reason
+    `tool_calls`. An answer whose call does not parse ends as text."""
+    stream = None if ctx.forced_tools else ToolStream(ctx.tool_parser)
+    yield _chat_chunk(ctx, {"role": "assistant", "content": ""})
+    async for delta in _deltas(ctx):
+        piece = delta if stream is None else stream.push(delta)
+        if piece and stream is not None:
+            yield _chat_chunk(ctx, {"content": piece})
+    result = finished(ctx.job)
+    if result is None:
+        yield "data: [DONE]\n\n"
+        return
+    if stream is None:
+        calls = forced_calls(result.text)
+        rest = "" if calls else result.text
+    else:
+        rest, calls = stream.finish()
+    if rest:
+        yield _chat_chunk(ctx, {"content": rest})
+    if calls:
+        yield _chat_chunk(ctx, {"tool_calls": _call_items(calls, streamed=True)})
+    with_usage = ctx.body.include_usage()
+    extra = {"citations": ctx.cite(result.text)} if ctx.retrieved is not None else None
+    finish = "tool_calls" if calls else result.finish_reason
+    yield _chat_chunk(ctx, {}, finish, None, None if with_usage else extra)
+    if with_usage:
+        yield _chat_chunk(ctx, {}, None, usage(result), extra)
+    yield "data: [DONE]\n\n"
 
 
 async def fixed_chat_stream(ctx: RequestContext, text: str) -> AsyncIterator[str]:

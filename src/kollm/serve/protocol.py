@@ -35,11 +35,8 @@ MAX_N = 16  # choices a request may ask for (each is a sequence the engine runs)
 MAX_LOGIT_BIAS = 300  # entries a request's logit_bias may hold (OpenAI's limit)
 
 UNSUPPORTED = {
-    "tools": "tool calls are not supported yet; send the tool descriptions in a message",
-    "tool_choice": "tool calls are not supported yet",
-    "functions": "function calls are not supported yet",
-    "function_call": "function calls are not supported yet",
-    "parallel_tool_calls": "tool calls are not supported yet",
+    "functions": "the legacy functions field is not supported; use tools",
+    "function_call": "the legacy function_call field is not supported; use tool_choice",
     "top_logprobs": "log-probabilities of chat answers are not supported yet",
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",
@@ -77,11 +74,8 @@ def _refuse(value: Any, info: ValidationInfo) -> Any:
 class _Refusing(_Request):
     """The fields of UNSUPPORTED, declared so that a request setting one is refused by name."""
 
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    parallel_tool_calls: Any = None
     top_logprobs: Any = None
     audio: Any = None
     prediction: Any = None
@@ -97,14 +91,70 @@ class _Refusing(_Request):
     _refused = field_validator(*UNSUPPORTED)(_refuse)
 
 
+class FunctionCall(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str  # a JSON object's text
+
+
+class ToolCallItem(BaseModel):
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+    def for_template(self) -> dict[str, Any]:
+        """The call as chat templates read it: arguments as an object."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except ValueError:
+            arguments = self.function.arguments
+        function = {"name": self.function.name, "arguments": arguments}
+        return {"id": self.id, "type": "function", "function": function}
+
+
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = Field(None, max_length=64)
+    tool_calls: list[ToolCallItem] | None = None
+    tool_call_id: str | None = Field(None, max_length=128)
+
+    @model_validator(mode="after")
+    def _has_content(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is needed (an assistant turn with tool_calls may omit it)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls belong to an assistant turn")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+
+
+class ToolFunction(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = Field(None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaFormat(BaseModel):
@@ -225,7 +275,34 @@ class ChatCompletionRequest(_Sampling):
     model: str
     logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool = True
+    tools: list[Tool] | None = Field(None, max_length=128)  # before tool_choice, checked by it
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     rag: RagOptions | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _names_a_tool(cls, choice, info: ValidationInfo):
+        names = [t.function.name for t in info.data.get("tools") or []]
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError(
+                "unknown_tool", f"'{choice.function.name}' is not one of the request's tools"
+            )
+        if choice == "required" and not names:
+            raise PydanticCustomError("no_tools", "'required' needs tools")
+        return choice
+
+    def tools_on(self) -> bool:
+        """Whether the answer may call a tool."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def forced_tools(self) -> list[Tool] | None:
+        """The tools one of which must be called (tool_choice required or named), else None."""
+        if not self.tools_on() or self.tool_choice in (None, "auto"):
+            return None
+        if self.tool_choice == "required":
+            return list(self.tools)
+        return [t for t in self.tools if t.function.name == self.tool_choice.function.name]
 
     @field_validator("logprobs")
     @classmethod
@@ -376,7 +453,7 @@ def now() -> int:
 
 class ChatChoice(BaseModel):
     index: int = 0
-    message: dict[str, str]
+    message: dict[str, Any]
     finish_reason: str
 
 
@@ -409,7 +486,7 @@ class ChatCompletion(BaseModel):
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
-    delta: dict[str, str]
+    delta: dict[str, Any]
     finish_reason: str | None = None
 
 

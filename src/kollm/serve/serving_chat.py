@@ -12,13 +12,17 @@ from dataclasses import replace
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from kollm.engines import ENGINE_SAMPLING
 from kollm.engines.base import Generation
-from kollm.prompts import Messages
+from kollm.engines.structured import SchemaError, check_schema
+from kollm.prompts import Messages, takes_tools
 from kollm.serve import protocol as p
-from kollm.serve.frames import chat_response, chat_stream, fixed_chat_stream
+from kollm.serve.errors import ApiError
+from kollm.serve.frames import chat_response, chat_stream, chat_tool_stream, fixed_chat_stream
 from kollm.serve.retrieval import RagService, Retrieved
 from kollm.serve.service import ServedModel
 from kollm.serve.serving_engine import RequestContext, ServingEngine
+from kollm.serve.tool_parsers import PARSERS, calls_schema, parser_for
 
 
 class ChatServing(ServingEngine):
@@ -29,7 +33,7 @@ class ChatServing(ServingEngine):
     async def create_chat_completion(self, body: p.ChatCompletionRequest, raw: Request):
         """OpenAI's chat completion for `body`: a JSON response, or a streamed one."""
         ctx = self.context("chat", body, raw, "chatcmpl")
-        ctx.messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        ctx.messages = [_turn(m) for m in body.messages]
         self.check_chars(ctx.served, sum(len(m["content"]) for m in ctx.messages), "messages")
         if not await self._allowed(ctx):
             return self._fixed(ctx, ctx.served.guard.refusal)
@@ -37,14 +41,60 @@ class ChatServing(ServingEngine):
         if ctx.retrieved is not None and not ctx.retrieved.hits:
             return await self._no_source(ctx)
         ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
+        self._tools(ctx)
         await self._encode(ctx)
         if body.stream:
             self.submit(ctx, True)
-            return self.stream_response(ctx, chat_stream(ctx))
+            stream = chat_tool_stream(ctx) if ctx.tools else chat_stream(ctx)
+            return self.stream_response(ctx, stream)
         results = await self.generate_n(ctx, body.n, "messages")
         ctx.cite(results[0].text)
         await self.record(ctx, results[0])
         return chat_response(ctx, *results)
+
+    def _tools(self, ctx: RequestContext) -> None:
+        """The request's tools for the chat template and how the answer's calls are read: the
+        template's own format, or, when a call is required, a JSON list of calls that
+        constrained decoding keeps to (400 naming tools or tool_choice where neither can)."""
+        body, served = ctx.body, ctx.served
+        if not body.tools_on():
+            return
+        tokenizer, name = served.engine.tokenizer, served.model_id
+        if not takes_tools(served.prompt_format, tokenizer):
+            raise _bad("tools", f"the chat template of {name} does not show tools to the model")
+        ctx.tools = [t.model_dump(exclude_none=True) for t in body.tools]
+        ctx.tool_parser = parser_for(tokenizer.chat_template)
+        forced = body.forced_tools()
+        if forced is None:
+            if ctx.tool_parser is None:
+                raise _bad(
+                    "tools",
+                    f"the chat template of {name} teaches no tool-call format kollm reads "
+                    f"({', '.join(PARSERS)}); tool_choice 'required' or a named function "
+                    "can still be asked",
+                )
+            return
+        self._force_call(ctx, [t.model_dump(exclude_none=True) for t in forced])
+
+    def _force_call(self, ctx: RequestContext, tools: list[dict]) -> None:
+        engine = ctx.served.engine
+        if ctx.body.response_format is not None and ctx.body.response_format.type != "text":
+            raise _bad("response_format", "cannot be asked with a required tool call")
+        if "json_schema" not in engine.capabilities.sampling:
+            can = ", ".join(n for n, f in ENGINE_SAMPLING.items() if "json_schema" in f)
+            raise _bad(
+                "tool_choice",
+                f"a required call needs constrained decoding, which the {engine.name} engine "
+                f"lacks (engines that have it: {can}); use tool_choice 'auto'",
+            )
+        try:
+            # a named function is called once; `required` may call several when parallel
+            parallel = ctx.body.parallel_tool_calls and ctx.body.tool_choice == "required"
+            schema = check_schema(calls_schema(tools, parallel))
+        except SchemaError as err:
+            raise _bad("tools", f"a tool's parameters cannot be enforced: {err}") from None
+        ctx.params = replace(ctx.params, json_schema=schema)
+        ctx.forced_tools = True
 
     async def _allowed(self, ctx: RequestContext) -> bool:
         """Whether the model's domain guard lets the user turns through (counted if not)."""
@@ -91,12 +141,29 @@ class ChatServing(ServingEngine):
         if ctx.retrieved is not None:
             retrieved, max_new = ctx.retrieved, ctx.params.max_new_tokens
             ctx.prompt, ctx.prompt_ids = await self.templated(
-                lambda: fit(retrieved, ctx.messages, served, max_new)
+                lambda: fit(retrieved, ctx.messages, served, max_new, ctx.tools)
             )
             self.check_chars(served, len(ctx.prompt), "messages")
         else:
-            ctx.prompt = await self.prompt(served, ctx.messages)
+            ctx.prompt = await self.prompt(served, ctx.messages, ctx.tools)
             ctx.prompt_ids = await self.tokenize(served, ctx.prompt, "messages")
+
+
+def _turn(message: p.ChatMessage) -> dict:
+    """A message as chat templates take it: tool calls with their arguments as objects, a
+    tool's answer with the id of the call it answers."""
+    turn = {"role": message.role, "content": message.text()}
+    if message.tool_calls:
+        turn["tool_calls"] = [call.for_template() for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        turn["name"] = message.name
+    return turn
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", "invalid_request_error", param)
 
 
 def _user_turns(messages: Messages) -> list[str]:
@@ -104,7 +171,11 @@ def _user_turns(messages: Messages) -> list[str]:
 
 
 def fit(
-    retrieved: Retrieved, messages: Messages, served: ServedModel, max_new_tokens: int
+    retrieved: Retrieved,
+    messages: Messages,
+    served: ServedModel,
+    max_new_tokens: int,
+    tools: list[dict] | None = None,
 ) -> tuple[str, list[int]]:
     """The context prompt and its token ids, with as many of the retrieved chunks, best first,
     as fit the model's context with max_tokens (the last one cut short if it must); the chunks
@@ -113,7 +184,7 @@ def fit(
     budget = served.engine.context_length - max_new_tokens
 
     def encode(turns: Messages) -> tuple[str, list[int]]:
-        prompt = served.prompt_for(turns)
+        prompt = served.prompt_for(turns, tools)
         return prompt, served.engine.tokenize(prompt)
 
     prompt, ids = encode(retrieved.messages(messages))

@@ -63,6 +63,9 @@ class RequestContext:
     prompt_ids: list[int] = field(default_factory=list)  # tokenised once; what the engine runs
     job: Job | None = None
     citations: list[p.Citation] | None = None  # None: the request used no retrieval
+    tools: list[dict] | None = None  # the request's tools, as the chat template takes them
+    tool_parser: Any = None  # reads the model's tool calls out of its answer (tool_parsers)
+    forced_tools: bool = False  # a call is required: the answer is a JSON list of calls
 
     def cite(self, answer: str) -> list[p.Citation] | None:
         """The answer's citations, computed once: the response and the request log share
@@ -198,9 +201,11 @@ class ServingEngine:
         except (ValueError, TemplateError) as err:
             raise ApiError(400, f"messages: {err}", "invalid_request_error", "messages") from None
 
-    async def prompt(self, served: ServedModel, messages: Messages) -> str:
+    async def prompt(
+        self, served: ServedModel, messages: Messages, tools: list[dict] | None = None
+    ) -> str:
         """The chat prompt of `messages`, in the format the version was trained with."""
-        return await self.templated(lambda: served.prompt_for(messages))
+        return await self.templated(lambda: served.prompt_for(messages, tools))
 
     def check_length(self, ctx: RequestContext, param: str) -> None:
         """400 for a prompt of no tokens; 413 when its tokens and max_tokens do not fit the

@@ -107,6 +107,37 @@ class MistralParser:
         return Parsed(head.strip() or None, tuple(calls))
 
 
+def forced_calls(text: str) -> tuple[ToolCall, ...]:
+    """The calls of an answer decoded under `calls_schema` (a JSON list of calls); none when
+    it ended before the list was whole."""
+    items = _loads(text)
+    if not isinstance(items, list):
+        return ()
+    calls = [_call(item) for item in items]
+    return () if not calls or None in calls else tuple(calls)
+
+
+def calls_schema(tools: list[dict], parallel: bool = True) -> dict:
+    """The JSON schema an answer must meet when a call is required (tool_choice `required`
+    or a named function): a list of calls of `tools`, each with its parameters' schema, as
+    vLLM constrains it."""
+    one = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                "arguments": t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    items = one[0] if len(one) == 1 else {"anyOf": one}
+    schema = {"type": "array", "items": items, "minItems": 1}
+    return schema if parallel else {**schema, "maxItems": 1}
+
+
 PARSERS = {p.name: p for p in (HermesParser(), Llama3JsonParser(), MistralParser())}
 
 
