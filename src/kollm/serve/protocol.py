@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -71,24 +72,14 @@ def _refuse(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
-class _Refusing(_Request):
-    """The fields of UNSUPPORTED, declared so that a request setting one is refused by name."""
-
-    functions: Any = None
-    function_call: Any = None
-    top_logprobs: Any = None
-    audio: Any = None
-    prediction: Any = None
-    web_search_options: Any = None
-    best_of: Any = None
-    suffix: Any = None
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-    structured_outputs: Any = None
-
-    _refused = field_validator(*UNSUPPORTED)(_refuse)
+# The fields of UNSUPPORTED, declared (from that one list) so that a request setting one is
+# refused by name.
+_Refusing = create_model(
+    "_Refusing",
+    __base__=_Request,
+    __validators__={"refused": field_validator(*UNSUPPORTED)(_refuse)},
+    **{name: (Any, None) for name in UNSUPPORTED},
+)
 
 
 class FunctionCall(BaseModel):
