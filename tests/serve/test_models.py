@@ -30,7 +30,12 @@ def test_two_lora_adapters_answer_differently_over_one_base(start_server, local_
     adapters = {name: str(path) for name, path in two_adapters.items()}
     server = start_server(refs=[str(local_base)], engine="transformers", adapters=adapters)
     api = openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0)
-    assert {m.id for m in api.models.list().data} == {"base", "base:a", "base:b"}
+    listed = api.models.list().data
+    assert {m.id for m in listed} == {"base", "base:a", "base:b"}
+    parents = {m.id: m.model_extra["parent"] for m in listed}
+    assert parents == {"base": None, "base:a": "base", "base:b": "base"}
+    context = server.manager.models["base"].engine.context_length
+    assert {m.model_extra["max_model_len"] for m in listed} == {context}
     messages = [{"role": "user", "content": "#Person1#: 안녕하세요, 예약하고 싶어요."}]
 
     def ask(model):

@@ -524,6 +524,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "kollm"
+    root: str | None = None  # vLLM's: the base an id serves
+    parent: str | None = None  # vLLM's: the base an adapter sits on (None: a base)
+    max_model_len: int | None = None  # vLLM's: the context in tokens
     model_version: str
 
 

@@ -12,12 +12,20 @@ router = APIRouter()
 
 @router.get("/v1/models", dependencies=GUARD)
 async def models(request: Request) -> p.ModelList:
-    """Every served model id, adapters as BASE:ADAPTER."""
+    """Every served model id with its context length, adapters as BASE:ADAPTER with their
+    base as `parent`."""
     cards = []
     for m in state(request).manager.models.values():
-        cards.append(p.ModelCard(id=m.model_id, created=p.now(), model_version=m.version))
+        card = p.ModelCard(
+            id=m.model_id,
+            created=p.now(),
+            root=m.model_id,
+            max_model_len=m.engine.context_length,
+            model_version=m.version,
+        )
+        cards.append(card)
         cards += [
-            p.ModelCard(id=f"{m.model_id}:{a}", created=p.now(), model_version=m.version)
+            card.model_copy(update={"id": f"{m.model_id}:{a}", "parent": m.model_id})
             for a in m.adapters
         ]
     return p.ModelList(data=cards)
