@@ -16,7 +16,7 @@ from kollm.serve import protocol as p
 from kollm.serve import scoring
 from kollm.serve.errors import ApiError
 from kollm.serve.frames import completion_stream
-from kollm.serve.serving_engine import RequestContext, ServingEngine
+from kollm.serve.serving_engine import RequestContext, ServingEngine, too_long
 
 
 class CompletionServing(ServingEngine):
@@ -42,7 +42,7 @@ class CompletionServing(ServingEngine):
         return _completion(ctx, done)
 
     def _check_prompts(self, ctx: RequestContext, prompts: list) -> None:
-        """400 on a token id outside the vocabulary, 413 on a text too long to tokenise,
+        """400 on a token id outside the vocabulary or a text too long to tokenise,
         before anything is tokenised or reaches the engine."""
         many = len(prompts) > 1
         for i, prompt in enumerate(prompts):
@@ -85,12 +85,7 @@ class CompletionServing(ServingEngine):
             return await self.generate_n(ctx, n, "prompt")
         count, context = len(ctx.prompt_ids), ctx.served.engine.context_length
         if count > context:
-            raise ApiError(
-                413,
-                f"prompt of {count} tokens exceeds the context of {context}",
-                "invalid_request_error",
-                "prompt",
-            )
+            raise too_long(context, count, 0, "prompt")
         return [Generation("", count, 0, "length")] * n
 
     async def _logprobs(self, ctx: RequestContext, result: Generation) -> p.CompletionLogprobs:

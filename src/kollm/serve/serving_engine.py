@@ -45,6 +45,19 @@ CHARS_PER_TOKEN = 32
 fit the context, and is refused before it is tokenised (24 MB took 24 s to tokenise)."""
 
 
+def too_long(context: int, prompt: int, completion: int, param: str) -> ApiError:
+    """vLLM's 400 for a request past the context, with its token counts."""
+    where = "messages" if param == "messages" else "prompt"
+    return ApiError(
+        400,
+        f"This model's maximum context length is {context} tokens. However, you requested "
+        f"{prompt + completion} tokens ({prompt} in the {where}, {completion} in the "
+        f"completion). Please reduce the length of the {where} or completion.",
+        "invalid_request_error",
+        param,
+    )
+
+
 @dataclass(eq=False)
 class RequestContext:
     """One request's state, from its route to the request log."""
@@ -164,11 +177,12 @@ class ServingEngine:
 
     @staticmethod
     def check_chars(served: ServedModel, chars: int, param: str) -> None:
-        """413 at once for a text of `chars` characters that cannot fit the context."""
+        """400 at once for a text of `chars` characters that cannot fit the context (before
+        tokenising it: megabytes of text would hold a worker for seconds)."""
         context = served.engine.context_length
         if chars > context * CHARS_PER_TOKEN:
             raise ApiError(
-                413,
+                400,
                 f"{param}: {chars} characters cannot fit the context of {context} tokens (at "
                 f"most {context * CHARS_PER_TOKEN} characters are tokenised)",
                 "invalid_request_error",
@@ -208,21 +222,15 @@ class ServingEngine:
         return await self.templated(lambda: served.prompt_for(messages, tools))
 
     def check_length(self, ctx: RequestContext, param: str) -> None:
-        """400 for a prompt of no tokens; 413 when its tokens and max_tokens do not fit the
-        model's context."""
+        """400 for a prompt of no tokens, and (as vLLM answers) for one whose tokens and
+        max_tokens do not fit the model's context, with both counts."""
         n, context = len(ctx.prompt_ids), ctx.served.engine.context_length
         if n == 0:  # engines cannot start from nothing (CTranslate2 failed in C++ on it)
             raise ApiError(
                 400, f"{param}: the prompt has no tokens", "invalid_request_error", param
             )
         if n + ctx.params.max_new_tokens > context:
-            raise ApiError(
-                413,
-                f"prompt of {n} tokens + max_tokens {ctx.params.max_new_tokens} exceeds the "
-                f"context of {context}",
-                "invalid_request_error",
-                param,
-            )
+            raise too_long(context, n, ctx.params.max_new_tokens, param)
 
     def submit(self, ctx: RequestContext, stream: bool, param: str = "messages") -> Job:
         """Queue the request's prompt ids (the engine runs them as they are, and the batcher
