@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fastapi.responses import JSONResponse
 
 from kollm.engines.base import Generation
 from kollm.serve import protocol as p
+from kollm.serve import scoring
 from kollm.serve.batching import Job
 from kollm.serve.tool_parsers import ToolCall, ToolStream, forced_calls
 
@@ -27,39 +29,40 @@ def _dump(chunk) -> dict:
     return body
 
 
-def usage(result: Generation) -> p.Usage:
-    """Token usage of a generation."""
-    return p.Usage(
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        total_tokens=result.prompt_tokens + result.completion_tokens,
-    )
-
-
-def chat_response(ctx: RequestContext, *results: Generation) -> JSONResponse:
+def chat_response(
+    ctx: RequestContext, results: list[Generation], logprobs: list | None = None
+) -> JSONResponse:
     """A chat completion in OpenAI's shape, a choice a generation (`n`), with the model
     version (and the citations, of the first choice). The prompt is counted once."""
     choices = []
     for i, r in enumerate(results):
         message, finish = _message(ctx, r)
-        choices.append(p.ChatChoice(index=i, message=message, finish_reason=finish))
-    prompt_tokens = results[0].prompt_tokens
-    completion_tokens = sum(r.completion_tokens for r in results)
+        scored = logprobs[i] if logprobs else None
+        choices.append(
+            p.ChatChoice(index=i, message=message, logprobs=scored, finish_reason=finish)
+        )
     body = p.ChatCompletion(
         id=ctx.rid,
         created=p.now(),
         model=ctx.body.model,
         choices=choices,
-        usage=p.Usage(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens,
-        ),
+        usage=usage_of(results),
         model_version=ctx.served.version,
         citations=ctx.citations,
     )
     headers = {"X-Request-Id": ctx.rid, "X-Model-Version": ctx.served.version}
     return JSONResponse(_dump(body), headers=headers)
+
+
+def usage_of(results: list[Generation]) -> p.Usage:
+    """The usage of a request's choices: its prompt counted once, their answers added up."""
+    prompt_tokens = results[0].prompt_tokens
+    completion_tokens = sum(r.completion_tokens for r in results)
+    return p.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
 
 
 def _calls(ctx: RequestContext, text: str) -> tuple[str | None, tuple[ToolCall, ...]]:
@@ -123,21 +126,68 @@ async def _deltas(ctx: RequestContext) -> AsyncIterator[str]:
         raise
 
 
-async def _stream(ctx: RequestContext, make, opening=None, tail=None) -> AsyncIterator[str]:
-    """SSE for the request's job: `make(delta, finish_reason, usage, extra)` builds each chunk
-    in its format; `tail(result)` gives fields for the last chunk (the citations)."""
-    if opening is not None:
-        yield opening
-    async for delta in _deltas(ctx):
-        yield make(delta, None, None)
-    result = finished(ctx.job)
-    if result is not None:
-        with_usage = ctx.body.include_usage()
-        extra = tail(result) if tail is not None else None
-        yield make(None, result.finish_reason, None, None if with_usage else extra)
-        if with_usage:  # as OpenAI: a last chunk with no choices and the usage
-            yield make(None, None, usage(result), extra)
+async def sse(ctx: RequestContext, runs: list[RequestContext], streams: list) -> AsyncIterator[str]:
+    """The SSE response of a request's choices: each choice's chunks as they come (`n` > 1:
+    interleaved, each with its index), then, as OpenAI ends a stream, a chunk with no choices
+    and the usage (when asked; with the citations, where the request used retrieval) and
+    [DONE]."""
+    async for frame in _interleave(streams):
+        yield frame
+    results = [finished(run.job) for run in runs]
+    if all(r is not None for r in results) and ctx.body.include_usage():
+        chunk = p.ChatCompletionChunk if ctx.endpoint == "chat" else p.Completion
+        yield _frame(chunk, ctx, [], usage_of(results), _citations(ctx, results[0]))
     yield "data: [DONE]\n\n"
+
+
+async def _interleave(streams: list) -> AsyncIterator[str]:
+    """The frames of several async streams, in the order they come; a stream's error is
+    raised once the others are stopped (each stops its job as it is cancelled)."""
+    if len(streams) == 1:
+        async for frame in streams[0]:
+            yield frame
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(stream) -> None:
+        try:
+            async for frame in stream:
+                await queue.put(frame)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        left = len(tasks)
+        while left:
+            frame = await queue.get()
+            if frame is None:
+                left -= 1
+            else:
+                yield frame
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _citations(ctx: RequestContext, result: Generation) -> dict | None:
+    """The citations a stream's last chunk carries (the first choice's), where the request
+    used retrieval."""
+    return {"citations": ctx.cite(result.text)} if ctx.retrieved is not None else None
+
+
+async def _ending(ctx: RequestContext, result: Generation, finish: str) -> str:
+    """A choice's last chunk: its finish reason and, when asked, its logprobs (they come from
+    a scoring pass once the answer is whole, so they arrive here, not with each piece); the
+    first choice's carries the citations when no usage chunk follows."""
+    logprobs = None
+    if ctx.body.logprobs:
+        logprobs = await scoring.chat_logprobs(
+            ctx.served.engine, ctx.prompt_ids, result.text, ctx.body.top_logprobs or 0, ctx.adapter
+        )
+    last = ctx.choice == 0 and not ctx.body.include_usage()
+    return _chat_chunk(ctx, {}, finish, None, _citations(ctx, result) if last else None, logprobs)
 
 
 def _frame(kind, ctx: RequestContext, choices, use=None, extra=None) -> str:
@@ -154,30 +204,30 @@ def _frame(kind, ctx: RequestContext, choices, use=None, extra=None) -> str:
     return _sse(chunk)
 
 
-def _chat_chunk(ctx: RequestContext, delta: dict, finish=None, use=None, extra=None) -> str:
-    """A chat chunk: one choice with `delta`, or (with `use`) none and the usage."""
-    choices = [] if use else [p.ChatChunkChoice(delta=delta, finish_reason=finish)]
-    return _frame(p.ChatCompletionChunk, ctx, choices, use, extra)
+def _chat_chunk(
+    ctx: RequestContext, delta: dict, finish=None, use=None, extra=None, logprobs=None
+) -> str:
+    """A chat chunk of the context's choice with `delta`."""
+    choice = p.ChatChunkChoice(
+        index=ctx.choice, delta=delta, logprobs=logprobs, finish_reason=finish
+    )
+    return _frame(p.ChatCompletionChunk, ctx, [choice], use, extra)
 
 
-def chat_stream(ctx: RequestContext) -> AsyncIterator[str]:
-    """SSE chunks of a chat completion, opening with the assistant role; with retrieval, the
-    last chunk carries the citations (the ones the request log keeps: `ctx.cite`)."""
-
-    def make(delta: str | None, finish: str | None, use: p.Usage | None, extra=None) -> str:
-        return _chat_chunk(ctx, {"content": delta} if delta is not None else {}, finish, use, extra)
-
-    def tail(result: Generation) -> dict:
-        return {"citations": ctx.cite(result.text)}
-
-    opening = _chat_chunk(ctx, {"role": "assistant", "content": ""})
-    return _stream(ctx, make, opening, tail if ctx.retrieved is not None else None)
+async def chat_stream(ctx: RequestContext) -> AsyncIterator[str]:
+    """The chunks of a chat completion's choice, opening with the assistant role."""
+    yield _chat_chunk(ctx, {"role": "assistant", "content": ""})
+    async for delta in _deltas(ctx):
+        yield _chat_chunk(ctx, {"content": delta})
+    result = finished(ctx.job)
+    if result is not None:
+        yield await _ending(ctx, result, result.finish_reason)
 
 
 async def chat_tool_stream(ctx: RequestContext) -> AsyncIterator[str]:
-    """SSE chunks of a chat completion whose answer may call tools: text passes as it comes
-    until a call may be starting; the calls follow whole, in one `delta.tool_calls`, when
-    the answer has ended (a required call: nothing but the calls), finish_reason
+    """The chunks of a chat completion's choice whose answer may call tools: text passes as
+    it comes until a call may be starting; the calls follow whole, in one `delta.tool_calls`,
+    when the answer has ended (a required call: nothing but the calls), finish_reason
     `tool_calls`. An answer whose call does not parse ends as text."""
     stream = None if ctx.forced_tools else ToolStream(ctx.tool_parser)
     yield _chat_chunk(ctx, {"role": "assistant", "content": ""})
@@ -187,7 +237,6 @@ async def chat_tool_stream(ctx: RequestContext) -> AsyncIterator[str]:
             yield _chat_chunk(ctx, {"content": piece})
     result = finished(ctx.job)
     if result is None:
-        yield "data: [DONE]\n\n"
         return
     if stream is None:
         calls = forced_calls(result.text)
@@ -198,34 +247,34 @@ async def chat_tool_stream(ctx: RequestContext) -> AsyncIterator[str]:
         yield _chat_chunk(ctx, {"content": rest})
     if calls:
         yield _chat_chunk(ctx, {"tool_calls": _call_items(calls, streamed=True)})
-    with_usage = ctx.body.include_usage()
-    extra = {"citations": ctx.cite(result.text)} if ctx.retrieved is not None else None
-    finish = "tool_calls" if calls else result.finish_reason
-    yield _chat_chunk(ctx, {}, finish, None, None if with_usage else extra)
-    if with_usage:
-        yield _chat_chunk(ctx, {}, None, usage(result), extra)
-    yield "data: [DONE]\n\n"
+    yield await _ending(ctx, result, "tool_calls" if calls else result.finish_reason)
 
 
 async def fixed_chat_stream(ctx: RequestContext, text: str) -> AsyncIterator[str]:
-    """A chat stream of an answer given without generation (a refusal, no source), with the
-    request's citations where it has them."""
+    """A chat stream of an answer given without generation (a refusal, no source), in each
+    of the `n` choices, with the request's citations where it has them."""
     with_usage = ctx.body.include_usage()
     extra = {"citations": ctx.citations} if ctx.citations is not None else None
-    yield _chat_chunk(ctx, {"role": "assistant", "content": ""})
-    yield _chat_chunk(ctx, {"content": text})
-    yield _chat_chunk(ctx, {}, "stop", None, None if with_usage else extra)
+    for i in range(ctx.body.n):
+        choice = replace(ctx, choice=i)
+        yield _chat_chunk(choice, {"role": "assistant", "content": ""})
+        yield _chat_chunk(choice, {"content": text})
+        yield _chat_chunk(choice, {}, "stop", None, None if with_usage or i else extra)
     if with_usage:
         zero = p.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-        yield _chat_chunk(ctx, {}, None, zero, extra)
+        yield _frame(p.ChatCompletionChunk, ctx, [], zero, extra)
     yield "data: [DONE]\n\n"
 
 
-def completion_stream(ctx: RequestContext) -> AsyncIterator[str]:
-    """SSE chunks of a text completion."""
+async def completion_stream(ctx: RequestContext) -> AsyncIterator[str]:
+    """The chunks of a text completion's choice."""
+    async for delta in _deltas(ctx):
+        yield _completion_chunk(ctx, delta, None)
+    result = finished(ctx.job)
+    if result is not None:
+        yield _completion_chunk(ctx, "", result.finish_reason)
 
-    def make(delta: str | None, finish: str | None, use: p.Usage | None, extra=None) -> str:
-        choices = [] if use else [p.CompletionChoice(text=delta or "", finish_reason=finish)]
-        return _frame(p.Completion, ctx, choices, use)
 
-    return _stream(ctx, make)
+def _completion_chunk(ctx: RequestContext, text: str, finish: str | None) -> str:
+    choice = p.CompletionChoice(index=ctx.choice, text=text, finish_reason=finish)
+    return _frame(p.Completion, ctx, [choice])

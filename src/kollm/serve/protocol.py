@@ -38,7 +38,6 @@ MAX_LOGIT_BIAS = 300  # entries a request's logit_bias may hold (OpenAI's limit)
 UNSUPPORTED = {
     "functions": "the legacy functions field is not supported; use tools",
     "function_call": "the legacy function_call field is not supported; use tool_choice",
-    "top_logprobs": "log-probabilities of chat answers are not supported yet",
     "audio": "audio output is not supported",
     "prediction": "predicted outputs are not supported",
     "web_search_options": "web search is not supported: kollm answers from its own documents "
@@ -234,16 +233,6 @@ class _Sampling(_Refusing):
                 )
         return value
 
-    @field_validator("stream")
-    @classmethod
-    def _one_streamed_choice(cls, value: bool, info: ValidationInfo) -> bool:
-        n = info.data.get("n", 1)
-        if value and n > 1:
-            raise PydanticCustomError(
-                "unsupported", f"several choices (n: {n}) are not streamed; set stream: false"
-            )
-        return value
-
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.get("include_usage"))
 
@@ -267,6 +256,7 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     max_completion_tokens: int | None = Field(None, ge=1)
     parallel_tool_calls: bool = True
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Tool] | None = Field(None, max_length=128)  # before tool_choice, checked by it
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     rag: RagOptions | None = None
@@ -295,15 +285,11 @@ class ChatCompletionRequest(_Sampling):
             return list(self.tools)
         return [t for t in self.tools if t.function.name == self.tool_choice.function.name]
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_chat_logprobs(cls, value: bool) -> bool:
-        if value:
-            raise PydanticCustomError(
-                "unsupported",
-                "log-probabilities of chat answers are not supported yet; /v1/completions "
-                "gives them (logprobs: N)",
-            )
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):  # OpenAI's rule: 400 rather than ignored
+            raise ValueError("top_logprobs needs logprobs: true")
         return value
 
 
@@ -442,9 +428,27 @@ def now() -> int:
     return int(time.time())
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None  # the token's text in UTF-8
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat logprobs: an entry per token of the answer."""
+
+    content: list[ChatTokenLogprob] | None = None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: dict[str, Any]
+    logprobs: ChatLogprobs | None = None
     finish_reason: str
 
 
@@ -478,6 +482,7 @@ class ChatCompletion(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: dict[str, Any]
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -6,6 +6,8 @@ chance; here they come from the engine's own forward pass, or the request is ref
 
 from __future__ import annotations
 
+import asyncio
+
 from kollm.engines.base import Engine
 from kollm.serve import protocol as p
 
@@ -29,8 +31,7 @@ def logprobs(
     """The logprobs of prompt + generated tokens (all of them with `echo`, else the generated
     ones), `top_n` alternatives each; text offsets count from `offset`."""
     sequence = ids + generated
-    kwargs = {"adapter": adapter} if adapter is not None else {}
-    (scores,) = engine.score([sequence], top_n, **kwargs)
+    scores = _score(engine, sequence, top_n, adapter)
     start = 0 if echo else len(ids)
     tokens = [engine.decode([t]) for t in sequence[start:]]
     tops = None
@@ -54,3 +55,40 @@ def logprobs(
         top_logprobs=tops,
         text_offset=offsets,
     )
+
+
+def _score(engine: Engine, sequence: list[int], top_n: int, adapter: str | None):
+    kwargs = {"adapter": adapter} if adapter is not None else {}
+    (scores,) = engine.score([sequence], top_n, **kwargs)
+    return scores
+
+
+async def chat_logprobs(
+    engine: Engine, ids: list[int], text: str, top_n: int, adapter: str | None = None
+) -> p.ChatLogprobs:
+    """OpenAI's chat logprobs of the answer `text` to the prompt `ids`: each of its tokens'
+    log-probability under the model (before temperature, as vLLM gives them) with `top_n`
+    alternatives, from one scoring pass in a worker thread."""
+    return await asyncio.to_thread(_chat_logprobs, engine, ids, text, top_n, adapter)
+
+
+def _chat_logprobs(
+    engine: Engine, ids: list[int], text: str, top_n: int, adapter: str | None
+) -> p.ChatLogprobs:
+    generated = continuation_ids(engine, text) if text else []
+    if not generated:
+        return p.ChatLogprobs(content=[])
+    scores = _score(engine, ids + generated, top_n, adapter)
+    content = []
+    for at, token_id in enumerate(generated, len(ids)):
+        alternatives = (scores.top[at] if scores.top else None) or {}
+        top = [_entry(engine, t, v, p.TopLogprob) for t, v in list(alternatives.items())[:top_n]]
+        entry = _entry(engine, token_id, scores.logprobs[at], p.ChatTokenLogprob)
+        entry.top_logprobs = top
+        content.append(entry)
+    return p.ChatLogprobs(content=content)
+
+
+def _entry(engine: Engine, token_id: int, logprob: float, kind):
+    token = engine.decode([token_id])
+    return kind(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))

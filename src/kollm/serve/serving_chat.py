@@ -17,8 +17,15 @@ from kollm.engines.base import Generation
 from kollm.engines.structured import SchemaError, check_schema
 from kollm.prompts import Messages, takes_tools
 from kollm.serve import protocol as p
+from kollm.serve import scoring
 from kollm.serve.errors import ApiError
-from kollm.serve.frames import chat_response, chat_stream, chat_tool_stream, fixed_chat_stream
+from kollm.serve.frames import (
+    chat_response,
+    chat_stream,
+    chat_tool_stream,
+    fixed_chat_stream,
+    sse,
+)
 from kollm.serve.retrieval import RagService, Retrieved
 from kollm.serve.service import ServedModel
 from kollm.serve.serving_engine import RequestContext, ServingEngine
@@ -43,14 +50,30 @@ class ChatServing(ServingEngine):
         ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
         self._tools(ctx)
         await self._encode(ctx)
+        if body.logprobs:
+            self.require(ctx.served, "scoring", "logprobs")
         if body.stream:
-            self.submit(ctx, True)
-            stream = chat_tool_stream(ctx) if ctx.tools else chat_stream(ctx)
-            return self.stream_response(ctx, stream)
-        results = await self.generate_n(ctx, body.n, "messages")
+            runs = self.submit_n(ctx, True, "messages")
+            streams = [chat_tool_stream(run) if ctx.tools else chat_stream(run) for run in runs]
+            return self.stream_response(ctx, sse(ctx, runs, streams))
+        results = await self.generate_n(ctx, "messages")
         ctx.cite(results[0].text)
         await self.record(ctx, results[0])
-        return chat_response(ctx, *results)
+        return chat_response(ctx, results, await self._logprobs(ctx, results))
+
+    @staticmethod
+    async def _logprobs(ctx: RequestContext, results: list[Generation]) -> list | None:
+        """Each choice's chat logprobs, when the request asked for them."""
+        if not ctx.body.logprobs:
+            return None
+        top, engine = ctx.body.top_logprobs or 0, ctx.served.engine
+        try:
+            return [
+                await scoring.chat_logprobs(engine, ctx.prompt_ids, r.text, top, ctx.adapter)
+                for r in results
+            ]
+        except (ValueError, NotImplementedError) as err:
+            raise ApiError(400, str(err), "invalid_request_error", "logprobs") from None
 
     def _tools(self, ctx: RequestContext) -> None:
         """The request's tools for the chat template and how the answer's calls are read: the
@@ -132,7 +155,7 @@ class ChatServing(ServingEngine):
         if ctx.body.stream:
             stream = fixed_chat_stream(ctx, text)
             return StreamingResponse(stream, media_type="text/event-stream")
-        return chat_response(ctx, *[Generation(text, 0, 0, "stop")] * ctx.body.n)
+        return chat_response(ctx, [Generation(text, 0, 0, "stop")] * ctx.body.n)
 
     async def _encode(self, ctx: RequestContext) -> None:
         """The prompt and its token ids, tokenised once: the ids that fitted the retrieved

@@ -15,7 +15,7 @@ from kollm.engines.base import Generation
 from kollm.serve import protocol as p
 from kollm.serve import scoring
 from kollm.serve.errors import ApiError
-from kollm.serve.frames import completion_stream
+from kollm.serve.frames import completion_stream, sse
 from kollm.serve.serving_engine import RequestContext, ServingEngine, too_long
 
 
@@ -34,8 +34,9 @@ class CompletionServing(ServingEngine):
         self._check_prompts(ctx, prompts)
         if body.stream:  # one prompt (the protocol refuses more, and echo and logprobs)
             await self._encode(ctx, prompts[0])
-            self.submit(ctx, True, "prompt")
-            return self.stream_response(ctx, completion_stream(ctx))
+            runs = self.submit_n(ctx, True, "prompt")
+            streams = [completion_stream(run) for run in runs]
+            return self.stream_response(ctx, sse(ctx, runs, streams))
         done = [c for i, prompt in enumerate(prompts) for c in await self._choices(ctx, i, prompt)]
         if len(prompts) == 1:  # a batch of prompts is evaluation traffic: not logged for feedback
             await self.record(ctx, done[0][1])
@@ -82,7 +83,7 @@ class CompletionServing(ServingEngine):
         """The `n` answers to the prompt's ids; with max_tokens 0, none (the prompt is
         scored)."""
         if ctx.params.max_new_tokens > 0:
-            return await self.generate_n(ctx, n, "prompt")
+            return await self.generate_n(ctx, "prompt")
         count, context = len(ctx.prompt_ids), ctx.served.engine.context_length
         if count > context:
             raise too_long(context, count, 0, "prompt")

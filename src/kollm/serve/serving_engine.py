@@ -79,6 +79,7 @@ class RequestContext:
     tools: list[dict] | None = None  # the request's tools, as the chat template takes them
     tool_parser: Any = None  # reads the model's tool calls out of its answer (tool_parsers)
     forced_tools: bool = False  # a call is required: the answer is a JSON list of calls
+    choice: int = 0  # which of the request's `n` choices this context runs
 
     def cite(self, answer: str) -> list[p.Citation] | None:
         """The answer's citations, computed once: the response and the request log share
@@ -247,24 +248,37 @@ class ServingEngine:
             ) from None
         return ctx.job
 
-    async def generate_n(self, ctx: RequestContext, n: int, param: str) -> list[Generation]:
-        """`n` answers to the request's prompt, queued together so that the batcher (or the
-        engine) runs them side by side; a seeded request's answers take seeds seed, seed + 1,
-        ..., so each differs and each can be had again."""
+    def submit_n(self, ctx: RequestContext, stream: bool, param: str) -> list[RequestContext]:
+        """The request's `n` choices, each a context with its own job, queued together so
+        that the batcher (or the engine) runs them side by side; a seeded request's choices
+        take seeds seed, seed + 1, ..., so each differs and each can be had again. The
+        request's own context keeps the first choice's job (the one the log records)."""
         runs = []
-        for i in range(n):
+        for i in range(ctx.body.n):
             seed = None if ctx.params.seed is None else ctx.params.seed + i
-            runs.append(replace(ctx, params=replace(ctx.params, seed=seed), job=None))
-        for run in runs:
-            self.submit(run, False, param)
+            runs.append(replace(ctx, params=replace(ctx.params, seed=seed), job=None, choice=i))
         try:
-            results = await asyncio.gather(*(self.wait(run) for run in runs))
-        finally:
             for run in runs:
-                if not run.job.future.done():
-                    run.served.batcher.cancel(run.job)
+                self.submit(run, stream, param)
+        except ApiError:  # a full queue took some: they are not left to run for nobody
+            self.cancel(runs)
+            raise
         ctx.job = runs[0].job
-        return list(results)
+        return runs
+
+    @staticmethod
+    def cancel(runs: list[RequestContext]) -> None:
+        for run in runs:
+            if run.job is not None and not run.job.future.done():
+                run.served.batcher.cancel(run.job)
+
+    async def generate_n(self, ctx: RequestContext, param: str) -> list[Generation]:
+        """The answers of the request's `n` choices."""
+        runs = self.submit_n(ctx, False, param)
+        try:
+            return list(await asyncio.gather(*(self.wait(run) for run in runs)))
+        finally:
+            self.cancel(runs)
 
     async def wait(self, ctx: RequestContext) -> Generation:
         """The job's result; cancels it if the client leaves or the timeout passes."""
