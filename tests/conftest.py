@@ -223,6 +223,8 @@ def start_server(served_home):
         rag=None,
         runs_dir=None,
         key_names=None,
+        tool_parser="auto",
+        unconstrained_json=False,
         **manager_options,
     ):
         manager = ModelManager(
@@ -236,6 +238,8 @@ def start_server(served_home):
             log_requests=log_requests,
             runs_dir=runs_dir,
             key_names=dict(key_names or {}),
+            tool_parser=tool_parser,
+            unconstrained_json=unconstrained_json,
         )
         server = LiveServer(create_app(manager, settings, RequestLog(registry_home), rag))
         servers.append(server)

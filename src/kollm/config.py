@@ -570,6 +570,14 @@ class ServeConfig(StrictModel):
     """Per served model id: the domain guard."""
     rag: str | None = None
     """A collection every chat request is answered from, with citations (settings: `rag`)."""
+    tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
+    """How an answer's tool calls are read (vLLM's --tool-call-parser): auto (the format the
+    model's chat template teaches), hermes (`<tool_call>{...}</tool_call>`: Qwen2.5/Qwen3 and
+    many Korean fine-tunes), llama3_json (Llama-3.1's JSON) or mistral (`[TOOL_CALLS]`)."""
+    unconstrained_json: bool = False
+    """ctranslate2 (no constrained decoding): answer a response_format request anyway,
+    unconstrained, each choice saying in `schema_valid` whether its answer is valid under
+    the schema; off, such a request gets 400 naming the engines that constrain."""
     prefix_cache: bool = True
     """ctranslate2: compute a prompt prefix that requests share (a system prompt, a RAG
     context) once and reuse its model state (CTranslate2's static prompt); vllm caches

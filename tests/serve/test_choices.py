@@ -63,7 +63,7 @@ def _streamed_choices(stream) -> tuple[dict[int, str], dict[int, str], list]:
             usage.append(chunk.usage)
         for choice in chunk.choices:
             texts[choice.index] += getattr(choice, "text", None) or (
-                getattr(choice, "delta", None) and choice.delta.content or ""
+                (getattr(choice, "delta", None) and choice.delta.content) or ""
             )
             if choice.finish_reason:
                 finishes[choice.index] = choice.finish_reason

@@ -117,3 +117,27 @@ def test_a_bad_response_format_is_a_400_naming_it(start_server, response_format,
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert error["param"].startswith("response_format") and says in error["message"]
+
+
+def test_the_unconstrained_fallback_says_whether_each_answer_is_valid(start_server):
+    """serve.unconstrained_json: CTranslate2 answers response_format free, and each choice
+    (streamed: its last chunk) says whether its answer is valid under the schema."""
+    api = client(start_server(engine="ctranslate2", unconstrained_json=True))
+    ask = dict(model="tiny", messages=MESSAGES, response_format=FORMAT, max_tokens=24)
+    reply = api.chat.completions.create(**ask, n=3, temperature=1.0)
+    for choice in reply.choices:
+        assert choice.model_extra["schema_valid"] is _valid(choice.message.content)
+    last = [c.choices[0] for c in api.chat.completions.create(**ask, stream=True) if c.choices]
+    assert last[-1].model_extra["schema_valid"] is False  # the random model writes no JSON
+    plain = api.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4)
+    assert "schema_valid" not in plain.choices[0].model_extra  # only where a schema was asked
+
+
+def test_valid_json_checks_the_schema():
+    from kollm.engines.structured import valid_json
+
+    schema = json.dumps(SCHEMA)
+    good = {"민원인": "김민수", "나이": 41, "분류": "주차", "첨부": []}
+    assert valid_json(json.dumps(good, ensure_ascii=False), schema)
+    assert not valid_json(json.dumps({**good, "분류": "교통"}, ensure_ascii=False), schema)
+    assert not valid_json('{"민원인": "김', schema)

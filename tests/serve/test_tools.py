@@ -14,6 +14,9 @@ import jsonschema
 import openai
 import pytest
 
+from tests.conftest import qwen2_chat_model
+from tests.serve.conftest import HERMES_TEMPLATE
+
 PARAMETERS = {
     "type": "object",
     "properties": {
@@ -142,3 +145,30 @@ def test_tools_a_model_cannot_take_are_refused_by_name(start_server, extra, para
     reply = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=60)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+@pytest.fixture(scope="module")
+def untaught_base(tmp_path_factory):
+    """A model whose chat template shows the tools but teaches a call format kollm does not
+    recognise (`<call>`): only `serve.tool_parser` says how its calls are written."""
+    from transformers import AutoTokenizer
+
+    out = qwen2_chat_model(tmp_path_factory.mktemp("untaught"), max_positions=2048)
+    tok = AutoTokenizer.from_pretrained(str(out))
+    tok.chat_template = HERMES_TEMPLATE.replace("tool_call>", "call>")
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_the_recipes_tool_parser_reads_calls_the_template_does_not_name(
+    start_server, untaught_base
+):
+    ask = {"messages": ASK, "tools": TOOLS, "max_tokens": 4}
+    guessed = start_server(refs=[str(untaught_base)], engine="ctranslate2")
+    reply = httpx.post(
+        guessed.base_url + "/v1/chat/completions", json={"model": _model(guessed), **ask}
+    )
+    assert reply.status_code == 400 and "hermes" in reply.json()["error"]["message"]
+    told = start_server(refs=[str(untaught_base)], engine="ctranslate2", tool_parser="hermes")
+    reply = httpx.post(told.base_url + "/v1/chat/completions", json={"model": _model(told), **ask})
+    assert reply.status_code == 200, reply.text

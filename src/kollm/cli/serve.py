@@ -133,6 +133,21 @@ def serve(
     runs_dir: Annotated[
         Path | None, typer.Option(help="Recipe runs the console (/ui) shows [./runs].")
     ] = None,
+    tool_parser: Annotated[
+        str | None,
+        typer.Option(
+            help="How answers' tool calls are read: auto (from the chat template), hermes,"
+            " llama3_json or mistral [auto]."
+        ),
+    ] = None,
+    unconstrained_json: Annotated[
+        bool | None,
+        typer.Option(
+            "--unconstrained-json/--no-unconstrained-json",
+            help="ctranslate2: answer response_format unconstrained, each choice saying in"
+            " schema_valid whether it is valid [off: 400].",
+        ),
+    ] = None,
     allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API.
@@ -159,6 +174,8 @@ def serve(
         "adapters": _pairs(adapter, "--adapter") or None,
         "rag": rag,
         "api_key_file": str(api_key_file) if api_key_file is not None else None,
+        "tool_parser": tool_parser,
+        "unconstrained_json": unconstrained_json,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))

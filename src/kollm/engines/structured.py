@@ -52,6 +52,17 @@ def check_schema(schema: dict) -> str:
     return text
 
 
+def valid_json(text: str, schema_json: str) -> bool:
+    """Whether `text` is JSON valid under the schema (an answer made without constraint)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text), json.loads(schema_json))
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
 def grammar_for(schema_json: str, tokenizer) -> str:
     """The llguidance grammar of a JSON schema; SchemaError naming what is wrong."""
     import llguidance

@@ -83,9 +83,12 @@ class BodyLimit:
 def _serving(manager: ModelManager, settings: ServeSettings, request_log, rag: RagService):
     """The serving classes of the generation routes, and their base for the others."""
     args = (manager, request_log, settings.request_timeout_s, settings.default_max_tokens)
-    kwargs = {"log_requests": settings.log_requests}
+    kwargs = {
+        "log_requests": settings.log_requests,
+        "unconstrained_json": settings.unconstrained_json,
+    }
     return (
-        ChatServing(*args, rag=rag, **kwargs),
+        ChatServing(*args, rag=rag, tool_parser=settings.tool_parser, **kwargs),
         CompletionServing(*args, **kwargs),
         ServingEngine(*args, **kwargs),
     )

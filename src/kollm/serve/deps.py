@@ -43,6 +43,8 @@ class ServeSettings:
     secret: bytes | None = None
     session_s: float = SESSION_S  # how long a console login lasts
     feedback_per_key_per_hour: int = 300  # ratings a key may post an hour; 0: no limit
+    tool_parser: str = "auto"  # serve.tool_parser: how answers' tool calls are read
+    unconstrained_json: bool = False  # serve.unconstrained_json: see the recipe's docs
 
 
 @dataclass

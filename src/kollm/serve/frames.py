@@ -38,8 +38,11 @@ def chat_response(
     for i, r in enumerate(results):
         message, finish = _message(ctx, r)
         scored = logprobs[i] if logprobs else None
+        valid = ctx.schema_valid(r.text)
         choices.append(
-            p.ChatChoice(index=i, message=message, logprobs=scored, finish_reason=finish)
+            p.ChatChoice(
+                index=i, message=message, logprobs=scored, finish_reason=finish, schema_valid=valid
+            )
         )
     body = p.ChatCompletion(
         id=ctx.rid,
@@ -187,7 +190,15 @@ async def _ending(ctx: RequestContext, result: Generation, finish: str) -> str:
             ctx.served.engine, ctx.prompt_ids, result.text, ctx.body.top_logprobs or 0, ctx.adapter
         )
     last = ctx.choice == 0 and not ctx.body.include_usage()
-    return _chat_chunk(ctx, {}, finish, None, _citations(ctx, result) if last else None, logprobs)
+    choice = p.ChatChunkChoice(
+        index=ctx.choice,
+        delta={},
+        logprobs=logprobs,
+        finish_reason=finish,
+        schema_valid=ctx.schema_valid(result.text),
+    )
+    extra = _citations(ctx, result) if last else None
+    return _frame(p.ChatCompletionChunk, ctx, [choice], None, extra)
 
 
 def _frame(kind, ctx: RequestContext, choices, use=None, extra=None) -> str:
@@ -204,14 +215,10 @@ def _frame(kind, ctx: RequestContext, choices, use=None, extra=None) -> str:
     return _sse(chunk)
 
 
-def _chat_chunk(
-    ctx: RequestContext, delta: dict, finish=None, use=None, extra=None, logprobs=None
-) -> str:
+def _chat_chunk(ctx: RequestContext, delta: dict, finish=None, extra=None) -> str:
     """A chat chunk of the context's choice with `delta`."""
-    choice = p.ChatChunkChoice(
-        index=ctx.choice, delta=delta, logprobs=logprobs, finish_reason=finish
-    )
-    return _frame(p.ChatCompletionChunk, ctx, [choice], use, extra)
+    choice = p.ChatChunkChoice(index=ctx.choice, delta=delta, finish_reason=finish)
+    return _frame(p.ChatCompletionChunk, ctx, [choice], None, extra)
 
 
 async def chat_stream(ctx: RequestContext) -> AsyncIterator[str]:
@@ -259,7 +266,7 @@ async def fixed_chat_stream(ctx: RequestContext, text: str) -> AsyncIterator[str
         choice = replace(ctx, choice=i)
         yield _chat_chunk(choice, {"role": "assistant", "content": ""})
         yield _chat_chunk(choice, {"content": text})
-        yield _chat_chunk(choice, {}, "stop", None, None if with_usage or i else extra)
+        yield _chat_chunk(choice, {}, "stop", None if with_usage or i else extra)
     if with_usage:
         zero = p.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
         yield _frame(p.ChatCompletionChunk, ctx, [], zero, extra)
@@ -272,9 +279,14 @@ async def completion_stream(ctx: RequestContext) -> AsyncIterator[str]:
         yield _completion_chunk(ctx, delta, None)
     result = finished(ctx.job)
     if result is not None:
-        yield _completion_chunk(ctx, "", result.finish_reason)
+        valid = ctx.schema_valid(result.text)
+        yield _completion_chunk(ctx, "", result.finish_reason, valid)
 
 
-def _completion_chunk(ctx: RequestContext, text: str, finish: str | None) -> str:
-    choice = p.CompletionChoice(index=ctx.choice, text=text, finish_reason=finish)
+def _completion_chunk(
+    ctx: RequestContext, text: str, finish: str | None, valid: bool | None = None
+) -> str:
+    choice = p.CompletionChoice(
+        index=ctx.choice, text=text, finish_reason=finish, schema_valid=valid
+    )
     return _frame(p.Completion, ctx, [choice])

@@ -450,6 +450,8 @@ class ChatChoice(BaseModel):
     message: dict[str, Any]
     logprobs: ChatLogprobs | None = None
     finish_reason: str
+    # kollm's: with serve.unconstrained_json, whether the answer is valid under the schema
+    schema_valid: bool | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Citation(BaseModel):
@@ -484,6 +486,8 @@ class ChatChunkChoice(BaseModel):
     delta: dict[str, Any]
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
+    # kollm's: with serve.unconstrained_json, whether the answer is valid under the schema
+    schema_valid: bool | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChunk(BaseModel):
@@ -512,6 +516,8 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    # kollm's: with serve.unconstrained_json, whether the answer is valid under the schema
+    schema_valid: bool | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Completion(BaseModel):

@@ -143,6 +143,8 @@ def build_server(
         secret=access.secret,
         session_s=cfg.session_hours * 3600,
         feedback_per_key_per_hour=cfg.feedback_per_key_per_hour,
+        tool_parser=cfg.tool_parser,
+        unconstrained_json=cfg.unconstrained_json,
     )
     request_log = (
         RequestLog(registry.home, cfg.log_max_kb, cfg.log_retention_days)
@@ -165,7 +167,7 @@ def resolve_config(
     given = {k: v for k, v in options.items() if v is not None}
     if models:
         given["models"] = models
-    cfg = cfg.model_copy(update=given)
+    cfg = ServeConfig.model_validate({**cfg.model_dump(), **given})  # options are checked too
     if not cfg.models and recipe is not None:
         alias = recipe.registry.alias
         cfg = cfg.model_copy(

@@ -33,9 +33,10 @@ from kollm.serve.tool_parsers import PARSERS, calls_schema, parser_for
 
 
 class ChatServing(ServingEngine):
-    def __init__(self, *args, rag: RagService, **kwargs) -> None:
+    def __init__(self, *args, rag: RagService, tool_parser: str = "auto", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.rag = rag
+        self.tool_parser = None if tool_parser == "auto" else tool_parser
 
     async def create_chat_completion(self, body: p.ChatCompletionRequest, raw: Request):
         """OpenAI's chat completion for `body`: a JSON response, or a streamed one."""
@@ -86,7 +87,7 @@ class ChatServing(ServingEngine):
         if not takes_tools(served.prompt_format, tokenizer):
             raise _bad("tools", f"the chat template of {name} does not show tools to the model")
         ctx.tools = [t.model_dump(exclude_none=True) for t in body.tools]
-        ctx.tool_parser = parser_for(tokenizer.chat_template)
+        ctx.tool_parser = parser_for(tokenizer.chat_template, self.tool_parser)
         forced = body.forced_tools()
         if forced is None:
             if ctx.tool_parser is None:

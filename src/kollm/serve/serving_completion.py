@@ -74,7 +74,11 @@ class CompletionServing(ServingEngine):
             shown = (ctx.prompt if body.echo else "") + result.text
             finish = result.finish_reason
             choice = p.CompletionChoice(
-                index=index * body.n + j, text=shown, logprobs=lp, finish_reason=finish
+                index=index * body.n + j,
+                text=shown,
+                logprobs=lp,
+                finish_reason=finish,
+                schema_valid=ctx.schema_valid(result.text),
             )
             out.append((choice, result))
         return out

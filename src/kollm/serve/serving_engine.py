@@ -27,6 +27,7 @@ from kollm.engines.base import (
     RequestRejected,
     sampling_used,
 )
+from kollm.engines.structured import valid_json
 from kollm.feedback.responses import RequestLog
 from kollm.prompts import Messages
 from kollm.serve import protocol as p
@@ -80,6 +81,16 @@ class RequestContext:
     tool_parser: Any = None  # reads the model's tool calls out of its answer (tool_parsers)
     forced_tools: bool = False  # a call is required: the answer is a JSON list of calls
     choice: int = 0  # which of the request's `n` choices this context runs
+    # response_format's schema, when the engine answers it unconstrained: each answer is
+    # checked against it instead (serve.unconstrained_json)
+    unchecked_schema: str | None = None
+
+    def schema_valid(self, text: str) -> bool | None:
+        """Whether an unconstrained answer is valid under the request's schema (None: the
+        request had none, or the engine enforced it)."""
+        if self.unchecked_schema is None:
+            return None
+        return valid_json(text, self.unchecked_schema)
 
     def cite(self, answer: str) -> list[p.Citation] | None:
         """The answer's citations, computed once: the response and the request log share
@@ -100,10 +111,12 @@ class ServingEngine:
         request_timeout_s: float = 120.0,
         default_max_tokens: int = 128,
         log_requests: bool = True,
+        unconstrained_json: bool = False,
     ) -> None:
         self.manager, self.request_log = manager, request_log
         self.request_timeout_s, self.default_max_tokens = request_timeout_s, default_max_tokens
         self.log_requests = log_requests and request_log is not None
+        self.unconstrained_json = unconstrained_json
 
     def find(self, model: str) -> tuple[ServedModel, str | None]:
         """The served model and adapter an API id names; 404 otherwise."""
@@ -156,6 +169,12 @@ class ServingEngine:
             logit_bias=body.token_biases(),
             json_schema=body.response_format.schema_json() if body.response_format else None,
         )
+        engine = ctx.served.engine
+        unconstrained = "json_schema" not in engine.capabilities.sampling
+        if params.json_schema and unconstrained and self.unconstrained_json:
+            # answered free, then checked against the schema (serve.unconstrained_json)
+            ctx.unchecked_schema = params.json_schema
+            params = replace(params, json_schema=None)
         self._check_sampling(ctx.served, params)
         if params.logit_bias:
             self.check_ids(ctx.served, [t for t, _ in params.logit_bias], "logit_bias")
