@@ -104,3 +104,24 @@ def test_the_parser_is_chosen_from_the_chat_template():
     assert parser_for(None, "mistral").name == "mistral"
     with pytest.raises(ValueError, match="tool_parser"):
         parser_for(None, "pythonic")
+
+
+@pytest.mark.parametrize(
+    ("parallel", "names"), [(True, ["get_weather", "get_time"]), (False, ["get_weather"])]
+)
+def test_parallel_tool_calls_false_keeps_the_first_call(parallel, names):
+    """An answer that calls two tools, for a request that allowed one call at a time."""
+    from types import SimpleNamespace
+
+    from kollm.engines.base import Generation
+    from kollm.serve.frames import _message
+
+    text = CASES[1][1]
+    ctx = SimpleNamespace(
+        forced_tools=False,
+        tool_parser=PARSERS["hermes"],
+        body=SimpleNamespace(parallel_tool_calls=parallel),
+    )
+    message, finish = _message(ctx, Generation(text, 10, 40, "stop"))
+    assert finish == "tool_calls"
+    assert [c["function"]["name"] for c in message["tool_calls"]] == names

@@ -75,8 +75,13 @@ def _calls(ctx: RequestContext, text: str) -> tuple[str | None, tuple[ToolCall, 
         return (None, calls) if calls else (text, ())
     if ctx.tool_parser is not None:
         parsed = ctx.tool_parser.parse(text)
-        return parsed.content, parsed.calls
+        return parsed.content, _allowed_calls(ctx, parsed.calls)
     return text, ()
+
+
+def _allowed_calls(ctx: RequestContext, calls: tuple[ToolCall, ...]) -> tuple[ToolCall, ...]:
+    """`parallel_tool_calls: false` keeps the first of several calls (as vLLM does)."""
+    return calls if ctx.body.parallel_tool_calls else calls[:1]
 
 
 def _message(ctx: RequestContext, result: Generation) -> tuple[dict, str]:
@@ -250,6 +255,7 @@ async def chat_tool_stream(ctx: RequestContext) -> AsyncIterator[str]:
         rest = "" if calls else result.text
     else:
         rest, calls = stream.finish()
+        calls = _allowed_calls(ctx, calls)
     if rest:
         yield _chat_chunk(ctx, {"content": rest})
     if calls:
