@@ -538,8 +538,8 @@ class ServeConfig(StrictModel):
     k-quants through llama.cpp's llama-quantize)."""
     host: str = "127.0.0.1"
     """Address to listen on."""
-    port: int = Field(8000, ge=1, le=65535)
-    """Port to listen on."""
+    port: int = Field(8000, ge=0, le=65535)
+    """Port to listen on (0: any free port)."""
     max_batch: int = Field(8, ge=1)
     """Most requests in one engine batch (engines that run static batches: ctranslate2,
     transformers)."""

@@ -193,17 +193,31 @@ def rag_messages(messages: Messages, passages: list[tuple[str, str]]) -> Message
     return [*messages[:last], {**messages[last], "content": prompt}, *messages[last + 1 :]]
 
 
-def chat_prompt(tokenizer, messages: Messages, tools: list[dict] | None = None) -> str:
+def chat_prompt(
+    tokenizer, messages: Messages, tools: list[dict] | None = None, template_kwargs=None
+) -> str:
     """Every turn through the tokenizer's chat template, ending where the assistant speaks;
-    `tools` (OpenAI's shape) go to the template, which shows them to the model its way."""
+    `tools` (OpenAI's shape) go to the template, which shows them to the model its way, and
+    `template_kwargs` are the template's own variables (Qwen3's `enable_thinking`)."""
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(
             "the tokenizer has no chat template: set train.chat_template (`chatml` or a Jinja "
             "template), or train with a prompt_template"
         )
     return tokenizer.apply_chat_template(
-        messages, tools=tools or None, tokenize=False, add_generation_prompt=True
+        messages,
+        tools=tools or None,
+        tokenize=False,
+        add_generation_prompt=True,
+        **(template_kwargs or {}),
     )
+
+
+def uses_chat_template(fmt: PromptFormat | None, tokenizer) -> bool:
+    """Whether a chat request's prompt comes from the tokenizer's chat template (not the
+    trained prompt_template, nor the plain script of a model without a template)."""
+    trained = fmt is not None and fmt.style == "template"
+    return not trained and bool(getattr(tokenizer, "chat_template", None))
 
 
 def takes_tools(fmt: PromptFormat | None, tokenizer) -> bool:
@@ -214,16 +228,21 @@ def takes_tools(fmt: PromptFormat | None, tokenizer) -> bool:
 
 
 def request_prompt(
-    fmt: PromptFormat | None, messages: Messages, tokenizer=None, tools: list[dict] | None = None
+    fmt: PromptFormat | None,
+    messages: Messages,
+    tokenizer=None,
+    tools: list[dict] | None = None,
+    template_kwargs: dict | None = None,
 ) -> str:
     """The prompt for a chat request: the model's format; without one, the tokenizer's chat
-    template (with the request's tools), else a plain `role: text` script of every turn."""
+    template (with the request's tools and template variables), else a plain `role: text`
+    script of every turn."""
     if tools:
-        return chat_prompt(tokenizer, messages, tools)
+        return chat_prompt(tokenizer, messages, tools, template_kwargs)
     if fmt is not None and fmt.style == "template":
         return render(fmt.prompt_template, request_record(fmt, messages))
     if fmt is not None or getattr(tokenizer, "chat_template", None):
-        return chat_prompt(tokenizer, messages)
+        return chat_prompt(tokenizer, messages, None, template_kwargs)
     lines = [f"{m['role']}: {m['content']}" for m in messages]
     return "\n".join([*lines, "assistant:"])
 

@@ -172,3 +172,16 @@ def test_the_recipes_tool_parser_reads_calls_the_template_does_not_name(
     told = start_server(refs=[str(untaught_base)], engine="ctranslate2", tool_parser="hermes")
     reply = httpx.post(told.base_url + "/v1/chat/completions", json={"model": _model(told), **ask})
     assert reply.status_code == 200, reply.text
+
+
+def test_an_unknown_tool_parser_stops_kollm_serve_by_name():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    kollm = str(Path(sys.executable).parent / "kollm")
+    done = subprocess.run(
+        [kollm, "serve", "tiny", "--tool-parser", "qwen"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "tool_parser: expected one of 'auto', 'hermes'" in done.stderr

@@ -151,6 +151,9 @@ class Engine(Protocol):
     name: str
     capabilities: Capabilities
     context_length: int
+    # The ids generation stops on (`end_ids`: generation_config's eos ids and the chat
+    # template's end of turn); set by load.
+    end_ids: tuple[int, ...]
     # Token ids the tokenizer and the model's embedding both accept: 0 .. vocab_size - 1
     # (None before load). The server refuses any other id before it reaches the engine.
     vocab_size: int | None

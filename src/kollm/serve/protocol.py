@@ -35,24 +35,71 @@ checked against the answer's tail at every token, in the engine thread all clien
 MAX_N = 16  # choices a request may ask for (each is a sequence the engine runs)
 MAX_LOGIT_BIAS = 300  # entries a request's logit_bias may hold (OpenAI's limit)
 
-UNSUPPORTED = {
-    "functions": "the legacy functions field is not supported; use tools",
-    "function_call": "the legacy function_call field is not supported; use tool_choice",
-    "audio": "audio output is not supported",
-    "prediction": "predicted outputs are not supported",
-    "web_search_options": "web search is not supported: kollm answers from its own documents "
-    "(the rag field)",
-    "best_of": "best_of is not supported; use n",
-    "suffix": "suffix (fill in the middle) is not supported",
-    "guided_json": "guided decoding is not supported yet",
-    "guided_regex": "guided decoding is not supported yet",
-    "guided_choice": "guided decoding is not supported yet",
-    "guided_grammar": "guided decoding is not supported yet",
-    "structured_outputs": "structured output is not supported yet",
+_OFF = (None, False, "", [], {}, "none", "auto")
+_VLLM = "vLLM's {} is not supported by kollm"
+
+
+def _vllm(name: str, *off, why: str | None = None) -> tuple[str, tuple]:
+    """A vLLM extension kollm refuses unless it has one of its `off` values (the default,
+    which leaves the answer as it is)."""
+    return (why or _VLLM.format(name), tuple(off) or _OFF)
+
+
+UNSUPPORTED: dict[str, tuple[str, tuple]] = {
+    "functions": ("the legacy functions field is not supported; use tools", _OFF),
+    "function_call": ("the legacy function_call field is not supported; use tool_choice", _OFF),
+    "audio": ("audio output is not supported", _OFF),
+    "prediction": ("predicted outputs are not supported", _OFF),
+    "web_search_options": (
+        "web search is not supported: kollm answers from its own documents (the rag field)",
+        _OFF,
+    ),
+    "best_of": ("best_of is not supported; use n", (*_OFF, 1)),
+    "suffix": ("suffix (fill in the middle) is not supported", _OFF),
+    "guided_json": ("use response_format (json_schema)", _OFF),
+    "guided_regex": ("guided decoding by regex is not supported", _OFF),
+    "guided_choice": ("guided decoding by choice is not supported", _OFF),
+    "guided_grammar": ("guided decoding by grammar is not supported", _OFF),
+    "structured_outputs": _vllm("structured_outputs", why="use response_format (json_schema)"),
+    "include_stop_str_in_output": _vllm("include_stop_str_in_output"),
+    "ignore_eos": _vllm("ignore_eos"),
+    "min_tokens": _vllm("min_tokens", None, 0),
+    "skip_special_tokens": _vllm("skip_special_tokens", None, True),
+    "spaces_between_special_tokens": _vllm("spaces_between_special_tokens", None, True),
+    "truncate_prompt_tokens": _vllm("truncate_prompt_tokens", None),
+    "prompt_logprobs": _vllm(
+        "prompt_logprobs", None, why="use /v1/completions with echo and logprobs"
+    ),
+    "logprob_token_ids": _vllm("logprob_token_ids"),
+    "allowed_token_ids": _vllm("allowed_token_ids"),
+    "bad_words": _vllm("bad_words"),
+    "use_beam_search": _vllm("use_beam_search"),
+    "length_penalty": _vllm("length_penalty", None, 1, 1.0),
+    "return_tokens_as_token_ids": _vllm("return_tokens_as_token_ids"),
+    "priority": _vllm("priority", None, 0),
+    "vllm_xargs": _vllm("vllm_xargs"),
+    "thinking_token_budget": _vllm("thinking_token_budget", None),
+    "repetition_detection": _vllm("repetition_detection"),
 }
 """OpenAI (and vLLM) request fields that would change the answer and that kollm does not
-honour: a request that sets one gets a 400 naming it rather than an answer that ignored it.
-A field given as null, false or empty is taken as not set."""
+honour, each with why and the values that leave the answer as it is (null, false or empty for
+most; vLLM's default where it is true or a number): a request that sets one otherwise gets a
+400 naming it rather than an answer that ignored it."""
+
+CHAT_UNSUPPORTED: dict[str, tuple[str, tuple]] = {
+    "add_special_tokens": _vllm("add_special_tokens", None, False),
+    "echo": _vllm("echo (on chat)", why="echo is a /v1/completions field"),
+    "add_generation_prompt": _vllm("add_generation_prompt", None, True),
+    "continue_final_message": _vllm("continue_final_message"),
+    "chat_template": _vllm("chat_template", why="a request cannot bring its own chat template"),
+    "documents": _vllm("documents", why="use the rag field"),
+    "reasoning_effort": _vllm("reasoning_effort", None),
+    "include_reasoning": _vllm("include_reasoning", None, True),
+}
+COMPLETION_UNSUPPORTED: dict[str, tuple[str, tuple]] = {
+    "add_special_tokens": _vllm("add_special_tokens", None, True),
+    "prompt_embeds": _vllm("prompt_embeds"),
+}
 
 
 class _Request(BaseModel):
@@ -62,23 +109,25 @@ class _Request(BaseModel):
         return sorted(self.model_extra or {})
 
 
-def _refuse(value: Any, info: ValidationInfo) -> Any:
-    """A field of UNSUPPORTED set to something that would change the answer: refused."""
-    name = info.field_name
-    off = value in (None, False, "", [], {}, "none", "auto") or (name == "best_of" and value == 1)
-    if not off:
-        raise PydanticCustomError("unsupported", UNSUPPORTED[name])
-    return value
+def _refusing(name: str, base: type[BaseModel], fields: dict[str, tuple[str, tuple]]):
+    """`base` with `fields` declared, each refused by name (400) when set to a value that
+    would change the answer."""
+
+    def refuse(value: Any, info: ValidationInfo) -> Any:
+        why, off = fields[info.field_name]
+        if not any((value == o and type(value) is not bool) or value is o for o in off):
+            raise PydanticCustomError("unsupported", why)
+        return value
+
+    return create_model(
+        name,
+        __base__=base,
+        __validators__={f"_refuse_{name}": field_validator(*fields)(refuse)},  # one a model
+        **{field: (Any, None) for field in fields},
+    )
 
 
-# The fields of UNSUPPORTED, declared (from that one list) so that a request setting one is
-# refused by name.
-_Refusing = create_model(
-    "_Refusing",
-    __base__=_Request,
-    __validators__={"refused": field_validator(*UNSUPPORTED)(_refuse)},
-    **{name: (Any, None) for name in UNSUPPORTED},
-)
+_Refusing = _refusing("_Refusing", _Request, UNSUPPORTED)
 
 
 class FunctionCall(BaseModel):
@@ -107,6 +156,18 @@ class ChatMessage(BaseModel):
     name: str | None = Field(None, max_length=64)
     tool_calls: list[ToolCallItem] | None = None
     tool_call_id: str | None = Field(None, max_length=128)
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, value):
+        for i, part in enumerate(value if isinstance(value, list) else []):
+            kind = part.get("type")
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f"part {i} is of type {str(kind)[:40]!r}: kollm serves text models, and "
+                    "takes text parts only ({'type': 'text', 'text': ...})"
+                )
+        return value
 
     @model_validator(mode="after")
     def _has_content(self):
@@ -184,6 +245,21 @@ class ResponseFormat(BaseModel):
         return json.dumps(schema, sort_keys=True, ensure_ascii=False)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None  # vLLM's: usage on every chunk
+
+    @field_validator("continuous_usage_stats")
+    @classmethod
+    def _not_continuous(cls, value: bool | None) -> bool | None:
+        if value:
+            raise PydanticCustomError(
+                "unsupported", "vLLM's continuous_usage_stats is not supported; use include_usage"
+            )
+        return value
+
+
 class _Sampling(_Refusing):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -194,7 +270,7 @@ class _Sampling(_Refusing):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
     stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: dict[str, bool] | None = None
+    stream_options: StreamOptions | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     user: str | None = None
@@ -202,6 +278,7 @@ class _Sampling(_Refusing):
     top_k: int | None = Field(None, ge=-1)
     min_p: float = Field(0.0, ge=0, le=1)
     repetition_penalty: float = Field(1.0, ge=0.01, le=10)  # llama.cpp: > 0 as a float32
+    stop_token_ids: list[int] | None = Field(None, max_length=64)  # the model's own end ids
 
     @field_validator("logit_bias")
     @classmethod
@@ -233,8 +310,15 @@ class _Sampling(_Refusing):
                 )
         return value
 
+    @field_validator("stream_options")
+    @classmethod
+    def _streamed(cls, value: StreamOptions | None, info: ValidationInfo):
+        if value is not None and not info.data.get("stream"):  # OpenAI's and vLLM's 400
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
+
     def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.get("include_usage"))
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -250,7 +334,31 @@ class RagOptions(BaseModel):
     top_k: int | None = Field(None, ge=1, le=50)
 
 
-class ChatCompletionRequest(_Sampling):
+_ChatSampling = _refusing("_ChatSampling", _Sampling, CHAT_UNSUPPORTED)
+_CompletionSampling = _refusing("_CompletionSampling", _Sampling, COMPLETION_UNSUPPORTED)
+
+
+# apply_chat_template's own arguments: the server sets them
+_TEMPLATE_ARGUMENTS = {
+    "conversation",
+    "messages",
+    "tools",
+    "documents",
+    "chat_template",
+    "add_generation_prompt",
+    "continue_final_message",
+    "tokenize",
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_dict",
+    "return_assistant_tokens_mask",
+    "tokenizer_kwargs",
+}
+
+
+class ChatCompletionRequest(_ChatSampling):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     logprobs: bool = False
@@ -259,6 +367,8 @@ class ChatCompletionRequest(_Sampling):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[Tool] | None = Field(None, max_length=128)  # before tool_choice, checked by it
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    # vLLM's: the chat template's own variables (Qwen3's enable_thinking)
+    chat_template_kwargs: dict[str, Any] | None = None
     rag: RagOptions | None = None
 
     @field_validator("tool_choice")
@@ -285,6 +395,14 @@ class ChatCompletionRequest(_Sampling):
             return list(self.tools)
         return [t for t in self.tools if t.function.name == self.tool_choice.function.name]
 
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _template_variables(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        taken = sorted(set(value or {}) & _TEMPLATE_ARGUMENTS)
+        if taken:
+            raise ValueError(f"{taken[0]} is set by the server, not by chat_template_kwargs")
+        return value
+
     @field_validator("top_logprobs")
     @classmethod
     def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
@@ -293,7 +411,7 @@ class ChatCompletionRequest(_Sampling):
         return value
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(_CompletionSampling):
     model: str
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False

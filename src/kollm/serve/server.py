@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
-from kollm.config import DomainConfig, RagConfig, ServeConfig
+from kollm.config import DomainConfig, RagConfig, ServeConfig, format_validation_error
 from kollm.engines import choose_engine
 from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry, RegistryError
@@ -167,7 +168,10 @@ def resolve_config(
     given = {k: v for k, v in options.items() if v is not None}
     if models:
         given["models"] = models
-    cfg = ServeConfig.model_validate({**cfg.model_dump(), **given})  # options are checked too
+    try:  # the options are checked as the recipe's serve section is
+        cfg = ServeConfig.model_validate({**cfg.model_dump(), **given})
+    except ValidationError as err:
+        raise ValueError(format_validation_error("serve", err, ServeConfig)) from None
     if not cfg.models and recipe is not None:
         alias = recipe.registry.alias
         cfg = cfg.model_copy(

@@ -75,10 +75,16 @@ class ServedModel:
     prompt_format: PromptFormat | None = None
     guard: DomainGuard | None = None
 
-    def prompt_for(self, messages: Messages, tools: list[dict] | None = None) -> str:
+    def prompt_for(
+        self,
+        messages: Messages,
+        tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
+    ) -> str:
         """The prompt for a chat request, in the format the version was trained with (its
         chat template when the request brings tools)."""
-        return request_prompt(self.prompt_format, messages, self.engine.tokenizer, tools)
+        tokenizer = self.engine.tokenizer
+        return request_prompt(self.prompt_format, messages, tokenizer, tools, template_kwargs)
 
 
 class ModelManager:

@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from kollm.engines import ENGINE_SAMPLING
 from kollm.engines.base import Generation
 from kollm.engines.structured import SchemaError, check_schema
-from kollm.prompts import Messages, takes_tools
+from kollm.prompts import Messages, takes_tools, uses_chat_template
 from kollm.serve import protocol as p
 from kollm.serve import scoring
 from kollm.serve.errors import ApiError
@@ -27,7 +27,6 @@ from kollm.serve.frames import (
     sse,
 )
 from kollm.serve.retrieval import RagService, Retrieved
-from kollm.serve.service import ServedModel
 from kollm.serve.serving_engine import RequestContext, ServingEngine
 from kollm.serve.tool_parsers import PARSERS, calls_schema, parser_for
 
@@ -50,6 +49,7 @@ class ChatServing(ServingEngine):
             return await self._no_source(ctx)
         ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
         self._tools(ctx)
+        self._template_variables(ctx)
         await self._encode(ctx)
         if body.logprobs:
             self.require(ctx.served, "scoring", "logprobs")
@@ -75,6 +75,19 @@ class ChatServing(ServingEngine):
             ]
         except (ValueError, NotImplementedError) as err:
             raise ApiError(400, str(err), "invalid_request_error", "logprobs") from None
+
+    @staticmethod
+    def _template_variables(ctx: RequestContext) -> None:
+        """chat_template_kwargs reach a chat template only: 400 for a model whose prompt is
+        its trained format (or a plain script), which has no variables to set."""
+        served = ctx.served
+        if ctx.body.chat_template_kwargs and not (
+            ctx.tools or uses_chat_template(served.prompt_format, served.engine.tokenizer)
+        ):
+            raise _bad(
+                "chat_template_kwargs",
+                f"{served.model_id} builds its prompts in its trained format, not a chat template",
+            )
 
     def _tools(self, ctx: RequestContext) -> None:
         """The request's tools for the chat template and how the answer's calls are read: the
@@ -164,12 +177,11 @@ class ChatServing(ServingEngine):
         served = ctx.served
         if ctx.retrieved is not None:
             retrieved, max_new = ctx.retrieved, ctx.params.max_new_tokens
-            ctx.prompt, ctx.prompt_ids = await self.templated(
-                lambda: fit(retrieved, ctx.messages, served, max_new, ctx.tools)
-            )
+            ctx.prompt, ctx.prompt_ids = await self.templated(lambda: fit(retrieved, ctx, max_new))
             self.check_chars(served, len(ctx.prompt), "messages")
         else:
-            ctx.prompt = await self.prompt(served, ctx.messages, ctx.tools)
+            kwargs = ctx.body.chat_template_kwargs
+            ctx.prompt = await self.prompt(served, ctx.messages, ctx.tools, kwargs)
             ctx.prompt_ids = await self.tokenize(served, ctx.prompt, "messages")
 
 
@@ -194,21 +206,16 @@ def _user_turns(messages: Messages) -> list[str]:
     return [m["content"] for m in messages if m["role"] == "user"]
 
 
-def fit(
-    retrieved: Retrieved,
-    messages: Messages,
-    served: ServedModel,
-    max_new_tokens: int,
-    tools: list[dict] | None = None,
-) -> tuple[str, list[int]]:
+def fit(retrieved: Retrieved, ctx: RequestContext, max_new_tokens: int) -> tuple[str, list[int]]:
     """The context prompt and its token ids, with as many of the retrieved chunks, best first,
     as fit the model's context with max_tokens (the last one cut short if it must); the chunks
     left out are not cited either. A prompt that fits as retrieved (the usual case) is
     tokenised once; one that no cut can fit goes whole to the length check (413)."""
+    served, messages = ctx.served, ctx.messages
     budget = served.engine.context_length - max_new_tokens
 
     def encode(turns: Messages) -> tuple[str, list[int]]:
-        prompt = served.prompt_for(turns, tools)
+        prompt = served.prompt_for(turns, ctx.tools, ctx.body.chat_template_kwargs)
         return prompt, served.engine.tokenize(prompt)
 
     prompt, ids = encode(retrieved.messages(messages))

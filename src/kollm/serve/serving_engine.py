@@ -176,9 +176,25 @@ class ServingEngine:
             ctx.unchecked_schema = params.json_schema
             params = replace(params, json_schema=None)
         self._check_sampling(ctx.served, params)
+        self._check_stop_ids(ctx.served, body.stop_token_ids or [])
         if params.logit_bias:
             self.check_ids(ctx.served, [t for t, _ in params.logit_bias], "logit_bias")
         return params
+
+    @staticmethod
+    def _check_stop_ids(served: ServedModel, ids: list[int]) -> None:
+        """vLLM's stop_token_ids: every engine already stops on the model's end ids, so a
+        request naming those is answered; another id is a 400 (not ignored)."""
+        ends = set(getattr(served.engine, "end_ids", ()))
+        others = [i for i in ids if i not in ends]
+        if others:
+            raise ApiError(
+                400,
+                f"stop_token_ids: {others[0]} is not one of {served.model_id}'s end ids "
+                f"{sorted(ends)}, the only ones kollm stops on; use stop strings",
+                "invalid_request_error",
+                "stop_token_ids",
+            )
 
     @staticmethod
     def _check_sampling(served: ServedModel, params: GenerationParams) -> None:
@@ -236,10 +252,14 @@ class ServingEngine:
             raise ApiError(400, f"messages: {err}", "invalid_request_error", "messages") from None
 
     async def prompt(
-        self, served: ServedModel, messages: Messages, tools: list[dict] | None = None
+        self,
+        served: ServedModel,
+        messages: Messages,
+        tools: list[dict] | None = None,
+        template_kwargs: dict | None = None,
     ) -> str:
         """The chat prompt of `messages`, in the format the version was trained with."""
-        return await self.templated(lambda: served.prompt_for(messages, tools))
+        return await self.templated(lambda: served.prompt_for(messages, tools, template_kwargs))
 
     def check_length(self, ctx: RequestContext, param: str) -> None:
         """400 for a prompt of no tokens, and (as vLLM answers) for one whose tokens and
