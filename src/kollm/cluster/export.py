@@ -179,18 +179,43 @@ def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
     return Export("ct2", final, file_sha256(final / "model.bin"), _size(final), quant)
 
 
+# The splitting regexes of the BPE pre-tokenizers llama.cpp implements, as tokenizer.json
+# writes them (a `Split` before a regex-free `ByteLevel`): a base's fine-tuned or re-trained
+# vocabulary keeps its family's split, but not the hash the converter knows it by.
+SPLIT_REGEXES = {
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+"
+    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "llama-bpe",
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+"
+    "[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+": "qwen2",
+}
+
+
 def known_pre_tokenizer(model_dir: Path) -> str | None:
     """The llama.cpp pre-tokenizer that splits text as this tokenizer does, when
-    `tokenizer.json` shows it plainly: GPT-2's byte-level regex and no normaliser is `gpt-2`.
-    None when it cannot be told (the converter's own hash check decides)."""
+    `tokenizer.json` shows it plainly: GPT-2's byte-level regex and no normaliser is `gpt-2`;
+    Llama-3's and Qwen2's `Split` regexes are `llama-bpe` and `qwen2`. None when it cannot be
+    told (the converter's own hash check decides)."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return None
     spec = json.loads(path.read_text(encoding="utf-8"))
+    if (spec.get("model") or {}).get("type") != "BPE":
+        return None
     pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence":
+        return _split_pre_tokenizer(pre.get("pretokenizers") or [])
     byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
     plain = byte_level and not pre.get("add_prefix_space") and spec.get("normalizer") is None
-    return "gpt-2" if plain and (spec.get("model") or {}).get("type") == "BPE" else None
+    return "gpt-2" if plain else None
+
+
+def _split_pre_tokenizer(steps: list[dict]) -> str | None:
+    """`llama-bpe` or `qwen2` for a known regex `Split` followed by a regex-free ByteLevel."""
+    if len(steps) != 2 or steps[0].get("type") != "Split" or steps[1].get("type") != "ByteLevel":
+        return None
+    if steps[1].get("use_regex", True) or steps[1].get("add_prefix_space"):
+        return None
+    return SPLIT_REGEXES.get((steps[0].get("pattern") or {}).get("Regex", ""))
 
 
 def _gguf(

@@ -46,12 +46,39 @@ def _bart_config_compat() -> None:
         BartConfig.normalize_before = False
 
 
+class NoConverter(ValueError):
+    """CTranslate2 has no loader for the model's architecture."""
+
+
+def check_convertible(model_dir: Path) -> None:
+    """Refuse, before any merge or conversion, a model whose config class CTranslate2 has no
+    loader for (EXAONE, for one), naming the engines that serve it."""
+    import json
+
+    from ctranslate2.converters import transformers as ct2_transformers
+    from transformers import CONFIG_MAPPING
+
+    base = Path(adapter_base(model_dir) or model_dir)
+    config = base / "config.json"
+    if not config.is_file():  # a hub id: the converter's own error says what it found
+        return
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
+    cls = CONFIG_MAPPING[model_type].__name__ if model_type in CONFIG_MAPPING else model_type
+    loaders = getattr(ct2_transformers, "_MODEL_LOADERS", None)
+    if loaders is not None and cls not in loaders:
+        raise NoConverter(
+            f"{model_dir}: CTranslate2 cannot convert {cls} ({model_type}); serve it with"
+            " --engine transformers (or vllm, or llamacpp where llama.cpp converts it)"
+        )
+
+
 def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = None) -> Path:
     """Convert a transformers model dir (or a LoRA adapter, merged first); cached by sha256."""
     import ctranslate2
 
     from kollm.artifacts import weights_sha256
 
+    check_convertible(model_dir)
     sha = sha256 or weights_sha256(model_dir)
     out = converted_dir(model_dir, quantization, sha)
     if (out / "model.bin").exists():

@@ -152,6 +152,17 @@ class ModelManager:
                 (self.registry or Registry()).get(ref)
             except RegistryError as err:
                 raise ValueError(f"{ref}: {err}") from err
+        for ref in self.refs:
+            self._check_engine(ref)
+
+    def _check_engine(self, ref: str) -> None:
+        """Refuse before loading what the engine cannot run (CTranslate2 has no loader for
+        every architecture), naming the engine that can."""
+        if self.engine_kind != "ctranslate2":
+            return
+        from kollm.engines.ctranslate2_engine import check_convertible
+
+        check_convertible(self._resolve(ref)[2])
 
     def _open_engine(self, ref: str, model_dir: Path, sha256: str | None) -> Engine:
         from kollm.engines import open_engine

@@ -7,6 +7,7 @@ prompt so the loss covers the answer (and its EOS) only. `train.packing` packs e
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from kollm.train.common import (
 from kollm.train.scratch import scratch_model
 from kollm.train.templates import fit_examples
 
+log = logging.getLogger("kollm.train")
 ATTENTION_IMPLEMENTATIONS = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 
 
@@ -85,10 +87,23 @@ def load_causal(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
     }
     if recipe.train.lora.quantize_4bit:
         kwargs["quantization_config"] = _bnb_4bit()
-    model = AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, cfg.base, kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # chat tokens were added
         model.resize_token_embeddings(len(tokenizer))
     return tokenizer, model
+
+
+def _from_pretrained(auto_class, base: str, kwargs: dict[str, Any]):
+    """The model with the recipe's attention kernel; a family transformers has no SDPA kernel
+    for (Gemma 2, whose soft-capped scores SDPA cannot take) trains with eager attention,
+    as transformers itself picks when no kernel is named."""
+    try:
+        return auto_class.from_pretrained(base, **kwargs)
+    except ValueError as err:
+        if kwargs.get("attn_implementation") != "sdpa" or "scaled_dot_product" not in str(err):
+            raise
+    log.warning("%s: no SDPA attention for this architecture; training with eager", base)
+    return auto_class.from_pretrained(base, **{**kwargs, "attn_implementation": "eager"})
 
 
 def _bnb_4bit():
