@@ -103,3 +103,19 @@ def test_an_adapter_whose_base_changed_is_refused_by_name(local_base, tmp_path, 
     assert "ko-lora:1: this adapter was trained on" in message
     assert f"{local_base} (weights sha256 {trained_on[:12]})" in message
     assert "now has weights sha256" in message and "refusing to serve" in message
+
+
+def test_a_prompt_tuning_adapter_is_refused_before_any_gguf_is_made(local_base, tmp_path):
+    from kollm.engines.lora import AdapterNotMergeable
+    from tests.engines.test_adapter_kinds import prompt_tuning
+
+    adapter = str(prompt_tuning(local_base, tmp_path / "prompt"))
+
+    def prepare(*_):
+        raise AssertionError("a GGUF export was started for an unmergeable adapter")
+
+    models = ModelManager([adapter], "llamacpp", ServerMetrics(), prepare=prepare)
+    with pytest.raises(AdapterNotMergeable, match="serve with --engine transformers"):
+        models.load(adapter)
+    served = ModelManager([adapter], "transformers", ServerMetrics()).load(adapter)
+    assert answer(served)
