@@ -62,6 +62,18 @@ def file_hashes(artifact: Path) -> dict[str, str]:
     }
 
 
+def hashes_sha256(hashes: dict[str, str]) -> str:
+    """One sha256 over a dir's per-file hashes (names and hashes, in name order)."""
+    return hashlib.sha256(
+        "".join(f"{name}\0{sha}\n" for name, sha in sorted(hashes.items())).encode()
+    ).hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """sha256 over every file of a dir, names and bytes: any file that changes changes it."""
+    return hashes_sha256(file_hashes(path))
+
+
 def _place(source: Path, target: Path) -> None:
     """Reflink `source` to `target` where the file system can, else copy it."""
     with contextlib.suppress(OSError), source.open("rb") as src, target.open("wb") as dst:
@@ -72,10 +84,7 @@ def _place(source: Path, target: Path) -> None:
 
 def store_artifact(artifact: Path, root: Path, hashes: dict[str, str]) -> Path:
     """Put `artifact`'s files under `root/<sha256 of names and hashes>/`; returns that dir."""
-    key = hashlib.sha256(
-        "".join(f"{name}\0{sha}\n" for name, sha in sorted(hashes.items())).encode()
-    ).hexdigest()
-    final = root / key
+    final = root / hashes_sha256(hashes)
     if final.is_dir():
         return final
     tmp = root / f".tmp-{uuid.uuid4().hex}"

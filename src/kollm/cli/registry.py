@@ -92,7 +92,8 @@ def registry_log(name: Annotated[str, typer.Argument(help="Model name.")]) -> No
 def registry_verify(
     ref: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS.")],
 ) -> None:
-    """Check a version's stored files against the sha256 recorded when it was registered."""
+    """Check a version's stored files against the sha256 recorded when it was registered (and
+    an adapter's base against the weights it was trained on)."""
     with user_errors():
         version = Registry().checkout(ref)
     console.print(

@@ -8,6 +8,9 @@ site's server runs. A LoRA adapter is merged into its base first.
 - `ct2`: the CTranslate2 dir kollm serves (int8 by default), with the tokenizer and prompt
   format copied in.
 
+A prompt-learning adapter (prompt or prefix tuning) has no weights to merge: `hf` keeps it as
+the adapter dir it is (the transformers engine serves it), gguf and ct2 refuse it by name.
+
 Every export of a registered version is recorded in the registry with its sha256 and size."""
 
 from __future__ import annotations
@@ -74,13 +77,32 @@ def resolve(ref: str, registry: Registry | None = None) -> tuple[Path, ModelVers
     return Path(version.artifact_path), version
 
 
+def check_exportable(model_dir: Path, fmt: str) -> None:
+    """ExportError, with what to do instead, for a prompt-learning adapter as gguf or ct2."""
+    from kollm.engines.lora import AdapterNotMergeable, check_mergeable
+
+    if fmt == "hf":
+        return
+    try:
+        check_mergeable(
+            model_dir,
+            f"a {fmt} export",
+            "`kollm export --format hf` keeps the adapter as it is, and"
+            " `kollm serve --engine transformers` serves it",
+        )
+    except AdapterNotMergeable as err:
+        raise ExportError(str(err)) from err
+
+
 @contextlib.contextmanager
 def merged(model_dir: Path) -> Iterator[Path]:
-    """`model_dir` itself, or a LoRA adapter merged into its base in a temporary dir."""
-    if not (model_dir / "adapter_config.json").exists():
+    """`model_dir` itself (a model, or a prompt-learning adapter, which cannot be merged), or a
+    LoRA adapter merged into its base in a temporary dir."""
+    from kollm.engines.lora import merge_lora, prompt_learning_kind
+
+    if not (model_dir / "adapter_config.json").exists() or prompt_learning_kind(model_dir):
         yield model_dir
         return
-    from kollm.engines.lora import merge_lora
 
     with tempfile.TemporaryDirectory(prefix="kollm-merged-") as tmp:
         log.info("export: merging the LoRA adapter %s into its base", model_dir)
@@ -100,6 +122,7 @@ def export_model(
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     registry = registry or Registry()
     source, version = resolve(ref, registry)
+    check_exportable(source, fmt)
     out.mkdir(parents=True, exist_ok=True)
     with merged(source) as model_dir:
         if fmt == "hf":

@@ -17,6 +17,7 @@ __all__ = [
     "GenerationParams",
     "choose_engine",
     "open_engine",
+    "refuse_unmergeable",
 ]
 
 
@@ -27,9 +28,17 @@ def choose_engine(
     every model: llama.cpp's llama-server where it is found (bench/serve_bench.py measured it
     ahead of CTranslate2 on the same model, see README), else CTranslate2. llama.cpp serves no
     encoder-decoder model and gives no prompt log-probabilities, so a seq2seq model or a need
-    for `scoring` (lm-eval through the API) keeps CTranslate2."""
+    for `scoring` (lm-eval through the API) keeps CTranslate2. A prompt-learning adapter (prompt
+    or prefix tuning) has no weights to merge: only transformers serves it."""
     if requested != "auto":
         return requested, "as asked"
+    from kollm.engines.lora import prompt_learning_kind
+
+    prompts = [(d, prompt_learning_kind(Path(d))) for d in model_dirs]
+    prompts = [(Path(d), kind) for d, kind in prompts if kind]
+    if prompts:
+        dir_, kind = prompts[0]
+        return "transformers", f"auto: {dir_.name} is a {kind.lower()} adapter, unmergeable"
     from kollm.engines.llamacpp_engine import LlamaServerMissing, find_llama_server
 
     try:
@@ -61,7 +70,10 @@ def open_engine(
     sha256: str | None = None,
     **options: Any,
 ) -> Engine:
-    """The engine called `kind` over `model_dir` (not loaded yet)."""
+    """The engine called `kind` over `model_dir` (not loaded yet). A prompt-learning adapter
+    (prompt or prefix tuning), as the model or as one of `adapters`, is refused here by any
+    engine but transformers: the others serve merged weights or LoRA only."""
+    refuse_unmergeable(kind, model_dir, adapters)
     if kind == "transformers":
         from kollm.engines.transformers_engine import TransformersEngine
 
@@ -83,3 +95,15 @@ def open_engine(
 
         return CTranslate2Engine(model_dir, sha256=sha256, **options)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
+
+
+def refuse_unmergeable(kind: str, model_dir: Path, adapters: dict[str, str] | None = None) -> None:
+    """AdapterNotMergeable (a ValueError) naming the dir, when an engine other than
+    transformers is asked to serve a prompt-learning adapter; the server calls it before it
+    makes an engine's files (llamacpp's GGUF), so the refusal comes first."""
+    if kind == "transformers":
+        return
+    from kollm.engines.lora import check_mergeable
+
+    for path in [Path(model_dir), *map(Path, (adapters or {}).values())]:
+        check_mergeable(path, f"the {kind} engine")

@@ -9,12 +9,15 @@ per-step callback, so a streamed answer is batched like any other.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import uuid
 from collections import deque
 from pathlib import Path
 
+from kollm.artifacts import tree_sha256
 from kollm.engines.base import (
     ENGINE_SAMPLING,
     Capabilities,
@@ -30,6 +33,8 @@ from kollm.engines.base import (
     score_each,
     vocab_limit,
 )
+
+log = logging.getLogger(__name__)
 
 
 def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
@@ -70,6 +75,39 @@ def check_convertible(model_dir: Path) -> None:
             f"{model_dir}: CTranslate2 cannot convert {cls} ({model_type}); serve it with"
             " --engine transformers (or vllm, or llamacpp where llama.cpp converts it)"
         )
+
+
+def conversion_sha256(path: Path) -> str:
+    """sha256 over every file of a conversion (names and bytes): the weights in model.bin, and
+    the config and vocabulary that say how to read them."""
+    return tree_sha256(path)
+
+
+def _set_aside(out: Path, why: str) -> None:
+    log.warning("%s: the cached CTranslate2 conversion %s; converting again", out, why)
+    stale = out.with_name(f"{out.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    with contextlib.suppress(OSError):  # another replica set it aside first
+        out.rename(stale)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def verified_convert(
+    model_dir: Path, quantization: str, sha256: str | None, expected: str | None
+) -> tuple[Path, str]:
+    """`convert`, using a cached conversion only when its sha256 is `expected` (the one
+    recorded when it was made): one that differs (changed on disk) or was never recorded is
+    set aside, with a warning, and converted again. Returns the dir and its sha256."""
+    from kollm.artifacts import weights_sha256
+
+    out = converted_dir(model_dir, quantization, sha256 or weights_sha256(model_dir))
+    if (out / "model.bin").exists():
+        found = conversion_sha256(out)
+        if found == expected:
+            return out, found
+        recorded = f"recorded {expected[:12]}" if expected else "none recorded"
+        _set_aside(out, f"has sha256 {found[:12]} ({recorded})")
+    path = convert(model_dir, quantization, sha256)
+    return path, conversion_sha256(path)
 
 
 def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = None) -> Path:
@@ -178,6 +216,8 @@ class CTranslate2Engine:
         sha256: str | None = None,
         threads: int = 0,
         prefix_cache: bool = True,
+        conversion_sha256: str | None = None,
+        verify_conversion: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.quantization, self.device, self.sha256, self.threads = (
@@ -193,12 +233,22 @@ class CTranslate2Engine:
         self.vocab_size: int | None = None
         self.end_ids: tuple[int, ...] = ()
         self.prefixes = SharedPrefixes() if prefix_cache else None
+        # the cached conversion must have this sha256 (the recorded one) to be used as it is
+        self.expected_conversion, self.verify_conversion = conversion_sha256, verify_conversion
+        self.conversion: Path | None = None
+        self.conversion_sha256: str | None = None  # of what was loaded, when verified
 
     def load(self) -> None:
         import ctranslate2
         from transformers import AutoConfig, AutoTokenizer
 
-        path = convert(self.model_dir, self.quantization, self.sha256)
+        if self.verify_conversion:
+            path, self.conversion_sha256 = verified_convert(
+                self.model_dir, self.quantization, self.sha256, self.expected_conversion
+            )
+        else:
+            path = convert(self.model_dir, self.quantization, self.sha256)
+        self.conversion = path
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
         base = adapter_base(self.model_dir) or str(self.model_dir)
         config = AutoConfig.from_pretrained(base)

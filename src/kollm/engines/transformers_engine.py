@@ -291,7 +291,8 @@ class TransformersEngine:
         def forward(ids: list[int]):
             x = torch.tensor([ids], device=self.device)
             with self._lock, torch.inference_mode(), self._adapter(adapter):
-                logits = self.model(input_ids=x).logits[0].float()
+                # a prompt-tuning adapter's virtual tokens come first: the last rows are ids'
+                logits = self.model(input_ids=x).logits[0, -len(ids) :].float()
             return torch.log_softmax(logits, dim=-1).cpu().numpy()
 
         return score_each(sequences, top_n, forward)

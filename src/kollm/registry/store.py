@@ -28,6 +28,7 @@ from kollm.artifacts import (
     verify_artifact,
     weights_sha256,
 )
+from kollm.registry.bases import base_mismatch, base_record
 from kollm.store import connect, default_home, open_store
 
 _REF_RE = re.compile(
@@ -160,6 +161,7 @@ class Registry:
             fmt = load_format(artifact)
             prompt_format = fmt.to_json() if fmt else None
         recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest() if recipe_text else None
+        lineage = self._with_base(artifact, base_model, lineage)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = ?", (name,)
@@ -188,6 +190,24 @@ class Registry:
             )
         return self.get(f"{name}:{version}")
 
+    def _with_base(
+        self, artifact: Path, base_model: str | None, lineage: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """`lineage` with, for an adapter, the base it was trained on (see registry.bases)."""
+        if lineage and "base" in lineage:
+            return lineage
+        record = base_record(artifact, self._base_ref(base_model))
+        return {**(lineage or {}), "base": record} if record else lineage
+
+    def _base_ref(self, base_model: str | None) -> str | None:
+        """NAME:VERSION of `base_model` when it names a registered version (not a dir)."""
+        if not base_model or Path(base_model).exists() or not _REF_RE.match(base_model):
+            return None
+        try:
+            return self.get(base_model).ref
+        except RegistryError:
+            return None
+
     @property
     def artifacts_dir(self) -> Path:
         path = self.home / "artifacts"
@@ -195,7 +215,8 @@ class Registry:
         return path
 
     def checkout(self, ref: str) -> ModelVersion:
-        """The version `ref` names, after checking its stored files against their sha256."""
+        """The version `ref` names, after checking its stored files against their sha256 and,
+        for an adapter, its base's weights against those it was trained on."""
         version = self.get(ref)
         path = Path(version.artifact_path)
         try:
@@ -207,6 +228,10 @@ class Registry:
                 )
         except ArtifactError as err:
             raise RegistryError(str(err)) from err
+        base = (version.lineage or {}).get("base")
+        problem = base_mismatch(version.ref, path, base) if base else None
+        if problem:
+            raise RegistryError(problem)
         return version
 
     def gc(self, apply: bool = False) -> list[Path]:

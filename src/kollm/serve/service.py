@@ -164,15 +164,45 @@ class ModelManager:
 
         check_convertible(self._resolve(ref)[2])
 
-    def _open_engine(self, ref: str, model_dir: Path, sha256: str | None) -> Engine:
-        from kollm.engines import open_engine
+    def _open_engine(
+        self, ref: str, model_dir: Path, sha256: str | None, version: str | None = None
+    ) -> Engine:
+        from kollm.engines import open_engine, refuse_unmergeable
 
         adapters = {name: self._startup_adapter(src) for name, src in self.adapters.items()}
+        refuse_unmergeable(self.engine_kind, model_dir, adapters)  # before any GGUF is made
         options = dict(self.engine_options)
+        if self.engine_kind == "ctranslate2" and sha256 is not None and version is not None:
+            options.update(self._recorded_conversion(version, options.get("quantization")))
         if self.prepare is not None:
             options.update(self.prepare(ref, model_dir, adapters))
             adapters = options.pop("adapters", adapters)
         return open_engine(self.engine_kind, model_dir, adapters=adapters, sha256=sha256, **options)
+
+    def _recorded_conversion(self, version: str, quantization: str | None) -> dict[str, Any]:
+        """The CTranslate2 engine's options that make it check its cached conversion of a
+        registered version against the sha256 recorded in the version's exports."""
+        quantization = quantization or "int8"
+        rows = [
+            row
+            for row in (self.registry or Registry()).exports(version)
+            if (row["format"], row["quant"]) == ("ct2", quantization) and row["detail"].get("cache")
+        ]
+        recorded = rows[-1]["sha256"] if rows else None
+        return {"conversion_sha256": recorded, "verify_conversion": True}
+
+    def _record_conversion(self, version: str, engine: Engine) -> None:
+        """Record a conversion the engine made (or found changed and made again) in the
+        version's exports, so the next load can check it."""
+        made = getattr(engine, "conversion_sha256", None)
+        if made is None or made == getattr(engine, "expected_conversion", None):
+            return
+        path = engine.conversion
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        (self.registry or Registry()).add_export(
+            version, "ct2", path, made, size, quant=engine.quantization, cache=True
+        )
+        log.info("%s: recorded its CTranslate2 conversion %s (sha256 %s)", version, path, made[:12])
 
     def _startup_adapter(self, source: str) -> str:
         """An adapter given at start: a directory, or a registered version (sha-checked)."""
@@ -186,8 +216,10 @@ class ModelManager:
     def load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
         model_id, version, model_dir, sha, fmt = self._resolve(ref)
-        engine = self._open_engine(ref, model_dir, sha)
+        engine = self._open_engine(ref, model_dir, sha, version if sha else None)
         engine.load()
+        if sha is not None:
+            self._record_conversion(version, engine)
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
         if len(answer) != 1:
             raise RuntimeError(f"{ref}: the sanity prompt got no answer")
@@ -305,12 +337,17 @@ class ModelManager:
             for served in list(self.models.values()):
                 if "@" not in served.ref:
                     continue
-                try:
-                    _, version, *_ = await asyncio.to_thread(self._resolve, served.ref)
-                except ValueError:
+                try:  # the number only: the files are checked when the new version loads
+                    registry = self.registry or Registry()
+                    name, number = await asyncio.to_thread(registry.resolve, served.ref)
+                except RegistryError:
                     continue
-                if version != served.version:
+                if f"{name}:{number}" == served.version:
+                    continue
+                try:
                     await self.reload(served)
+                except ValueError as err:  # its files or base changed: keep the old, say why
+                    log.warning("%s stays on %s: %s", served.model_id, served.version, err)
 
     async def reload(self, old: ServedModel) -> None:
         fresh = await asyncio.to_thread(self.load, old.ref)
