@@ -114,3 +114,23 @@ def verify_artifact(path: Path, hashes: dict[str, str], what: str) -> None:
                 f"{what}: {file} changed after registration (sha256 {actual[:12]}, recorded "
                 f"{expected[:12]}); refusing to load it"
             )
+
+
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def keep_sentencepiece(source: str | Path | None, target: Path) -> None:
+    """Copy a base's SentencePiece `tokenizer.model` (Gemma, Llama-2, SOLAR) beside a
+    tokenizer saved without it: transformers 5 writes only tokenizer.json, and llama.cpp's
+    converter reads a SentencePiece vocabulary from tokenizer.model alone. `source` is a
+    model dir or a hub id in the local cache; nothing happens where it has no such file."""
+    if source is None or (target / SENTENCEPIECE_FILE).exists():
+        return
+    path = Path(source) / SENTENCEPIECE_FILE
+    if not Path(source).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(source), SENTENCEPIECE_FILE)
+        path = Path(cached) if isinstance(cached, str) else path
+    if path.is_file():
+        shutil.copy2(path, target / SENTENCEPIECE_FILE)

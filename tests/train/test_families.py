@@ -40,7 +40,7 @@ def _records() -> list[dict]:
     ]
 
 
-def _recipe(root, base, family):
+def _recipe(root, base, family, *extra: str):
     from kollm.config import load_recipe
     from kollm.data.pipeline import prepare
 
@@ -57,7 +57,7 @@ def _recipe(root, base, family):
     ]
     if not family.chat_template:
         overrides.append("train.chat_template=chatml")
-    recipe = load_recipe(REPO / "recipes" / "chat_lora.yaml", overrides)
+    recipe = load_recipe(REPO / "recipes" / "chat_lora.yaml", [*overrides, *extra])
     prepare(recipe.data, recipe.data_dir)
     return recipe
 
@@ -94,14 +94,18 @@ def _ask(server, name: str, messages=CHAT) -> httpx.Response:
 
 @pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
 def test_a_family_serves_its_adapter_and_stops_at_its_end_of_turn(trained, engine, start_server):
-    from transformers import AutoTokenizer
-
     family, _base, home = trained
     name = family.name.replace(".", "-")
     if engine == "ctranslate2" and not family.ct2:
         _assert_serve_refuses(home, f"{name}:1", engine)
         return
     server = start_server([f"{name}:1"], engine=engine, registry_home=home)
+    _assert_answers_and_stops(server, name, home)
+
+
+def _assert_answers_and_stops(server, name: str, home) -> None:
+    from transformers import AutoTokenizer
+
     reply = _ask(server, name)
     assert reply.status_code == 200, reply.text
     body = reply.json()
@@ -128,11 +132,12 @@ def _assert_serve_refuses(home, ref: str, engine: str) -> None:
     assert "--engine transformers" in " ".join(result.output.split())
 
 
-def test_a_family_exports_to_gguf_and_reads_back(trained, tmp_path):
+def test_a_family_exports_to_gguf_and_reads_back(trained, tmp_path, start_server):
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
     from kollm.cluster.export import ExportError, export_model
+    from kollm.engines.base import end_ids
 
     family, base, home = trained
     ref = f"{family.name.replace('.', '-')}:1"
@@ -146,25 +151,20 @@ def test_a_family_exports_to_gguf_and_reads_back(trained, tmp_path):
     assert meta["tokenizer.ggml.model"] == (
         "llama" if family.tokenizer == "SentencePiece" else "gpt2"
     )
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    assert meta["tokenizer.ggml.tokens"][: len(tokenizer)] == tokenizer.convert_ids_to_tokens(
-        list(range(len(tokenizer)))
-    )
-    assert [e["sha256"] for e in Registry(home).exports(ref)] == [exported.sha256]
-    if llamacpp_missing() is None:  # llama-server answers from it and stops where kollm does
-        _assert_llama_server_stops(Registry(home).get(ref).artifact_path, exported.path)
+    # the base vocabulary, and every token that ends an answer (the adapter's added ones too)
+    tokens = meta["tokenizer.ggml.tokens"]
+    base_vocab = AutoTokenizer.from_pretrained(str(base)).vocab_size
+    model_dir = Registry(home).get(ref).artifact_path
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokens[:base_vocab] == tokenizer.convert_ids_to_tokens(list(range(base_vocab)))
+    ends = end_ids(Path(model_dir), tokenizer)
+    assert [tokens[i] for i in ends] == tokenizer.convert_ids_to_tokens(list(ends))
+    assert tokenizer.convert_tokens_to_ids(family.end) in ends
+    recorded = [e["sha256"] for e in Registry(home).exports(ref) if e["format"] == "gguf"]
+    assert recorded == [exported.sha256]
+    if llamacpp_missing() is None:  # served from it by llama-server, stopping as the others
+        from kollm.cluster.gguf_files import llamacpp_preparer
 
-
-def _assert_llama_server_stops(model_dir, gguf) -> None:
-    from kollm.engines.base import GenerationParams
-    from kollm.engines.llamacpp_engine import LlamaCppEngine
-    from kollm.prompts import chat_prompt
-
-    engine = LlamaCppEngine(Path(model_dir), gguf, parallel=1, threads=1)
-    engine.load()
-    try:
-        prompt = chat_prompt(engine.tokenizer, CHAT)
-        (answer,) = engine.generate([prompt], GenerationParams(max_new_tokens=12))
-    finally:
-        engine.unload()
-    assert (answer.text, answer.finish_reason) == (ANSWER, "stop")
+        prepare = llamacpp_preparer("f16", Registry(home))
+        server = start_server([ref], engine="llamacpp", prepare=prepare, registry_home=home)
+        _assert_answers_and_stops(server, ref.split(":")[0], home)

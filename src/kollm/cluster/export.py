@@ -186,15 +186,16 @@ def _hf(model_dir: Path, out: Path) -> Export:
 def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
     import ctranslate2
 
-    from kollm.engines.ctranslate2_engine import _bart_config_compat
+    from kollm.engines.ctranslate2_engine import config_compat, fill_special_tokens
 
     if quant not in CT2_QUANTS:
         raise ExportError(f"--quant {quant!r} for ct2: expected one of {', '.join(CT2_QUANTS)}")
     with _staged(out, "ct2") as staged:
-        _bart_config_compat()
+        config_compat()
         ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
             str(staged), quantization=quant, force=True
         )
+        fill_special_tokens(staged)
         for name in TOKENIZER_FILES:  # a deployable dir: kollm serves it with its tokenizer
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, staged / name)

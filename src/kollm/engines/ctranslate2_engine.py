@@ -42,13 +42,25 @@ def converted_dir(model_dir: Path, quantization: str, sha256: str) -> Path:
     return model_dir.with_name(f"{model_dir.name}.ct2-{quantization}-{sha256[:12]}")
 
 
-def _bart_config_compat() -> None:
-    """transformers 5 dropped `BartConfig.normalize_before`, which CTranslate2's BART loader
-    reads; BART is post-norm, so the old default (False) is the right answer."""
-    from transformers import BartConfig
+def config_compat() -> None:
+    """Config attributes transformers 5 dropped that CTranslate2's loaders read:
+    `BartConfig.normalize_before` (BART is post-norm, so the old default, False, is right) and
+    `GPTNeoXConfig.rotary_pct` (Polyglot-ko's partial rotary share, which transformers 5 keeps
+    as `rope_parameters["partial_rotary_factor"]`) and GPT-NeoX's `embed_out` (now `lm_head`)."""
+    from transformers import BartConfig, GPTNeoXConfig
 
     if "normalize_before" not in vars(BartConfig):
         BartConfig.normalize_before = False
+    from transformers import GPTNeoXForCausalLM
+
+    if not hasattr(GPTNeoXForCausalLM, "embed_out"):  # renamed lm_head in transformers 5
+        GPTNeoXForCausalLM.embed_out = property(lambda self: self.get_output_embeddings())
+    if "rotary_pct" not in vars(GPTNeoXConfig):
+        GPTNeoXConfig.rotary_pct = property(
+            lambda self: (getattr(self, "rope_parameters", None) or {}).get(
+                "partial_rotary_factor", 1.0
+            )
+        )
 
 
 class NoConverter(ValueError):
@@ -131,10 +143,11 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
         source = merge_lora(model_dir, out.with_name(f"{out.name}.merged-{unique}"))
     tmp = out.with_name(f"{out.name}.tmp-{unique}")
     try:
-        _bart_config_compat()
+        config_compat()
         ctranslate2.converters.TransformersConverter(str(source)).convert(
             str(tmp), quantization=quantization
         )
+        fill_special_tokens(tmp)
         try:
             tmp.rename(out)
         except OSError:  # another process renamed its conversion first
@@ -145,6 +158,20 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
         if source != model_dir:
             shutil.rmtree(source, ignore_errors=True)
     return out
+
+
+def fill_special_tokens(conversion: Path) -> None:
+    """CTranslate2 writes the tokenizer's BOS and UNK into the conversion's config.json and
+    refuses to load one where they are null (a GPT-NeoX tokenizer may name only its EOS):
+    the EOS stands in, as GPT-2-style tokenizers use one token for all three."""
+    import json
+
+    path = conversion / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    missing = [k for k in ("bos_token", "unk_token") if config.get(k) is None]
+    if missing and config.get("eos_token") is not None:
+        config.update(dict.fromkeys(missing, config["eos_token"]))
+        path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def _step_callback(on_token: TokenCallback, ends: tuple[int, ...]):
@@ -254,7 +281,9 @@ class CTranslate2Engine:
         config = AutoConfig.from_pretrained(base)
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
-        self.vocab_size = vocab_limit(self.tokenizer, config)
+        # a merged adapter whose chat template added tokens has their rows too
+        own = None if adapter_base(self.model_dir) else config
+        self.vocab_size = vocab_limit(self.tokenizer, own)
         self.end_ids = end_ids(self.model_dir, self.tokenizer)
         cls = ctranslate2.Translator if self.is_encoder_decoder else ctranslate2.Generator
         self.model = cls(

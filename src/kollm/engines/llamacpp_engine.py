@@ -31,6 +31,7 @@ from kollm.engines.base import (
     Prompt,
     RequestRejected,
     TokenCallback,
+    adapter_base,
     end_ids,
     vocab_limit,
 )
@@ -159,8 +160,10 @@ class LlamaCppEngine(UpstreamServer):
         if not self.gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {self.gguf}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        config = AutoConfig.from_pretrained(str(self.model_dir))
-        self.vocab_size = vocab_limit(self.tokenizer, config)
+        # an adapter's GGUF is merged into its base: the base's config, the adapter's tokenizer
+        base = adapter_base(self.model_dir)
+        config = AutoConfig.from_pretrained(base or str(self.model_dir))
+        self.vocab_size = vocab_limit(self.tokenizer, None if base else config)
         self.end_ids = end_ids(self.model_dir, self.tokenizer)
         if not self._context_given:
             self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)

@@ -62,6 +62,8 @@ def merge_lora(adapter_dir: Path, out_dir: Path) -> Path:
     """Load base + adapter, fold the adapter into the weights, save model and tokenizer."""
     from transformers import AutoTokenizer
 
+    from kollm.artifacts import keep_sentencepiece
+
     config = adapter_config(adapter_dir)
     if config is None:
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; not a LoRA adapter dir")
@@ -73,6 +75,8 @@ def merge_lora(adapter_dir: Path, out_dir: Path) -> Path:
     try:
         merged.save_pretrained(str(tmp))
         AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+        keep_sentencepiece(adapter_dir, tmp)  # what training kept, or else the base's own
+        keep_sentencepiece(config["base_model_name_or_path"], tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

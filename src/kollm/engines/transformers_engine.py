@@ -117,6 +117,10 @@ class TransformersEngine:
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         cls = AutoModelForSeq2SeqLM if self.is_encoder_decoder else AutoModelForCausalLM
         model = cls.from_pretrained(base)
+        if own_adapter is not None and len(self.tokenizer) > config.vocab_size:
+            # the adapter's chat template added tokens: their rows come with the adapter
+            model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            config = model.config
         if self.adapters:
             from peft import PeftModel
 

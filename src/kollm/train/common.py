@@ -284,13 +284,31 @@ def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def save_final(trainer, tokenizer, model_dir: Path, fmt: PromptFormat) -> None:
-    """Save model, tokenizer and prompt format into a temporary dir, then swap it into place."""
+def _save_model(trainer, path: Path) -> None:
+    """The trainer's model; an adapter that trained the rows of added tokens saves those rows
+    alone, where PEFT would save the whole resized embedding and head beside them (two
+    copies of the vocabulary's weights in every adapter of a 7B base: over a gigabyte)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    configs = getattr(model, "peft_config", None) or {}
+    if any(getattr(c, "trainable_token_indices", None) for c in configs.values()):
+        model.save_pretrained(str(path), save_embedding_layers=False)
+    else:
+        trainer.save_model(str(path))
+
+
+def save_final(
+    trainer, tokenizer, model_dir: Path, fmt: PromptFormat, base: str | None = None
+) -> None:
+    """Save model, tokenizer and prompt format into a temporary dir, then swap it into place;
+    a SentencePiece base's tokenizer.model goes with it (GGUF export reads it)."""
+    from kollm.artifacts import keep_sentencepiece
+
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        trainer.save_model(str(tmp))
+        _save_model(trainer, tmp)
         tokenizer.save_pretrained(str(tmp))
+        keep_sentencepiece(base, tmp)
         save_format(tmp, fmt)
         if model_dir.exists():
             shutil.rmtree(model_dir)
@@ -333,7 +351,8 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
     # With torchrun or accelerate every process gets here; one writes the model and the files,
     # or the processes race each other over model.tmp.
     if trainer.is_world_process_zero():
-        save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe))
+        base = recipe.model.base if recipe.model.base != "scratch" else None
+        save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe), base)
         plot_losses(result.losses, train_dir / "loss.png")
         write_json(train_dir / "train_summary.json", result.summary())
     return result

@@ -89,8 +89,44 @@ def load_causal(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
         kwargs["quantization_config"] = _bnb_4bit()
     model = _from_pretrained(AutoModelForCausalLM, cfg.base, kwargs)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # chat tokens were added
-        model.resize_token_embeddings(len(tokenizer))
+        grow_embeddings(model, len(tokenizer))
     return tokenizer, model
+
+
+def grow_embeddings(model, size: int) -> None:
+    """Rows for tokens the chat template added, each the mean of the rows the base trained
+    (in the input embedding and an untied output layer): a start that neither dominates nor
+    vanishes, and the same on every run (transformers' own samples around that mean)."""
+    import torch
+
+    old = model.get_input_embeddings().num_embeddings
+    model.resize_token_embeddings(size, mean_resizing=False)
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    with torch.no_grad():
+        for layer in {id(x.weight): x for x in layers if x is not None}.values():
+            layer.weight[old:] = layer.weight[:old].mean(dim=0)
+
+
+def added_token_ids(recipe: Recipe, tokenizer) -> list[int]:
+    """The ids `train.chat_template` added to the base's tokenizer: rows the base never
+    trained, which the adapter must train and carry."""
+    from transformers import AutoTokenizer
+
+    if recipe.model.base == "scratch" or recipe.data.kind != "chat":
+        return []
+    before = len(AutoTokenizer.from_pretrained(recipe.model.base))
+    return list(range(before, len(tokenizer)))
+
+
+def token_layers(model, ids: list[int]) -> dict[str, list[int]]:
+    """PEFT's trainable_token_indices for `ids`: the input embedding, and the output layer
+    when it is not tied to it (a tied one PEFT follows itself)."""
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    rows = {names[id(embed)]: ids}
+    if head is not None and head.weight.data_ptr() != embed.weight.data_ptr():
+        rows[names[id(head)]] = ids
+    return rows
 
 
 def _from_pretrained(auto_class, base: str, kwargs: dict[str, Any]):
@@ -120,11 +156,18 @@ def _bnb_4bit():
     )
 
 
-def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
-    """The PEFT config of `train.lora`: LoRA, IA3, or prompt/prefix/P-tuning."""
+def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM", new_rows=None):
+    """The PEFT config of `train.lora`: LoRA, IA3, or prompt/prefix/P-tuning. `new_rows`
+    (`token_layers`) are the rows of added tokens: LoRA trains and saves just those rows,
+    IA3 the whole layers that hold them; prompt learning cannot train them and refuses."""
     import peft
 
     a = recipe.train.lora
+    if new_rows and a.method in ("prompt_tuning", "prefix_tuning", "p_tuning"):
+        raise ValueError(
+            f"train.lora.method {a.method} trains virtual tokens only, not the rows of the"
+            " tokens train.chat_template adds to this base; use method lora (or ia3)"
+        )
     if a.method == "prefix_tuning" and task_type == "CAUSAL_LM":
         # The prefix's key/values lengthen the attention mask of every layer, which the causal-LM
         # training path of TRL + PEFT does not follow (trl#4168): the first step fails.
@@ -132,8 +175,8 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
             "train.lora.method: prefix_tuning works with train.method seq2seq only here; "
             "use p_tuning or prompt_tuning for causal models"
         )
-    if a.method == "ia3":
-        return peft.IA3Config(task_type=task_type)  # PEFT's per-architecture target modules
+    if a.method == "ia3":  # PEFT's per-architecture target modules
+        return peft.IA3Config(task_type=task_type, modules_to_save=list(new_rows or {}) or None)
     if a.method in ("prompt_tuning", "prefix_tuning", "p_tuning"):
         cls = {
             "prompt_tuning": peft.PromptTuningConfig,
@@ -147,6 +190,7 @@ def lora_config(recipe: Recipe, task_type: str = "CAUSAL_LM"):
         lora_dropout=a.dropout,
         target_modules=a.target_modules,
         task_type=task_type,
+        trainable_token_indices=new_rows or None,
     )
 
 
@@ -161,6 +205,8 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
     train_dir = recipe.train_dir
     train_dir.mkdir(parents=True, exist_ok=True)
     tokenizer, model = load_causal(recipe, splits["train"], train_dir)
+    added = added_token_ids(recipe, tokenizer)
+    new_rows = token_layers(model, added) if added else None
     train_examples = to_examples(recipe, splits["train"], tokenizer)
     eval_examples = to_examples(recipe, splits.get("dev", []), tokenizer)
     train_examples = fit_examples(tokenizer, train_examples, ("completion",), t.max_length)
@@ -178,7 +224,7 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
         train_dataset=Dataset.from_list(train_examples),
         eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
-        peft_config=lora_config(recipe) if t.lora.enabled else None,
+        peft_config=lora_config(recipe, new_rows=new_rows) if t.lora.enabled else None,
         callbacks=callbacks(train_dir),
     )
     return train_and_save(trainer, tokenizer, recipe, "sft", resume)
