@@ -178,15 +178,24 @@ def test_reward_model_learns_to_prefer_the_chosen_answer(tiny_recipe):
     assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == len(pairs)
 
 
-def test_train_dpo_and_rm_from_a_preference_recipe(tmp_path, local_base):
+def preference_recipe(tmp_path, local_base, kind: str = "preference", n: int = 12):
+    """A recipe over `n` pairs (a dialogue's start; its summary over a shrug) from
+    `local_base`, its data stage run; `thumbs` splits each pair into a good and a bad answer."""
     from kollm.data.pipeline import prepare
     from kollm.samples.generate import generate_dialogues
     from tests.conftest import write_jsonl
 
-    rows = [
+    pairs = [
         {"prompt": r["dialogue"][:80], "chosen": r["summary"], "rejected": "잘 모르겠어요."}
-        for r in generate_dialogues(12, seed=9, prefix="p", noise=False)
+        for r in generate_dialogues(n, seed=9, prefix="p", noise=False)
     ]
+    rows = pairs
+    if kind == "thumbs":
+        rows = [
+            {"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+            for p in pairs
+            for side in ("chosen", "rejected")
+        ]
     write_jsonl(tmp_path / "prefs.jsonl", rows)
     path = recipe_file(
         tmp_path,
@@ -194,23 +203,83 @@ def test_train_dpo_and_rm_from_a_preference_recipe(tmp_path, local_base):
 output_dir: {tmp_path}/run
 data:
   input: {tmp_path}/prefs.jsonl
-  kind: preference
+  kind: {kind}
   report: {{tokenizer: null}}
   split: {{dev: 0.0}}
   dedup: {{near: false}}
 model: {{base: {local_base}}}
-train:
-  method: dpo
-  max_steps: 3
-  batch_size: 2
-  prompt_template: "{{prompt}}"
-  response_template: " {{chosen}}"
+train: {{method: dpo, max_steps: 3, batch_size: 2}}
 """,
     )
-    recipe = load_recipe(path)
-    prepare(recipe.data, recipe.data_dir)
-    dpo = run_training(recipe)
-    assert dpo.method == "dpo" and (dpo.model_dir / "model.safetensors").exists()
+    prepare(load_recipe(path).data, load_recipe(path).data_dir)
+    return path, pairs
+
+
+def margins(model_dir, pairs) -> list[float]:
+    """log p(chosen | prompt) - log p(rejected | prompt) of each pair under the model, the
+    answers rendered as the preference kind's default template renders them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    logp = answer_logprob
+    return [
+        logp(model, tokenizer, p["prompt"], " " + p["chosen"])
+        - logp(model, tokenizer, p["prompt"], " " + p["rejected"])
+        for p in pairs
+    ]
+
+
+def answer_logprob(model, tokenizer, prompt: str, answer: str) -> float:
+    import torch
+
+    asked = tokenizer(prompt)["input_ids"]
+    ids = asked + tokenizer(answer, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+    picked = logits[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    return picked[len(asked) - 1 :].sum().item()
+
+
+@pytest.mark.parametrize("method,kind", [("dpo", "preference"), ("kto", "thumbs")])
+def test_preference_training_prefers_the_chosen_answer_more(tmp_path, local_base, method, kind):
+    path, pairs = preference_recipe(tmp_path, local_base, kind)
+    recipe = load_recipe(
+        path, [f"train.method={method}", "train.max_steps=8", "train.learning_rate=0.003"]
+    )
+    result = run_training(recipe)
+    assert result.method == method and result.global_step == 8
+    before, after = margins(local_base, pairs), margins(result.model_dir, pairs)
+    gained = [a - b for a, b in zip(after, before, strict=True)]
+    assert all(g > 0 for g in gained)
+    assert sum(gained) / len(gained) > 1.0
+
+
+def test_kto_needs_a_trained_model_and_both_kinds_of_answer(tmp_path, local_base):
+    path, _ = preference_recipe(tmp_path, local_base, "thumbs")
+    with pytest.raises(ValueError, match=r"kto starts from a trained model: set model\.base"):
+        run_training(load_recipe(path, ["train.method=kto", "model.base=scratch"]))
+    good = [json.loads(x) for x in (load_recipe(path).data_dir / "train.jsonl").open()]
+    good = [r for r in good if r["label"]]
+    from kollm.train.dpo import train_kto
+
+    with pytest.raises(ValueError, match="both good and bad"):
+        train_kto(load_recipe(path, ["train.method=kto"]), good, local_base)
+    with pytest.raises(ValueError, match=r"thumbs records \(prompt, completion, label\)"):
+        train_kto(load_recipe(path), [{"id": "x", "prompt": "안녕"}], local_base)
+
+
+def test_thumbs_records_need_a_true_or_false_label(tmp_path):
+    from kollm.data.records import KINDS, RecordError, validate_record
+
+    with pytest.raises(RecordError, match="label: expected true"):
+        validate_record({"prompt": "안녕", "completion": "네", "label": "yes"}, KINDS["thumbs"])
+    with pytest.raises(RecordError, match="missing field 'label'"):
+        validate_record({"prompt": "안녕", "completion": "네"}, KINDS["thumbs"])
+
+
+def test_reward_model_from_a_preference_recipe(tmp_path, local_base):
+    path, _ = preference_recipe(tmp_path, local_base)
     rm = run_training(
         load_recipe(
             path,
