@@ -297,7 +297,74 @@ def test_reward_model_from_a_preference_recipe(tmp_path, local_base):
     assert rm.method == "rm" and rm.global_step == 3
 
 
-def test_online_rl_against_a_reward_model(tiny_recipe, local_base):
+def sampled_reward(model_dir, prompts: list[str], scores, n: int = 16) -> float:
+    """Mean reward of `n` answers sampled (seeded) from the model for each prompt, scored as
+    GRPO scores them: prompt and answer joined by a newline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    torch.manual_seed(0)
+    texts = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        out = model.generate(
+            ids,
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=6,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        answers = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        texts += [f"{prompt}\n{a}".strip() for a in answers]
+    rewards = scores(texts)
+    return sum(rewards) / len(rewards)
+
+
+def hangul_in_answers(prompts: list[str]):
+    """A reward that is quick to learn: the Hangul syllables in each answer."""
+
+    def scores(texts: list[str]) -> list[float]:
+        answers = [next((t[len(p) :] for p in prompts if t.startswith(p)), t) for t in texts]
+        return [float(sum("가" <= c <= "힣" for c in a)) for a in answers]
+
+    return scores
+
+
+def test_grpo_raises_the_reward_of_the_answers_it_samples(tiny_recipe, local_base, monkeypatch):
+    import kollm.train.rm as rm
+    from kollm.prompts import recipe_format, record_prompt
+
+    recipe = load_recipe(
+        tiny_recipe,
+        [
+            f"model.base={local_base}",
+            "train.method=grpo",
+            f"train.reward_model={local_base}",  # stands in: the scorer below is the reward
+            "train.max_steps=10",
+            "train.num_generations=8",
+            "train.max_completion_length=6",
+            "train.max_train_samples=4",
+            "train.learning_rate=0.05",
+            "train.beta=0",
+        ],
+    )
+    rows = [json.loads(x) for x in (recipe.data_dir / "train.jsonl").open()][:4]
+    prompts = [record_prompt(recipe_format(recipe), r) for r in rows]
+    scores = hangul_in_answers(prompts)
+    monkeypatch.setattr(rm, "load_scorer", lambda model_dir: scores)
+    result = run_training(recipe)
+    assert result.method == "grpo" and result.global_step == 10
+    before = sampled_reward(local_base, prompts, scores)
+    after = sampled_reward(result.model_dir, prompts, scores)
+    assert after > before + 1.0  # from 1.3 syllables an answer before to 3.3 after here
+
+
+def test_online_rl_against_a_reward_model_loads_it_once(tiny_recipe, local_base, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
     from kollm.train.rm import train_reward_model
 
     rows = [
@@ -306,13 +373,21 @@ def test_online_rl_against_a_reward_model(tiny_recipe, local_base):
     ]
     pairs = [{"prompt": "", "chosen": r["summary"], "rejected": "모르겠습니다."} for r in rows[:6]]
     rm = train_reward_model(load_recipe(tiny_recipe, ["train.max_steps=5"]), pairs).model_dir
+    loads = []
+    load = AutoModelForSequenceClassification.from_pretrained.__func__
+
+    def counted(cls, path, *args, **kwargs):
+        loads.append(str(path))
+        return load(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(counted))
     recipe = load_recipe(
         tiny_recipe,
         [
             f"model.base={local_base}",
             "train.method=grpo",
             f"train.reward_model={rm}",
-            "train.max_steps=2",
+            "train.max_steps=3",
             "train.num_generations=2",
             "train.max_completion_length=6",
             "train.max_train_samples=4",
@@ -322,5 +397,6 @@ def test_online_rl_against_a_reward_model(tiny_recipe, local_base):
         ],
     )
     result = run_training(recipe)
-    assert result.method == "grpo" and result.global_step == 2
+    assert result.method == "grpo" and result.global_step == 3
     assert (result.model_dir / "model.safetensors").exists()
+    assert loads == [str(rm)]  # once for the run, though each of the 3 steps scored answers
