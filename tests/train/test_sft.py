@@ -98,9 +98,9 @@ def test_killed_dpo_run_resumes_from_the_last_complete_checkpoint(tmp_path, loca
     from tests.train.test_methods import preference_recipe
 
     path, _ = preference_recipe(tmp_path, local_base)
-    overrides = ["train.max_steps=40", "train.save_steps=5", "train.logging_steps=5"]
+    overrides = ["train.max_steps=30", "train.save_steps=5", "train.logging_steps=5"]
     result = kill_and_resume(path, overrides)
-    assert result.method == "dpo" and result.global_step == 40
+    assert result.method == "dpo" and result.global_step == 30
     # The resumed run goes on from the checkpoint: it logs no step twice.
     steps = [e["step"] for e in result.losses if "loss" in e]
-    assert steps == sorted(set(steps)) and steps[-1] == 40
+    assert steps == sorted(set(steps)) and steps[-1] == 30
