@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kollm.text.pii import PLACEHOLDERS
 
-RecordKind = Literal["dialogue_summary", "instruction", "chat", "preference", "text"]
+RecordKind = Literal["dialogue_summary", "instruction", "chat", "preference", "thumbs", "text"]
 InputFormat = Literal["auto", "jsonl", "csv", "parquet", "datasets"]
 PiiType = Literal[
     "rrn",
@@ -142,7 +142,7 @@ class DataConfig(StrictModel):
     """Size of the mixed training split in `mix_by` units; default: all sources' training
     records (or tokens) together. A source smaller than its share is repeated."""
     kind: RecordKind
-    """Record kind: dialogue_summary, instruction, chat, preference or text."""
+    """Record kind: dialogue_summary, instruction, chat, preference, thumbs or text."""
     format: InputFormat = "auto"
     """Input format; `auto` goes by the file suffix (a directory is a `datasets` dir)."""
     output_dir: str | None = None
@@ -236,12 +236,13 @@ class DistributedConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    method: Literal["sft", "seq2seq", "pretrain", "dpo", "rm", "grpo"] = "sft"
+    method: Literal["sft", "seq2seq", "pretrain", "dpo", "kto", "rm", "grpo"] = "sft"
     """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5), `pretrain` (plain text),
-    `dpo` or `rm` (a reward model) on preference records (prompt, chosen, rejected), or `grpo`
-    (online RL against `reward_model`; TRL 1.x has no PPO)."""
+    `dpo` or `rm` (a reward model) on preference records (prompt, chosen, rejected), `kto` on
+    thumbs records (prompt, completion, label) or preference records, or `grpo` (online RL
+    against `reward_model`; TRL 1.x has no PPO)."""
     beta: float = Field(0.1, ge=0)
-    """For dpo and grpo: how far the model may move from the starting model (KL weight)."""
+    """For dpo, kto and grpo: how far the model may move from the starting model (KL weight)."""
     reward_model: str | None = None
     """For grpo: the reward model dir (trained with `method: rm`) that scores sampled answers."""
     num_generations: int = Field(4, ge=2)

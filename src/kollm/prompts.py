@@ -26,6 +26,7 @@ DEFAULT_TEMPLATES = {
     "dialogue_summary": ("다음 대화를 요약하세요.\n{dialogue}\n요약:", " {summary}"),
     "instruction": ("### 질문: {instruction}\n{input}\n\n### 답변:", " {output}"),
     "preference": ("{prompt}", " {chosen}"),
+    "thumbs": ("{prompt}", " {completion}"),
     "text": ("", "{text}"),
 }
 # The field a chat request's user text fills, by record kind; the rest of a record's input
@@ -34,6 +35,7 @@ REQUEST_FIELDS = {
     "dialogue_summary": ("dialogue",),
     "instruction": ("instruction", "input"),
     "preference": ("prompt",),
+    "thumbs": ("prompt",),
     "text": ("text",),
 }
 CHATML = (

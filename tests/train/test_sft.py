@@ -65,11 +65,12 @@ def test_lora_changes_every_trainable_parameter_and_no_frozen_one(
     assert result.is_adapter and (result.model_dir / "adapter_config.json").exists()
 
 
-def test_killed_run_resumes_from_the_last_complete_checkpoint(tiny_recipe, tmp_path):
-    overrides = ["train.max_steps=300", "train.save_steps=5", "train.logging_steps=50"]
+def kill_and_resume(recipe_path, overrides: list[str]):
+    """Train in a subprocess, kill -9 it once checkpoint-10 is complete, fake a half-written
+    newer checkpoint, then resume in this process; returns the resumed run's result."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "kollm", "train", str(tiny_recipe), *overrides]
-    checkpoints = load_recipe(tiny_recipe).train_dir / "checkpoints"
+    cmd = [sys.executable, "-m", "kollm", "train", str(recipe_path), *overrides]
+    checkpoints = load_recipe(recipe_path).train_dir / "checkpoints"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not (checkpoints / "checkpoint-10" / COMPLETE_MARKER).exists():
@@ -81,8 +82,25 @@ def test_killed_run_resumes_from_the_last_complete_checkpoint(tiny_recipe, tmp_p
     # A checkpoint that was being written when the process died: no completion marker.
     (checkpoints / "checkpoint-999").mkdir()
     (checkpoints / "checkpoint-999" / "model.safetensors").write_bytes(b"half")
-    result = run_training(load_recipe(tiny_recipe, overrides), resume=True)
-    assert result.global_step == 300
+    result = run_training(load_recipe(recipe_path, overrides), resume=True)
     assert result.resumed_from is not None and "checkpoint-999" not in result.resumed_from
     assert int(result.resumed_from.rsplit("-", 1)[1]) >= 10
     assert not (checkpoints / "checkpoint-999").exists()
+    return result
+
+
+def test_killed_run_resumes_from_the_last_complete_checkpoint(tiny_recipe):
+    overrides = ["train.max_steps=300", "train.save_steps=5", "train.logging_steps=50"]
+    assert kill_and_resume(tiny_recipe, overrides).global_step == 300
+
+
+def test_killed_dpo_run_resumes_from_the_last_complete_checkpoint(tmp_path, local_base):
+    from tests.train.test_methods import preference_recipe
+
+    path, _ = preference_recipe(tmp_path, local_base)
+    overrides = ["train.max_steps=30", "train.save_steps=5", "train.logging_steps=5"]
+    result = kill_and_resume(path, overrides)
+    assert result.method == "dpo" and result.global_step == 30
+    # The resumed run goes on from the checkpoint: it logs no step twice.
+    steps = [e["step"] for e in result.losses if "loss" in e]
+    assert steps == sorted(set(steps)) and steps[-1] == 30

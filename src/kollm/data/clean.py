@@ -28,7 +28,7 @@ def clean_file(
     steps = [
         TextNormaliser(kind.text_fields),
         PiiMasker(kind.text_fields),
-        PlaceholderOnlyFilter(kind.required),
+        PlaceholderOnlyFilter(kind.required_texts),
         ExactDeduplicator(kind.key_fields),
         MinhashDeduplicator(kind.key_fields, dedup.threshold, dedup.ngram, dedup.num_perm),
     ]

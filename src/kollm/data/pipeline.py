@@ -61,7 +61,7 @@ def build_steps(cfg: DataConfig, kind: RecordKind) -> list[Step]:
     if cfg.pii.enabled:
         steps.append(PiiMasker(kind.text_fields, PiiOptions(frozenset(cfg.pii.types))))
     if cfg.filters.drop_placeholder_only:
-        steps.append(PlaceholderOnlyFilter(kind.required))
+        steps.append(PlaceholderOnlyFilter(kind.required_texts))
     if cfg.filters.lengths:
         steps.append(LengthFilter(cfg.filters.lengths, cfg.filters.tokenizer))
     if cfg.filters.min_hangul_ratio > 0:

@@ -22,6 +22,11 @@ class RecordKind:
     key_fields: tuple[str, ...]
     """The input side: what dedup compares and the Hangul filter reads."""
 
+    @property
+    def required_texts(self) -> tuple[str, ...]:
+        """The required fields that hold text (not a thumbs record's `label`)."""
+        return tuple(f for f in self.required if f in self.text_fields)
+
 
 KINDS: dict[str, RecordKind] = {
     "dialogue_summary": RecordKind(
@@ -39,6 +44,13 @@ KINDS: dict[str, RecordKind] = {
         ("prompt", "chosen", "rejected"),
         ("prompt", "chosen", "rejected"),
         ("prompt", "chosen"),
+    ),
+    # One rated answer (KTO): `label` true for a good answer (thumbs up), false for a bad one.
+    "thumbs": RecordKind(
+        "thumbs",
+        ("prompt", "completion", "label"),
+        ("prompt", "completion"),
+        ("prompt", "completion"),
     ),
     "text": RecordKind("text", ("text",), ("text",), ("text",)),
 }
@@ -66,6 +78,8 @@ def validate_record(record: Any, kind: RecordKind) -> Record:
     for name in kind.required:
         if record.get(name) is None:
             raise RecordError(f"missing field '{name}'")
+    if "label" in kind.required and not isinstance(record["label"], bool):
+        raise RecordError("label: expected true (a good answer) or false (a bad one)")
     for name in kind.text_fields:
         value = record.get(name)
         if value is None:

@@ -1,4 +1,4 @@
-"""Training: one self-contained module per method (sft, seq2seq, pretrain)."""
+"""Training: one self-contained module per method (sft, seq2seq, pretrain, dpo/kto, rm, grpo)."""
 
 from __future__ import annotations
 
@@ -25,40 +25,48 @@ def read_splits(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
-    """Train with the recipe's method; returns where the model went."""
+    """Train with the recipe's method; returns where the model went. With `resume`, every
+    method continues from the newest complete checkpoint of an earlier run."""
     if recipe.train is None:
         raise ValueError("the recipe has no 'train' section")
     splits = read_splits(recipe)
-    if recipe.train.method == "seq2seq":
+    method = recipe.train.method
+    if method in ("dpo", "kto", "grpo"):
+        return _from_trained_model(recipe, splits["train"], resume)
+    if method == "seq2seq":
         from kollm.train.seq2seq import train_seq2seq
 
         return train_seq2seq(recipe, splits, resume)
-    if recipe.train.method == "rm":
+    if method == "rm":
         from kollm.train.rm import train_reward_model
 
-        return train_reward_model(recipe, splits["train"])
-    if recipe.train.method == "dpo":
-        from pathlib import Path
-
-        from kollm.train.dpo import train_dpo
-
-        if recipe.model.base == "scratch":
-            raise ValueError("train.method dpo starts from a trained model: set model.base")
-        return train_dpo(recipe, splits["train"], Path(recipe.model.base), recipe.train.beta)
-    if recipe.train.method == "grpo":
-        from pathlib import Path
-
-        from kollm.train.rl import train_rl
-
-        if recipe.train.reward_model is None or recipe.model.base == "scratch":
-            raise ValueError(
-                "train.method grpo needs model.base (the policy) and train.reward_model"
-            )
-        return train_rl(recipe, splits["train"], Path(recipe.train.reward_model))
-    if recipe.train.method == "pretrain":
+        return train_reward_model(recipe, splits["train"], resume)
+    if method == "pretrain":
         from kollm.train.pretrain import train_pretrain
 
         return train_pretrain(recipe, splits, resume)
     from kollm.train.sft import train_sft
 
     return train_sft(recipe, splits, resume)
+
+
+def _from_trained_model(recipe: Recipe, rows: list[dict[str, Any]], resume: bool):
+    """dpo, kto and grpo: each moves an existing model (`model.base`) towards better answers."""
+    from pathlib import Path
+
+    t = recipe.train
+    if recipe.model.base == "scratch":
+        raise ValueError(f"train.method {t.method} starts from a trained model: set model.base")
+    start_from = Path(recipe.model.base)
+    if t.method == "grpo":
+        from kollm.train.rl import train_rl
+
+        if t.reward_model is None:
+            raise ValueError(
+                "train.method grpo needs train.reward_model (a model trained with method rm)"
+            )
+        return train_rl(recipe, rows, Path(t.reward_model), resume)
+    from kollm.train.dpo import train_dpo, train_kto
+
+    train = train_dpo if t.method == "dpo" else train_kto
+    return train(recipe, rows, start_from, t.beta, resume)

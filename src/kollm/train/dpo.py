@@ -2,8 +2,9 @@
 
 Pairs are (messages or prompt, chosen, rejected) as the feedback export writes them: the
 conversation the answer was given in becomes the prompt through `kollm.prompts`, exactly as the
-server built it, and both answers are rendered as training rendered answers. The reference
-model is the starting model (TRL copies it, or disables the LoRA adapter).
+server built it, and both answers are rendered as training rendered answers. KTO takes thumbs
+rows (messages or prompt, completion, label), or pairs split into a good and a bad answer. The
+reference model is the starting model (TRL copies it, or disables the LoRA adapter).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def to_dpo_rows(recipe: Recipe, pairs: list[dict[str, Any]], tokenizer) -> list[
 
 
 def train_dpo(
-    recipe: Recipe, pairs: list[dict[str, Any]], start_from: Path, beta: float = 0.1
+    recipe: Recipe,
+    pairs: list[dict[str, Any]],
+    start_from: Path,
+    beta: float = 0.1,
+    resume: bool = False,
 ) -> TrainResult:
     """Train `start_from` on `pairs`; the result lands in `recipe.train_dir / "model"`."""
     from datasets import Dataset
@@ -70,29 +75,60 @@ def train_dpo(
         peft_config=lora_config(recipe) if t.lora.enabled else None,
         callbacks=callbacks(recipe.train_dir),
     )
-    return train_and_save(trainer, tokenizer, recipe, "dpo", resume=False)
+    return train_and_save(trainer, tokenizer, recipe, "dpo", resume)
+
+
+def thumbs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rated answers for KTO: thumbs rows as they are; a pair as its chosen answer (good)
+    and its rejected one (bad)."""
+    out = []
+    for r in rows:
+        if "completion" in r and "label" in r:
+            out.append(r)
+        elif "chosen" in r and "rejected" in r:
+            out += [
+                {**r, "completion": r["chosen"], "label": True},
+                {**r, "completion": r["rejected"], "label": False},
+            ]
+        else:
+            raise ValueError(
+                f"record {r.get('id', '?')}: KTO trains on thumbs records (prompt, completion, "
+                "label) or preference records (prompt, chosen, rejected)"
+            )
+    return out
+
+
+def to_kto_rows(recipe: Recipe, rows: list[dict[str, Any]], tokenizer) -> list[dict[str, Any]]:
+    """Rated answers as KTO rows, rendered in the recipe's prompt format."""
+    fmt = recipe_format(recipe)
+    data = []
+    for r in rows:
+        prompt, completion = request_example(fmt, conversation(r), r["completion"], tokenizer)
+        data.append({"prompt": prompt, "completion": completion, "label": bool(r["label"])})
+    return data
 
 
 def train_kto(
-    recipe: Recipe, rows: list[dict[str, Any]], start_from: Path, beta: float = 0.1
+    recipe: Recipe,
+    rows: list[dict[str, Any]],
+    start_from: Path,
+    beta: float = 0.1,
+    resume: bool = False,
 ) -> TrainResult:
-    """KTO on thumbs: (prompt, completion, label) rows as the feedback export writes them."""
+    """KTO on thumbs: (prompt, completion, label) rows as the feedback export writes them,
+    or preference pairs."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import KTOConfig, KTOTrainer
 
-    if not rows or len({bool(r["label"]) for r in rows}) < 2:
+    rows = thumbs(rows)
+    if len({bool(r["label"]) for r in rows}) < 2:
         raise ValueError("KTO needs both good and bad examples")
     t = recipe.train
     recipe.train_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(str(start_from))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    fmt = recipe_format(recipe)
-    data = []
-    for r in rows:
-        prompt, completion = request_example(fmt, conversation(r), r["completion"], tokenizer)
-        data.append({"prompt": prompt, "completion": completion, "label": bool(r["label"])})
     settings = common_args(recipe, recipe.train_dir, False)
     # KTO's KL estimate pairs each example with its neighbours in a fixed order.
     settings["train_sampling_strategy"] = "sequential"
@@ -102,10 +138,12 @@ def train_kto(
         ),
         args=KTOConfig(**settings, beta=beta, max_length=t.max_length),
         train_dataset=Dataset.from_list(
-            fit_examples(tokenizer, data, ("completion",), t.max_length)
+            fit_examples(
+                tokenizer, to_kto_rows(recipe, rows, tokenizer), ("completion",), t.max_length
+            )
         ),
         processing_class=tokenizer,
         peft_config=lora_config(recipe) if t.lora.enabled else None,
         callbacks=callbacks(recipe.train_dir),
     )
-    return train_and_save(trainer, tokenizer, recipe, "kto", resume=False)
+    return train_and_save(trainer, tokenizer, recipe, "kto", resume)

@@ -16,19 +16,22 @@ from kollm.train.common import TrainResult, callbacks, common_args, train_and_sa
 
 
 def reward_from(model_dir: Path):
-    """A TRL reward function that scores prompt + completion with a trained reward model."""
-    from kollm.train.rm import score
+    """A TRL reward function that scores prompt + completion with a trained reward model,
+    loaded once for the whole run."""
+    from kollm.train.rm import load_scorer
+
+    scores = load_scorer(model_dir)
 
     def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return score(
-            model_dir, [f"{p}\n{c}".strip() for p, c in zip(prompts, completions, strict=True)]
-        )
+        return scores([f"{p}\n{c}".strip() for p, c in zip(prompts, completions, strict=True)])
 
     reward.__name__ = "reward_model"
     return reward
 
 
-def train_rl(recipe: Recipe, records: list[dict[str, Any]], reward_model: Path) -> TrainResult:
+def train_rl(
+    recipe: Recipe, records: list[dict[str, Any]], reward_model: Path, resume: bool = False
+) -> TrainResult:
     """GRPO on the prompts of `records` (rendered with the recipe's prompt template)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,4 +68,4 @@ def train_rl(recipe: Recipe, records: list[dict[str, Any]], reward_model: Path) 
         processing_class=tokenizer,
         callbacks=callbacks(recipe.train_dir),
     )
-    return train_and_save(trainer, tokenizer, recipe, "grpo", resume=False)
+    return train_and_save(trainer, tokenizer, recipe, "grpo", resume)

@@ -50,7 +50,9 @@ def _model_and_tokenizer(recipe: Recipe, pairs: list[dict[str, Any]]):
     return tokenizer, model
 
 
-def train_reward_model(recipe: Recipe, pairs: list[dict[str, Any]]) -> TrainResult:
+def train_reward_model(
+    recipe: Recipe, pairs: list[dict[str, Any]], resume: bool = False
+) -> TrainResult:
     """A reward model (TRL RewardTrainer) on preference pairs."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
@@ -69,16 +71,26 @@ def train_reward_model(recipe: Recipe, pairs: list[dict[str, Any]]) -> TrainResu
         processing_class=tokenizer,
         callbacks=callbacks(recipe.train_dir),
     )
-    return train_and_save(trainer, tokenizer, recipe, "rm", resume=False)
+    return train_and_save(trainer, tokenizer, recipe, "rm", resume)
 
 
-def score(model_dir: Path, texts: list[str]) -> list[float]:
-    """Reward of each text (prompt and answer joined as in training)."""
+def load_scorer(model_dir: Path):
+    """A function that scores texts with the reward model in `model_dir`, loaded once here:
+    GRPO scores every batch of sampled answers with it."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
-    with torch.inference_mode():
-        return model(**batch).logits[:, 0].tolist()  # (batch, 1) -> (batch,)
+
+    def scores(texts: list[str]) -> list[float]:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
+        with torch.inference_mode():
+            return model(**batch).logits[:, 0].tolist()  # (batch, 1) -> (batch,)
+
+    return scores
+
+
+def score(model_dir: Path, texts: list[str]) -> list[float]:
+    """Reward of each text (prompt and answer joined as in training)."""
+    return load_scorer(model_dir)(texts)
