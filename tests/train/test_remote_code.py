@@ -87,11 +87,15 @@ def test_hub_kwargs_pin_the_revision_and_local_dirs_need_none(tmp_path):
 
 
 def test_without_the_flag_training_is_refused_by_name(tiny_recipe, remote_base):
-    from kollm.remote import RemoteCodeRefused
-    from kollm.train import run_training
+    from typer.testing import CliRunner
 
-    with pytest.raises(RemoteCodeRefused, match=r"needs remote code: pass --trust-remote-code"):
-        run_training(_recipe(tiny_recipe, remote_base, trust=False))
+    from kollm.cli import app
+
+    _recipe(tiny_recipe, remote_base, trust=False)
+    result = CliRunner().invoke(app, ["train", str(tiny_recipe)])
+    assert result.exit_code == 2, result.output
+    assert "needs remote code: pass --trust-remote-code" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
 
 
 def test_with_the_flag_it_trains_evaluates_serves_and_exports(
