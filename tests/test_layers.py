@@ -17,9 +17,10 @@ ALLOWED = {
     "artifacts": set(),
     "prompts": set(),
     "logtail": set(),
+    "remote": set(),
     "endpoint": {"store"},
-    "engines": {"artifacts"},
-    "registry": {"store", "artifacts", "prompts"},
+    "engines": {"artifacts", "remote"},
+    "registry": {"store", "artifacts", "prompts", "remote"},
 }
 HIGH = {"pipeline", "cluster", "cli"}
 FORBIDDEN = {

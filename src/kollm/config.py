@@ -200,6 +200,23 @@ class ModelConfig(StrictModel):
     """For `scratch`: longest sequence the model accepts."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights dtype: `auto` is float32 on the CPU and bfloat16 on a GPU that supports it."""
+    trust_remote_code: bool = False
+    """Run the modeling code a base ships beside its weights (EXAONE 3.x): off by default;
+    recorded beside the trained weights, so serve and export ask for --trust-remote-code."""
+    revision: str | None = None
+    """The hub commit or tag of `base`; required for a hub id with `trust_remote_code`, so
+    the code that runs is the code you read."""
+
+    @model_validator(mode="after")
+    def _pinned_remote_code(self) -> ModelConfig:
+        from kollm.remote import is_hub_id
+
+        if self.trust_remote_code and not self.revision and is_hub_id(self.base):
+            raise ValueError(
+                f"model.trust_remote_code runs {self.base}'s own Python: pin it with"
+                " model.revision (a hub commit or tag), or give a local dir"
+            )
+        return self
 
 
 class LoraSettings(StrictModel):
@@ -575,6 +592,9 @@ class ServeConfig(StrictModel):
     """How an answer's tool calls are read (vLLM's --tool-call-parser): auto (the format the
     model's chat template teaches), hermes (`<tool_call>{...}</tool_call>`: Qwen2.5/Qwen3 and
     many Korean fine-tunes), llama3_json (Llama-3.1's JSON) or mistral (`[TOOL_CALLS]`)."""
+    trust_remote_code: bool = False
+    """Run the modeling code a served model ships beside its weights (EXAONE 3.x); a version
+    that needs it is refused without it."""
     unconstrained_json: bool = False
     """ctranslate2 (no constrained decoding): answer a response_format request anyway,
     unconstrained, each choice saying in `schema_valid` whether its answer is valid under

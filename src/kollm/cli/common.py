@@ -20,6 +20,7 @@ from kollm.data.io import DataError
 from kollm.pipeline.loop import LoopError
 from kollm.prompts import PromptError
 from kollm.registry import RegistryError
+from kollm.remote import RemoteCodeRefused
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -104,6 +105,7 @@ def user_errors() -> Iterator[None]:
         FileNotFoundError,
         LoopError,
         PromptError,
+        RemoteCodeRefused,
     ) as err:
         fail(str(err))
 

@@ -30,6 +30,13 @@ def export(
         str | None,
         typer.Option(help="gguf: llama.cpp's name of the BPE pre-tokenizer, if it cannot tell."),
     ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Run the modeling code a model ships beside its weights (to merge, convert).",
+        ),
+    ] = False,
 ) -> None:
     """Export a model as a standalone HF dir, a GGUF with its Ollama Modelfile (llama.cpp's
     converter), or a CTranslate2 dir; a LoRA adapter is merged first; a registered version
@@ -38,7 +45,14 @@ def export(
 
     with user_errors():
         try:
-            result = export_model(source, format, output, quant, pre_tokenizer=pre_tokenizer)
+            result = export_model(
+                source,
+                format,
+                output,
+                quant,
+                pre_tokenizer=pre_tokenizer,
+                trust_remote_code=trust_remote_code,
+            )
         except ExportError as err:
             fail(str(err))
     size = result.size_bytes / 1e6

@@ -148,6 +148,13 @@ def serve(
             " schema_valid whether it is valid [off: 400].",
         ),
     ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Run the modeling code a model ships beside its weights (EXAONE 3.x).",
+        ),
+    ] = False,
     allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API.
@@ -176,6 +183,7 @@ def serve(
         "api_key_file": str(api_key_file) if api_key_file is not None else None,
         "tool_parser": tool_parser,
         "unconstrained_json": unconstrained_json,
+        "trust_remote_code": trust_remote_code or None,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))

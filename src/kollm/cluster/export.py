@@ -95,7 +95,7 @@ def check_exportable(model_dir: Path, fmt: str) -> None:
 
 
 @contextlib.contextmanager
-def merged(model_dir: Path) -> Iterator[Path]:
+def merged(model_dir: Path, trust_remote_code: bool = False) -> Iterator[Path]:
     """`model_dir` itself (a model, or a prompt-learning adapter, which cannot be merged), or a
     LoRA adapter merged into its base in a temporary dir."""
     from kollm.engines.lora import merge_lora, prompt_learning_kind
@@ -106,7 +106,7 @@ def merged(model_dir: Path) -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="kollm-merged-") as tmp:
         log.info("export: merging the LoRA adapter %s into its base", model_dir)
-        yield merge_lora(model_dir, Path(tmp) / "model")
+        yield merge_lora(model_dir, Path(tmp) / "model", trust_remote_code)
 
 
 def export_model(
@@ -116,21 +116,24 @@ def export_model(
     quant: str | None = None,
     registry: Registry | None = None,
     pre_tokenizer: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Export:
-    """Export `ref` as `fmt` into the dir `out` and record it on the version."""
+    """Export `ref` as `fmt` into the dir `out` and record it on the version; a model that
+    needs remote code is exported only with `trust_remote_code`."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     registry = registry or Registry()
     source, version = resolve(ref, registry)
     check_exportable(source, fmt)
+    remote = _remote(ref, source, trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
-    with merged(source) as model_dir:
+    with merged(source, trust_remote_code) as model_dir:
         if fmt == "hf":
             result = _hf(model_dir, out)
         elif fmt == "ct2":
-            result = _ct2(model_dir, out, quant or "int8")
+            result = _ct2(model_dir, out, quant or "int8", remote)
         else:
-            result = _gguf(model_dir, out, quant or "f16", version, pre_tokenizer)
+            result = _gguf(model_dir, out, quant or "f16", version, pre_tokenizer, remote)
     result.source = version.ref if version else str(source)
     if version is not None:
         registry.add_export(
@@ -144,6 +147,17 @@ def export_model(
             notes=result.notes,
         )
     return result
+
+
+def _remote(ref: str, source: Path, trust_remote_code: bool) -> dict:
+    """from_pretrained kwargs for the source; ExportError by name when it needs remote code
+    and the flag was not given."""
+    from kollm.remote import RemoteCodeRefused, dir_kwargs
+
+    try:
+        return dir_kwargs(source, trust_remote_code)
+    except RemoteCodeRefused as err:
+        raise ExportError(f"{ref}: {err}") from err
 
 
 def _size(path: Path) -> int:
@@ -183,7 +197,7 @@ def _hf(model_dir: Path, out: Path) -> Export:
     return Export("hf", final, weights_sha256(final), _size(final))
 
 
-def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
+def _ct2(model_dir: Path, out: Path, quant: str, remote: dict) -> Export:
     import ctranslate2
 
     from kollm.engines.ctranslate2_engine import config_compat, fill_special_tokens
@@ -192,9 +206,8 @@ def _ct2(model_dir: Path, out: Path, quant: str) -> Export:
         raise ExportError(f"--quant {quant!r} for ct2: expected one of {', '.join(CT2_QUANTS)}")
     with _staged(out, "ct2") as staged:
         config_compat()
-        ctranslate2.converters.TransformersConverter(str(model_dir)).convert(
-            str(staged), quantization=quant, force=True
-        )
+        converter = ctranslate2.converters.TransformersConverter(str(model_dir), **remote)
+        converter.convert(str(staged), quantization=quant, force=True)
         fill_special_tokens(staged)
         for name in TOKENIZER_FILES:  # a deployable dir: kollm serves it with its tokenizer
             if (model_dir / name).is_file():
@@ -243,7 +256,12 @@ def _split_pre_tokenizer(steps: list[dict]) -> str | None:
 
 
 def _gguf(
-    model_dir: Path, out: Path, quant: str, version: ModelVersion | None, pre: str | None
+    model_dir: Path,
+    out: Path,
+    quant: str,
+    version: ModelVersion | None,
+    pre: str | None,
+    remote: dict | None = None,
 ) -> Export:
     if quant not in CONVERTER_QUANTS + QUANTIZE_KINDS:
         kinds = ", ".join(CONVERTER_QUANTS + QUANTIZE_KINDS)
@@ -262,7 +280,12 @@ def _gguf(
     first = quant if quant in CONVERTER_QUANTS else "f16"
     staged = out / f".{final.name}.{os.getpid()}.tmp"
     try:
-        _convert(script, model_dir, staged, first, pre or known_pre_tokenizer(model_dir), out)
+        try:
+            _convert(script, model_dir, staged, first, pre or known_pre_tokenizer(model_dir), out)
+        except ExportError as err:
+            if remote:  # the converter maps config.json's architecture, never runs its code
+                raise ExportError(f"{err}\n{REMOTE_GGUF}") from err
+            raise
         if quant in QUANTIZE_KINDS:
             _quantize(staged, quant)
         os.replace(staged, final)
@@ -270,10 +293,17 @@ def _gguf(
         staged.unlink(missing_ok=True)
     result = Export("gguf", final, file_sha256(final), final.stat().st_size, quant)
     try:
-        result.files.append(_modelfile(model_dir, final, version))
+        result.files.append(_modelfile(model_dir, final, version, remote))
     except ValueError as err:  # the GGUF stands on its own; say why it has no Modelfile
         result.notes.append(f"no Modelfile for {final.name}: {err}")
     return result
+
+
+REMOTE_GGUF = (
+    "This model runs its own modeling code (remote code); llama.cpp's converter reads only"
+    " config.json (trust_remote_code=False) and converts an architecture only where llama.cpp"
+    " itself supports it: serve it with --engine transformers or vllm instead."
+)
 
 
 def _convert(script: Path, model_dir: Path, target: Path, outtype: str, pre, out: Path) -> None:
@@ -321,13 +351,15 @@ def _quantize(path: Path, quant: str) -> None:
         quantized.unlink(missing_ok=True)
 
 
-def _modelfile(model_dir: Path, gguf: Path, version: ModelVersion | None) -> Path:
+def _modelfile(
+    model_dir: Path, gguf: Path, version: ModelVersion | None, remote: dict | None = None
+) -> Path:
     from transformers import AutoConfig, AutoTokenizer
 
     from kollm.cluster.modelfile import recipe_params, write_modelfile
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    config = AutoConfig.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), **(remote or {}))
+    config = AutoConfig.from_pretrained(str(model_dir), **(remote or {}))
     context = getattr(config, "max_position_embeddings", None)
     params = recipe_params(version.recipe_text if version else None, context)
     return write_modelfile(gguf.parent, gguf, tokenizer, params)

@@ -77,7 +77,8 @@ def open_engine(
     if kind == "transformers":
         from kollm.engines.transformers_engine import TransformersEngine
 
-        return TransformersEngine(model_dir, adapters=adapters)
+        trust = bool(options.get("trust_remote_code"))
+        return TransformersEngine(model_dir, adapters=adapters, trust_remote_code=trust)
     if kind == "vllm":
         from kollm.engines.vllm_engine import VllmEngine
 

@@ -33,6 +33,7 @@ from kollm.engines.base import (
     score_each,
     vocab_limit,
 )
+from kollm.remote import dir_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,11 @@ def _set_aside(out: Path, why: str) -> None:
 
 
 def verified_convert(
-    model_dir: Path, quantization: str, sha256: str | None, expected: str | None
+    model_dir: Path,
+    quantization: str,
+    sha256: str | None,
+    expected: str | None,
+    trust_remote_code: bool = False,
 ) -> tuple[Path, str]:
     """`convert`, using a cached conversion only when its sha256 is `expected` (the one
     recorded when it was made): one that differs (changed on disk) or was never recorded is
@@ -118,16 +123,23 @@ def verified_convert(
             return out, found
         recorded = f"recorded {expected[:12]}" if expected else "none recorded"
         _set_aside(out, f"has sha256 {found[:12]} ({recorded})")
-    path = convert(model_dir, quantization, sha256)
+    path = convert(model_dir, quantization, sha256, trust_remote_code)
     return path, conversion_sha256(path)
 
 
-def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = None) -> Path:
-    """Convert a transformers model dir (or a LoRA adapter, merged first); cached by sha256."""
+def convert(
+    model_dir: Path,
+    quantization: str = "int8",
+    sha256: str | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
+    """Convert a transformers model dir (or a LoRA adapter, merged first); cached by sha256;
+    one that needs remote code runs it only with `trust_remote_code`."""
     import ctranslate2
 
     from kollm.artifacts import weights_sha256
 
+    remote = dir_kwargs(model_dir, trust_remote_code)  # refused by name before any work
     check_convertible(model_dir)
     sha = sha256 or weights_sha256(model_dir)
     out = converted_dir(model_dir, quantization, sha)
@@ -140,13 +152,13 @@ def convert(model_dir: Path, quantization: str = "int8", sha256: str | None = No
     if (model_dir / "adapter_config.json").exists():
         from kollm.engines.lora import merge_lora
 
-        source = merge_lora(model_dir, out.with_name(f"{out.name}.merged-{unique}"))
+        merged = out.with_name(f"{out.name}.merged-{unique}")
+        source = merge_lora(model_dir, merged, trust_remote_code)
     tmp = out.with_name(f"{out.name}.tmp-{unique}")
     try:
         config_compat()
-        ctranslate2.converters.TransformersConverter(str(source)).convert(
-            str(tmp), quantization=quantization
-        )
+        converter = ctranslate2.converters.TransformersConverter(str(source), **remote)
+        converter.convert(str(tmp), quantization=quantization)
         fill_special_tokens(tmp)
         try:
             tmp.rename(out)
@@ -245,8 +257,10 @@ class CTranslate2Engine:
         prefix_cache: bool = True,
         conversion_sha256: str | None = None,
         verify_conversion: bool = False,
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.trust_remote_code = trust_remote_code  # run modeling code shipped with the model
         self.quantization, self.device, self.sha256, self.threads = (
             quantization,
             device,
@@ -271,14 +285,21 @@ class CTranslate2Engine:
 
         if self.verify_conversion:
             path, self.conversion_sha256 = verified_convert(
-                self.model_dir, self.quantization, self.sha256, self.expected_conversion
+                self.model_dir,
+                self.quantization,
+                self.sha256,
+                self.expected_conversion,
+                self.trust_remote_code,
             )
         else:
-            path = convert(self.model_dir, self.quantization, self.sha256)
+            path = convert(self.model_dir, self.quantization, self.sha256, self.trust_remote_code)
         self.conversion = path
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **remote)
         base = adapter_base(self.model_dir) or str(self.model_dir)
-        config = AutoConfig.from_pretrained(base)
+        config = AutoConfig.from_pretrained(
+            base, **dir_kwargs(self.model_dir, self.trust_remote_code, base)
+        )
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 2048)
         # a merged adapter whose chat template added tokens has their rows too

@@ -36,6 +36,7 @@ from kollm.engines.base import (
     vocab_limit,
 )
 from kollm.engines.upstream import UpstreamServer, free_port, sse_events
+from kollm.remote import dir_kwargs
 
 DEFAULT_PARALLEL = 8
 
@@ -119,8 +120,10 @@ class LlamaCppEngine(UpstreamServer):
         threads: int | None = None,
         binary: str | Path | None = None,
         startup_timeout_s: float = 300,
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_dir, self.gguf = Path(model_dir), Path(gguf)
+        self.trust_remote_code = trust_remote_code  # transformers reads the tokenizer/config
         self.adapters = {name: Path(path) for name, path in (adapters or {}).items()}
         self.parallel = parallel
         self.context_length = context_length or 2048
@@ -159,10 +162,12 @@ class LlamaCppEngine(UpstreamServer):
         binary = find_llama_server(self.binary)
         if not self.gguf.is_file():
             raise FileNotFoundError(f"no GGUF file at {self.gguf}")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **remote)
         # an adapter's GGUF is merged into its base: the base's config, the adapter's tokenizer
         base = adapter_base(self.model_dir)
-        config = AutoConfig.from_pretrained(base or str(self.model_dir))
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code, base)
+        config = AutoConfig.from_pretrained(base or str(self.model_dir), **remote)
         self.vocab_size = vocab_limit(self.tokenizer, None if base else config)
         self.end_ids = end_ids(self.model_dir, self.tokenizer)
         if not self._context_given:

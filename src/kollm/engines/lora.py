@@ -45,7 +45,7 @@ def check_mergeable(model_dir: Path, needed_by: str, alternative: str | None = N
     )
 
 
-def _peft_class(config: dict):
+def _peft_class(config: dict, remote: dict):
     """The PEFT auto class of the adapter's task: a seq2seq adapter (BART, T5) loads through
     AutoPeftModelForSeq2SeqLM, which builds the encoder-decoder base."""
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSeq2SeqLM
@@ -53,28 +53,37 @@ def _peft_class(config: dict):
 
     task = str(config.get("task_type") or "").upper()
     if not task:  # a LoraConfig made without a task: the base's config says which
-        base = AutoConfig.from_pretrained(config["base_model_name_or_path"])
+        base = AutoConfig.from_pretrained(config["base_model_name_or_path"], **remote)
         task = "SEQ_2_SEQ_LM" if getattr(base, "is_encoder_decoder", False) else "CAUSAL_LM"
     return AutoPeftModelForSeq2SeqLM if task == "SEQ_2_SEQ_LM" else AutoPeftModelForCausalLM
 
 
-def merge_lora(adapter_dir: Path, out_dir: Path) -> Path:
-    """Load base + adapter, fold the adapter into the weights, save model and tokenizer."""
+def merge_lora(adapter_dir: Path, out_dir: Path, trust_remote_code: bool = False) -> Path:
+    """Load base + adapter, fold the adapter into the weights, save model and tokenizer (and,
+    for a base that needs remote code, its modeling files and kollm's record of that)."""
     from transformers import AutoTokenizer
 
     from kollm.artifacts import keep_sentencepiece
+    from kollm.remote import REMOTE_FILE, dir_kwargs
 
     config = adapter_config(adapter_dir)
     if config is None:
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; not a LoRA adapter dir")
     check_mergeable(adapter_dir, "a merged model")
-    model = _peft_class(config).from_pretrained(str(adapter_dir))
+    base = config["base_model_name_or_path"]
+    remote = dir_kwargs(adapter_dir, trust_remote_code, base)
+    # PEFT reads `revision` as the adapter's own, so only the flag goes to it
+    trust = {"trust_remote_code": True} if remote else {}
+    model = _peft_class(config, remote).from_pretrained(str(adapter_dir), **trust)
     merged = model.merge_and_unload()
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         merged.save_pretrained(str(tmp))
-        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+        local = dir_kwargs(adapter_dir, trust_remote_code)
+        AutoTokenizer.from_pretrained(str(adapter_dir), **local).save_pretrained(str(tmp))
+        if (adapter_dir / REMOTE_FILE).is_file():
+            shutil.copy2(adapter_dir / REMOTE_FILE, tmp / REMOTE_FILE)
         keep_sentencepiece(adapter_dir, tmp)  # what training kept, or else the base's own
         keep_sentencepiece(config["base_model_name_or_path"], tmp)
         if out_dir.exists():

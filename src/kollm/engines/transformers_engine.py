@@ -27,6 +27,7 @@ from kollm.engines.base import (
     score_each,
     vocab_limit,
 )
+from kollm.remote import dir_kwargs
 
 
 class OpenAIPenalties:
@@ -82,8 +83,10 @@ class TransformersEngine:
         model_dir: str | Path,
         adapters: dict[str, str | Path] | None = None,
         device: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.trust_remote_code = trust_remote_code  # run modeling code shipped with the model
         self.adapters = {k: Path(v) for k, v in (adapters or {}).items()}
         self.device = device
         self.model = None
@@ -112,11 +115,13 @@ class TransformersEngine:
             self.adapters = {"default": self.model_dir, **self.adapters}
             self.default_adapter = "default"
         base = own_adapter or str(self.model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        config = AutoConfig.from_pretrained(base)
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **remote)
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code, base)
+        config = AutoConfig.from_pretrained(base, **remote)
         self.is_encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         cls = AutoModelForSeq2SeqLM if self.is_encoder_decoder else AutoModelForCausalLM
-        model = cls.from_pretrained(base)
+        model = cls.from_pretrained(base, **remote)
         if own_adapter is not None and len(self.tokenizer) > config.vocab_size:
             # the adapter's chat template added tokens: their rows come with the adapter
             model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)

@@ -37,6 +37,7 @@ from kollm.engines.base import (
     vocab_limit,
 )
 from kollm.engines.upstream import UpstreamServer, free_port, sse_events
+from kollm.remote import dir_kwargs
 
 SERVED_NAME = "model"
 
@@ -111,8 +112,10 @@ class VllmEngine(UpstreamServer):
         max_num_seqs: int | None = None,
         env: dict[str, str] | None = None,
         dtype: str = "auto",
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.trust_remote_code = trust_remote_code  # run modeling code shipped with the model
         self.max_num_seqs = max_num_seqs
         self.port = port  # None: a free port, chosen at each load
         self.startup_timeout_s = startup_timeout_s
@@ -146,8 +149,9 @@ class VllmEngine(UpstreamServer):
     def load(self) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        self.vocab_size = vocab_limit(self.tokenizer, _config(self.model_dir))
+        remote = dir_kwargs(self.model_dir, self.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), **remote)
+        self.vocab_size = vocab_limit(self.tokenizer, _config(self.model_dir, remote))
         self.end_ids = end_ids(self.model_dir, self.tokenizer)
         self.port = self.port or free_port()
         memory, max_len, executable, dtype = self._command_args
@@ -162,6 +166,8 @@ class VllmEngine(UpstreamServer):
             executable,
             self.max_num_seqs,
         )
+        if remote:  # vLLM runs the model's own modeling code only when told
+            self.command.append("--trust-remote-code")
         self.process = subprocess.Popen(self.command, env={**os.environ, **self.env})
         self.wait_healthy(
             lambda code: RuntimeError(f"vLLM exited with code {code}: {' '.join(self.command)}"),
@@ -248,13 +254,13 @@ class VllmEngine(UpstreamServer):
         return {"vllm": "up" if self.alive else "down"}
 
 
-def _config(model_dir: Path):
+def _config(model_dir: Path, remote: dict | None = None):
     """The model's config, for its embedding size; None where transformers cannot read it
     (vLLM serves architectures transformers lacks): the tokenizer's size bounds the ids then."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(model_dir))
+        return AutoConfig.from_pretrained(str(model_dir), **(remote or {}))
     except (ValueError, OSError, KeyError):
         return None
 

@@ -11,10 +11,14 @@ from kollm.prompts import PromptFormat, request_prompt
 
 
 def answers(
-    model_dir: Path, fmt: PromptFormat, requests: list[str], max_new_tokens: int = 48
+    model_dir: Path,
+    fmt: PromptFormat,
+    requests: list[str],
+    max_new_tokens: int = 48,
+    trust_remote_code: bool = False,
 ) -> list[str]:
     """One greedy answer per request."""
-    engine = open_engine("transformers", model_dir)
+    engine = open_engine("transformers", model_dir, trust_remote_code=trust_remote_code)
     engine.load()
     try:
         tokenizer = getattr(engine, "tokenizer", None)

@@ -70,9 +70,11 @@ def evaluate_model(
     cfg: EvalConfig,
     out_dir: Path,
     advance: Advance | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalResult:
-    """Generate, score against references and the lead baseline, and write every output."""
-    engine = TransformersEngine(model_dir)
+    """Generate, score against references and the lead baseline, and write every output;
+    `trust_remote_code` lets a model that ships its modeling code load."""
+    engine = TransformersEngine(model_dir, trust_remote_code=trust_remote_code)
     engine.load()
     prompts = [record_prompt(fmt, r, engine.tokenizer) for r in records]
     refs = [references(fmt, r) for r in records]
@@ -126,7 +128,8 @@ def evaluate_recipe(
     cfg = recipe.eval or EvalConfig()
     records = read_records(recipe.split_path(cfg.split), cfg.max_samples)
     fmt = model_format(model_dir, recipe_format(recipe))
-    return evaluate_model(model_dir, records, fmt, cfg, out_dir, advance)
+    trust = recipe.model.trust_remote_code
+    return evaluate_model(model_dir, records, fmt, cfg, out_dir, advance, trust)
 
 
 def _by_source(engine, records, prompts, answers) -> dict[str, Any]:

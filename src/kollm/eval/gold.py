@@ -12,10 +12,14 @@ from kollm.prompts import PromptFormat, record_messages, record_prompt, referenc
 
 
 def gold_pairs(
-    model_dir: Path, fmt: PromptFormat, records: list[dict[str, Any]], max_new_tokens: int
+    model_dir: Path,
+    fmt: PromptFormat,
+    records: list[dict[str, Any]],
+    max_new_tokens: int,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """A preference pair for every record the model does not answer with its reference."""
-    engine = open_engine("transformers", model_dir)
+    engine = open_engine("transformers", model_dir, trust_remote_code=trust_remote_code)
     engine.load()
     tokenizer = getattr(engine, "tokenizer", None)
     params = GenerationParams(max_new_tokens=max_new_tokens)

@@ -99,7 +99,13 @@ def safety_report(cases: list[SafetyCase], refused: list[bool | None]) -> Safety
 
 
 def evaluate_safety(
-    model_dir: Path, fmt: PromptFormat, cases: list[SafetyCase], judge=None, markers=None
+    model_dir: Path,
+    fmt: PromptFormat,
+    cases: list[SafetyCase],
+    judge=None,
+    markers=None,
+    trust_remote_code: bool = False,
 ) -> SafetyReport:
-    replies = answers(model_dir, fmt, [c.prompt for c in cases])
+    prompts = [c.prompt for c in cases]
+    replies = answers(model_dir, fmt, prompts, trust_remote_code=trust_remote_code)
     return safety_report(cases, classify(cases, replies, judge, markers))

@@ -159,7 +159,8 @@ def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
         return None
     fmt = model_format(model_dir, recipe_format(recipe))
     cases = safety.read_safety_set(path)
-    report = safety.evaluate_safety(model_dir, fmt, cases, None, recipe.loop.gate.refusal_markers)
+    markers, trust = recipe.loop.gate.refusal_markers, recipe.model.trust_remote_code
+    report = safety.evaluate_safety(model_dir, fmt, cases, None, markers, trust)
     return report.refusal_rate or 0.0
 
 
@@ -184,7 +185,11 @@ def safety_reports(recipe: Recipe, dirs: dict[str, Path], judge) -> dict[str, di
     cases = safety.read_safety_set(path)
     return {
         name: safety.evaluate_safety(
-            model_dir, model_format(model_dir, recipe_format(recipe)), cases, judge
+            model_dir,
+            model_format(model_dir, recipe_format(recipe)),
+            cases,
+            judge,
+            trust_remote_code=recipe.model.trust_remote_code,
         ).as_dict()
         for name, model_dir in dirs.items()
     }
@@ -203,7 +208,13 @@ def judge_comparison(recipe: Recipe, production: Path, candidate: Path, judge) -
     rows = read_jsonl(Path(j.prompts))
     questions = [str(r.get("question") or r.get("prompt") or "") for r in rows]
     replies = {
-        name: answers(d, model_format(d, recipe_format(recipe)), questions, j.max_new_tokens)
+        name: answers(
+            d,
+            model_format(d, recipe_format(recipe)),
+            questions,
+            j.max_new_tokens,
+            recipe.model.trust_remote_code,
+        )
         for name, d in (("candidate", candidate), ("production", production))
     }
     pairs = [
@@ -252,7 +263,8 @@ def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, st
 
     rows = read_jsonl(recipe.split_path("train"), count)
     fmt = model_format(model_dir, recipe_format(recipe))
-    return gold.gold_pairs(model_dir, fmt, rows, recipe.eval.decoding.max_new_tokens)
+    tokens, trust = recipe.eval.decoding.max_new_tokens, recipe.model.trust_remote_code
+    return gold.gold_pairs(model_dir, fmt, rows, tokens, trust)
 
 
 def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:

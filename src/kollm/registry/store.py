@@ -29,6 +29,7 @@ from kollm.artifacts import (
     weights_sha256,
 )
 from kollm.registry.bases import base_mismatch, base_record
+from kollm.remote import remote_record
 from kollm.store import connect, default_home, open_store
 
 _REF_RE = re.compile(
@@ -162,6 +163,9 @@ class Registry:
             prompt_format = fmt.to_json() if fmt else None
         recipe_sha = hashlib.sha256(recipe_text.encode()).hexdigest() if recipe_text else None
         lineage = self._with_base(artifact, base_model, lineage)
+        remote = remote_record(artifact) if artifact.is_dir() else None
+        if remote:  # `registry show` says so; serve and export ask for --trust-remote-code
+            lineage = {**(lineage or {}), "remote_code": remote}
         with self._write() as conn:
             row = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = ?", (name,)

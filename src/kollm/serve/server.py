@@ -53,13 +53,15 @@ def _guard(d: DomainConfig) -> DomainGuard:
 
 
 def _engine_options(cfg: ServeConfig) -> dict:
+    # every engine takes the flag: each refuses by name a model that needs it without it
+    remote = {"trust_remote_code": True} if cfg.trust_remote_code else {}
     if cfg.engine == "ctranslate2":
-        return {"prefix_cache": cfg.prefix_cache}
+        return {"prefix_cache": cfg.prefix_cache, **remote}
     if cfg.engine == "vllm" and cfg.max_concurrency:
-        return {"max_num_seqs": cfg.max_concurrency}
+        return {"max_num_seqs": cfg.max_concurrency, **remote}
     if cfg.engine == "llamacpp" and cfg.max_concurrency:
-        return {"parallel": cfg.max_concurrency}
-    return {}
+        return {"parallel": cfg.max_concurrency, **remote}
+    return remote
 
 
 def build_manager(
@@ -166,6 +168,8 @@ def resolve_config(
     file of keywords, one a line."""
     cfg = recipe.serve if recipe is not None else ServeConfig()
     given = {k: v for k, v in options.items() if v is not None}
+    if recipe is not None and recipe.model.trust_remote_code:  # the recipe opted in already
+        given.setdefault("trust_remote_code", True)
     if models:
         given["models"] = models
     try:  # the options are checked as the recipe's serve section is

@@ -153,7 +153,17 @@ class ModelManager:
             except RegistryError as err:
                 raise ValueError(f"{ref}: {err}") from err
         for ref in self.refs:
+            self._check_remote(ref)
             self._check_engine(ref)
+
+    def _check_remote(self, ref: str) -> None:
+        """Refuse a model that needs remote code when the server was not given the flag."""
+        from kollm.remote import RemoteCodeRefused, dir_kwargs
+
+        try:
+            dir_kwargs(self._resolve(ref)[2], bool(self.engine_options.get("trust_remote_code")))
+        except RemoteCodeRefused as err:
+            raise ValueError(f"{ref}: {err}") from err
 
     def _check_engine(self, ref: str) -> None:
         """Refuse before loading what the engine cannot run (CTranslate2 has no loader for

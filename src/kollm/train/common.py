@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from kollm.config import ModelConfig, Recipe
 from kollm.data.io import atomic_path, write_json
 from kollm.prompts import PromptFormat, recipe_format, save_format
+from kollm.remote import base_kwargs, dir_kwargs, is_hub_id, remote_record, save_remote
 
 COMPLETE_MARKER = "KOLLM_COMPLETE"
 log = logging.getLogger("kollm.train")
@@ -97,6 +98,23 @@ def packing_strategy(choice: str) -> str:
 
     has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
     return "bfd" if has_flash else "wrapped"
+
+
+def load_kwargs(cfg: ModelConfig, source: str | Path | None = None) -> dict[str, Any]:
+    """from_pretrained kwargs for the recipe's base, or for `source` (a dir trained from
+    it): `model.trust_remote_code` and the pinned `model.revision`; a local dir whose
+    modeling code would run without the flag is refused by name."""
+    source = str(source or cfg.base)
+    if Path(source).is_dir():
+        return dir_kwargs(Path(source), cfg.trust_remote_code)
+    return base_kwargs(source, cfg.trust_remote_code, cfg.revision)
+
+
+def _needs_remote(cfg: ModelConfig) -> bool:
+    """Whether the weights trained from the base need remote code to load again."""
+    if not cfg.trust_remote_code or cfg.base == "scratch":
+        return False
+    return is_hub_id(cfg.base) or remote_record(Path(cfg.base)) is not None
 
 
 def torch_dtype(cfg: ModelConfig):
@@ -297,7 +315,12 @@ def _save_model(trainer, path: Path) -> None:
 
 
 def save_final(
-    trainer, tokenizer, model_dir: Path, fmt: PromptFormat, base: str | None = None
+    trainer,
+    tokenizer,
+    model_dir: Path,
+    fmt: PromptFormat,
+    base: str | None = None,
+    model: ModelConfig | None = None,
 ) -> None:
     """Save model, tokenizer and prompt format into a temporary dir, then swap it into place;
     a SentencePiece base's tokenizer.model goes with it (GGUF export reads it)."""
@@ -310,6 +333,8 @@ def save_final(
         tokenizer.save_pretrained(str(tmp))
         keep_sentencepiece(base, tmp)
         save_format(tmp, fmt)
+        if model is not None and _needs_remote(model):
+            save_remote(tmp, model.base, model.revision)
         if model_dir.exists():
             shutil.rmtree(model_dir)
         tmp.rename(model_dir)
@@ -352,7 +377,8 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
     # or the processes race each other over model.tmp.
     if trainer.is_world_process_zero():
         base = recipe.model.base if recipe.model.base != "scratch" else None
-        save_final(trainer, tokenizer, result.model_dir, recipe_format(recipe), base)
+        fmt = recipe_format(recipe)
+        save_final(trainer, tokenizer, result.model_dir, fmt, base, recipe.model)
         plot_losses(result.losses, train_dir / "loss.png")
         write_json(train_dir / "train_summary.json", result.summary())
     return result

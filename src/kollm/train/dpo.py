@@ -14,7 +14,14 @@ from typing import Any
 
 from kollm.config import Recipe
 from kollm.prompts import recipe_format, request_example
-from kollm.train.common import TrainResult, callbacks, common_args, torch_dtype, train_and_save
+from kollm.train.common import (
+    TrainResult,
+    callbacks,
+    common_args,
+    load_kwargs,
+    torch_dtype,
+    train_and_save,
+)
 from kollm.train.sft import lora_config
 from kollm.train.templates import fit_examples
 
@@ -51,10 +58,14 @@ def train_dpo(
         raise ValueError("no preference pairs to train on")
     t = recipe.train
     recipe.train_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(start_from))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(start_from), **load_kwargs(recipe.model, start_from)
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(str(start_from), dtype=torch_dtype(recipe.model))
+    model = AutoModelForCausalLM.from_pretrained(
+        str(start_from), dtype=torch_dtype(recipe.model), **load_kwargs(recipe.model, start_from)
+    )
     settings = common_args(recipe, recipe.train_dir, False)
     settings["train_sampling_strategy"] = (
         "random"  # length grouping reads input_ids; pairs have two
@@ -126,7 +137,9 @@ def train_kto(
         raise ValueError("KTO needs both good and bad examples")
     t = recipe.train
     recipe.train_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(start_from))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(start_from), **load_kwargs(recipe.model, start_from)
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     settings = common_args(recipe, recipe.train_dir, False)
@@ -134,7 +147,9 @@ def train_kto(
     settings["train_sampling_strategy"] = "sequential"
     trainer = KTOTrainer(
         model=AutoModelForCausalLM.from_pretrained(
-            str(start_from), dtype=torch_dtype(recipe.model)
+            str(start_from),
+            dtype=torch_dtype(recipe.model),
+            **load_kwargs(recipe.model, start_from),
         ),
         args=KTOConfig(**settings, beta=beta, max_length=t.max_length),
         train_dataset=Dataset.from_list(

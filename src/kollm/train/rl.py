@@ -12,7 +12,7 @@ from typing import Any
 
 from kollm.config import Recipe
 from kollm.prompts import recipe_format, record_prompt
-from kollm.train.common import TrainResult, callbacks, common_args, train_and_save
+from kollm.train.common import TrainResult, callbacks, common_args, load_kwargs, train_and_save
 
 
 def reward_from(model_dir: Path):
@@ -45,7 +45,7 @@ def train_rl(
     )
     recipe.train_dir.mkdir(parents=True, exist_ok=True)
     fmt = recipe_format(recipe)
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model.base)
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model.base, **load_kwargs(recipe.model))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     settings = common_args(recipe, recipe.train_dir, False)
@@ -59,7 +59,7 @@ def train_rl(
         beta=recipe.train.beta,
     )
     trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(recipe.model.base),
+        model=AutoModelForCausalLM.from_pretrained(recipe.model.base, **load_kwargs(recipe.model)),
         reward_funcs=reward_from(reward_model),
         args=args,
         train_dataset=Dataset.from_list(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kollm.config import Recipe
-from kollm.train.common import TrainResult, callbacks, common_args, train_and_save
+from kollm.train.common import TrainResult, callbacks, common_args, load_kwargs, train_and_save
 
 
 def _texts(pairs: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -42,10 +42,12 @@ def _model_and_tokenizer(recipe: Recipe, pairs: list[dict[str, Any]]):
         tokenizer = train_tokenizer(texts, cfg.vocab_size, recipe.train_dir / "tokenizer")
         config = llama_config(cfg, tokenizer, num_labels=1, pad_token_id=tokenizer.pad_token_id)
         return tokenizer, LlamaForSequenceClassification(config)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base, **load_kwargs(cfg))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.base, num_labels=1)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.base, num_labels=1, **load_kwargs(cfg)
+    )
     model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, model
 

@@ -13,6 +13,7 @@ from kollm.config import Recipe
 from kollm.train.common import (
     callbacks,
     common_args,
+    load_kwargs,
     torch_dtype,
     train_and_save,
 )
@@ -29,8 +30,11 @@ def load_seq2seq(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path)
         if cfg.architecture != "bart":
             raise ValueError("train.method seq2seq from scratch needs model.architecture: bart")
         return scratch_model(cfg, scratch_texts(recipe, records), train_dir, recipe.train.seed)
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
-    return tokenizer, AutoModelForSeq2SeqLM.from_pretrained(cfg.base, dtype=torch_dtype(cfg))
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base, **load_kwargs(cfg))
+    model = AutoModelForSeq2SeqLM.from_pretrained(
+        cfg.base, dtype=torch_dtype(cfg), **load_kwargs(cfg)
+    )
+    return tokenizer, model
 
 
 def _tokenize(

@@ -16,6 +16,7 @@ from kollm.prompts import PromptError, recipe_format, set_chat_template, trainin
 from kollm.train.common import (
     callbacks,
     common_args,
+    load_kwargs,
     packing_strategy,
     torch_dtype,
     train_and_save,
@@ -79,9 +80,10 @@ def load_causal(recipe: Recipe, records: list[dict[str, Any]], train_dir: Path):
         )
         prepare_tokenizer(recipe, tokenizer)
         return tokenizer, model
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base, **load_kwargs(cfg))
     prepare_tokenizer(recipe, tokenizer)
     kwargs: dict[str, Any] = {
+        **load_kwargs(cfg),
         "dtype": torch_dtype(cfg),
         "attn_implementation": ATTENTION_IMPLEMENTATIONS[recipe.train.attention],
     }
@@ -114,7 +116,7 @@ def added_token_ids(recipe: Recipe, tokenizer) -> list[int]:
 
     if recipe.model.base == "scratch" or recipe.data.kind != "chat":
         return []
-    before = len(AutoTokenizer.from_pretrained(recipe.model.base))
+    before = len(AutoTokenizer.from_pretrained(recipe.model.base, **load_kwargs(recipe.model)))
     return list(range(before, len(tokenizer)))
 
 
