@@ -230,7 +230,7 @@ def _llamacpp_files(cfg):
         find_llama_server()
     except LlamaServerMissing as err:
         fail(str(err))
-    return llamacpp_preparer(cfg.quant)
+    return llamacpp_preparer(cfg.quant, trust_remote_code=cfg.trust_remote_code)
 
 
 @app.command("ui")

@@ -44,7 +44,13 @@ def recorded_gguf(registry: Registry, ref: str, quant: str) -> Path | None:
     return None
 
 
-def gguf_for(ref: str, model_dir: Path, quant: str, registry: Registry | None = None) -> Path:
+def gguf_for(
+    ref: str,
+    model_dir: Path,
+    quant: str,
+    registry: Registry | None = None,
+    trust_remote_code: bool = False,
+) -> Path:
     """The GGUF file of a registered version (made once, recorded) or of a model dir (made
     once under $KOLLM_HOME/exports, keyed by the dir's path)."""
     registry = registry or Registry()
@@ -55,13 +61,17 @@ def gguf_for(ref: str, model_dir: Path, quant: str, registry: Registry | None = 
             return found
         out = exports_dir(f"{version.name}-{version.version}")
         log.info("llamacpp: exporting %s to GGUF (%s), once", version.ref, quant)
-        return export_model(version.ref, "gguf", out, quant, registry).path
+        return export_model(
+            version.ref, "gguf", out, quant, registry, trust_remote_code=trust_remote_code
+        ).path
     key = hashlib.sha1(str(model_dir.resolve()).encode()).hexdigest()[:12]
     out = exports_dir(f"dir-{model_dir.name}-{key}")
     existing = sorted(out.glob(f"*-{quant}.gguf"))
     if existing:
         return existing[0]
-    return export_model(str(model_dir), "gguf", out, quant, registry).path
+    return export_model(
+        str(model_dir), "gguf", out, quant, registry, trust_remote_code=trust_remote_code
+    ).path
 
 
 def lora_gguf(adapter_dir: Path, base_dir: Path) -> Path:
@@ -95,14 +105,15 @@ def lora_gguf(adapter_dir: Path, base_dir: Path) -> Path:
 
 
 def llamacpp_preparer(
-    quant: str = DEFAULT_QUANT, registry: Registry | None = None
+    quant: str = DEFAULT_QUANT, registry: Registry | None = None, trust_remote_code: bool = False
 ) -> Callable[[str, Path, dict[str, str]], dict[str, Any]]:
     """What the server calls before it opens a llamacpp engine: the version's GGUF and each
-    adapter's GGUF LoRA file, as the engine's options."""
+    adapter's GGUF LoRA file, as the engine's options (`trust_remote_code` as `kollm serve`
+    was given it, for the merge the export makes)."""
 
     def prepare(ref: str, model_dir: Path, adapters: dict[str, str]) -> dict[str, Any]:
         try:
-            gguf = gguf_for(ref, model_dir, quant.lower(), registry)
+            gguf = gguf_for(ref, model_dir, quant.lower(), registry, trust_remote_code)
             loras = {name: lora_gguf(Path(d), model_dir) for name, d in adapters.items()}
         except (ExportError, RegistryError, llamacpp.ConverterMissing) as err:
             raise ValueError(f"{ref}: {err}") from err
