@@ -412,12 +412,18 @@ class TuneConfig(StrictModel):
 
 
 class TriggerConfig(StrictModel):
+    """Both rules count only what the version in production earned: the feedback on answers it
+    gave, since it was promoted or since the last loop decision, whichever is later."""
+
     min_corrections: int | None = Field(20, ge=1)
     """Fire when at least this many new corrections arrived since the last loop decision."""
     bad_rate: float | None = Field(None, ge=0, le=1)
     """Fire when the share of bad ratings among the last `window` rated answers exceeds this."""
     window: int = Field(100, ge=1)
     """How many of the latest ratings `bad_rate` looks at."""
+    min_ratings: int = Field(20, ge=1)
+    """`bad_rate` does not fire on fewer ratings than this in the window (a few early thumbs
+    down are not a trend); the not-triggered decision says so."""
 
 
 class JudgeGateConfig(StrictModel):

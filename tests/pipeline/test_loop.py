@@ -13,13 +13,14 @@ from kollm.registry import Registry
 from tests.conftest import read_jsonl
 
 
-def rate_answers(home, recipe, start: int, count: int) -> None:
-    """Log answers to dev dialogues and correct each with its gold summary, as users would."""
+def rate_answers(home, recipe, start: int, count: int, version: str = "tiny:1") -> None:
+    """Log answers of `version` to dev dialogues and correct each with its gold summary, as
+    users would."""
     log, store = RequestLog(home), FeedbackStore(home)
     rows = [json.loads(x) for x in (recipe.data_dir / "train.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows[start : start + count], start=start):
         request = {"model": "tiny", "messages": [{"role": "user", "content": row["dialogue"]}]}
-        log.write(f"r{i}", "chat", "tiny", "tiny:1", request, " 모르겠습니다.", 10, 3, "stop", 5.0)
+        log.write(f"r{i}", "chat", "tiny", version, request, " 모르겠습니다.", 10, 3, "stop", 5.0)
         store.add(f"r{i}", "bad", ["evasive"], correction=row["summary"])
 
 
@@ -45,7 +46,7 @@ def test_the_loop_promotes_a_passing_candidate_and_rejects_a_worse_one(tiny_reci
     assert set(decision.metrics["candidate"]) >= {"score", "rouge1"}
     assert run_loop(recipe, registry).decision == "not triggered"  # that feedback is used up
 
-    rate_answers(registry.home, recipe, 4, 4)
+    rate_answers(registry.home, recipe, 4, 4, "tiny:2")  # what the promoted version earned
     strict = load_recipe(
         tiny_recipe, [*overrides[:-2], "loop.gate.epsilon=-100", "eval.max_samples=3"]
     )

@@ -12,7 +12,7 @@ import kollm.pipeline.loop as loop
 from kollm.config import load_recipe
 from kollm.feedback.responses import RequestLog
 from kollm.feedback.store import FeedbackStore
-from kollm.pipeline.loop import LoopError, run_loop
+from kollm.pipeline.loop import run_loop
 from kollm.registry import Registry
 
 
@@ -33,7 +33,7 @@ def _corrected(home, count: int) -> FeedbackStore:
     return store
 
 
-class Stop(Exception):
+class Stop(BaseException):  # not an Exception: the loop records those as `failed`
     pass
 
 
@@ -57,8 +57,10 @@ def test_by_default_only_corrections_a_reviewer_confirmed_train(
     store = _corrected(registry.home, 4)
     # four corrections posted, none reviewed: nothing the loop may train on
     assert run_loop(recipe, registry).decision == "not triggered"
-    with pytest.raises(LoopError, match="4 corrections await review"):
-        run_loop(recipe, registry, force=True)
+    skipped = run_loop(recipe, registry, force=True)
+    assert (
+        skipped.decision == "skipped" and "4 corrections await review" in skipped.metrics["reason"]
+    )
 
     ids = [r["id"] for r in store.rows("tiny")]
     store.review(ids[0], "reviewer", ["hallucination"], "검토자가 고친 답")
@@ -74,11 +76,18 @@ def test_by_default_only_corrections_a_reviewer_confirmed_train(
 def test_bad_ratings_still_fire_the_trigger_under_review(tiny_recipe, tmp_path, local_base):
     registry = _production(tmp_path, local_base)
     recipe = load_recipe(
-        tiny_recipe, ["loop.trigger.min_corrections=null", "loop.trigger.bad_rate=0.5"]
+        tiny_recipe,
+        [
+            "loop.trigger.min_corrections=null",
+            "loop.trigger.bad_rate=0.5",
+            "loop.trigger.min_ratings=3",
+        ],
     )
     _corrected(registry.home, 3)
-    with pytest.raises(LoopError, match="that a reviewer confirmed: nothing to train"):
-        run_loop(recipe, registry)  # fired by the bad rate, but no reviewed correction
+    skipped = run_loop(recipe, registry)  # fired by the bad rate, but no reviewed correction
+    assert skipped.decision == "skipped" and skipped.trigger.startswith("bad rate 1.00")
+    (recorded,) = loop.history(registry, "tiny")
+    assert "that a reviewer confirmed: nothing to train" in recorded["metrics"]["reason"]
 
 
 def test_train_on_all_takes_every_correction(tiny_recipe, tmp_path, local_base, monkeypatch):
@@ -132,7 +141,9 @@ def test_a_review_saved_while_the_loop_trains_counts_for_the_next_run(
     """Found in review: the decision was stamped when the run ended, so a review saved while
     it trained (hours on a real model) fell before the next run's `since` and never trained."""
     registry = _production(tmp_path, local_base)
-    recipe = load_recipe(tiny_recipe, ["loop.trigger.min_corrections=1"])
+    # the first run is rejected (gate epsilon -1): tiny:1 stays in production, and its
+    # late-reviewed correction counts for the trigger of the next run
+    recipe = load_recipe(tiny_recipe, ["loop.trigger.min_corrections=1", "loop.gate.epsilon=-1"])
     store = _corrected(registry.home, 2)
     first, late = [r["id"] for r in store.rows("tiny")]
     store.review(first, "reviewer", ["evasive"], "먼저 검토한 답")
@@ -144,7 +155,7 @@ def test_a_review_saved_while_the_loop_trains_counts_for_the_next_run(
     monkeypatch.setattr(loop, "_train_candidate", train)
     monkeypatch.setattr(loop, "_evaluate", lambda recipe, model_dir, out: {"score": 1.0})
     monkeypatch.setattr(loop, "refusal_rate", lambda recipe, model_dir: None)
-    assert run_loop(recipe, registry).decision in ("promoted", "rejected")
+    assert run_loop(recipe, registry).decision == "rejected"
     seen = _capture(monkeypatch)
     with pytest.raises(Stop):
         run_loop(recipe, registry)

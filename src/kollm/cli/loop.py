@@ -25,34 +25,66 @@ def loop_run(
     overrides: OverridesArg = None,
     force: Annotated[bool, typer.Option(help="Retrain even when no trigger rule is met.")] = False,
     every: Annotated[
-        float | None, typer.Option(help="Check again every N seconds (a schedule) until Ctrl-C.")
+        float | None,
+        typer.Option(
+            help="Check again every N seconds (a schedule) until Ctrl-C or SIGTERM; a run that"
+            " fails is recorded and the schedule goes on."
+        ),
     ] = None,
 ) -> None:
     """Check the trigger; when it fires: export, retrain, evaluate both, gate, promote or reject."""
+    from kollm.pipeline.loop import run_loop
+
+    loaded = _load(recipe, overrides)
+    if every is not None:
+        _schedule(loaded, force, every)
+        return
+    with user_errors():
+        decision = run_loop(loaded, force=force)
+    _print_decision(loaded, decision)
+    if decision.decision == "failed":
+        raise typer.Exit(1)
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a service manager) ends the schedule as Ctrl-C does
+
+
+def _schedule(loaded: Recipe, force: bool, every: float) -> None:
+    """Run the loop every `every` seconds; no outcome ends it, only Ctrl-C or SIGTERM."""
+    import signal
     import time
 
     from kollm.pipeline.loop import run_loop
 
-    loaded = _load(recipe, overrides)
-    while True:
-        with user_errors():
-            decision = run_loop(loaded, force=force)
-        _print_decision(loaded, decision)
-        if every is None:
-            return
-        time.sleep(every)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        while True:
+            try:
+                _print_decision(loaded, run_loop(loaded, force=force))
+            except Exception as err:  # a schedule outlives any one run
+                console.print(f"loop: error ({type(err).__name__}: {err}); next check in {every} s")
+            time.sleep(every)
+    except KeyboardInterrupt:
+        console.print("loop: stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_decision(loaded: Recipe, decision) -> None:
     console.print(
         f"loop: {decision.decision} ({decision.trigger}); production was {decision.production}"
     )
-    if decision.metrics:
+    m = decision.metrics
+    for note in ("reason", "error"):
+        if m.get(note):
+            console.print(f"  {note}: {m[note]}")
+    if "candidate" in m:
         gated = loaded.loop.gate.metrics
         for side in ("production", "candidate"):
-            values = ", ".join(f"{m} {decision.metrics[side][m]:.3f}" for m in gated)
+            values = ", ".join(f"{g} {m[side][g]:.3f}" for g in gated)
             console.print(f"  {side:10s} {values}")
-        for failure in decision.metrics["gate_failures"]:
+        for failure in m["gate_failures"]:
             console.print(f"  gate: {failure}")
     if decision.candidate:
         console.print(f"  promoted {decision.candidate} to {loaded.loop.alias}")
@@ -78,12 +110,17 @@ def loop_history(
         table.add_column(column)
     for row in history(Registry(), name):
         m = row["metrics"]
-        scores = f"{m['candidate']['score']:.2f} / {m['production']['score']:.2f}" if m else "-"
+        scores = (
+            f"{m['candidate']['score']:.2f} / {m['production']['score']:.2f}"
+            if "candidate" in m
+            else "-"
+        )
+        note = m.get("reason") or m.get("error")  # why a run was skipped or failed
         table.add_row(
             row["at"],
             row["model"],
             row["decision"],
-            row["trigger"],
+            row["trigger"] + (f": {note}" if note else ""),
             str(row["production_version"] or "-"),
             str(row["candidate_version"] or "-"),
             scores,

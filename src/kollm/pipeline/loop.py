@@ -1,12 +1,17 @@
 """`kollm loop`: feedback -> export -> retrain from production -> evaluate both -> gate -> promote.
 
-The trigger reads the feedback that arrived since the last decision. When it fires, the
+The trigger counts what the version in production earned: the ratings and corrections of the
+answers it gave (the request log names the version) since it was promoted or since the last
+decision, whichever is later; a bad rate over fewer than `loop.trigger.min_ratings` ratings does
+not fire. When it fires, the
 corrections become preference pairs (or SFT rows): with `loop.train_on: reviewed` (the default)
 only those a reviewer confirmed in the console since the last decision, with the reviewer's
 correction; with `all`, every correction as posted. Then a candidate is trained from the production
 version, both are evaluated on the same eval split, and the gate promotes the candidate only if
 it is not worse than production (minus epsilon) on every gated metric. Every decision, with the
-numbers that led to it, goes to the append-only `loop_decisions` table.
+numbers that led to it, goes to the append-only `loop_decisions` table: also `skipped` (it
+fired with nothing to train on) and `failed` (training or evaluation raised; production stays).
+A failed run does not use its feedback up: the next run tries again.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import socket
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -29,6 +36,7 @@ from kollm.registry import ModelVersion, Registry
 from kollm.store import connect
 
 log = logging.getLogger("kollm.loop")
+RUNNING = "RUNNING.json"  # in a loop run dir until its decision is recorded
 
 
 class LoopError(ValueError):
@@ -37,7 +45,7 @@ class LoopError(ValueError):
 
 @dataclass
 class LoopDecision:
-    decision: str  # "promoted", "rejected" or "not triggered"
+    decision: str  # "promoted", "rejected", "skipped", "failed" or "not triggered"
     trigger: str
     production: str | None = None
     candidate: str | None = None
@@ -49,13 +57,40 @@ def _now() -> str:
 
 
 def last_decision_time(registry: Registry, model: str) -> str | None:
-    """When the loop last decided for `model` (not counting 'not triggered')."""
+    """When the loop last decided for `model`: a failed run does not count (what it read
+    trains on the next run), nor does 'not triggered'."""
     with closing(connect(registry.path)) as conn:
         row = conn.execute(
-            "SELECT MAX(at) FROM loop_decisions WHERE model = ? AND decision != 'not triggered'",
+            "SELECT MAX(at) FROM loop_decisions WHERE model = ?"
+            " AND decision NOT IN ('not triggered', 'failed')",
             (model,),
         ).fetchone()
     return row[0]
+
+
+def promoted_at(registry: Registry, version: ModelVersion, alias: str) -> str | None:
+    """When `alias` last moved to `version` (a promotion or a rollback), as the feedback
+    store writes times (milliseconds), or None when the log does not say."""
+    moves = [
+        m
+        for m in registry.alias_log(version.name)
+        if m["alias"] == alias and m["to_version"] == version.version
+    ]
+    if not moves:
+        return None
+    # the log keeps whole seconds: a rating in the second of the move counts
+    return dt.datetime.fromisoformat(moves[-1]["at"]).isoformat(timespec="milliseconds")
+
+
+def earned(
+    rows: list[dict[str, Any]], production: ModelVersion, start: str | None
+) -> list[dict[str, Any]]:
+    """The rows of `rows` that rate answers `production` gave, from `start` on."""
+    return [
+        r
+        for r in rows
+        if r["model_version"] == production.ref and (start is None or r["created_at"] >= start)
+    ]
 
 
 def training_rows(
@@ -76,19 +111,23 @@ def training_rows(
 
 def check_trigger(
     recipe: Recipe, rows: list[dict[str, Any]], window_rows: list[dict[str, Any]]
-) -> str | None:
-    """Why the loop fires, or None. `rows`: the feedback it would train on (training_rows);
-    `window_rows`: every rating, for the bad rate."""
+) -> tuple[str | None, str]:
+    """(why the loop fires or None, what it saw). `rows`: the corrections production earned
+    that would train; `window_rows`: production's ratings in the window, for the bad rate."""
     t = recipe.loop.trigger
     corrections = sum(1 for r in rows if r["correction"])
     if t.min_corrections is not None and corrections >= t.min_corrections:
-        return f"{corrections} new corrections >= {t.min_corrections}"
+        return f"{corrections} new corrections >= {t.min_corrections}", ""
     recent = window_rows[-t.window :]
-    if t.bad_rate is not None and recent:
-        rate = sum(1 for r in recent if not r["is_good"]) / len(recent)
-        if rate > t.bad_rate:
-            return f"bad rate {rate:.2f} over the last {len(recent)} ratings > {t.bad_rate}"
-    return None
+    seen = f"{corrections} new corrections, {len(recent)} ratings"
+    if t.bad_rate is None or not recent:
+        return None, seen
+    rate = sum(1 for r in recent if not r["is_good"]) / len(recent)
+    if len(recent) < t.min_ratings:
+        return None, f"{seen} (bad rate {rate:.2f}) < loop.trigger.min_ratings={t.min_ratings}"
+    if rate > t.bad_rate:
+        return f"bad rate {rate:.2f} over the last {len(recent)} ratings > {t.bad_rate}", ""
+    return None, f"{seen}, bad rate {rate:.2f} <= {t.bad_rate}"
 
 
 def record(
@@ -324,49 +363,63 @@ def _nothing_to_train(recipe: Recipe, every: list[dict[str, Any]], since: str | 
     )
 
 
-def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
-    """Check the trigger; retrain, evaluate both, gate, and promote or reject."""
-    registry = registry or Registry()
-    store = FeedbackStore(registry.home)
-    name, alias = recipe.model_name, recipe.loop.alias
+def _production(registry: Registry, name: str, alias: str) -> ModelVersion:
     try:
-        production = registry.checkout(f"{name}@{alias}")
+        return registry.checkout(f"{name}@{alias}")
     except ValueError as err:
         raise LoopError(
             f"{name}@{alias}: {err}; run the recipe with registry.alias={alias} first"
         ) from err
-    since = last_decision_time(registry, name)
-    # Before reading: a review saved while this run trains (hours) counts for the next one.
-    read_at = _now()
-    every = store.rows(name)
-    rows = training_rows(recipe, every, since)
-    reason = check_trigger(recipe, rows, every)
-    if reason is None and not force:
-        return LoopDecision("not triggered", "no trigger rule met", production.ref)
-    reason = reason or "forced"
-    if not rows or (recipe.loop.method != "kto" and not any(r["correction"] for r in rows)):
-        raise LoopError(_nothing_to_train(recipe, every, since))
-    log.info(
-        "loop: fired (%s); retraining from %s with %s", reason, production.ref, recipe.loop.method
-    )
-    loop_dir = recipe.run_dir / "loop" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    seconds: dict[str, float] = {}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def interrupted_runs(recipe: Recipe) -> list[dict[str, Any]]:
+    """Loop runs of `recipe` that ended without a decision (killed mid-way): each is logged
+    once and its marker renamed. What they registered stays in the registry, unpromoted
+    unless the kill fell between the promotion and the record."""
+    found = []
+    for marker in sorted((recipe.run_dir / "loop").glob(f"*/{RUNNING}")):
+        state = json.loads(marker.read_text())
+        if state.get("host") == socket.gethostname() and _alive(state.get("pid", 0)):
+            continue  # another loop of the recipe is running now
+        state["run_dir"] = str(marker.parent)
+        marker.rename(marker.with_name("INTERRUPTED.json"))
+        log.warning("loop: found an interrupted run with no decision: %s", state)
+        found.append(state)
+    return found
+
+
+def _mark(loop_dir: Path, **state: Any) -> None:
+    """What the running loop has done so far, for the next run to find if this one dies."""
+    loop_dir.mkdir(parents=True, exist_ok=True)
+    marker = loop_dir / RUNNING
+    old = json.loads(marker.read_text()) if marker.exists() else {}
+    base = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+    marker.write_text(json.dumps({**base, **old, **state}))
+
+
+def _gated(recipe: Recipe, registry: Registry, dirs: dict[str, Path], seconds: dict) -> dict:
+    """The candidate's and production's measurements, and the gate's failures."""
     started = time.monotonic()
-    candidate_dir, export_sha = _train_candidate(
-        recipe, rows, Path(production.artifact_path), loop_dir
-    )
-    seconds["retrain"] = time.monotonic() - started
-    log.info("loop: candidate trained in %.1f s; evaluating both", seconds["retrain"])
-    started = time.monotonic()
-    prod_metrics = _evaluate(recipe, Path(production.artifact_path), loop_dir / "eval-production")
-    cand_metrics = _evaluate(recipe, candidate_dir, loop_dir / "eval-candidate")
+    prod_dir, candidate_dir = dirs["production"], dirs["candidate"]
+    prod_metrics = _evaluate(recipe, prod_dir, dirs["loop"] / "eval-production")
+    cand_metrics = _evaluate(recipe, candidate_dir, dirs["loop"] / "eval-candidate")
     seconds["evaluate"] = time.monotonic() - started
-    passed, failures = gate(recipe, cand_metrics, prod_metrics)
+    _, failures = gate(recipe, cand_metrics, prod_metrics)
     metrics = {"candidate": cand_metrics, "production": prod_metrics}
     judge = judge_client(recipe, registry)
     if judge is None:
         refusals = {
-            "production": refusal_rate(recipe, Path(production.artifact_path)),
+            "production": refusal_rate(recipe, prod_dir),
             "candidate": refusal_rate(recipe, candidate_dir),
         }
         if refusals["production"] is not None and refusals["candidate"] < refusals["production"]:
@@ -377,30 +430,99 @@ def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = Fal
         metrics["refusal_rate"] = refusals
     else:
         started = time.monotonic()
-        dirs = {"production": Path(production.artifact_path), "candidate": candidate_dir}
-        metrics["safety"] = safety_reports(recipe, dirs, judge)
-        metrics["judge"] = judge_comparison(recipe, dirs["production"], candidate_dir, judge)
+        models = {"production": prod_dir, "candidate": candidate_dir}
+        metrics["safety"] = safety_reports(recipe, models, judge)
+        metrics["judge"] = judge_comparison(recipe, prod_dir, candidate_dir, judge)
         failures += _judged_failures(recipe, metrics["judge"], metrics["safety"])
         seconds["judge"] = time.monotonic() - started
-    passed = not failures
     metrics["gate_failures"] = failures
+    return metrics
+
+
+def _retrain(
+    recipe: Recipe, registry: Registry, production: ModelVersion, rows, reason: str, loop_dir
+) -> tuple[LoopDecision, int | None, str]:
+    """Train a candidate from production, evaluate both, gate, and promote a passing one."""
+    seconds: dict[str, float] = {}
+    started = time.monotonic()
+    prod_dir = Path(production.artifact_path)
+    candidate_dir, export_sha = _train_candidate(recipe, rows, prod_dir, loop_dir)
+    seconds["retrain"] = time.monotonic() - started
+    log.info("loop: candidate trained in %.1f s; evaluating both", seconds["retrain"])
+    dirs = {"production": prod_dir, "candidate": Path(candidate_dir), "loop": loop_dir}
+    metrics = _gated(recipe, registry, dirs, seconds)
     metrics["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    passed = not metrics["gate_failures"]
     decision = LoopDecision(
         "promoted" if passed else "rejected", reason, production.ref, None, metrics
     )
-    cand_version = None
-    if passed:
-        version = registry.register(
-            name,
-            candidate_dir,
-            base_model=production.ref,
-            method=recipe.loop.method,
-            data_manifest=export_sha,
-            recipe_text=production.recipe_text,
-            metrics=cand_metrics,
-            parent_version=production.version,
+    if not passed:
+        return decision, None, export_sha
+    version = registry.register(
+        production.name,
+        candidate_dir,
+        base_model=production.ref,
+        method=recipe.loop.method,
+        data_manifest=export_sha,
+        recipe_text=production.recipe_text,
+        metrics=metrics["candidate"],
+        parent_version=production.version,
+    )
+    _mark(loop_dir, registered=version.ref)
+    registry.promote(production.name, version.version, recipe.loop.alias)
+    decision.candidate = version.ref
+    return decision, version.version, export_sha
+
+
+def _attempt(recipe, registry, production, rows, reason: str):
+    """_retrain, or a `failed` decision with the error (production stays where it was)."""
+    loop_dir = recipe.run_dir / "loop" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    _mark(loop_dir, production=production.ref, trigger=reason)
+    log.info(
+        "loop: fired (%s); retraining from %s with %s", reason, production.ref, recipe.loop.method
+    )
+    try:
+        return (*_retrain(recipe, registry, production, rows, reason, loop_dir), loop_dir)
+    except Exception as err:  # a schedule outlives a failed run: record it, keep production
+        log.exception(
+            "loop: the run in %s failed; %s stays in production", loop_dir, production.ref
         )
-        registry.promote(name, version.version, alias)
-        decision.candidate, cand_version = version.ref, version.version
-    record(registry, recipe, decision, production, cand_version, export_sha, read_at)
+        error = {"error": f"{type(err).__name__}: {err}", "run_dir": str(loop_dir)}
+        return LoopDecision("failed", reason, production.ref, None, error), None, None, loop_dir
+
+
+def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
+    """Check the trigger; retrain, evaluate both, gate, and promote or reject. Recorded as
+    `skipped` when it fires with nothing to train on, `failed` when training or evaluation
+    raises; 'not triggered' is only returned (a schedule checks often)."""
+    registry = registry or Registry()
+    name = recipe.model_name
+    production = _production(registry, name, recipe.loop.alias)
+    found = interrupted_runs(recipe)
+    since = last_decision_time(registry, name)
+    promoted = promoted_at(registry, production, recipe.loop.alias)
+    start = max((t for t in (promoted, since) if t), default=None)
+    # Before reading: a review saved while this run trains (hours) counts for the next one.
+    read_at = _now()
+    every = FeedbackStore(registry.home).rows(name)
+    rows = training_rows(recipe, every, since)
+    ratings = earned(every, production, start)
+    reason, seen = check_trigger(recipe, earned(rows, production, promoted), ratings)
+    if reason is None and not force:
+        why = f"{production.ref} since {start or 'ever'}: {seen}"
+        log.info("loop: not triggered (%s)", why)
+        return LoopDecision("not triggered", f"no trigger rule met by {why}", production.ref)
+    reason = reason or "forced"
+    loop_dir, cand_version, sha = None, None, None
+    if not rows or (recipe.loop.method != "kto" and not any(r["correction"] for r in rows)):
+        skip = {"reason": _nothing_to_train(recipe, every, since)}
+        log.warning("loop: skipped: %s", skip["reason"])
+        decision = LoopDecision("skipped", reason, production.ref, None, skip)
+    else:
+        decision, cand_version, sha, loop_dir = _attempt(recipe, registry, production, rows, reason)
+    if found:
+        decision.metrics["interrupted"] = found
+    record(registry, recipe, decision, production, cand_version, sha, read_at)
+    if loop_dir is not None:  # decided: the next run finds nothing to report
+        (loop_dir / RUNNING).unlink(missing_ok=True)
     return decision
