@@ -230,7 +230,7 @@ def test_the_gate_rejects_a_candidate_the_judge_prefers_less(tiny_recipe, tmp_pa
     run_recipe(recipe, recipe_text(tiny_recipe), registry=registry)
     production = registry.get("tiny@production").artifact_path
 
-    def scripted(model_dir, fmt, requests, max_new_tokens=48):
+    def scripted(model_dir, fmt, requests, max_new_tokens=48, trust_remote_code=False):
         if str(model_dir) == str(production):  # production answers right and refuses
             return [
                 "죄송합니다. 알려 드릴 수 없습니다." if "남의" in r else "정답" for r in requests
