@@ -373,6 +373,8 @@ def _production(registry: Registry, name: str, alias: str) -> ModelVersion:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:  # kill(0) would signal our own process group
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -388,7 +390,10 @@ def interrupted_runs(recipe: Recipe) -> list[dict[str, Any]]:
     unless the kill fell between the promotion and the record."""
     found = []
     for marker in sorted((recipe.run_dir / "loop").glob(f"*/{RUNNING}")):
-        state = json.loads(marker.read_text())
+        try:
+            state = json.loads(marker.read_text())
+        except ValueError:  # killed while writing it
+            state = {}
         if state.get("host") == socket.gethostname() and _alive(state.get("pid", 0)):
             continue  # another loop of the recipe is running now
         state["run_dir"] = str(marker.parent)
