@@ -426,6 +426,20 @@ class TriggerConfig(StrictModel):
     down are not a trend); the not-triggered decision says so."""
 
 
+class WatchConfig(StrictModel):
+    """After the loop promotes a version, its live bad rate is compared with the previous
+    version's over that one's last `loop.trigger.window` ratings; a worse one is rolled back."""
+
+    enabled: bool = True
+    """Watch each version the loop promotes; off, a promotion stays until someone rolls back."""
+    min_ratings: int = Field(20, ge=1)
+    """The watch judges once the new version has this many ratings since its promotion."""
+    min_hours: float | None = Field(None, gt=0)
+    """And, when set, no earlier than this many hours after the promotion."""
+    max_regression: float = Field(0.1, ge=0, le=1)
+    """Roll back when new bad rate - previous bad rate exceeds this (absolute difference)."""
+
+
 class JudgeGateConfig(StrictModel):
     url: str
     """The judge's OpenAI-compatible base URL (…/v1); its key: $KOLLM_JUDGE_API_KEY."""
@@ -469,6 +483,8 @@ class LoopConfig(StrictModel):
     """When the loop fires."""
     gate: GateConfig = Field(default_factory=GateConfig)
     """When a candidate is promoted."""
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    """When a promoted version is rolled back on its live ratings."""
     beta: float = Field(0.1, gt=0)
     """DPO beta: how far the candidate may move from the production model."""
     max_steps: int = Field(30, ge=1)

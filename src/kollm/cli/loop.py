@@ -88,6 +88,8 @@ def _print_decision(loaded: Recipe, decision) -> None:
             console.print(f"  gate: {failure}")
     if decision.candidate:
         console.print(f"  promoted {decision.candidate} to {loaded.loop.alias}")
+    if m.get("restored"):
+        console.print(f"  rolled {loaded.loop.alias} back to {m['restored']}")
 
 
 @loop_app.command("history")

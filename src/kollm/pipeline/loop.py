@@ -12,6 +12,13 @@ it is not worse than production (minus epsilon) on every gated metric. Every dec
 numbers that led to it, goes to the append-only `loop_decisions` table: also `skipped` (it
 fired with nothing to train on) and `failed` (training or evaluation raised; production stays).
 A failed run does not use its feedback up: the next run tries again.
+
+After a promotion the loop watches the new version (`loop.watch`): once it has
+`min_ratings` ratings since its promotion (and `min_hours`, if set), its bad rate is compared
+with the previous version's over that one's last `loop.trigger.window` ratings before it was
+replaced; worse by more than `max_regression`, the alias is rolled back (the registry's
+rollback: versions are immutable, nothing retrains) and `rolled back` is recorded with both
+rates; otherwise `kept`. Each run judges the watch before the trigger.
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ class LoopError(ValueError):
 
 @dataclass
 class LoopDecision:
-    decision: str  # "promoted", "rejected", "skipped", "failed" or "not triggered"
+    # "promoted", "rejected", "skipped", "failed", "not triggered"; watch: "kept", "rolled back"
+    decision: str
     trigger: str
     production: str | None = None
     candidate: str | None = None
@@ -58,11 +66,12 @@ def _now() -> str:
 
 def last_decision_time(registry: Registry, model: str) -> str | None:
     """When the loop last decided for `model`: a failed run does not count (what it read
-    trains on the next run), nor does 'not triggered'."""
+    trains on the next run), nor does 'not triggered', nor the watch's verdicts (the
+    corrections users made meanwhile still train the next candidate)."""
     with closing(connect(registry.path)) as conn:
         row = conn.execute(
             "SELECT MAX(at) FROM loop_decisions WHERE model = ?"
-            " AND decision NOT IN ('not triggered', 'failed')",
+            " AND decision NOT IN ('not triggered', 'failed', 'kept', 'rolled back')",
             (model,),
         ).fetchone()
     return row[0]
@@ -76,10 +85,12 @@ def promoted_at(registry: Registry, version: ModelVersion, alias: str) -> str | 
         for m in registry.alias_log(version.name)
         if m["alias"] == alias and m["to_version"] == version.version
     ]
-    if not moves:
-        return None
-    # the log keeps whole seconds: a rating in the second of the move counts
-    return dt.datetime.fromisoformat(moves[-1]["at"]).isoformat(timespec="milliseconds")
+    return _ms(moves[-1]["at"]) if moves else None
+
+
+def _ms(at: str) -> str:
+    # the alias log keeps whole seconds: a rating in the second of the move counts
+    return dt.datetime.fromisoformat(at).isoformat(timespec="milliseconds")
 
 
 def earned(
@@ -128,6 +139,95 @@ def check_trigger(
     if rate > t.bad_rate:
         return f"bad rate {rate:.2f} over the last {len(recent)} ratings > {t.bad_rate}", ""
     return None, f"{seen}, bad rate {rate:.2f} <= {t.bad_rate}"
+
+
+def _watch_open(registry: Registry, recipe: Recipe, production: ModelVersion) -> bool:
+    """Whether the loop promoted `production` and has not yet kept or rolled it back."""
+    with closing(connect(registry.path)) as conn:
+        rows = conn.execute(
+            "SELECT decision FROM loop_decisions WHERE model = ? AND alias = ? AND"
+            " ((decision = 'promoted' AND candidate_version = ?)"
+            " OR (decision IN ('kept', 'rolled back') AND production_version = ?)) ORDER BY id",
+            (production.name, recipe.loop.alias, production.version, production.version),
+        ).fetchall()
+    return bool(rows) and rows[-1][0] == "promoted"
+
+
+def previous_tenure(
+    registry: Registry, production: ModelVersion, alias: str
+) -> tuple[ModelVersion, str | None, str] | None:
+    """The version `alias` held before `production`'s latest promotion, and when it held it:
+    from its own latest move there to that promotion. None after a rollback to `production`."""
+    moves = [m for m in registry.alias_log(production.name) if m["alias"] == alias]
+    last = [i for i, m in enumerate(moves) if m["to_version"] == production.version]
+    if not last or moves[last[-1]]["action"] != "promote" or not moves[last[-1]]["from_version"]:
+        return None
+    replaced = moves[last[-1]]
+    began = [m["at"] for m in moves[: last[-1]] if m["to_version"] == replaced["from_version"]]
+    previous = registry.get(f"{production.name}:{replaced['from_version']}")
+    return previous, _ms(began[-1]) if began else None, _ms(replaced["at"])
+
+
+def _bad_rate(rows: list[dict[str, Any]]) -> float | None:
+    return sum(1 for r in rows if not r["is_good"]) / len(rows) if rows else None
+
+
+def _watch_rates(recipe: Recipe, registry: Registry, production: ModelVersion) -> dict | None:
+    """Both versions' live bad rates once the watch may judge, else None."""
+    w = recipe.loop.watch
+    since = promoted_at(registry, production, recipe.loop.alias)
+    tenure = previous_tenure(registry, production, recipe.loop.alias)
+    if not w.enabled or since is None or tenure is None:
+        return None
+    every = FeedbackStore(registry.home).rows(production.name)
+    new = earned(every, production, since)
+    hours = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(since)).total_seconds() / 3600
+    if len(new) < w.min_ratings or (w.min_hours is not None and hours < w.min_hours):
+        log.info("loop: watching %s: %d ratings since its promotion", production.ref, len(new))
+        return None
+    previous, start, end = tenure
+    old = [r for r in earned(every, previous, start) if r["created_at"] < end]
+    old = old[-recipe.loop.trigger.window :]
+    return {
+        "version": production.ref,
+        "bad_rate": _bad_rate(new),
+        "ratings": len(new),
+        "previous": previous.ref,
+        "previous_bad_rate": _bad_rate(old),
+        "previous_ratings": len(old),
+        "max_regression": w.max_regression,
+    }
+
+
+def check_watch(
+    recipe: Recipe, registry: Registry, production: ModelVersion
+) -> LoopDecision | None:
+    """Judge the watch of a version the loop promoted, once it has its ratings: roll the alias
+    back to the previous version when users rate it worse by more than `max_regression`,
+    else keep it. Recorded either way; None while it is still watching (or nothing to watch)."""
+    if not _watch_open(registry, recipe, production):
+        return None
+    rates = _watch_rates(recipe, registry, production)
+    if rates is None:
+        return None
+    new, old = rates["bad_rate"], rates["previous_bad_rate"]
+    said = (
+        f"bad rate of {rates['version']} {new:.2f} over {rates['ratings']} ratings since its"
+        f" promotion; {rates['previous']} "
+        + (f"{old:.2f} over its last {rates['previous_ratings']}" if old is not None else "unrated")
+    )
+    if old is None or new - old <= rates["max_regression"]:
+        kept = f"{said}: within {rates['max_regression']}"
+        decision = LoopDecision("kept", kept, production.ref, None, {"watch": rates})
+        record(registry, recipe, decision, production, None, None)
+        return decision
+    restored = registry.rollback(production.name, recipe.loop.alias)
+    trigger = f"{said}: worse by {new - old:.2f} > {rates['max_regression']}"
+    decision = LoopDecision("rolled back", trigger, production.ref, None, {"watch": rates})
+    decision.metrics["restored"] = restored.ref
+    record(registry, recipe, decision, production, restored.version, None)
+    log.warning("loop: rolled %s back to %s (%s)", recipe.loop.alias, restored.ref, trigger)
+    return decision
 
 
 def record(
@@ -497,12 +597,16 @@ def _attempt(recipe, registry, production, rows, reason: str):
 
 
 def run_loop(recipe: Recipe, registry: Registry | None = None, force: bool = False) -> LoopDecision:
-    """Check the trigger; retrain, evaluate both, gate, and promote or reject. Recorded as
+    """Judge the watch of a version the loop promoted (a rollback ends the run there), then
+    check the trigger; retrain, evaluate both, gate, and promote or reject. Recorded as
     `skipped` when it fires with nothing to train on, `failed` when training or evaluation
     raises; 'not triggered' is only returned (a schedule checks often)."""
     registry = registry or Registry()
     name = recipe.model_name
     production = _production(registry, name, recipe.loop.alias)
+    watched = check_watch(recipe, registry, production)
+    if watched is not None and watched.decision == "rolled back":
+        return watched  # the restored version earns its own ratings before the trigger counts
     found = interrupted_runs(recipe)
     since = last_decision_time(registry, name)
     promoted = promoted_at(registry, production, recipe.loop.alias)
