@@ -252,6 +252,28 @@ class DistributedConfig(StrictModel):
     """An accelerate config file; when given, it replaces the flags above for accelerate."""
 
 
+class EvalGenerationConfig(StrictModel):
+    every_steps: int | None = Field(None, ge=1)
+    """Every N optimizer steps, generate answers for a fixed sample of the dev split and score
+    them; the score goes into loss.jsonl (`eval_<metric>`) and loss.png. Unset: off."""
+    samples: int = Field(16, ge=1)
+    """Dev records generated each time (the first N, the same ones every time)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Most tokens generated per answer (greedy decoding)."""
+    metric: Literal["rougeL", "rouge1", "rouge2", "rouge", "exact_match"] = "rougeL"
+    """Morpheme ROUGE F1 as `kollm eval` computes it (`eval.tokenize`, `eval.morpheme_tokenizer`),
+    `rouge` (the mean of the three times 100), or the share of answers equal to a reference.
+    The LLM judge is not run during training."""
+
+
+class EarlyStoppingConfig(StrictModel):
+    patience: int | None = Field(None, ge=1)
+    """Stop after this many generation evaluations (`eval_generation`) in a row without a gain
+    of more than `min_delta`; the saved model is then the best-scoring one. Unset: off."""
+    min_delta: float = Field(0.0, ge=0)
+    """Smallest rise of the metric that counts as a gain."""
+
+
 class TrainConfig(StrictModel):
     method: Literal["sft", "seq2seq", "pretrain", "dpo", "kto", "rm", "grpo"] = "sft"
     """`sft` (causal LM, loss on the answer), `seq2seq` (BART/T5), `pretrain` (plain text),
@@ -325,6 +347,16 @@ class TrainConfig(StrictModel):
     """LoRA / QLoRA settings."""
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     """Multi-GPU training through accelerate or torchrun."""
+    eval_generation: EvalGenerationConfig = Field(default_factory=EvalGenerationConfig)
+    """Generate on a dev sample every N steps and score it (sft)."""
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    """Stop when the `eval_generation` score stops rising, keeping the best weights."""
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_scores(self) -> TrainConfig:
+        if self.early_stopping.patience is not None and self.eval_generation.every_steps is None:
+            raise ValueError("train.early_stopping needs train.eval_generation.every_steps")
+        return self
 
 
 class DecodingConfig(StrictModel):

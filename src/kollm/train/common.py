@@ -294,12 +294,26 @@ def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
             )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    _plot_scores(ax, losses)
     if ax.get_lines():  # a run shorter than logging_steps logged no loss
-        ax.legend()
+        ax.legend(loc="upper left")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def _plot_scores(ax, losses: list[dict[str, Any]]) -> None:
+    """`train.eval_generation` scores (higher is better) on a second axis at the right."""
+    keys = sorted({k for e in losses for k in e if k.startswith("eval_") and k != "eval_loss"})
+    if not keys:
+        return
+    right = ax.twinx()
+    for key in keys:
+        points = [(e["step"], e[key]) for e in losses if key in e]
+        right.plot(*zip(*points, strict=True), "s--", color="tab:green", label=key[5:])
+    right.set_ylabel("score")
+    right.legend(loc="upper right")
 
 
 def _save_model(trainer, path: Path) -> None:
@@ -342,11 +356,17 @@ def save_final(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def callbacks(train_dir: Path) -> list[TrainerCallback]:
-    """Checkpoint markers, the loss log, progress lines, and on a terminal TRL's Rich bar."""
+def callbacks(train_dir: Path, extra: list[TrainerCallback] | None = None) -> list[TrainerCallback]:
+    """Checkpoint markers, the loss log, progress lines, a method's `extra` ones (generation
+    scores, early stopping), and on a terminal TRL's Rich bar."""
     from trl.trainer.callbacks import RichProgressCallback
 
-    found = [CheckpointMarker(), LossLogger(train_dir / "loss.jsonl"), ProgressLog()]
+    found = [
+        CheckpointMarker(),
+        LossLogger(train_dir / "loss.jsonl"),
+        ProgressLog(),
+        *(extra or []),
+    ]
     return [*found, RichProgressCallback()] if sys.stderr.isatty() else found
 
 

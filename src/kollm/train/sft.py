@@ -21,6 +21,7 @@ from kollm.train.common import (
     torch_dtype,
     train_and_save,
 )
+from kollm.train.generation_eval import generation_eval
 from kollm.train.scratch import scratch_model
 from kollm.train.templates import fit_examples
 
@@ -227,6 +228,6 @@ def train_sft(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resume: b
         eval_dataset=Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
         peft_config=lora_config(recipe, new_rows=new_rows) if t.lora.enabled else None,
-        callbacks=callbacks(train_dir),
+        callbacks=callbacks(train_dir, generation_eval(recipe, splits.get("dev", []), tokenizer)),
     )
     return train_and_save(trainer, tokenizer, recipe, "sft", resume)
