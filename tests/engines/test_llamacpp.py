@@ -173,6 +173,66 @@ def test_lora_adapters_are_picked_per_request_and_the_base_runs_without(
         with_lora.unload()
 
 
+def _upstream(replies: list[bytes]) -> int:
+    """A loopback server answering its n-th connection with replies[n] (b"": hung up at once,
+    as a server does that drops a kept-alive connection or dies under the request)."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        for reply in replies:
+            conn, _ = listener.accept()
+            with conn:
+                if reply:
+                    conn.recv(65536)
+                    conn.sendall(reply)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def _faked(tmp_path, replies: list[bytes], command: list[str]) -> LlamaCppEngine:
+    import subprocess
+
+    engine = LlamaCppEngine(tmp_path, tmp_path / "m.gguf")
+    engine.port = _upstream(replies)
+    engine.process = subprocess.Popen(command)
+    return engine
+
+
+ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+    b'data: {"content": "\xeb\x84\xa4", "tokens": [7]}\n\n'
+    b'data: {"content": "", "stop": true, "stop_type": "eos", "tokens_predicted": 1}\n\n'
+)
+
+
+def test_a_connection_dropped_before_the_answer_is_sent_again(tmp_path):
+    engine = _faked(tmp_path, [b"", ANSWER], ["sleep", "30"])
+    try:
+        (answer,) = engine.generate([[1, 2, 3]], GenerationParams(max_new_tokens=4))
+        assert (answer.text, answer.finish_reason, answer.completion_tokens) == ("네", "stop", 1)
+    finally:
+        engine.unload()
+
+
+def test_a_server_that_dies_under_a_request_is_named_with_its_log(tmp_path):
+    (tmp_path / ".m.gguf.llama-server.log").write_text("GGML_ASSERT(lora) failed\n")
+    engine = _faked(tmp_path, [b""], ["sh", "-c", "sleep 0.2; exit 134"])
+    time.sleep(0.05)
+    try:
+        with pytest.raises(
+            LlamaCppError,
+            match=r"died during the request \(exit code 134.*"
+            r"GGML_ASSERT\(lora\) failed",
+        ):
+            engine.generate([[1, 2, 3]], GenerationParams(max_new_tokens=4))
+    finally:
+        engine.unload()
+
+
 def test_a_missing_binary_names_how_to_get_one(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no llama-server on it
     monkeypatch.delenv("KOLLM_LLAMA_SERVER", raising=False)

@@ -18,6 +18,7 @@ started again once; a second death leaves the engine failed, which /health repor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -39,6 +40,7 @@ from kollm.engines.upstream import UpstreamServer, free_port, sse_events
 from kollm.remote import dir_kwargs
 
 DEFAULT_PARALLEL = 8
+log = logging.getLogger(__name__)
 
 
 class LlamaServerMissing(RuntimeError):
@@ -237,10 +239,46 @@ class LlamaCppEngine(UpstreamServer):
         """Stream one completion, passing each token id on as it arrives; when `cancel` is
         set the stream is closed and llama-server frees the slot."""
 
+        import httpx
+
         ids = self.prompt_ids(prompt, params.max_new_tokens)
         body = self._body(ids, params, adapter)
+        started: list[bool] = []
+        try:
+            return self._stream(body, len(ids), on_token, cancel, started)
+        except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError) as err:
+            if not self._still_running():
+                raise self._died(err) from err
+            if started:  # tokens went out already: sending again would repeat them
+                raise LlamaCppError(f"llama-server cut the answer short: {err}") from err
+            # a kept-alive connection the server dropped before answering: once more
+            log.warning("llama-server dropped the connection (%s); sending again", err)
+            return self._stream(body, len(ids), on_token, cancel, started)
+
+    def _still_running(self) -> bool:
+        """Whether llama-server outlived the dropped connection: a crash closes its sockets
+        a moment before the process is reaped, so give it that moment."""
+        if self.process is None:
+            return False
+        try:
+            self.process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
+    def _died(self, err: Exception) -> LlamaCppError:
+        """The error of a request llama-server died under: its exit code and last log lines
+        (the engine starts it again on the next request)."""
+        code = self.process.returncode if self.process is not None else None
+        log_file = self.gguf.with_name(f".{self.gguf.name}.llama-server.log")
+        return LlamaCppError(
+            f"llama-server died during the request (exit code {code}; {err}): {_tail(log_file)}"
+        )
+
+    def _stream(self, body: dict, prompt_tokens: int, on_token, cancel, started) -> Generation:
         text, finish, last = [], "length", {}
         with self.http.stream("POST", self.url + "/completion", json=body) as reply:
+            started.append(True)
             if reply.status_code >= 400:
                 reply.read()
                 error = LlamaCppRejected if reply.status_code < 500 else LlamaCppError
@@ -258,7 +296,9 @@ class LlamaCppEngine(UpstreamServer):
                     last = chunk
         if last:
             finish = "length" if last.get("stop_type") == "limit" else "stop"
-        return Generation("".join(text), len(ids), int(last.get("tokens_predicted", 0)), finish)
+        return Generation(
+            "".join(text), prompt_tokens, int(last.get("tokens_predicted", 0)), finish
+        )
 
     def generate(
         self,
