@@ -67,7 +67,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kollm demo --loop
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
