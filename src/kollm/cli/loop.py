@@ -78,7 +78,7 @@ def _print_decision(loaded: Recipe, decision) -> None:
     m = decision.metrics
     for note in ("reason", "error"):
         if m.get(note):
-            console.print(f"  {note}: {m[note]}")
+            console.print(f"  {note}: {m[note]}", markup=False)  # errors hold [brackets]
     if "gate" in m:  # the gate's record: every reason, with both numbers and the threshold
         for reason in m["gate"]["reasons"]:
             said = f"  gate: {'pass' if reason['passed'] else 'FAIL'}  {reason['says']}"
