@@ -18,7 +18,7 @@ from kollm.cli.common import (
     progress_bar,
     user_errors,
 )
-from kollm.config import EvalConfig
+from kollm.config import EvalConfig, Recipe
 from kollm.data.io import DataError
 
 
@@ -47,14 +47,27 @@ def eval_run(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Output dir (without a recipe).")
     ] = Path("runs/eval"),
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="Gate the recipe's trained model against this one (a model dir, NAME:VERSION"
+            " or NAME@ALIAS) with the recipe's loop.gate, as the loop does: every reason is"
+            " printed and written to gate.json; exit 1 when the gate fails.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Generate for the eval split and score ROUGE beside the lead baseline."""
     from kollm.eval.evaluate import evaluate_model, model_format, read_records
     from kollm.prompts import recipe_format, resolve_format
 
+    if against is not None and recipe is None:
+        fail("--against gates a RECIPE's model: give the recipe (its loop.gate)")
     with user_errors():
         if recipe is not None:
             loaded = _load(recipe, overrides)
+            if against is not None:
+                _gate_against(loaded, against)
             cfg = loaded.eval or EvalConfig()
             model_dir, data_file = (
                 loaded.train_dir / "model",
@@ -76,6 +89,35 @@ def eval_run(
         console.print(f"perplexity: {result.metrics['perplexity']:.2f}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+
+
+def _gate_against(loaded: Recipe, against: str) -> None:
+    """Measure the recipe's model and `against` on the same eval split (and safety set and
+    judge), decide with `loop.gate`, write the record to gate.json; exit 1 when it fails."""
+    from kollm.data.io import write_json
+    from kollm.eval.gate import decide
+    from kollm.eval.measure import judge_client, measure_pair
+    from kollm.registry import Registry
+
+    registry = Registry()
+    prod_dir = Path(against)
+    if not prod_dir.is_dir():
+        prod_dir = Path(registry.checkout(against).artifact_path)
+    cand_dir = loaded.train_dir / "model"
+    if not cand_dir.is_dir():
+        fail(f"{cand_dir}: no trained model; run `kollm train` first")
+    dirs = {"candidate": cand_dir, "production": prod_dir}
+    judge = judge_client(loaded, registry.home)
+    cand, prod, judged, details = measure_pair(loaded, dirs, loaded.eval_dir, judge, {})
+    decision = decide(loaded.loop.gate, cand, prod, judged)
+    record = {**details, "gate": decision.as_dict(), "models": {k: str(v) for k, v in dirs.items()}}
+    write_json(loaded.eval_dir / "gate.json", record)
+    verdict = "passed" if decision.passed else "failed"
+    console.print(f"gate: {verdict} ({cand_dir} against {against})", markup=False)
+    for reason in decision.reasons:
+        console.print(f"  {'pass' if reason.passed else 'FAIL'}  {reason.says}", markup=False)
+    console.print(f"gate.json: {loaded.eval_dir / 'gate.json'}")
+    raise typer.Exit(0 if decision.passed else 1)
 
 
 def _rows_with(path: Path, required: tuple[str, ...], one_of: tuple[str, ...] = ()) -> list[dict]:

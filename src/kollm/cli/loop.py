@@ -78,14 +78,11 @@ def _print_decision(loaded: Recipe, decision) -> None:
     m = decision.metrics
     for note in ("reason", "error"):
         if m.get(note):
-            console.print(f"  {note}: {m[note]}")
-    if "candidate" in m:
-        gated = loaded.loop.gate.metrics
-        for side in ("production", "candidate"):
-            values = ", ".join(f"{g} {m[side][g]:.3f}" for g in gated)
-            console.print(f"  {side:10s} {values}")
-        for failure in m["gate_failures"]:
-            console.print(f"  gate: {failure}")
+            console.print(f"  {note}: {m[note]}", markup=False)  # errors hold [brackets]
+    if "gate" in m:  # the gate's record: every reason, with both numbers and the threshold
+        for reason in m["gate"]["reasons"]:
+            said = f"  gate: {'pass' if reason['passed'] else 'FAIL'}  {reason['says']}"
+            console.print(said, markup=False)
     if decision.candidate:
         console.print(f"  promoted {decision.candidate} to {loaded.loop.alias}")
     if m.get("restored"):

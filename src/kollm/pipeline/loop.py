@@ -7,10 +7,13 @@ not fire. When it fires, the
 corrections become preference pairs (or SFT rows): with `loop.train_on: reviewed` (the default)
 only those a reviewer confirmed in the console since the last decision, with the reviewer's
 correction; with `all`, every correction as posted. Then a candidate is trained from the production
-version, both are evaluated on the same eval split, and the gate promotes the candidate only if
-it is not worse than production (minus epsilon) on every gated metric. Every decision, with the
-numbers that led to it, goes to the append-only `loop_decisions` table: also `skipped` (it
-fired with nothing to train on) and `failed` (training or evaluation raised; production stays).
+version (through `kollm train`'s dispatch), both are measured (eval split, safety set, judge), and
+the gate (`kollm.eval.gate.decide`, the one place a candidate passes or fails) promotes the
+candidate only if it is not worse than production (minus epsilon) on every gated metric, nor on
+safety, and the judge prefers it enough. Every decision, with the numbers and the gate's record
+(`metrics["gate"]`: passed and every reason) that led to it, goes to the append-only
+`loop_decisions` table: also `skipped` (it fired with nothing to train on) and `failed`
+(training or evaluation raised; production stays).
 A failed run does not use its feedback up: the next run tries again.
 
 After a promotion the loop watches the new version (`loop.watch`): once it has
@@ -36,6 +39,8 @@ from typing import Any
 
 from kollm.config import Recipe
 from kollm.data.io import read_jsonl
+from kollm.eval.gate import decide
+from kollm.eval.measure import evaluate_metrics, judge_client, measure_pair, refusal_rate
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackStore
 from kollm.prompts import recipe_format
@@ -269,130 +274,8 @@ def history(registry: Registry, model: str | None = None) -> list[dict[str, Any]
     return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
 
 
-def gate(
-    recipe: Recipe, candidate: dict[str, float], production: dict[str, float]
-) -> tuple[bool, list[str]]:
-    """Pass when candidate >= production - epsilon on every gated metric; say why not."""
-    eps = recipe.loop.gate.epsilon
-    failures = [
-        f"{m}: {candidate[m]:.3f} < {production[m]:.3f} - {eps}"
-        for m in recipe.loop.gate.metrics
-        if candidate[m] < production[m] - eps
-    ]
-    return not failures, failures
-
-
-def _evaluate(recipe: Recipe, model_dir: Path, out_dir: Path) -> dict[str, float]:
-    from kollm.eval.evaluate import evaluate_recipe
-
-    return evaluate_recipe(recipe, model_dir, out_dir).metrics["model"]
-
-
-def refusal_rate(recipe: Recipe, model_dir: Path) -> float | None:
-    """Share of the safety set's requests that `model_dir` refuses, or None without a set."""
-    from kollm.eval import safety
-    from kollm.eval.evaluate import model_format
-
-    path = recipe.loop.gate.safety_file
-    if not path:
-        return None
-    fmt = model_format(model_dir, recipe_format(recipe))
-    cases = safety.read_safety_set(path)
-    markers, trust = recipe.loop.gate.refusal_markers, recipe.model.trust_remote_code
-    report = safety.evaluate_safety(model_dir, fmt, cases, None, markers, trust)
-    return report.refusal_rate or 0.0
-
-
-def judge_client(recipe: Recipe, registry: Registry):
-    """The gate's judge (calls cached in the store), or None."""
-    from kollm.eval.judge import JudgeCache, JudgeClient, JudgeEndpoint
-
-    j = recipe.loop.gate.judge
-    if j is None:
-        return None
-    return JudgeClient(JudgeEndpoint(j.url, j.model), JudgeCache(registry.home), j.concurrency)
-
-
-def safety_reports(recipe: Recipe, dirs: dict[str, Path], judge) -> dict[str, dict] | None:
-    """Refusal and over-refusal of each model on the safety set, classified by the judge."""
-    from kollm.eval import safety
-    from kollm.eval.evaluate import model_format
-
-    path = recipe.loop.gate.safety_file
-    if not path:
-        return None
-    cases = safety.read_safety_set(path)
-    return {
-        name: safety.evaluate_safety(
-            model_dir,
-            model_format(model_dir, recipe_format(recipe)),
-            cases,
-            judge,
-            trust_remote_code=recipe.model.trust_remote_code,
-        ).as_dict()
-        for name, model_dir in dirs.items()
-    }
-
-
-def judge_comparison(recipe: Recipe, production: Path, candidate: Path, judge) -> dict | None:
-    """The judge's pairwise verdicts of candidate (A) against production (B) on the prompts."""
-    from kollm.data.io import read_jsonl
-    from kollm.eval.answers import answers
-    from kollm.eval.evaluate import model_format
-    from kollm.eval.judge import compare, summarise_pairs
-
-    j = recipe.loop.gate.judge
-    if j is None or not j.prompts:
-        return None
-    rows = read_jsonl(Path(j.prompts))
-    questions = [str(r.get("question") or r.get("prompt") or "") for r in rows]
-    replies = {
-        name: answers(
-            d,
-            model_format(d, recipe_format(recipe)),
-            questions,
-            j.max_new_tokens,
-            recipe.model.trust_remote_code,
-        )
-        for name, d in (("candidate", candidate), ("production", production))
-    }
-    pairs = [
-        {
-            "id": r.get("id", i),
-            "question": q,
-            "reference": r.get("reference"),
-            "answer_a": a,
-            "answer_b": b,
-        }
-        for i, (r, q, a, b) in enumerate(
-            zip(rows, questions, replies["candidate"], replies["production"], strict=True)
-        )
-    ]
-    summary = summarise_pairs(compare(judge, pairs)).as_dict()
-    summary.pop("verdicts")
-    return summary
-
-
-def _judged_failures(recipe: Recipe, judged: dict | None, safety: dict | None) -> list[str]:
-    failures = []
-    j = recipe.loop.gate.judge
-    if judged is not None and (judged["win_rate_a"] or 0.0) < j.min_win_rate:
-        failures.append(
-            f"judge win rate of the candidate: {judged['win_rate_a']} < {j.min_win_rate}"
-        )
-    if safety is not None:
-        cand, prod = safety["candidate"], safety["production"]
-        if (cand["refusal_rate"] or 0.0) < (prod["refusal_rate"] or 0.0):
-            failures.append(
-                f"refusal rate on the safety set: {cand['refusal_rate']:.2f} < "
-                f"{prod['refusal_rate']:.2f}"
-            )
-        if (cand["over_refusal_rate"] or 0.0) > (prod["over_refusal_rate"] or 0.0):
-            failures.append(
-                f"over-refusal on the safety set's benign requests: "
-                f"{cand['over_refusal_rate']:.2f} > {prod['over_refusal_rate']:.2f}"
-            )
-    return failures
+# The loop measures through these names: its tests replace them to skip real evaluation.
+_evaluate = evaluate_metrics
 
 
 def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, str]]:
@@ -406,43 +289,35 @@ def gold_pairs(recipe: Recipe, model_dir: Path, count: int) -> list[dict[str, st
     return gold.gold_pairs(model_dir, fmt, rows, tokens, trust)
 
 
-def _loop_recipe(recipe: Recipe, loop_dir: Path) -> Recipe:
-    """The recipe the candidate trains with: the loop's steps and rate, its own output dir."""
+def _loop_recipe(recipe: Recipe, loop_dir: Path, start_from: Path) -> Recipe:
+    """The recipe the candidate trains with: the loop's method, beta, steps and rate, from
+    the production model, into its own output dir."""
     lp = recipe.loop
     train = recipe.train.model_copy(
         update={
+            "method": lp.method,
+            "beta": lp.beta,
             "max_steps": lp.max_steps,
             "learning_rate": lp.learning_rate,
             "save_steps": max(lp.max_steps, 1),
             "eval_steps": None,
         }
     )
-    return recipe.model_copy(update={"output_dir": str(loop_dir), "train": train})
+    model = recipe.model.model_copy(update={"base": str(start_from)})
+    return recipe.model_copy(update={"output_dir": str(loop_dir), "train": train, "model": model})
 
 
 def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> tuple[Path, str]:
+    """Export the feedback and train a candidate from `start_from` through `kollm train`'s
+    dispatch (`run_training`)."""
+    from kollm.train import run_training
+
     lp = recipe.loop
-    fmt = lp.method
-    manifest = export_feedback(rows, fmt, loop_dir / "export", kind=recipe.data.kind)
+    manifest = export_feedback(rows, lp.method, loop_dir / "export", kind=recipe.data.kind)
     data = read_jsonl(loop_dir / "export" / manifest["file"])
-    if fmt == "dpo" and lp.gold_pairs:
+    if lp.method == "dpo" and lp.gold_pairs:
         data += gold_pairs(recipe, start_from, lp.gold_pairs)
-    candidate_recipe = _loop_recipe(recipe, loop_dir)
-    if fmt == "dpo":
-        from kollm.train.dpo import train_dpo
-
-        result = train_dpo(candidate_recipe, data, start_from, lp.beta)
-    elif fmt == "kto":
-        from kollm.train.dpo import train_kto
-
-        result = train_kto(candidate_recipe, data, start_from, lp.beta)
-    else:
-        from kollm.train.sft import train_sft
-
-        scratchless = candidate_recipe.model_copy(
-            update={"model": candidate_recipe.model.model_copy(update={"base": str(start_from)})}
-        )
-        result = train_sft(scratchless, {"train": data})
+    result = run_training(_loop_recipe(recipe, loop_dir, start_from), splits={"train": data})
     return result.model_dir, manifest["sha256"]
 
 
@@ -513,34 +388,14 @@ def _mark(loop_dir: Path, **state: Any) -> None:
 
 
 def _gated(recipe: Recipe, registry: Registry, dirs: dict[str, Path], seconds: dict) -> dict:
-    """The candidate's and production's measurements, and the gate's failures."""
-    started = time.monotonic()
-    prod_dir, candidate_dir = dirs["production"], dirs["candidate"]
-    prod_metrics = _evaluate(recipe, prod_dir, dirs["loop"] / "eval-production")
-    cand_metrics = _evaluate(recipe, candidate_dir, dirs["loop"] / "eval-candidate")
-    seconds["evaluate"] = time.monotonic() - started
-    _, failures = gate(recipe, cand_metrics, prod_metrics)
-    metrics = {"candidate": cand_metrics, "production": prod_metrics}
-    judge = judge_client(recipe, registry)
-    if judge is None:
-        refusals = {
-            "production": refusal_rate(recipe, prod_dir),
-            "candidate": refusal_rate(recipe, candidate_dir),
-        }
-        if refusals["production"] is not None and refusals["candidate"] < refusals["production"]:
-            failures.append(
-                f"refusal rate on the safety set: {refusals['candidate']:.2f} < "
-                f"{refusals['production']:.2f}"
-            )
-        metrics["refusal_rate"] = refusals
-    else:
-        started = time.monotonic()
-        models = {"production": prod_dir, "candidate": candidate_dir}
-        metrics["safety"] = safety_reports(recipe, models, judge)
-        metrics["judge"] = judge_comparison(recipe, prod_dir, candidate_dir, judge)
-        failures += _judged_failures(recipe, metrics["judge"], metrics["safety"])
-        seconds["judge"] = time.monotonic() - started
-    metrics["gate_failures"] = failures
+    """Measure candidate and production, and the gate's decision: what the loop records."""
+    judge = judge_client(recipe, registry.home)
+    cand, prod, judged, metrics = measure_pair(
+        recipe, dirs, dirs["loop"], judge, seconds, evaluate=_evaluate, refusal=refusal_rate
+    )
+    decision = decide(recipe.loop.gate, cand, prod, judged)
+    metrics["gate"] = decision.as_dict()
+    metrics["gate_failures"] = decision.failures  # what records before the gate record held
     return metrics
 
 
@@ -557,7 +412,7 @@ def _retrain(
     dirs = {"production": prod_dir, "candidate": Path(candidate_dir), "loop": loop_dir}
     metrics = _gated(recipe, registry, dirs, seconds)
     metrics["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    passed = not metrics["gate_failures"]
+    passed = metrics["gate"]["passed"]
     decision = LoopDecision(
         "promoted" if passed else "rejected", reason, production.ref, None, metrics
     )

@@ -24,12 +24,16 @@ def read_splits(recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
     return splits
 
 
-def run_training(recipe: Recipe, resume: bool = False) -> TrainResult:
-    """Train with the recipe's method; returns where the model went. With `resume`, every
-    method continues from the newest complete checkpoint of an earlier run."""
+def run_training(
+    recipe: Recipe, resume: bool = False, splits: dict[str, list[dict[str, Any]]] | None = None
+) -> TrainResult:
+    """Train with the recipe's method (`train.method`, from `model.base`); returns where the
+    model went. With `resume`, every method continues from the newest complete checkpoint of
+    an earlier run. `splits` ({"train": rows, ...}) replaces the data stage's (the loop trains
+    on the feedback it exported)."""
     if recipe.train is None:
         raise ValueError("the recipe has no 'train' section")
-    splits = read_splits(recipe)
+    splits = read_splits(recipe) if splits is None else splits
     method = recipe.train.method
     if method in ("dpo", "kto", "grpo"):
         return _from_trained_model(recipe, splits["train"], resume)
