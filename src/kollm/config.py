@@ -1000,6 +1000,20 @@ def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
     return info
 
 
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a section at `loc` takes (through maps and lists: `serve.tasks.NAME`)."""
+    current: Any = model
+    for key in loc:
+        current = _unwrap(current, key)
+        if hasattr(current, "metadata") and hasattr(current, "annotation"):
+            current = current.annotation
+    candidates = typing.get_args(current) or (current,)  # `X | None`: X's keys
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return list(candidate.model_fields)
+    return []
+
+
 def _bounds(info: Any) -> str:
     lo = hi = None
     lo_op = hi_op = ""
@@ -1033,9 +1047,7 @@ _NUMBER_ERRORS = {
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     kind, loc, got = error["type"], error["loc"], error.get("input")
     if kind == "extra_forbidden":
-        parent = _field_at(model, loc[:-1])
-        sub = getattr(parent, "annotation", model) if loc[:-1] else model
-        known = list(getattr(sub, "model_fields", {}))
+        known = _keys_at(model, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         return "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else "")
     if kind == "missing":

@@ -83,6 +83,11 @@ def test_summarise_task_puts_its_prompt_around_the_request(civil, civil_home):
     assert reply.usage.prompt_tokens == _prompt_tokens(civil, expected)
     assert plain.usage.prompt_tokens == _prompt_tokens(civil, [{"role": "user", "content": text}])
     assert reply.usage.prompt_tokens > plain.usage.prompt_tokens
+    counted = httpx.post(  # /tokenize counts a task's prompt as the chat builds it
+        civil.base_url + "/tokenize",
+        json={"model": "civil/summarise", "messages": [{"role": "user", "content": text}]},
+    )
+    assert counted.json()["count"] == reply.usage.prompt_tokens
     assert reply.model == "civil/summarise" and reply.model_extra["task"] == "summarise"
     assert "task" not in plain.model_extra
     logged = _logged(civil_home, reply.id)  # the log keeps what the user sent, and the task
@@ -173,7 +178,8 @@ def test_qa_needs_documents(civil, civil_home, tmp_path):
 def test_recipe_tasks_are_checked_when_the_recipe_loads(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: t\nserve:\n  tasks:\n    x:\n      temprature: 0\n", encoding="utf-8")
-    with pytest.raises(RecipeError, match=r"serve\.tasks\.x\.temprature: unknown key"):
+    unknown = r"serve\.tasks\.x\.temprature: unknown key; did you mean 'temperature'"
+    with pytest.raises(RecipeError, match=unknown):
         load_recipe(path)
     path.write_text("name: t\nserve:\n  tasks:\n    x:\n      template: 요약\n", encoding="utf-8")
     with pytest.raises(RecipeError, match=r"serve\.tasks\.x: template must hold \{input\}"):
