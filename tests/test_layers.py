@@ -21,6 +21,7 @@ ALLOWED = {
     "endpoint": {"store"},
     "engines": {"artifacts", "remote"},
     "registry": {"store", "artifacts", "prompts", "remote"},
+    "tasks": {"config"},
 }
 HIGH = {"pipeline", "cluster", "cli"}
 FORBIDDEN = {

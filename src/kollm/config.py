@@ -6,6 +6,7 @@ Every field's docstring is its description: `kollm recipe schema` and docs/recip
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Literal, Union
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kollm.text.pii import PLACEHOLDERS
 
@@ -544,6 +545,47 @@ class DomainConfig(StrictModel):
     """What an off-domain request gets instead of a generation."""
 
 
+TASK_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class TaskConfig(StrictModel):
+    """A task service: a named prompt with its decoding settings, served as `MODEL/TASK` (or a
+    chat request's `task` field). A request's own settings override the task's."""
+
+    description: str = ""
+    """What the task does, shown in `/v1/models` and the console."""
+    system: str = ""
+    """The system prompt put before the conversation (a model trained on a prompt_template
+    has no system turn: there only `template` reaches it)."""
+    template: str = "{input}"
+    """What the last user turn becomes; `{input}` is the user's text."""
+    temperature: float | None = Field(None, ge=0, le=2)
+    """Sampling temperature (0: greedy) unless the request sets one."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Nucleus sampling mass unless the request sets one."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Most tokens generated unless the request sets max_tokens."""
+    repetition_penalty: float | None = Field(None, ge=0.01, le=10)
+    """Penalty for repeated tokens unless the request sets one."""
+    retrieval: bool = False
+    """Answer from documents: the collection the request names (`rag`) or the server's
+    (`serve.rag`); a request with neither is refused (400 naming `task`)."""
+    domain: DomainConfig | None = None
+    """The task's own domain guard, applied besides the model's (`serve.domains`)."""
+
+    @model_validator(mode="after")
+    def _template_takes_input(self) -> TaskConfig:
+        if "{input}" not in self.template:
+            raise ValueError("template must hold {input}, where the user's text goes")
+        try:
+            self.template.format(input="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"template: only {{input}} is filled ({{{{ and }}}} for braces): {err}"
+            ) from None
+        return self
+
+
 class RagConfig(StrictModel):
     collection: str = "docs"
     """The collection `kollm rag index --recipe` fills and `serve.rag` names by default."""
@@ -642,6 +684,10 @@ class ServeConfig(StrictModel):
     """Per served model id: the domain guard."""
     rag: str | None = None
     """A collection every chat request is answered from, with citations (settings: `rag`)."""
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
+    """Task services NAME: {system, template, temperature, ...} added to (or replacing) the
+    shipped ones (summarise, translate, qa, interview_questions, code); stored with each
+    version registered from the recipe, and served as `MODEL/NAME`."""
     tool_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = "auto"
     """How an answer's tool calls are read (vLLM's --tool-call-parser): auto (the format the
     model's chat template teaches), hermes (`<tool_call>{...}</tool_call>`: Qwen2.5/Qwen3 and
@@ -669,6 +715,14 @@ class ServeConfig(StrictModel):
     """Ratings one API key may post to `/v1/feedback` in an hour (counted in the store, across
     workers); more get 429 with Retry-After. Without API keys every caller shares one count.
     0: no limit."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_names(cls, tasks: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        bad = [name for name in tasks if not re.match(TASK_NAME, name)]
+        if bad:
+            raise ValueError(f"task name {bad[0]!r}: use lower-case letters, digits, '_', '-'")
+        return tasks
 
 
 class DeployConfig(StrictModel):
@@ -946,6 +1000,20 @@ def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> Any:
     return info
 
 
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a section at `loc` takes (through maps and lists: `serve.tasks.NAME`)."""
+    current: Any = model
+    for key in loc:
+        current = _unwrap(current, key)
+        if hasattr(current, "metadata") and hasattr(current, "annotation"):
+            current = current.annotation
+    candidates = typing.get_args(current) or (current,)  # `X | None`: X's keys
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return list(candidate.model_fields)
+    return []
+
+
 def _bounds(info: Any) -> str:
     lo = hi = None
     lo_op = hi_op = ""
@@ -979,9 +1047,7 @@ _NUMBER_ERRORS = {
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     kind, loc, got = error["type"], error["loc"], error.get("input")
     if kind == "extra_forbidden":
-        parent = _field_at(model, loc[:-1])
-        sub = getattr(parent, "annotation", model) if loc[:-1] else model
-        known = list(getattr(sub, "model_fields", {}))
+        known = _keys_at(model, loc[:-1])
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
         return "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else "")
     if kind == "missing":

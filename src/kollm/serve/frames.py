@@ -22,10 +22,12 @@ if TYPE_CHECKING:
 
 
 def _dump(chunk) -> dict:
-    """A response body; `citations` only where the request used retrieval."""
+    """A response body; `citations` only where the request used retrieval, `task` only
+    where it named a task service."""
     body = chunk.model_dump()
-    if body.get("citations") is None:
-        body.pop("citations", None)
+    for optional in ("citations", "task"):
+        if body.get(optional) is None:
+            body.pop(optional, None)
     return body
 
 
@@ -52,6 +54,7 @@ def chat_response(
         usage=usage_of(results),
         model_version=ctx.served.version,
         citations=ctx.citations,
+        task=ctx.task_name,
     )
     headers = {"X-Request-Id": ctx.rid, "X-Model-Version": ctx.served.version}
     return JSONResponse(_dump(body), headers=headers)

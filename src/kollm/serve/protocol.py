@@ -370,6 +370,7 @@ class ChatCompletionRequest(_ChatSampling):
     # vLLM's: the chat template's own variables (Qwen3's enable_thinking)
     chat_template_kwargs: dict[str, Any] | None = None
     rag: RagOptions | None = None
+    task: str | None = None  # kollm's: a task service of the model (as `MODEL/TASK` names it)
 
     @field_validator("tool_choice")
     @classmethod
@@ -417,6 +418,7 @@ class CompletionRequest(_CompletionSampling):
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     max_tokens: int | None = Field(None, ge=0)
+    task: str | None = None  # refused: task services are chat (400 naming it, not ignored)
 
     @field_validator("prompt")
     @classmethod
@@ -597,6 +599,7 @@ class ChatCompletion(BaseModel):
     usage: Usage
     model_version: str
     citations: list[Citation] | None = None  # with `rag`: the chunks the answer rests on
+    task: str | None = None  # kollm's: the task service that answered
 
 
 class ChatChunkChoice(BaseModel):
@@ -657,6 +660,8 @@ class ModelCard(BaseModel):
     parent: str | None = None  # vLLM's: the base an adapter sits on (None: a base)
     max_model_len: int | None = None  # vLLM's: the context in tokens
     model_version: str
+    task: str | None = None  # kollm's: the task service `MODEL/TASK` names
+    description: str | None = None  # what the task does
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,6 @@ Ray Serve replica and the demo; `build_manager` is the same models without HTTP,
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from kollm.serve.app import create_app
 from kollm.serve.deps import ServeSettings
 from kollm.serve.metrics import ServerMetrics
 from kollm.serve.retrieval import RagService
-from kollm.serve.service import DomainGuard, ModelManager
+from kollm.serve.service import DomainGuard, ModelManager, guard_for
 
 log = logging.getLogger("kollm.serve")
 
@@ -39,17 +38,7 @@ class Access:
 
 def domain_guards(domains: dict[str, DomainConfig]) -> dict[str, DomainGuard]:
     """The guard of each model id, its example requests read from their file."""
-    return {model_id: _guard(d) for model_id, d in domains.items()}
-
-
-def _guard(d: DomainConfig) -> DomainGuard:
-    examples = []
-    if d.examples_file:
-        for line in Path(d.examples_file).read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line:
-                examples.append(json.loads(line).get("text", "") if line.startswith("{") else line)
-    return DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
+    return {model_id: guard_for(d) for model_id, d in domains.items()}
 
 
 def _engine_options(cfg: ServeConfig) -> dict:
@@ -84,6 +73,7 @@ def build_manager(
         adapter_root=access.adapter_root if access else None,
         engine_options=_engine_options(cfg),
         prepare=prepare,
+        tasks=dict(cfg.tasks),
     )
 
 

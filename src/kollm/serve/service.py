@@ -9,17 +9,20 @@ picked up by a watch task: the new version loads beside the old, then takes its 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kollm.config import DomainConfig, TaskConfig
 from kollm.engines.base import Engine, GenerationParams
 from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
 from kollm.serve.batching import Batcher, Dispatcher
 from kollm.serve.metrics import ServerMetrics
+from kollm.tasks import recorded_tasks, task_layers
 
 log = logging.getLogger("kollm.serve")
 SANITY_PROMPT = "안녕하세요"
@@ -63,6 +66,17 @@ class DomainGuard:
         return False
 
 
+def guard_for(d: DomainConfig) -> DomainGuard:
+    """The guard of a domain, its example requests read from their file."""
+    examples = []
+    if d.examples_file:
+        for line in Path(d.examples_file).read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                examples.append(json.loads(line).get("text", "") if line.startswith("{") else line)
+    return DomainGuard(d.keywords, examples, d.min_similarity, d.refusal)
+
+
 @dataclass
 class ServedModel:
     model_id: str  # the API id: the registry name, or the dir name
@@ -74,6 +88,8 @@ class ServedModel:
     adapters: dict[str, str] = field(default_factory=dict)  # API id suffix -> adapter name
     prompt_format: PromptFormat | None = None
     guard: DomainGuard | None = None
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)  # MODEL/TASK, by task name
+    task_guards: dict[str, DomainGuard] = field(default_factory=dict)  # tasks with a domain
 
     def prompt_for(
         self,
@@ -102,6 +118,7 @@ class ModelManager:
         engine_options: dict[str, Any] | None = None,
         adapter_root: Path | str | None = None,
         prepare: Callable[[str, Path, dict[str, str]], dict[str, Any]] | None = None,
+        tasks: dict[str, TaskConfig] | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
         self.registry = registry
@@ -109,6 +126,7 @@ class ModelManager:
         self.max_concurrency = max_concurrency  # None: the engine's own limit
         self.adapters = adapters or {}
         self.guards = guards or {}
+        self.tasks = tasks or {}  # the serving recipe's, over the shipped and the version's
         self.engine_options = engine_options or {}
         self.adapter_root = Path(adapter_root).resolve() if adapter_root else None
         # per version, the engine's files made from it (the llamacpp engine's GGUF): given by
@@ -123,11 +141,12 @@ class ModelManager:
         health = {m.model_id: m.engine.health() for m in list(self.models.values())}
         return {model: h["restarts"] for model, h in health.items() if "restarts" in h}
 
-    def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, PromptFormat | None]:
-        """(model id, version, dir, sha256, prompt format) of a reference."""
+    def _resolve(self, ref: str) -> tuple[str, str, Path, str | None, PromptFormat | None, dict]:
+        """(model id, version, dir, sha256, prompt format, tasks recorded with the version) of
+        a reference."""
         path = Path(ref)
         if path.is_dir():
-            return path.name, str(path), path, None, load_format(path)
+            return path.name, str(path), path, None, load_format(path), {}
         registry = self.registry or Registry()
         try:
             version = registry.checkout(ref)  # the stored files, checked against their sha256
@@ -139,6 +158,7 @@ class ModelManager:
             Path(version.artifact_path),
             version.weights_sha256,
             version.format,
+            recorded_tasks(version.recipe_text),
         )
 
     def check_refs(self) -> None:
@@ -225,7 +245,7 @@ class ModelManager:
 
     def load(self, ref: str) -> ServedModel:
         """Load one model and check it answers (runs in a worker thread)."""
-        model_id, version, model_dir, sha, fmt = self._resolve(ref)
+        model_id, version, model_dir, sha, fmt, recorded = self._resolve(ref)
         engine = self._open_engine(ref, model_dir, sha, version if sha else None)
         engine.load()
         if sha is not None:
@@ -236,6 +256,10 @@ class ModelManager:
         guard = self.guards.get(model_id)
         if guard is not None:
             guard.prepare(engine)
+        tasks = task_layers(recorded, self.tasks)
+        task_guards = {name: guard_for(t.domain) for name, t in tasks.items() if t.domain}
+        for task_guard in task_guards.values():
+            task_guard.prepare(engine)
         batcher = self._scheduler(engine, model_id)
         return ServedModel(
             model_id,
@@ -247,6 +271,8 @@ class ModelManager:
             {name: name for name in self.adapters},
             fmt,
             self.guards.get(model_id),
+            tasks,
+            task_guards,
         )
 
     def _scheduler(self, engine: Engine, model_id: str) -> Batcher:

@@ -29,6 +29,7 @@ from kollm.serve.frames import (
 from kollm.serve.retrieval import RagService, Retrieved
 from kollm.serve.serving_engine import RequestContext, ServingEngine
 from kollm.serve.tool_parsers import PARSERS, calls_schema, parser_for
+from kollm.tasks import decoding_defaults, task_messages
 
 
 class ChatServing(ServingEngine):
@@ -42,11 +43,14 @@ class ChatServing(ServingEngine):
         ctx = self.context("chat", body, raw, "chatcmpl")
         ctx.messages = [_turn(m) for m in body.messages]
         self.check_chars(ctx.served, sum(len(m["content"]) for m in ctx.messages), "messages")
-        if not await self._allowed(ctx):
-            return self._fixed(ctx, ctx.served.guard.refusal)
+        self._check_task(ctx)
+        refusal = await self._declined(ctx)
+        if refusal is not None:
+            return self._fixed(ctx, refusal)
         await self._retrieve(ctx)
         if ctx.retrieved is not None and not ctx.retrieved.hits:
             return await self._no_source(ctx)
+        body = self._apply_task(ctx)
         ctx.params = self.params(ctx, body.max_completion_tokens or body.max_tokens)
         self._tools(ctx)
         self._template_variables(ctx)
@@ -133,16 +137,40 @@ class ChatServing(ServingEngine):
         ctx.params = replace(ctx.params, json_schema=schema)
         ctx.forced_tools = True
 
-    async def _allowed(self, ctx: RequestContext) -> bool:
-        """Whether the model's domain guard lets the user turns through (counted if not)."""
-        guard = ctx.served.guard
-        if guard is None:
-            return True
+    def _check_task(self, ctx: RequestContext) -> None:
+        """400 naming `task` for a task that answers from documents when neither the request
+        nor the server names a collection."""
+        if ctx.task is None or not ctx.task.retrieval:
+            return
+        if self.rag.collection_for(ctx.body.rag) is None:
+            raise _bad(
+                "task",
+                f"'{ctx.task_name}' answers from documents, but this server has no collection "
+                "(serve.rag, --rag) and the request names none (rag.collection)",
+            )
+
+    @staticmethod
+    def _apply_task(ctx: RequestContext) -> p.ChatCompletionRequest:
+        """The task's prompt put around the conversation, and its decoding settings where the
+        request set none; the body the rest of the request reads."""
+        if ctx.task is not None:
+            ctx.messages = task_messages(ctx.task, ctx.messages)
+            defaults = decoding_defaults(ctx.task, set(ctx.body.model_fields_set))
+            ctx.body = ctx.body.model_copy(update=defaults)
+        return ctx.body
+
+    async def _declined(self, ctx: RequestContext) -> str | None:
+        """The refusal of the model's domain guard, or of the task's, that does not let the
+        user turns through (counted); None when both do."""
+        served = ctx.served
         text = " ".join(_user_turns(ctx.messages))
-        if await asyncio.to_thread(guard.allows, text, ctx.served.engine):
-            return True
-        self.manager.metrics.off_domain.labels(ctx.served.model_id).inc()
-        return False
+        for guard in (served.guard, served.task_guards.get(ctx.task_name or "")):
+            if guard is None:
+                continue
+            if not await asyncio.to_thread(guard.allows, text, served.engine):
+                self.manager.metrics.off_domain.labels(served.model_id).inc()
+                return guard.refusal
+        return None
 
     async def _retrieve(self, ctx: RequestContext) -> None:
         """The chunks for the last user turn, from the collection the request or the server

@@ -25,6 +25,14 @@ class CompletionServing(ServingEngine):
     ) -> p.Completion | StreamingResponse:
         """OpenAI's text completion for `body`; several prompts give several choices."""
         ctx = self.context("completions", body, raw, "cmpl")
+        if ctx.task_name is not None:  # a task's prompt is a conversation: chat's
+            raise ApiError(
+                400,
+                f"task: task services ('{ctx.task_name}') answer chat requests; use "
+                "/v1/chat/completions",
+                "invalid_request_error",
+                "task",
+            )
         if body.logprobs is not None:
             self.require(ctx.served, "scoring", "logprobs")
         ctx.params = self.params(ctx, body.max_tokens)

@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
+from kollm.config import TaskConfig
 from kollm.engines import ENGINE_SAMPLING
 from kollm.engines.base import (
     Generation,
@@ -84,6 +85,8 @@ class RequestContext:
     # response_format's schema, when the engine answers it unconstrained: each answer is
     # checked against it instead (serve.unconstrained_json)
     unchecked_schema: str | None = None
+    task_name: str | None = None  # the task service `MODEL/TASK` or the `task` field names
+    task: TaskConfig | None = None
 
     def schema_valid(self, text: str) -> bool | None:
         """Whether an unconstrained answer is valid under the request's schema (None: the
@@ -126,10 +129,47 @@ class ServingEngine:
         return found
 
     def context(self, endpoint: str, body, raw: Request, prefix: str) -> RequestContext:
-        """A request's state: its model (404 if not served) and a new id."""
+        """A request's state: its model (404 if not served), its task service and a new id;
+        the body records the task, so the request log does."""
         started = time.perf_counter()
-        served, adapter = self.find(body.model)
-        return RequestContext(endpoint, p.new_id(prefix), body, raw, served, adapter, started)
+        model, task_name = self.split_task(body)
+        served, adapter = self.find(model)
+        if task_name is not None:
+            body = body.model_copy(update={"task": task_name})
+        ctx = RequestContext(endpoint, p.new_id(prefix), body, raw, served, adapter, started)
+        if task_name is not None:
+            ctx.task_name, ctx.task = task_name, self.find_task(served, task_name)
+        return ctx
+
+    def split_task(self, body) -> tuple[str, str | None]:
+        """(model id, task name) of a request: `MODEL/TASK` or the `task` field; 400 naming
+        `task` when the two name different tasks."""
+        model, named = body.model, getattr(body, "task", None)
+        if "/" not in model or self.manager.lookup(model) is not None:
+            return model, named
+        model, _, in_id = model.rpartition("/")
+        if named is not None and named != in_id:
+            raise ApiError(
+                400,
+                f"task: '{named}' conflicts with the task '{in_id}' that model "
+                f"'{body.model}' names; give one of them",
+                "invalid_request_error",
+                "task",
+            )
+        return model, in_id
+
+    @staticmethod
+    def find_task(served: ServedModel, name: str) -> TaskConfig:
+        """The task service of a served model; 404 naming `task` and the ones it has."""
+        if name in served.tasks:
+            return served.tasks[name]
+        raise ApiError(
+            404,
+            f"task '{name}' is not served for model '{served.model_id}' (its tasks: "
+            f"{', '.join(sorted(served.tasks))})",
+            "not_found_error",
+            "task",
+        )
 
     @staticmethod
     def require(served: ServedModel, capability: str, param: str) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 
 from kollm.serve import protocol as p
 from kollm.serve.deps import GUARD, state
+from kollm.tasks import task_messages
 
 router = APIRouter()
 
@@ -24,12 +25,16 @@ def _tokens(engine, text: str, body: p.TokenizeRequest) -> tuple[list[int], list
 
 @router.post("/tokenize", dependencies=GUARD)
 async def tokenize(body: p.TokenizeRequest, request: Request) -> p.TokenizeResponse:
-    """A prompt's token ids; with `messages`, the prompt the server builds for that chat."""
+    """A prompt's token ids; with `messages`, the prompt the server builds for that chat (with
+    `MODEL/TASK`, the task's prompt around it)."""
     service = state(request).serving
-    served, _ = service.find(body.model)
+    model, task = service.split_task(body)
+    served, _ = service.find(model)
     if body.messages is not None:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         service.check_chars(served, sum(len(m["content"]) for m in messages), "messages")
+        if task is not None:
+            messages = task_messages(service.find_task(served, task), messages)
         text = await service.prompt(served, messages)
     else:
         text = body.prompt or ""

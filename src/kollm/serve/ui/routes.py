@@ -382,6 +382,14 @@ def chat_page(request: Request):
     for model_id in sorted(manager.models):  # each model, then its adapters as BASE:ADAPTER
         models += [model_id, *(f"{model_id}:{a}" for a in manager.models[model_id].adapters)]
     collections = sorted(state(request).rag.retriever.index.collections())
+    tasks = {}  # every model's task services, by name (a model without one answers 404)
+    for served in manager.models.values():
+        tasks.update({name: t.description for name, t in served.tasks.items()})
     return _page(
-        request, "chat.html", models=models, collections=collections, categories=CATEGORIES
+        request,
+        "chat.html",
+        models=models,
+        collections=collections,
+        tasks=sorted(tasks.items()),
+        categories=CATEGORIES,
     )

@@ -26,13 +26,23 @@ form.addEventListener("submit", async (event) => {
   history.push({ role: "user", content: text });
   line("user", text);
   const answer = line("assistant", "");
-  const body = { model: form.model.value, messages: history, stream: true, max_tokens: 64 };
+  const body = { model: form.model.value, messages: history, stream: true };
   if (form.collection.value) body.rag = { collection: form.collection.value };
+  // a task brings its prompt and decoding settings (its max_tokens too)
+  if (form.task.value) body.task = form.task.value;
+  else body.max_tokens = 64;
   const response = await fetch("/v1/chat/completions", {
     method: "POST",
     headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
     body: JSON.stringify(body),
   });
+  if (!response.ok) {
+    // a refused request (a task the model lacks, qa without documents) says why
+    const error = await response.json().catch(() => ({}));
+    answer.textContent = `(${response.status}) ${error.error ? error.error.message : ""}`;
+    history.pop();
+    return;
+  }
   let responseId = null;
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
