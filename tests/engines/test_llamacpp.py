@@ -145,7 +145,7 @@ def test_lora_adapters_are_picked_per_request_and_the_base_runs_without(
     from kollm.cluster.gguf_files import lora_gguf
 
     model = AutoModelForCausalLM.from_pretrained(str(qwen2_chat_base))
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    config = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     torch.manual_seed(1)
     peft = get_peft_model(model, config)
     with torch.no_grad():  # a strong adapter, so that its answers differ from the base's

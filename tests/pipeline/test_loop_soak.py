@@ -149,7 +149,7 @@ def test_three_cycles_promote_reject_and_roll_back_with_no_hand_between(
         said["after"] = _loop(tiny_recipe, LOOSE)
 
     assert "promoted tiny:2 to production" in said["promoted"]
-    assert "gate: score: 0.000 < 100.000 - 0.5" in said["rejected"]
+    assert "gate: FAIL  score: 0.000 < 100.000 - 0.5" in said["rejected"]
     assert "promoted tiny:3 to production" in said["promoted again"]
     assert "rolled production back to tiny:2" in said["rolled back"]
     # the rollback ends the watch and starts tiny:2's count afresh: one rating fires nothing

@@ -79,6 +79,11 @@ def _print_decision(loaded: Recipe, decision) -> None:
     for note in ("reason", "error"):
         if m.get(note):
             console.print(f"  {note}: {m[note]}", markup=False)  # errors hold [brackets]
+    if "candidate" in m:
+        gated = loaded.loop.gate.metrics
+        for side in ("production", "candidate"):
+            values = ", ".join(f"{g} {m[side][g]:.3f}" for g in gated if g in m[side])
+            console.print(f"  {side:10s} {values}")
     if "gate" in m:  # the gate's record: every reason, with both numbers and the threshold
         for reason in m["gate"]["reasons"]:
             said = f"  gate: {'pass' if reason['passed'] else 'FAIL'}  {reason['says']}"
