@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from tests.ray_cluster import ray_cluster  # noqa: F401 - the session's local Ray cluster
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,8 +1,14 @@
 """A local Ray cluster for the ray executor and Ray Serve tests: `ray start --head` on 127.0.0.1
-with 2 CPUs, started once for the session and stopped after it."""
+with 2 CPUs, started once for the session and stopped after it. Any test directory may use the
+`ray_cluster` fixture (tests/conftest.py imports it).
+
+`ray stop --force` ends every Ray process of this user on the machine, so a session holds
+an exclusive lock on /tmp/kollm-ray.lock while its cluster lives: two test runs on one machine
+(two worktrees) take turns instead of stopping each other's cluster."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -79,6 +85,8 @@ def ray_cluster():
     # outward-facing address for some of its agents.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    lock = open("/tmp/kollm-ray.lock", "w")  # noqa: SIM115 - held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
     temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's unix sockets live here
     try:
         for _attempt in range(2):  # a cluster whose agent never came up is started once more
@@ -93,3 +101,4 @@ def ray_cluster():
     finally:
         subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+        lock.close()  # closing releases the lock
