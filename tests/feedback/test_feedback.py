@@ -168,3 +168,27 @@ def test_exports_keep_the_whole_conversation_of_a_multi_turn_answer(tmp_path):
     export_feedback(rows, "kto", tmp_path / "kto")
     kto = [json.loads(x) for x in (tmp_path / "kto" / "kto.jsonl").read_text().splitlines()]
     assert all(len(r["messages"]) == 4 for r in kto)
+
+
+def test_an_answer_of_a_task_service_trains_on_the_prompt_the_task_built(tmp_path):
+    from kollm.feedback.responses import RequestLog
+    from kollm.tasks import SHIPPED, task_layers
+
+    request = {
+        "model": "tiny",
+        "task": "summarise",
+        "messages": [{"role": "user", "content": "긴 글"}],
+    }
+    RequestLog(tmp_path).write("m1", "chat", "tiny", "tiny:1", request, "글.", 9, 2, "stop", 1)
+    FeedbackStore(tmp_path).add("m1", "bad", correction="짧은 요약입니다.")
+    rows = FeedbackStore(tmp_path).rows()
+
+    export_feedback(rows, "sft", tmp_path / "sft", kind="chat", tasks=task_layers())
+    (chat,) = [json.loads(x) for x in (tmp_path / "sft" / "sft.jsonl").read_text().splitlines()]
+    task = SHIPPED["summarise"]
+    assert chat["messages"][0] == {"role": "system", "content": task.system}
+    assert chat["messages"][1]["content"] == task.template.format(input="긴 글")
+    # without the services it was served under, the turns stay as the user sent them
+    export_feedback(rows, "sft", tmp_path / "plain", kind="chat")
+    (plain,) = [json.loads(x) for x in (tmp_path / "plain" / "sft.jsonl").read_text().splitlines()]
+    assert plain["messages"][0] == {"role": "user", "content": "긴 글"}

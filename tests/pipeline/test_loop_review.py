@@ -40,7 +40,7 @@ class Stop(BaseException):  # not an Exception: the loop records those as `faile
 def _capture(monkeypatch) -> dict:
     seen: dict = {}
 
-    def train(recipe, rows, start_from, loop_dir):
+    def train(recipe, rows, start_from, loop_dir, tasks=None):
         seen["rows"] = rows
         raise Stop  # what the candidate would train on is all this test needs
 
@@ -148,7 +148,7 @@ def test_a_review_saved_while_the_loop_trains_counts_for_the_next_run(
     first, late = [r["id"] for r in store.rows("tiny")]
     store.review(first, "reviewer", ["evasive"], "먼저 검토한 답")
 
-    def train(recipe, rows, start_from, loop_dir):
+    def train(recipe, rows, start_from, loop_dir, tasks=None):
         store.review(late, "reviewer", ["evasive"], "학습 중에 검토한 답")
         return start_from, "sha"
 

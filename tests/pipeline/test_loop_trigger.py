@@ -42,7 +42,7 @@ def _rate(home, version: str, count: int, correct: bool = True) -> None:
 
 def _rejecting(monkeypatch) -> None:
     """A candidate trains in no time and the gate (epsilon -1) rejects it."""
-    monkeypatch.setattr(loop, "_train_candidate", lambda r, rows, start, d: (start, "sha"))
+    monkeypatch.setattr(loop, "_train_candidate", lambda r, rows, start, *_: (start, "sha"))
     monkeypatch.setattr(loop, "_evaluate", lambda recipe, model_dir, out: {"score": 1.0})
     monkeypatch.setattr(loop, "refusal_rate", lambda recipe, model_dir: None)
 
@@ -104,7 +104,7 @@ def test_the_schedule_records_skipped_and_failed_runs_and_keeps_going(
     monkeypatch.setenv("KOLLM_HOME", str(home))
     registry = _production(home, local_base)
 
-    def oom(recipe, rows, start_from, loop_dir):
+    def oom(recipe, rows, start_from, loop_dir, tasks=None):
         raise RuntimeError("CUDA out of memory")
 
     # between the checks, users rate: first without corrections, then with them

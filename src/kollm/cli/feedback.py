@@ -86,9 +86,11 @@ def feedback_export(
     """Corrections -> SFT rows and DPO pairs; thumbs -> KTO rows (PII-masked, deduplicated)."""
     from kollm.feedback.export import export_feedback
     from kollm.feedback.store import FeedbackStore
+    from kollm.tasks import task_layers
 
-    try:
-        manifest = export_feedback(FeedbackStore().rows(model), format, output, kind)
+    try:  # answers of a shipped task service train on the prompt the task built
+        rows = FeedbackStore().rows(model)
+        manifest = export_feedback(rows, format, output, kind, task_layers())
     except ValueError as err:
         fail(str(err))
     console.print(

@@ -15,18 +15,25 @@ from kollm.data.io import write_json, write_jsonl
 from kollm.data.pipeline import run_steps
 from kollm.data.steps.dedup import ExactDeduplicator, MinhashDeduplicator
 from kollm.data.steps.pii import PiiMasker
+from kollm.tasks import TaskConfig, task_messages
 
 FORMATS = ("sft", "dpo", "kto")
 
 
-def conversation(request_json: str) -> list[dict[str, str]]:
-    """Every turn of a logged request before the answer (system included), or its prompt."""
+def conversation(
+    request_json: str, tasks: dict[str, TaskConfig] | None = None
+) -> list[dict[str, str]]:
+    """Every turn of a logged request before the answer (system included), or its prompt.
+    A request to a task service (`task` in the log) gets the task's system prompt and template
+    back from `tasks`, so the model trains on the prompt it answered."""
     request = json.loads(request_json)
     if "messages" in request:
-        return [
+        turns = [
             {"role": m.get("role", "user"), "content": _content(m.get("content", ""))}
             for m in request["messages"]
         ]
+        task = (tasks or {}).get(request.get("task") or "")
+        return task_messages(task, turns) if task is not None else turns
     prompt = request.get("prompt", "")
     return [{"role": "user", "content": prompt if isinstance(prompt, str) else prompt[0]}]
 
@@ -50,13 +57,17 @@ def _sft_row(base: dict[str, Any], turns: list[dict[str, str]], answer: str, kin
 
 
 def to_rows(
-    rows: list[dict[str, Any]], fmt: str, kind: str = "instruction"
+    rows: list[dict[str, Any]],
+    fmt: str,
+    kind: str = "instruction",
+    tasks: dict[str, TaskConfig] | None = None,
 ) -> list[dict[str, Any]]:
     """Feedback rows as training rows; DPO and KTO rows keep the whole conversation the rated
     answer was given in (`messages`) beside its last user turn (`prompt`)."""
     out = []
     for row in rows:
-        turns, answer, correction = conversation(row["request"]), row["response"], row["correction"]
+        turns = conversation(row["request"], tasks)
+        answer, correction = row["response"], row["correction"]
         base = {
             "id": f"fb{row['id']}",
             "response_id": row["response_id"],
@@ -89,11 +100,18 @@ _FIELDS = {
 }
 
 
-def export_feedback(rows: list[dict[str, Any]], fmt: str, out_dir: Path, kind: str = "instruction"):
-    """Write `<fmt>.jsonl` and `manifest.json` into `out_dir`; returns the manifest."""
+def export_feedback(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    out_dir: Path,
+    kind: str = "instruction",
+    tasks: dict[str, TaskConfig] | None = None,
+):
+    """Write `<fmt>.jsonl` and `manifest.json` into `out_dir`; returns the manifest. `tasks`:
+    the task services the answers were given under (see `conversation`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
-    records = to_rows(rows, fmt, kind)
+    records = to_rows(rows, fmt, kind, tasks)
     fields = _FIELDS[fmt]
     if fmt == "sft" and kind in ("dialogue_summary", "chat"):
         fields = {"dialogue_summary": ("dialogue", "summary"), "chat": ("messages",)}[kind]

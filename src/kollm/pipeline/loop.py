@@ -46,6 +46,7 @@ from kollm.feedback.store import FeedbackStore
 from kollm.prompts import recipe_format
 from kollm.registry import ModelVersion, Registry
 from kollm.store import connect
+from kollm.tasks import recorded_tasks, task_layers
 
 log = logging.getLogger("kollm.loop")
 RUNNING = "RUNNING.json"  # in a loop run dir until its decision is recorded
@@ -307,13 +308,21 @@ def _loop_recipe(recipe: Recipe, loop_dir: Path, start_from: Path) -> Recipe:
     return recipe.model_copy(update={"output_dir": str(loop_dir), "train": train, "model": model})
 
 
-def _train_candidate(recipe: Recipe, rows, start_from: Path, loop_dir: Path) -> tuple[Path, str]:
+def _served_tasks(recipe: Recipe, production: ModelVersion) -> dict:
+    """The task services production answered under, as `kollm serve` layers them: shipped,
+    the version's recorded recipe, then this recipe's `serve.tasks`."""
+    return task_layers(recorded_tasks(production.recipe_text), dict(recipe.serve.tasks))
+
+
+def _train_candidate(
+    recipe: Recipe, rows, start_from: Path, loop_dir: Path, tasks: dict | None = None
+) -> tuple[Path, str]:
     """Export the feedback and train a candidate from `start_from` through `kollm train`'s
     dispatch (`run_training`)."""
     from kollm.train import run_training
 
     lp = recipe.loop
-    manifest = export_feedback(rows, lp.method, loop_dir / "export", kind=recipe.data.kind)
+    manifest = export_feedback(rows, lp.method, loop_dir / "export", recipe.data.kind, tasks)
     data = read_jsonl(loop_dir / "export" / manifest["file"])
     if lp.method == "dpo" and lp.gold_pairs:
         data += gold_pairs(recipe, start_from, lp.gold_pairs)
@@ -406,7 +415,8 @@ def _retrain(
     seconds: dict[str, float] = {}
     started = time.monotonic()
     prod_dir = Path(production.artifact_path)
-    candidate_dir, export_sha = _train_candidate(recipe, rows, prod_dir, loop_dir)
+    tasks = _served_tasks(recipe, production)
+    candidate_dir, export_sha = _train_candidate(recipe, rows, prod_dir, loop_dir, tasks)
     seconds["retrain"] = time.monotonic() - started
     log.info("loop: candidate trained in %.1f s; evaluating both", seconds["retrain"])
     dirs = {"production": prod_dir, "candidate": Path(candidate_dir), "loop": loop_dir}
