@@ -19,6 +19,7 @@ ALLOWED = {
     "logtail": set(),
     "remote": set(),
     "endpoint": {"store"},
+    "grading": {"endpoint"},
     "engines": {"artifacts", "remote"},
     "registry": {"store", "artifacts", "prompts", "remote"},
     "tasks": {"config"},

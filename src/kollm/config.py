@@ -253,18 +253,58 @@ class DistributedConfig(StrictModel):
     """An accelerate config file; when given, it replaces the flags above for accelerate."""
 
 
+class EndpointConfig(StrictModel):
+    url: str
+    """An OpenAI-compatible base URL (…/v1): kollm's server, vLLM, a site gateway; its key:
+    $KOLLM_ENDPOINT_API_KEY (then $OPENAI_API_KEY)."""
+    model: str
+    """The model's id at that URL."""
+    temperature: float = Field(0.7, ge=0, le=2)
+    """Sampling temperature of the calls."""
+    max_tokens: int = Field(512, ge=1)
+    """Longest answer a call asks for."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds before a call is retried."""
+    concurrency: int = Field(4, ge=1)
+    """Calls in flight at once."""
+    retries: int = Field(3, ge=1)
+    """Tries per call (429, 5xx and connection errors, with exponential backoff)."""
+
+
+class JudgeEndpointConfig(EndpointConfig):
+    url: str
+    """The judge's OpenAI-compatible base URL (…/v1): vLLM, kollm's server, a site gateway; its
+    key: $KOLLM_JUDGE_API_KEY (then $OPENAI_API_KEY)."""
+    temperature: float = Field(0.0, ge=0, le=2)
+    """Sampling temperature of the judge's calls: 0, so a score moves only when the answers do."""
+
+
 class EvalGenerationConfig(StrictModel):
     every_steps: int | None = Field(None, ge=1)
     """Every N optimizer steps, generate answers for a fixed sample of the dev split and score
-    them; the score goes into loss.jsonl (`eval_<metric>`) and loss.png. Unset: off."""
+    them; the score goes into loss.jsonl (`eval_<metric>`) and loss.png. Unset: off. For
+    `train.method` sft and seq2seq."""
     samples: int = Field(16, ge=1)
     """Dev records generated each time (the first N, the same ones every time)."""
     max_new_tokens: int = Field(64, ge=1)
     """Most tokens generated per answer (greedy decoding)."""
-    metric: Literal["rougeL", "rouge1", "rouge2", "rouge", "exact_match"] = "rougeL"
+    metric: Literal["rougeL", "rouge1", "rouge2", "rouge", "exact_match", "judge"] = "rougeL"
     """Morpheme ROUGE F1 as `kollm eval` computes it (`eval.tokenize`, `eval.morpheme_tokenizer`),
-    `rouge` (the mean of the three times 100), or the share of answers equal to a reference.
-    The LLM judge is not run during training."""
+    `rouge` (the mean of the three times 100), the share of answers equal to a reference, or
+    `judge`: the mean 1-10 grade of the LLM judge at `judge` against the reference answer."""
+    judge: JudgeEndpointConfig | None = None
+    """For `metric: judge`: the judge's endpoint. An evaluation it cannot grade (the endpoint
+    failing after its retries, no verdict parsed) is logged as a warning and recorded as
+    missing (`eval_judge: null` and `error` in loss.jsonl); training goes on, and early
+    stopping counts only the evaluations that were graded."""
+
+    @model_validator(mode="after")
+    def _judge_needs_endpoint(self) -> EvalGenerationConfig:
+        if self.metric == "judge" and self.judge is None:
+            raise ValueError(
+                "metric judge needs train.eval_generation.judge (url, model of the judge)"
+            )
+        return self
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -349,7 +389,7 @@ class TrainConfig(StrictModel):
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     """Multi-GPU training through accelerate or torchrun."""
     eval_generation: EvalGenerationConfig = Field(default_factory=EvalGenerationConfig)
-    """Generate on a dev sample every N steps and score it (sft)."""
+    """Generate on a dev sample every N steps and score it (sft, seq2seq)."""
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     """Stop when the `eval_generation` score stops rising, keeping the best weights."""
 
@@ -357,6 +397,16 @@ class TrainConfig(StrictModel):
     def _early_stopping_needs_scores(self) -> TrainConfig:
         if self.early_stopping.patience is not None and self.eval_generation.every_steps is None:
             raise ValueError("train.early_stopping needs train.eval_generation.every_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _generation_needs_a_generating_method(self) -> TrainConfig:
+        # rm scores and grpo samples; pretrain has no answers; dpo and kto train on the whole
+        # data with no dev split reaching them
+        if self.eval_generation.every_steps is not None and self.method not in ("sft", "seq2seq"):
+            raise ValueError(
+                f"train.eval_generation works with train.method sft or seq2seq, not {self.method}"
+            )
         return self
 
 
@@ -789,24 +839,6 @@ class DeployConfig(StrictModel):
         if self.min_replicas is not None:
             return self.min_replicas
         return 0 if self.tier == "scale-to-zero" else 1
-
-
-class EndpointConfig(StrictModel):
-    url: str
-    """An OpenAI-compatible base URL (…/v1): kollm's server, vLLM, a site gateway; its key:
-    $KOLLM_ENDPOINT_API_KEY (then $OPENAI_API_KEY)."""
-    model: str
-    """The model's id at that URL."""
-    temperature: float = Field(0.7, ge=0, le=2)
-    """Sampling temperature of the calls."""
-    max_tokens: int = Field(512, ge=1)
-    """Longest answer a call asks for."""
-    timeout_s: float = Field(120.0, gt=0)
-    """Seconds before a call is retried."""
-    concurrency: int = Field(4, ge=1)
-    """Calls in flight at once."""
-    retries: int = Field(3, ge=1)
-    """Tries per call (429, 5xx and connection errors, with exponential backoff)."""
 
 
 SynthTask = Literal[

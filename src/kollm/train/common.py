@@ -306,11 +306,13 @@ def plot_losses(losses: list[dict[str, Any]], path: Path) -> None:
 def _plot_scores(ax, losses: list[dict[str, Any]]) -> None:
     """`train.eval_generation` scores (higher is better) on a second axis at the right."""
     keys = sorted({k for e in losses for k in e if k.startswith("eval_") and k != "eval_loss"})
-    if not keys:
+    # an evaluation the judge could not grade is logged as null: a gap, not a point
+    series = {k: [(e["step"], e[k]) for e in losses if e.get(k) is not None] for k in keys}
+    series = {k: points for k, points in series.items() if points}
+    if not series:
         return
     right = ax.twinx()
-    for key in keys:
-        points = [(e["step"], e[key]) for e in losses if key in e]
+    for key, points in series.items():
         right.plot(*zip(*points, strict=True), "s--", color="tab:green", label=key[5:])
     right.set_ylabel("score")
     right.legend(loc="upper right")

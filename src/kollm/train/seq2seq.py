@@ -17,6 +17,7 @@ from kollm.train.common import (
     torch_dtype,
     train_and_save,
 )
+from kollm.train.generation_eval import generation_eval
 from kollm.train.scratch import scratch_model
 from kollm.train.sft import lora_config, scratch_texts, to_examples
 
@@ -86,6 +87,6 @@ def train_seq2seq(recipe: Recipe, splits: dict[str, list[dict[str, Any]]], resum
         else None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
         processing_class=tokenizer,
-        callbacks=callbacks(train_dir),
+        callbacks=callbacks(train_dir, generation_eval(recipe, splits.get("dev", []), tokenizer)),
     )
     return train_and_save(trainer, tokenizer, recipe, "seq2seq", resume)
