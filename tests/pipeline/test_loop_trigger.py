@@ -154,3 +154,13 @@ def test_a_run_killed_midway_is_reported_by_the_next(tiny_recipe, tmp_path, loca
     with caplog.at_level(logging.WARNING, logger="kollm.loop"):
         loop.run_loop(recipe, registry)
     assert "interrupted" not in caplog.text  # said once
+
+
+def test_the_candidate_trains_without_the_recipes_evaluation_while_training(tiny_recipe, tmp_path):
+    """The recipe's train.eval_generation needs a dev split the feedback export lacks: the
+    loop's candidate trains with it off (the gate judges the candidate)."""
+    on = ["train.eval_generation.every_steps=2", "train.early_stopping.patience=1"]
+    recipe = load_recipe(tiny_recipe, on)
+    trains = loop._loop_recipe(recipe, tmp_path / "loop", tmp_path / "prod").train
+    assert trains.eval_generation.every_steps is None and trains.early_stopping.patience is None
+    assert recipe.train.eval_generation.every_steps == 2  # the recipe itself is untouched

@@ -302,6 +302,10 @@ def _loop_recipe(recipe: Recipe, loop_dir: Path, start_from: Path) -> Recipe:
             "learning_rate": lp.learning_rate,
             "save_steps": max(lp.max_steps, 1),
             "eval_steps": None,
+            # the gate judges the candidate; the recipe's evaluation while training needs a
+            # dev split the feedback export does not have, and its method may not support it
+            "eval_generation": type(recipe.train.eval_generation)(),
+            "early_stopping": type(recipe.train.early_stopping)(),
         }
     )
     model = recipe.model.model_copy(update={"base": str(start_from)})
