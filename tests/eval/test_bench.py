@@ -25,7 +25,8 @@ from kollm.eval.bench import bundled_task_dir, run_tasks
 from kollm.pipeline.bench import _bundled_data
 tmp = Path(tempfile.mkdtemp())
 tasks = bundled_task_dir(_bundled_data(tmp), tmp / "tasks")
-out = run_tasks("hf", {"pretrained": sys.argv[1], "device": "cpu"}, ["kollm_ko_mc"], [tasks])
+args = {"pretrained": sys.argv[1], "device": "cpu"}
+out = run_tasks("hf", args, ["kollm_ko_mc"], [tasks], limit=int(sys.argv[2]))
 print(json.dumps(out["kollm_ko_mc"]))
 """
 
@@ -48,11 +49,12 @@ def _bench(home, *args):
 
 
 def test_accuracy_through_the_server_equals_lm_evals_own_backend(served_home):
-    out = _bench(served_home, "--engine", "transformers", "--json")
+    limit = "24"  # questions of the bundled task, the same ones on both sides
+    out = _bench(served_home, "--engine", "transformers", "--limit", limit, "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     served = json.loads(out.stdout.strip().splitlines()[-1])["kollm_ko_mc"]
     model_dir = Registry(served_home).get("tiny@production").artifact_path
-    ref = _run([sys.executable, "-c", HF_REFERENCE, model_dir], served_home)
+    ref = _run([sys.executable, "-c", HF_REFERENCE, model_dir, limit], served_home)
     assert ref.returncode == 0, ref.stderr[-2000:]
     local = json.loads(ref.stdout.strip().splitlines()[-1])
     assert abs(served["acc,none"] - local["acc,none"]) * 100 <= 0.5

@@ -7,6 +7,7 @@ directory; `kollm_ko_mc` is a small Korean multiple-choice task bundled with kol
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,28 @@ def _lm_eval():
     return lm_eval, TaskManager
 
 
+@functools.lru_cache(maxsize=4)
+def _task_manager(include: tuple[str, ...], defaults: bool):
+    """lm-eval's index of the tasks in `include`, and with `defaults` of its own ~15,000 (a
+    dozen seconds to build: it reads every task's YAML), once a process."""
+    _, TaskManager = _lm_eval()
+    return TaskManager(include_path=list(include) or None, include_defaults=defaults)
+
+
+def check_tasks(tasks: list[str], include: list[Path]):
+    """lm-eval's task index, once every name in `tasks` is in it (BenchError naming the rest):
+    called before the model is served, so a misspelt task costs no model load. Tasks all
+    found in `include` (the bundled Korean ones) skip indexing lm-eval's own."""
+    paths = tuple(str(p) for p in include)
+    manager = _task_manager(paths, False) if paths else None
+    if manager is None or any(t not in manager.all_tasks for t in tasks):
+        manager = _task_manager(paths, True)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise BenchError(f"unknown task(s): {', '.join(unknown)} (lm-eval has no such task)")
+    return manager
+
+
 def run_tasks(
     model: str,
     model_args: dict[str, Any],
@@ -93,11 +116,8 @@ def run_tasks(
     apply_chat_template: bool = False,
 ) -> dict[str, dict[str, float]]:
     """lm-eval's `simple_evaluate`; returns each task's numeric metrics."""
-    lm_eval, TaskManager = _lm_eval()
-    manager = TaskManager(include_path=[str(p) for p in include] or None)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise BenchError(f"unknown task(s): {', '.join(unknown)} (lm-eval has no such task)")
+    lm_eval, _ = _lm_eval()
+    manager = check_tasks(tasks, include)
     out = lm_eval.simple_evaluate(
         model=model,
         model_args=model_args,

@@ -12,6 +12,7 @@ from kollm.eval.bench import (
     BUNDLED_GEN_TASK,
     BUNDLED_TASK,
     bundled_task_dir,
+    check_tasks,
     run_tasks,
     served_chat_args,
     served_model_args,
@@ -58,6 +59,7 @@ def bench_version(
     with tempfile.TemporaryDirectory(prefix="kollm-bench-") as tmp:
         if BUNDLED_TASK in tasks or BUNDLED_GEN_TASK in tasks:
             include.append(bundled_task_dir(_bundled_data(Path(tmp)), Path(tmp) / "tasks"))
+        check_tasks(tasks, include)
         server, url = serve_in_process(
             ServeConfig(models=[version.ref], engine=engine, log_requests=False), registry
         )
