@@ -290,3 +290,19 @@ def test_a_ray_train_job_is_its_own_driver_and_says_where_its_workers_go(tiny_re
     line = placement_text(recipe, rows)
     assert line.startswith("ray train: 6 workers (ddp), each 1 GPU(s) of ")
     assert line.endswith("on gpu-01 4 (4 x A100-80GB), gpu-02 2 (2 x L4)")
+
+
+def test_kollm_run_under_torchrun_prepares_evaluates_and_registers_on_rank_0_only(tiny_recipe):
+    from kollm.registry import Registry
+
+    launch = ["train.distributed.launcher=torchrun", "train.distributed.num_processes=2"]
+    overrides = [*launch, "train.max_steps=2", "eval.max_samples=2"]
+    executor = LocalExecutor()
+    job_id = executor.submit(JobSpec("run", str(tiny_recipe), overrides))
+    job = executor.wait(job_id, 300)
+    assert job["status"] == "succeeded", executor.logs(job_id)
+    assert [v.version for v in Registry().list("tiny")] == [1]
+    logs = executor.logs(job_id)
+    # rank 1 waited for rank 0's data, trained beside it, then stopped
+    assert logs.count("data: skipped (unchanged)") == 1 and logs.count("data: done") == 1
+    assert logs.count("eval: starting") == 1 and logs.count("register: starting") == 1
