@@ -54,7 +54,6 @@ def launch(
     """Train on `num_workers` Ray workers; extra Trainer `callbacks` run in every worker.
     Without `resume`, an earlier run's checkpoints in storage are cleared first."""
     import ray
-    from ray.train import RunConfig
     from ray.train.torch import TorchTrainer
 
     dist = recipe.train.distributed
@@ -69,14 +68,7 @@ def launch(
             _worker,
             train_loop_config=config,
             scaling_config=scaling(dist),
-            run_config=RunConfig(
-                name=recipe.name,
-                storage_path=storage_path(recipe),
-                failure_config=ray.train.FailureConfig(max_failures=dist.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=recipe.train.save_total_limit
-                ),
-            ),
+            run_config=_run_config(recipe),
         )
         try:
             trainer.fit()
@@ -86,6 +78,21 @@ def launch(
                 f"checkpoints in {storage_path(recipe)}): {err}"
             ) from err
     return _driver_result(recipe)
+
+
+def _run_config(recipe: Recipe):
+    """The run's name, its checkpoints in storage (`save_total_limit` kept) and restarts;
+    the workers get this process's KOLLM_HOME and Hugging Face settings."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    return RunConfig(
+        name=recipe.name,
+        worker_runtime_env={"env_vars": env},
+        storage_path=storage_path(recipe),
+        failure_config=FailureConfig(max_failures=recipe.train.distributed.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=recipe.train.save_total_limit),
+    )
 
 
 def scaling(dist: DistributedConfig):
@@ -106,18 +113,13 @@ def scaling(dist: DistributedConfig):
 @contextmanager
 def _connected(dist: DistributedConfig):
     """Ray, connected to `address` (or RAY_ADDRESS, or this machine's cluster); a connection
-    made here is closed again. The workers get this process's KOLLM_HOME and HF settings."""
+    made here is closed again."""
     import ray
 
     if ray.is_initialized():
         yield
         return
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    ray.init(
-        address=dist.address or os.environ.get("RAY_ADDRESS"),
-        runtime_env={"env_vars": env},
-        logging_level="WARNING",
-    )
+    ray.init(address=dist.address or os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
     try:
         yield
     finally:
