@@ -84,6 +84,9 @@ def ray_cluster():
     # once); and this process's ray.init would turn 127.0.0.1 into that address too.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Without it `ray start` turns token auth on whenever ~/.ray/auth_token exists (any local
+    # `ray.init()` on the machine writes one), and a driver given the address sends no token.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     pytest.importorskip("ray")
     from ray._private import ray_constants
 

@@ -24,6 +24,7 @@ their kept records differ from the local step's; neither is a dependency here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,6 +49,7 @@ from kollm.data.steps.dedup import ExactDeduplicator, MinhashDeduplicator
 
 BATCH = 1024  # records per map_batches call: a signature batch, and one stats row
 READ_CHUNK = 4096  # rows per block a shard reader yields
+PARTITION_ROWS = 200_000  # rows per shuffle partition
 SHARD_BITS, ROW_BITS = 22, 34  # order key = split rank | shard | row within the shard
 SCHEMA = pa.schema(
     [
@@ -154,19 +156,20 @@ def _input_shards(cfg: DataConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _only(ds, status: str):
-    """The rows of one status."""
+def _only(ds, statuses: tuple[str, ...]):
+    """The rows of these statuses."""
+    wanted = pa.array(statuses, pa.string())
     return ds.map_batches(
-        lambda t: t.filter(pc.equal(t["status"], status)), batch_format="pyarrow", batch_size=None
+        lambda t: t.filter(pc.is_in(t["status"], wanted)), batch_format="pyarrow", batch_size=None
     )
 
 
-def _collect(ds, status: str) -> list[str]:
-    """The `detail` column of the rows of one status (few: one per shard or batch)."""
+def _collect(ds, statuses: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(status, detail) of the rows of these statuses (few: one per shard or batch)."""
     return [
-        d
-        for batch in _only(ds, status).iter_batches(batch_format="pyarrow")
-        for d in batch["detail"].to_pylist()
+        row
+        for batch in _only(ds, statuses).iter_batches(batch_format="pyarrow")
+        for row in zip(batch["status"].to_pylist(), batch["detail"].to_pylist(), strict=True)
     ]
 
 
@@ -375,13 +378,14 @@ def _mark(table: pa.Table, orders: np.ndarray, details: list[str]) -> pa.Table:
     return table.set_column(index, "detail", pa.array(detail, pa.string()))
 
 
-def _near_dedup(kept, cfg_json: str, threshold: float):
+def _near_dedup(kept, cfg_json: str, threshold: float, rows: int):
     """Signatures -> band rows -> groupby band -> verified pairs (to the driver) -> clusters ->
-    the rows marked; returns the marked dataset and the number of verified pairs."""
+    the rows marked dropped."""
     bands = kept.map_batches(
         _band_rows, fn_kwargs={"cfg_json": cfg_json}, batch_format="pyarrow", batch_size=BATCH
     )
-    pairs = bands.groupby("band").map_groups(
+    partitions = _partitions(rows * _step(cfg_json, MinhashDeduplicator).bands[0])
+    pairs = bands.groupby("band", num_partitions=partitions).map_groups(
         _pairs_in_band, fn_kwargs={"threshold": threshold}, batch_format="pyarrow"
     )
     unique: dict[tuple[int, int], tuple[int, int, str, float]] = {}
@@ -407,7 +411,7 @@ def _near_dedup(kept, cfg_json: str, threshold: float):
         batch_format="pyarrow",
         batch_size=None,
     )
-    return marked, len(unique)
+    return marked
 
 
 # --- splits and output ------------------------------------------------------------------------
@@ -445,15 +449,21 @@ def _assign_splits(kept, dev: float, test: float, seed: int):
     ), names
 
 
-def _in_split(ds, split: str):
-    return ds.map_batches(
-        lambda t: t.filter(pc.equal(t["split"], split)), batch_format="pyarrow", batch_size=None
-    )
+SIDE_FILES = ("dropped", "bad_lines")  # written as JSONL whatever the output format
 
 
-def _lines(table: pa.Table, what: str) -> list[str]:
+def _relabel(ds, name: str):
+    """Rows to be written under `name` (dropped records, bad lines): the split column says so."""
+
+    def relabel(t: pa.Table) -> pa.Table:
+        return t.set_column(1, "split", pa.array([name] * t.num_rows, pa.string()))
+
+    return ds.map_batches(relabel, batch_format="pyarrow", batch_size=None)
+
+
+def _lines(table: pa.Table, name: str) -> list[str]:
     records = table["record"].to_pylist()
-    if what != "dropped":
+    if name != "dropped":
         return records
     details = table["detail"].to_pylist()
     return [
@@ -462,11 +472,13 @@ def _lines(table: pa.Table, what: str) -> list[str]:
     ]
 
 
-def _write_block(table: pa.Table, root: str, name: str, fmt: str, what: str) -> pa.Table:
-    """One block as one shard file, named by its first order key until the driver numbers
-    them; returns (path, records, first, sha256)."""
+def _write_file(table: pa.Table, root: str, name: str, fmt: str) -> dict[str, Any]:
+    """One block's rows of one output as a file named by its first order key (the driver
+    numbers the files afterwards); returns its manifest entry and, for dropped records, how
+    many each step dropped."""
     table = table.sort_by("order")
     first = table["order"][0].as_py()
+    fmt = "jsonl" if name in SIDE_FILES else fmt
     path = Path(root) / name / f"{first:020d}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
@@ -475,31 +487,56 @@ def _write_block(table: pa.Table, root: str, name: str, fmt: str, what: str) -> 
         rows = pa.array([json.loads(r) for r in table["record"].to_pylist()])
         pq.write_table(pa.Table.from_struct_array(rows), path)
     else:
-        path.write_text("".join(line + "\n" for line in _lines(table, what)), encoding="utf-8")
+        path.write_text("".join(line + "\n" for line in _lines(table, name)), encoding="utf-8")
+    steps = Counter(json.loads(d)["step"] for d in table["detail"].to_pylist() if d)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    return pa.table(
-        {"path": [str(path)], "records": [table.num_rows], "first": [first], "sha256": [sha]}
-    )
+    return {
+        "path": str(path),
+        "name": name,
+        "records": table.num_rows,
+        "first": first,
+        "sha256": sha,
+        "steps": _dumps(steps if name == "dropped" else {}),
+    }
 
 
-def _write(ds, root: Path, name: str, fmt: str, what: str = "record") -> list[dict[str, Any]]:
-    """`ds` sorted by order as shards `<name>/part-NNNNN.<fmt>`; their manifest entries."""
-    if ds.count() == 0:
-        return []
-    written = ds.sort("order").map_batches(
-        _write_block,
-        fn_kwargs={"root": str(root), "name": name, "fmt": fmt, "what": what},
-        batch_format="pyarrow",
-        batch_size=None,
+def _write_block(table: pa.Table, root: str, fmt: str) -> pa.Table:
+    """A sorted block: one file for each output (split, dropped, bad_lines) it holds."""
+    names = sorted(set(table["split"].to_pylist()))
+    written = [_write_file(table.filter(pc.equal(table["split"], n)), root, n, fmt) for n in names]
+    return pa.Table.from_pylist(written)
+
+
+def _write(ds, root: Path, fmt: str, partitions: int) -> list[dict[str, Any]]:
+    """Every output row, sorted by (output, order), as shards `<output>/part-NNNNN.<fmt>`;
+    returns what was written, numbered in order."""
+    written = (
+        ds.repartition(partitions)
+        .sort(["split", "order"])
+        .map_batches(
+            _write_block,
+            fn_kwargs={"root": str(root), "fmt": fmt},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
     )
     rows = [r for b in written.iter_batches(batch_format="pyarrow") for r in b.to_pylist()]
     entries = []
-    for i, row in enumerate(sorted(rows, key=lambda r: r["first"])):
-        final = root / name / f"part-{i:05d}.{fmt}"
+    numbers: Counter[str] = Counter()
+    for row in sorted(rows, key=lambda r: (r["name"], r["first"])):
+        name = row["name"]
+        final = root / name / f"part-{numbers[name]:05d}{Path(row['path']).suffix}"
+        numbers[name] += 1
         os.replace(row["path"], final)
         relative = final.relative_to(root).as_posix()
         entries.append(
-            {"path": relative, "split": name, "records": row["records"], "sha256": row["sha256"]}
+            {
+                "path": relative,
+                "split": name,
+                "records": row["records"],
+                "sha256": row["sha256"],
+                "steps": json.loads(row["steps"]),
+            }
         )
     return entries
 
@@ -549,9 +586,15 @@ def prepare_on_ray(cfg: DataConfig, output_dir: Path) -> PrepareResult:
             ray.shutdown()
 
 
+def _partitions(rows: int) -> int:
+    """Shuffle partitions for `rows` rows: Ray's default (200) would be 200 tasks and files
+    for a sample; a partition holds some 200k rows."""
+    return max(1, min(1000, -(-rows // PARTITION_ROWS)))
+
+
 def _read(cfg: DataConfig):
-    """Every input shard read by its own task; returns (records, bad lines, read counts,
-    per-shard offsets), the first two materialised on the cluster."""
+    """Every input shard read by its own task (materialised on the cluster); returns it, the
+    records read per split and the per-shard id offsets."""
     import ray
 
     shards = _input_shards(cfg)
@@ -561,27 +604,22 @@ def _read(cfg: DataConfig):
         .map_batches(_read_shard, fn_kwargs=kwargs, batch_size=1, batch_format="numpy")
         .materialize()
     )
-    errors = _collect(read, "error")
+    notes = _collect(read, ("error", "count"))
+    errors = sorted(d for status, d in notes if status == "error")
     if errors:
-        raise DataError(sorted(errors)[0])
-    offsets, counts = _offsets(_collect(read, "count"), ordered_splits(cfg.input_files))
-    return read, counts, offsets
-
-
-def _dedup(ds, name: str, reason: str, dropped: list):
-    """Materialise a dedup pass; returns its kept rows and its step stats."""
-    ds = ds.materialize()
-    gone = _only(ds, "dropped")
-    dropped.append(gone)
-    return _only(ds, "kept"), _dedup_stats(name, ds.count(), gone.count(), reason)
+        raise DataError(errors[0])
+    counts = [d for status, d in notes if status == "count"]
+    offsets, totals = _offsets(counts, ordered_splits(cfg.input_files))
+    return read, totals, offsets
 
 
 def _clean(cfg: DataConfig, read, offsets: dict[str, int]):
-    """Record steps, then exact and near dedup; returns kept rows, dropped datasets, stats."""
+    """Record steps, then exact and near dedup; returns the kept rows, the dropped rows and
+    the record steps' stats (the dedup steps' are counted as their drops are written)."""
     cfg_json = cfg.model_dump_json()
     steps = _steps(cfg_json)
     cleaned = (
-        _only(read, "kept")
+        _only(read, ("kept",))
         .map_batches(
             _clean_batch,
             fn_kwargs={"cfg_json": cfg_json, "offsets": offsets},
@@ -590,43 +628,86 @@ def _clean(cfg: DataConfig, read, offsets: dict[str, int]):
         )
         .materialize()
     )
-    stats = _merge_stats(_collect(cleaned, "stats"), [s.name for s in _record_steps(steps)])
-    kept, dropped = _only(cleaned, "kept"), [_only(cleaned, "dropped")]
+    stats = _merge_stats(
+        [d for _, d in _collect(cleaned, ("stats",))], [s.name for s in _record_steps(steps)]
+    )
+    kept, dropped = _only(cleaned, ("kept",)), [_only(cleaned, ("dropped",))]
+    rows = cleaned.count()
     if cfg.dedup.exact:
-        grouped = kept.groupby("key").map_groups(_first_of_key, batch_format="pyarrow")
-        kept, step_stats = _dedup(grouped, "exact_dedup", "exact_duplicate", dropped)
-        stats.append(step_stats)
+        grouped = kept.groupby("key", num_partitions=_partitions(rows)).map_groups(
+            _first_of_key, batch_format="pyarrow"
+        )
+        kept, dropped = _split_off(grouped.materialize(), dropped)
     if cfg.dedup.near:
-        marked, _pairs = _near_dedup(kept, cfg_json, cfg.dedup.threshold)
-        kept, step_stats = _dedup(marked, "near_dedup", "near_duplicate", dropped)
-        stats.append(step_stats)
+        marked = _near_dedup(kept, cfg_json, cfg.dedup.threshold, rows)
+        kept, dropped = _split_off(marked.materialize(), dropped)
     return kept, dropped, stats
 
 
+def _split_off(ds, dropped: list) -> tuple[Any, list]:
+    return _only(ds, ("kept",)), [*dropped, _only(ds, ("dropped",))]
+
+
+def _dedup_steps(cfg: DataConfig, entering: int, drops: Counter) -> list[dict[str, Any]]:
+    """The dedup steps' stats: `entering` records reached them; `drops` counts by step."""
+    stats = []
+    for on, name, reason in (
+        (cfg.dedup.exact, "exact_dedup", "exact_duplicate"),
+        (cfg.dedup.near, "near_dedup", "near_duplicate"),
+    ):
+        if on:
+            stats.append(_dedup_stats(name, entering, drops[name], reason))
+            entering -= drops[name]
+    return stats
+
+
+@contextlib.contextmanager
+def _sort_shuffle():
+    """Groupby and sort through Ray Data's sort-based (pull) shuffle: plain tasks. The default
+    hash shuffle starts aggregator actors first, seconds each, which a small run feels most."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    before = context.shuffle_strategy
+    context.shuffle_strategy = "sort_shuffle_pull_based"
+    try:
+        yield
+    finally:
+        context.shuffle_strategy = before
+
+
 def _prepare(cfg: DataConfig, output_dir: Path) -> PrepareResult:
+    with _sort_shuffle():
+        return _prepare_shuffled(cfg, output_dir)
+
+
+def _prepare_shuffled(cfg: DataConfig, output_dir: Path) -> PrepareResult:
     read, read_counts, offsets = _read(cfg)
     kept, dropped, step_stats = _clean(cfg, read, offsets)
     splits = list(read_counts)
     if splits == ["all"]:
         kept, splits = _assign_splits(kept, cfg.split.dev, cfg.split.test, cfg.split.seed)
-    kept = kept.materialize()
+    rows = kept.union(_relabel(dropped[0].union(*dropped[1:]), "dropped"))
+    rows = rows.union(_relabel(_only(read, ("bad",)), "bad_lines"))
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        entries = [e for s in splits for e in _write(_in_split(kept, s), tmp, s, cfg.output_format)]
-        side = _write(dropped[0].union(*dropped[1:]), tmp, "dropped", "jsonl", "dropped")
-        side += _write(_only(read, "bad"), tmp, "bad_lines", "jsonl")
+        written = _write(rows, tmp, cfg.output_format, _partitions(read.count()))
+        drops = Counter()
+        for entry in written:
+            drops.update(entry.pop("steps"))
+        entering = sum(read_counts.values()) - sum(s["dropped"] for s in step_stats)
+        entries = [e for e in written if e["split"] not in SIDE_FILES]
         stats = {
             "kind": cfg.kind,
             "executor": "ray",
             "input": read_counts,
-            "bad_lines": sum(e["records"] for e in side if e["split"] == "bad_lines"),
-            "steps": step_stats,
+            "bad_lines": sum(e["records"] for e in written if e["split"] == "bad_lines"),
+            "steps": step_stats + _dedup_steps(cfg, entering, drops),
             "output": {s: sum(e["records"] for e in entries if e["split"] == s) for s in splits},
             "manifest_sha256": manifest_sha256(entries),
         }
-        manifest = {"format": cfg.output_format, "files": entries + side}
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / "manifest.json", {"format": cfg.output_format, "files": written})
         write_json(tmp / "stats.json", stats)
         _swap_in(tmp, output_dir)
     finally:
