@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import os
 import random
 import tempfile
 import time
@@ -86,6 +87,9 @@ def whole_pipeline(docs: list[dict]) -> float:
 
 def stage_on_ray(docs: list[dict], workers_list: tuple[int, ...] = (1, 2)) -> list[str]:
     """docs/s of the whole stage locally and on Ray with 1 and 2 worker CPUs, as lines."""
+    # A local Ray with token auth (its default once ~/.ray/auth_token exists) would leave a
+    # token that later `ray start` clusters on this machine require.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from kollm.data.ray_executor import runtime_env

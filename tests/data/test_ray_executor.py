@@ -112,3 +112,19 @@ def test_clusters_join_pairs_and_keep_what_the_greedy_step_keeps():
     # Of the earlier records that stayed, the most similar is named.
     pairs = [(1, 3, "a", 0.7), (2, 3, "b", 0.95), (1, 4, "a", 0.9)]
     assert near_duplicates(pairs) == {3: ("b", 0.95), 4: ("a", 0.9)}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"executor": "spark"}, "executor"),
+        ({"output_format": "parquet"}, "need data.executor: ray"),
+        ({"executor": "ray", "mix": [{"input": "a.jsonl", "weight": 1, "name": "a"}]}, "mix"),
+    ],
+)
+def test_executor_settings_that_cannot_run_are_refused(extra, message):
+    fields = {"kind": "dialogue_summary", **extra}
+    if "mix" not in extra:
+        fields["input"] = "in.jsonl"
+    with pytest.raises(ValueError, match=message):
+        DataConfig(**fields)
