@@ -266,17 +266,44 @@ def _dedup_stats(name: str, seen: int, dropped: int, reason: str) -> dict[str, A
 # --- exact dedup ------------------------------------------------------------------------------
 
 
-def _first_of_key(group: pa.Table) -> pa.Table:
-    """One key's records: the earliest stays, the others are exact duplicates of it."""
-    group = group.sort_by("order")
-    n = group.num_rows
-    if n < 2:
-        return group
-    first = group["id"][0].as_py()
-    detail = _dumps({"step": "exact_dedup", "reason": "exact_duplicate", "duplicate_of": first})
-    group = group.set_column(0, "status", pa.array(["kept"] + ["dropped"] * (n - 1)))
+def _runs(keys: list) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted keys: whether each row starts a run of equal keys, and its run's first row."""
+    starts = np.ones(len(keys), dtype=bool)
+    starts[1:] = [keys[i] != keys[i - 1] for i in range(1, len(keys))]
+    first = np.flatnonzero(starts)[np.cumsum(starts) - 1]
+    return starts, first
+
+
+def _grouped(ds, key: str, partitions: int, fn, **fn_kwargs):
+    """`fn` over blocks that each hold whole groups of `key`: what Ray Data's map_groups does
+    with the sort shuffle (sort, then whole blocks), without calling Python once per group,
+    which for band keys (nearly all groups of one row) was most of the stage's time."""
+    return (
+        ds.repartition(partitions)
+        .sort(key)
+        .map_batches(fn, fn_kwargs=fn_kwargs, batch_format="pyarrow", batch_size=None)
+    )
+
+
+def _first_of_each_key(table: pa.Table) -> pa.Table:
+    """Whole key groups: the earliest record of each key stays, the rest are its exact
+    duplicates."""
+    if table.num_rows < 2:
+        return table
+    table = table.sort_by([("key", "ascending"), ("order", "ascending")])
+    starts, first = _runs(table["key"].to_pylist())
+    if starts.all():
+        return table
+    ids = table["id"].to_pylist()
+    details = table["detail"].to_pylist()
+    for i in np.flatnonzero(~starts).tolist():
+        duplicate_of = ids[first[i]]
+        entry = {"step": "exact_dedup", "reason": "exact_duplicate", "duplicate_of": duplicate_of}
+        details[i] = _dumps(entry)
+    status = np.where(starts, "kept", "dropped").tolist()
+    table = table.set_column(0, "status", pa.array(status, pa.string()))
     index = SCHEMA.get_field_index("detail")
-    return group.set_column(index, "detail", pa.array([None] + [detail] * (n - 1), pa.string()))
+    return table.set_column(index, "detail", pa.array(details, pa.string()))
 
 
 # --- near dedup -------------------------------------------------------------------------------
@@ -306,21 +333,30 @@ def _band_rows(table: pa.Table, cfg_json: str) -> pa.Table:
     return pa.table(columns, schema=BAND_SCHEMA)
 
 
-def _pairs_in_band(group: pa.Table, threshold: float) -> pa.Table:
-    """The verified pairs (earlier a, later b) among the records that share one band."""
-    if group.num_rows < 2:
+def _pairs_in_bands(table: pa.Table, threshold: float) -> pa.Table:
+    """Whole band groups: the verified pairs (earlier a, later b) among records sharing a band
+    (checked on the whole signature, as the local step checks its LSH candidates)."""
+    if table.num_rows < 2:
         return PAIR_SCHEMA.empty_table()
-    group = group.sort_by("order")
+    table = table.sort_by([("band", "ascending"), ("order", "ascending")])
+    starts, _ = _runs(table["band"].to_pylist())
+    bounds = np.append(np.flatnonzero(starts), table.num_rows)
+    found: dict[str, list] = {"a": [], "b": [], "id_a": [], "sim": []}
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        if hi - lo > 1:
+            _check_pairs(table.slice(lo, hi - lo), threshold, found)
+    return pa.table(found, schema=PAIR_SCHEMA)
+
+
+def _check_pairs(group: pa.Table, threshold: float, found: dict[str, list]) -> None:
     orders, ids = group["order"].to_pylist(), group["id"].to_pylist()
     sigs = [np.frombuffer(s, dtype=np.uint32) for s in group["sig"].to_pylist()]
-    found: dict[str, list] = {"a": [], "b": [], "id_a": [], "sim": []}
     for i in range(len(orders) - 1):
         for j in range(i + 1, len(orders)):
             sim = MinhashDeduplicator.similarity(sigs[i], sigs[j])
             if sim >= threshold:
                 for name, value in zip(found, (orders[i], orders[j], ids[i], sim), strict=True):
                     found[name].append(value)
-    return pa.table(found, schema=PAIR_SCHEMA)
 
 
 def clusters(pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
@@ -385,9 +421,7 @@ def _near_dedup(kept, cfg_json: str, threshold: float, rows: int):
         _band_rows, fn_kwargs={"cfg_json": cfg_json}, batch_format="pyarrow", batch_size=BATCH
     )
     partitions = _partitions(rows * _step(cfg_json, MinhashDeduplicator).bands[0])
-    pairs = bands.groupby("band", num_partitions=partitions).map_groups(
-        _pairs_in_band, fn_kwargs={"threshold": threshold}, batch_format="pyarrow"
-    )
+    pairs = _grouped(bands, "band", partitions, _pairs_in_bands, threshold=threshold)
     unique: dict[tuple[int, int], tuple[int, int, str, float]] = {}
     for batch in pairs.iter_batches(batch_format="pyarrow"):
         for a, b, id_a, sim in zip(*(batch[c].to_pylist() for c in PAIR_SCHEMA.names), strict=True):
@@ -634,9 +668,7 @@ def _clean(cfg: DataConfig, read, offsets: dict[str, int]):
     kept, dropped = _only(cleaned, ("kept",)), [_only(cleaned, ("dropped",))]
     rows = cleaned.count()
     if cfg.dedup.exact:
-        grouped = kept.groupby("key", num_partitions=_partitions(rows)).map_groups(
-            _first_of_key, batch_format="pyarrow"
-        )
+        grouped = _grouped(kept, "key", _partitions(rows), _first_of_each_key)
         kept, dropped = _split_off(grouped.materialize(), dropped)
     if cfg.dedup.near:
         marked = _near_dedup(kept, cfg_json, cfg.dedup.threshold, rows)
