@@ -167,8 +167,9 @@ class DataConfig(StrictModel):
     steps and kept records, sharded output `<split>/part-NNNNN.jsonl` with manifest.json and
     stats.json; no EDA report and no `datasets` dir)."""
     ray_address: str | None = None
-    """For `executor: ray`: the cluster (`host:6379`, `ray://host:10001`); default the
-    `RAY_ADDRESS` environment variable, else a Ray started on this machine."""
+    """For `executor: ray`: the cluster (`host:6379`, `ray://host:10001`, or `auto` for the one
+    `ray start` runs on this machine); default the `RAY_ADDRESS` environment variable, else a
+    Ray started for this run alone."""
     output_format: Literal["jsonl", "parquet"] = "jsonl"
     """For `executor: ray`: the format of the output shards (dropped records stay JSONL)."""
 

@@ -611,7 +611,8 @@ def prepare_on_ray(cfg: DataConfig, output_dir: Path) -> PrepareResult:
 
     started = not ray.is_initialized()
     if started:
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        # "local": without an address Ray would attach to any cluster it finds on the machine.
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, runtime_env=runtime_env(), log_to_driver=False)
     try:
         return _prepare(cfg, Path(output_dir))
