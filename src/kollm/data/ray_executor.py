@@ -2,8 +2,9 @@
 input, with the same kept records as the local run.
 
     read (one task per shard) -> normalise, PII, filters (map_batches over the same Step
-    objects) -> exact dedup (groupby key hash, the earliest record stays) -> near dedup (MinHash
-    signatures per batch, one row per LSH band, groupby band -> verified pairs -> clusters) ->
+    objects) -> exact dedup (grouped by key hash, the earliest record stays) -> near dedup
+    (MinHash signatures per batch, one row per LSH band, grouped by band -> verified pairs ->
+    clusters) ->
     split -> write (sharded JSONL or Parquet, manifest.json, stats.json)
 
 Every record carries an order key (split, shard, row), so "earlier" means what it means in the
@@ -14,7 +15,7 @@ Near-duplicates follow the local step's rule exactly. The local step is greedy: 
 when an earlier *kept* record shares an LSH band with it and their estimated Jaccard similarity
 reaches the threshold. That depends on order (A~B, B~C, A!~C keeps A and C), so clusters alone
 (one survivor each) would not agree with it. Here the verified pairs come to the driver (not the
-corpus: ~50 bytes a pair, one pair per near-duplicate and more in clusters), union-find joins
+corpus: ~200 bytes a pair in Python, one per near-duplicate and more in clusters), union-find joins
 them into clusters, and each cluster is walked in order keeping what the local step keeps.
 
 Why not datatrove's Ray executor or Data-Juicer's Ray MinHash deduplicator: both hash their own
