@@ -1,23 +1,33 @@
 """Data-stage benchmark: docs/s of the clean pipeline and of near-dup dedup, against datasketch.
 
-    .venv/bin/python bench/data_bench.py [--docs 50000] [--near-share 0.05]
+    .venv/bin/python bench/data_bench.py [--docs 50000] [--near-share 0.05] [--ray-docs 20000]
 
 Both dedup runs see the same shingles (character n-grams of the same text) and parameters;
 the baseline drives datasketch's MinHash (update_batch, SHA-1) and MinHashLSH directly. Recall
 is the share of planted near-duplicates (one turn dropped, three particles changed) dropped.
-The last line reads: `dedup/datasketch R  recall_ours X  recall_datasketch Y`.
+The dedup line reads: `dedup/datasketch R  recall_ours X  recall_datasketch Y`.
+
+With `--ray-docs N` (0 skips it) the whole stage (read, steps, dedup, split, write) runs on the
+first N dialogues in 4 JSONL shards, locally and then on a Ray started here with one and with
+two worker CPUs: `ray/local` is local seconds over Ray seconds. It holds /tmp/kollm-ray.lock
+while Ray lives, as the test fixture does (`ray stop --force` there would end this Ray too).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import os
 import random
+import tempfile
 import time
+from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
 
 from kollm.config import DataConfig
-from kollm.data.pipeline import build_steps, run_steps
+from kollm.data.pipeline import build_steps, prepare, run_steps
 from kollm.data.records import KINDS
 from kollm.data.steps.dedup import LSH_WEIGHTS, MinhashDeduplicator, shingles
 from kollm.samples.generate import generate_dialogues, make_near_duplicate
@@ -75,12 +85,54 @@ def whole_pipeline(docs: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def stage_on_ray(docs: list[dict], workers_list: tuple[int, ...] = (1, 2)) -> list[str]:
+    """docs/s of the whole stage locally and on Ray with 1 and 2 worker CPUs, as lines."""
+    # A local Ray with token auth (its default once ~/.ray/auth_token exists) would leave a
+    # token that later `ray start` clusters on this machine require.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from kollm.data.ray_executor import runtime_env
+
+    tmp = Path(tempfile.mkdtemp(prefix="kollm-data-bench-"))
+    shards = tmp / "train"
+    shards.mkdir()
+    for i in range(4):
+        part = docs[i * len(docs) // 4 : (i + 1) * len(docs) // 4]
+        text = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in part)
+        (shards / f"part-{i}.jsonl").write_text(text, encoding="utf-8")
+    base = {"input": str(shards), "kind": "dialogue_summary", "report": {"tokenizer": None}}
+    start = time.perf_counter()
+    local = prepare(DataConfig(**base), tmp / "local")
+    t_local = time.perf_counter() - start
+    lines = [f"whole stage, local   : {len(docs) / t_local:10.0f} docs/s"]
+    with open("/tmp/kollm-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for workers in workers_list:
+            ray.init(
+                address="local", num_cpus=workers, runtime_env=runtime_env(), log_to_driver=False
+            )
+            try:
+                start = time.perf_counter()
+                out = prepare(DataConfig(**base, executor="ray"), tmp / f"ray{workers}")
+                t_ray = time.perf_counter() - start
+            finally:
+                ray.shutdown()
+            same = out.stats["output"] == local.stats["output"]
+            lines.append(
+                f"whole stage, Ray x{workers} : {len(docs) / t_ray:10.0f} docs/s  "
+                f"ray/local {t_local / t_ray:.2f}  same counts {same}"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=50_000)
     parser.add_argument("--near-share", type=float, default=0.05)
     parser.add_argument("--threshold", type=float, default=None)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--ray-docs", type=int, default=20_000)
     args = parser.parse_args()
     defaults = DataConfig(input="-", kind="text").dedup
     docs, planted = corpus(args.docs, args.near_share, args.seed)
@@ -105,6 +157,9 @@ def main() -> None:
         f"dedup/datasketch {t_base / t_ours:.2f}  recall_ours {recall_ours:.3f}  "
         f"recall_datasketch {recall_base:.3f}"
     )
+    if args.ray_docs:
+        for line in stage_on_ray(docs[: args.ray_docs]):
+            print(line)
 
 
 if __name__ == "__main__":

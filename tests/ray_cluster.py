@@ -79,15 +79,19 @@ def _agent_log(temp: str) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    pytest.importorskip("ray")
-    ray = str(Path(sys.executable).parent / "ray")
     # Every Ray process binds the loopback address only: without this Ray picks the host's
-    # outward-facing address for some of its agents.
+    # outward-facing address for some of its agents. Set before ray is imported (Ray reads it
+    # once); and this process's ray.init would turn 127.0.0.1 into that address too.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # Without it `ray start` turns token auth on whenever ~/.ray/auth_token exists (any local
     # `ray.init()` on the machine writes one), and a driver given the address sends no token.
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    pytest.importorskip("ray")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray = str(Path(sys.executable).parent / "ray")
     lock = open("/tmp/kollm-ray.lock", "w")  # noqa: SIM115 - held for the whole session
     fcntl.flock(lock, fcntl.LOCK_EX)
     temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's unix sockets live here

@@ -162,6 +162,16 @@ class DataConfig(StrictModel):
     """Train/dev/test split."""
     report: ReportConfig = Field(default_factory=ReportConfig)
     """EDA report."""
+    executor: Literal["local", "ray"] = "local"
+    """Where the stage runs: `local` (this process) or `ray` (Ray Data on a cluster: the same
+    steps and kept records, sharded output `<split>/part-NNNNN.jsonl` with manifest.json and
+    stats.json; no EDA report and no `datasets` dir)."""
+    ray_address: str | None = None
+    """For `executor: ray`: the cluster (`host:6379`, `ray://host:10001`, or `auto` for the one
+    `ray start` runs on this machine); default the `RAY_ADDRESS` environment variable, else a
+    Ray started for this run alone."""
+    output_format: Literal["jsonl", "parquet"] = "jsonl"
+    """For `executor: ray`: the format of the output shards (dropped records stay JSONL)."""
 
     @property
     def input_files(self) -> dict[str, str]:
@@ -176,6 +186,12 @@ class DataConfig(StrictModel):
             raise ValueError("data.input is missing: give the input file, or data.mix")
         if self.input is not None and self.mix is not None:
             raise ValueError("give data.input or data.mix (weighted sources), not both")
+        if self.executor == "local" and self.output_format != "jsonl":
+            raise ValueError("data.output_format: parquet shards need data.executor: ray")
+        if self.executor == "ray" and self.mix:
+            raise ValueError("data.mix does not run on Ray yet: use data.executor: local")
+        if self.executor == "ray" and self.format == "datasets":
+            raise ValueError("data.executor ray reads JSONL, CSV or Parquet files or shard dirs")
         names = [m.name for m in self.mix or []]
         if len(set(names)) != len(names):
             raise ValueError(f"data.mix: each source needs its own name, got {names}")

@@ -45,7 +45,10 @@ def run_data_prepare(recipe: Recipe) -> dict[str, Any]:
     console.print(
         f"input {result.stats['input']} -> output {output}; bad lines {result.stats['bad_lines']}"
     )
-    console.print(f"report: {result.files['report_html']}  stats: {result.files['stats']}")
+    if "report_html" in result.files:
+        console.print(f"report: {result.files['report_html']}  stats: {result.files['stats']}")
+    else:  # the Ray executor writes shards and a manifest, no EDA report
+        console.print(f"manifest: {result.files['manifest']}  stats: {result.files['stats']}")
     return result.stats
 
 

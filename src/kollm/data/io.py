@@ -28,12 +28,42 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
     if path.is_dir():
-        return "datasets"
+        return "datasets" if is_dataset_dir(path) else "shards"
     suffix = path.suffix.lower()
     formats = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
     if suffix not in formats:
         raise DataError(f"{path}: unknown input format {suffix!r}; use .jsonl, .csv or .parquet")
     return formats[suffix]
+
+
+SHARD_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def is_dataset_dir(path: Path) -> bool:
+    """A dir written by `datasets`' save_to_disk (a DatasetDict or one Dataset)."""
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
+def is_shard_dir(path: Path, declared: str = "auto") -> bool:
+    """A dir of JSONL, CSV or Parquet shards (not a saved `datasets` dir)."""
+    return path.is_dir() and declared != "datasets" and not is_dataset_dir(path)
+
+
+def shard_paths(path: Path, declared: str = "auto") -> list[Path]:
+    """The files of one input: the file itself, or a shard dir's files in name order (the
+    order records are read, numbered and deduplicated in)."""
+    if not is_shard_dir(path, declared):
+        return [path]
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in SHARD_FORMATS
+        and declared in ("auto", SHARD_FORMATS[p.suffix.lower()])
+    )
+    if not files:
+        raise DataError(f"{path}: no .jsonl, .csv or .parquet shards in this directory")
+    return files
 
 
 class Malformed(str):
@@ -79,8 +109,8 @@ def read_rows(path: Path, fmt: str = "auto") -> Iterator[tuple[int, Any]]:
         raise DataError(f"{path}: no such file or directory")
     readers = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}
     fmt = detect_format(path, fmt)
-    if fmt == "datasets":
-        raise DataError(f"{path}: a datasets dir holds splits; use read_splits")
+    if fmt in ("datasets", "shards"):
+        raise DataError(f"{path}: a directory holds splits or shards, not rows of one file")
     try:
         yield from readers[fmt](path)
     except (OSError, UnicodeDecodeError) as err:

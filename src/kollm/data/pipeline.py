@@ -19,6 +19,7 @@ from kollm.data.io import (
     detect_format,
     read_dataset_dir,
     read_records,
+    shard_paths,
     write_dataset_dir,
     write_json,
     write_jsonl,
@@ -114,15 +115,21 @@ def read_inputs(cfg: DataConfig, kind: RecordKind, bad_lines: list[dict] | None)
             for name, rows in read_dataset_dir(path).items():
                 splits[name if split == "all" else split] = _validated(rows, kind, path, bad_lines)
         else:
-            splits[split] = read_records(path, kind, cfg.format, bad_lines)
+            splits[split] = read_shards(path, kind, cfg.format, bad_lines)
     return splits
+
+
+def read_shards(path: Path, kind: RecordKind, fmt: str, bad_lines: list[dict] | None):
+    """Records of one file, or of a dir's shards one after another in name order."""
+    for shard in shard_paths(path, fmt):
+        yield from read_records(shard, kind, fmt, bad_lines)
 
 
 def _mix_source(m, i: int, kind: RecordKind, cfg: DataConfig, bad_lines) -> Iterator[Record]:
     path = Path(m.input)
     if not path.exists():
         raise DataError(f"data.mix[{i}] ({m.name}): {path}: no such file or directory")
-    for record in read_records(path, kind, cfg.format, bad_lines):
+    for record in read_shards(path, kind, cfg.format, bad_lines):
         record["source"] = m.name
         yield record
 
@@ -200,7 +207,12 @@ def mixed_splits(cfg: DataConfig, kind: RecordKind, cleaned: dict[str, list[Reco
 
 
 def prepare(cfg: DataConfig, output_dir: Path, advance: Advance | None = None) -> PrepareResult:
-    """The whole data stage; writes splits, a datasets dir, stats.json, dropped.jsonl."""
+    """The whole data stage; writes splits, a datasets dir, stats.json, dropped.jsonl. With
+    `data.executor: ray` the same steps run on Ray Data (kollm.data.ray_executor)."""
+    if cfg.executor == "ray":
+        from kollm.data.ray_executor import prepare_on_ray
+
+        return prepare_on_ray(cfg, output_dir)
     kind = KINDS[cfg.kind]
     splits, steps, dropped, bad_lines, read_counts = clean_splits(cfg, kind, advance)
     files = {name: output_dir / f"{name}.jsonl" for name in splits}

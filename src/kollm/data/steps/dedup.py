@@ -92,10 +92,14 @@ class ExactDeduplicator(Step):
         self.fields = tuple(fields)
         self._seen: dict[bytes, str] = {}
 
-    def process(self, record: Record) -> Drop | None:
-        digest = hashlib.blake2b(
+    def key(self, record: Record) -> bytes:
+        """What two copies share: a hash of the normalised key text."""
+        return hashlib.blake2b(
             shingle_text(key_text(record, self.fields)).encode(), digest_size=16
         ).digest()
+
+    def process(self, record: Record) -> Drop | None:
+        digest = self.key(record)
         first = self._seen.get(digest)
         if first is not None:
             return Drop("exact_duplicate", {"duplicate_of": first})
@@ -134,9 +138,24 @@ class MinhashDeduplicator(Step):
         if batch:
             yield from self._run_batch(batch, dropped)
 
+    @property
+    def bands(self) -> tuple[int, int]:
+        """(bands, rows per band) of the LSH index: two records are candidates when all the
+        rows of one band are equal."""
+        return self.lsh.b, self.lsh.r
+
+    def signatures(self, records: list[Record]) -> np.ndarray:
+        """MinHash signatures of the records' key text, shape (len(records), num_perm)."""
+        hashes = [shingle_hashes(key_text(r, self.fields), self.ngram) for r in records]
+        return self.signer.sign_many(hashes)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        """Estimated Jaccard similarity of two signatures."""
+        return float(np.mean(a == b))
+
     def _run_batch(self, batch: list[Record], dropped: list[dict] | None) -> Iterator[Record]:
-        hashes = [shingle_hashes(key_text(r, self.fields), self.ngram) for r in batch]
-        signatures = self.signer.sign_many(hashes)
+        signatures = self.signatures(batch)
         self._pending = {id(r): sig for r, sig in zip(batch, signatures, strict=True)}
         yield from super().run(batch, dropped)
 
@@ -146,7 +165,7 @@ class MinhashDeduplicator(Step):
         # LSH returns candidates; keep only those whose estimated Jaccard reaches the threshold.
         best_key, best = None, 0.0
         for key in self.lsh.query(minhash):
-            similarity = float(np.mean(self._signatures[key] == signature))
+            similarity = self.similarity(self._signatures[key], signature)
             if similarity > best:
                 best_key, best = key, similarity
         if best_key is not None and best >= self.threshold:
