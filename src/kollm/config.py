@@ -996,8 +996,11 @@ class Recipe(StrictModel):
         return self.run_dir / "data"
 
     def split_path(self, split: str) -> Path:
-        """The prepared JSONL of one split (`train`, `dev`, `test`)."""
-        return self.data_dir / f"{split}.jsonl"
+        """The prepared JSONL of one split (`train`, `dev`, `test`), or the directory of its
+        shards where the data stage ran on Ray (`train/part-*.jsonl|parquet`)."""
+        single = self.data_dir / f"{split}.jsonl"
+        sharded = self.data_dir / split
+        return sharded if not single.exists() and sharded.is_dir() else single
 
 
 # --- loading ---------------------------------------------------------------------------------

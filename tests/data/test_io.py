@@ -6,7 +6,9 @@ from kollm.config import DataConfig
 from kollm.data.io import DataError, read_records, write_dataset_dir, write_jsonl
 from kollm.data.pipeline import read_inputs
 from kollm.data.records import KINDS
-from tests.conftest import read_jsonl
+from tests.conftest import REPO, read_jsonl
+
+REPO_RECIPE = REPO / "recipes" / "demo.yaml"
 
 DIALOGUE = {
     "dialogue": "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.",
@@ -89,3 +91,17 @@ def test_the_one_jsonl_reader_names_the_file_and_line_of_a_bad_row(tmp_path):
         read_jsonl(path)
     with pytest.raises(DataError, match="no such file"):
         read_jsonl(tmp_path / "none.jsonl")
+
+
+def test_a_split_the_data_stage_wrote_in_shards_is_what_training_reads(tmp_path):
+    from kollm.config import load_recipe
+    from kollm.data.io import read_jsonl, write_jsonl
+
+    recipe = load_recipe(REPO_RECIPE, [f"output_dir={tmp_path}"])
+    shards = recipe.data_dir / "train"
+    write_jsonl(shards / "part-00001.jsonl", [{"id": "b"}])
+    write_jsonl(shards / "part-00000.jsonl", [{"id": "a"}])
+    assert recipe.split_path("train") == shards
+    assert read_jsonl(recipe.split_path("train")) == [{"id": "a"}, {"id": "b"}]
+    write_jsonl(recipe.data_dir / "train.jsonl", [{"id": "one file"}])  # a local run's wins
+    assert read_jsonl(recipe.split_path("train")) == [{"id": "one file"}]

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kollm.config import DataConfig
+from kollm.data.io import read_jsonl as read_split
 from kollm.data.pipeline import prepare
 from kollm.data.ray_executor import clusters, near_duplicates
 from kollm.samples.generate import make_near_duplicate
@@ -73,6 +74,7 @@ def test_ray_keeps_what_the_local_run_keeps(tmp_path, sharded, ray_cluster):
     out = tmp_path / "ray"
     for split in ("train", "dev"):
         assert _shards(out, split) == local.splits[split], split
+        assert read_split(out / split) == local.splits[split]  # as training reads a split
     reasons = {r for s in local.stats["steps"] for r in s["reasons"]}
     assert {"near_duplicate", "exact_duplicate"} <= reasons
     assert _counts(ray_run.stats) == _counts(local.stats)
@@ -102,6 +104,7 @@ def test_ray_keeps_what_the_local_run_keeps(tmp_path, sharded, ray_cluster):
     assert _counts(prepare(parquet, tmp_path / "ray2").stats) == _counts(local.stats)
     for split in ("train", "dev"):
         assert _shards(tmp_path / "ray2", split) == local.splits[split], split
+        assert read_split(tmp_path / "ray2" / split) == local.splits[split]
 
 
 def test_clusters_join_pairs_and_keep_what_the_greedy_step_keeps():

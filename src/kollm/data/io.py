@@ -160,10 +160,24 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, Any]]:
         yield line_no, row
 
 
+def _split_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """A JSONL file's values, or a sharded split's (`train/part-*.jsonl|parquet`, as the data
+    stage on Ray writes it) in name order."""
+    if not path.is_dir():
+        yield from iter_jsonl(path)
+        return
+    for shard in shard_paths(path):
+        for line_no, row in read_rows(shard):
+            if isinstance(row, Malformed):
+                raise DataError(f"{shard}: line {line_no}: {row}")
+            yield line_no, row
+
+
 def read_jsonl(path: Path | str, limit: int | None = None) -> list[Any]:
-    """Every JSON value of a JSONL file (blank lines skipped), the first `limit` with one."""
+    """Every JSON value of a JSONL file (blank lines skipped), or of a directory of its shards,
+    the first `limit` with one."""
     rows = []
-    for _, row in iter_jsonl(path):
+    for _, row in _split_rows(Path(path)):
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

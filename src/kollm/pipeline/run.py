@@ -116,7 +116,7 @@ def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOut
     sources = cfg.input_files
     fingerprint = _sha(cfg.model_dump(), {k: file_sha(Path(v)) for k, v in sources.items()})
     out = recipe.data_dir
-    outputs = [out / "stats.json", out / "train.jsonl"]
+    outputs = [out / "stats.json", recipe.split_path("train")]  # a file, or Ray's shards
     if process_rank() > 0:
         _wait_fresh(out, fingerprint, outputs)
         return StageOutcome("data", True, _stored_summary(out))
