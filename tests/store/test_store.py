@@ -110,3 +110,15 @@ def test_retrieval_on_postgresql_ranks_as_on_sqlite(tmp_path, monkeypatch, postg
     with closing(connect(tmp_path / "pg-home" / "registry.db")) as conn:
         (chunks,) = conn.execute("SELECT COUNT(*) FROM rag_terms").fetchone()
     assert chunks > 0
+
+
+def test_a_recipes_store_url_is_the_store_of_its_commands(tmp_path, monkeypatch):
+    from kollm.cli.common import _load
+
+    monkeypatch.setenv("KOLLM_DATABASE_URL", "")  # restored (unset) after the test
+    monkeypatch.delenv("KOLLM_DATABASE_URL")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nstore:\n  url: sqlite:///{tmp_path}/site.db\n")
+    _load(recipe, None)
+    Registry(tmp_path / "home")
+    assert (tmp_path / "site.db").is_file() and not (tmp_path / "home" / "registry.db").exists()
