@@ -132,7 +132,8 @@ def share_registry(home: Path) -> None:
         closing(sqlite3.connect(home / "registry.db")) as src,
         closing(connect(home / "registry.db")) as dst,
     ):
-        for table in ("model_versions", "aliases"):
+        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in ("model_versions", "aliases") if "aliases" in tables else ():
             cur = src.execute(f"SELECT * FROM {table}")
             names = ", ".join(d[0] for d in cur.description)
             marks = ", ".join("?" * len(cur.description))
