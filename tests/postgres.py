@@ -82,6 +82,7 @@ def _start(temp: Path) -> str:
 @pytest.fixture(scope="session")
 def postgres_server():
     """The URL of the session's server (its `postgres` database), or a skip with why not."""
+    pytest.importorskip("psycopg", reason="no psycopg (pip install 'kollm[postgres]')")
     temp = Path(tempfile.mkdtemp(prefix="kollm-pg-"))
     try:
         url = _start(temp)

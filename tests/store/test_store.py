@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from kollm.cli import app
 from kollm.feedback.responses import RequestLog
 from kollm.feedback.store import FeedbackStore
+from kollm.rag.index import RagIndex
 from kollm.registry import Registry
 from kollm.store import MIGRATIONS, connect
 from kollm.store.backends import translate
@@ -47,6 +48,11 @@ def _populate(home, artifact) -> None:
     feedback = FeedbackStore(home)
     feedback.add("r0", "good")
     feedback.add("r1", "bad", categories=["hallucination"])
+    docs = home.parent / "docs"
+    docs.mkdir()
+    (docs / "passport.txt").write_text("여권을 잃어버리면 구청 민원여권과에 분실 신고를 합니다.")
+    (docs / "parking.txt").write_text("거주자 우선 주차 신청은 매월 1일부터 5일까지 받습니다.")
+    RagIndex(home).index_paths("civil", [docs])
 
 
 def test_copy_moves_a_populated_sqlite_store_to_postgresql(tmp_path, monkeypatch, postgres_url):
@@ -62,7 +68,11 @@ def test_copy_moves_a_populated_sqlite_store_to_postgresql(tmp_path, monkeypatch
     )
     assert out.exit_code == 0, out.output
     assert "model_versions: 2" in out.output and "feedback: 2" in out.output
-    assert "alias_log: 3" in out.output and "row counts match" in out.output
+    assert (
+        "alias_log: 3" in out.output
+        and "rag_terms: 2" in out.output
+        and "row counts match" in out.output
+    )
     again = runner.invoke(
         app, ["store", "copy", "--to", postgres_url, "--source", str(home / "registry.db")]
     )
@@ -76,6 +86,8 @@ def test_copy_moves_a_populated_sqlite_store_to_postgresql(tmp_path, monkeypatch
     reg.promote("demo", 3)
     assert [e["id"] for e in reg.alias_log("demo")] == [1, 2, 3, 4]
     assert FeedbackStore(home).add("r2", "good")["id"] == 3
+    (hit,) = RagIndex(home).search("civil", "여권 분실", 1)  # the copied keyword index
+    assert hit.doc_id == "passport.txt"
     out = runner.invoke(app, ["store", "migrate"])
     assert out.exit_code == 0 and "up to date" in out.output
 
