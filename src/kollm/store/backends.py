@@ -166,9 +166,22 @@ class PgConnection:
         return PgCursor(rows, lastrowid, cur.rowcount)
 
     def executemany(self, sql: str, seq: Sequence[Sequence]) -> PgCursor:
-        for params in seq:
-            self.execute(sql, params)
-        return PgCursor([], None, -1)
+        """One statement over many rows, pipelined (one round trip, not one a row)."""
+        import psycopg
+
+        rows = [_params(tuple(p)) for p in seq]
+        if not rows:
+            return PgCursor([], None, 0)
+        statement, _ = translate(sql, rows[0])
+        if statement is None:
+            return PgCursor([], None, 0)
+        statement = statement.removesuffix(" RETURNING id")
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(statement, rows)
+                return PgCursor([], None, cur.rowcount)
+        except psycopg.Error as err:
+            raise _as_sqlite(err) from err
 
     def copy_rows(self, table: str, columns: list[str], rows: list) -> None:
         """Rows into `table` through COPY (a store's worth of rows in seconds)."""
