@@ -35,6 +35,14 @@ def test_the_sqlite_dialect_becomes_postgresqls():
     assert translate("PRAGMA journal_mode=WAL", ())[0] is None
 
 
+def test_an_answer_with_a_nul_character_is_kept_on_both(tmp_path, store_backend):
+    log = RequestLog(tmp_path)
+    log.write("nul", "chat", "m", "m:1", {"messages": []}, "a\x00b", 1, 1, "stop", 1.0)
+    with closing(connect(tmp_path / "registry.db")) as conn:
+        (kept,) = conn.execute("SELECT response FROM responses WHERE id = 'nul'").fetchone()
+    assert kept == ("a\x00b" if store_backend == "sqlite" else "a\ufffdb")
+
+
 def _populate(home, artifact) -> None:
     reg = Registry(home)
     for _ in range(2):

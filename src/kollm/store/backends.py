@@ -216,8 +216,17 @@ class PgConnection:
 
 
 def _params(params: tuple) -> tuple:
-    # sqlite stores a bool as 0/1 in an INTEGER column; PostgreSQL has no bool -> bigint cast
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+    return tuple(_param(p) for p in params)
+
+
+def _param(p: Any) -> Any:
+    if isinstance(p, bool):  # sqlite keeps a bool as 0/1; PostgreSQL has no bool -> bigint cast
+        return int(p)
+    if isinstance(p, str) and "\x00" in p:
+        # PostgreSQL's text cannot hold NUL (a model's answer can): U+FFFD stands in for it,
+        # as for any character that cannot be shown, rather than the answer going unlogged
+        return p.replace("\x00", "\ufffd")
+    return p
 
 
 def _as_sqlite(err) -> sqlite3.Error:
