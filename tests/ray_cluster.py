@@ -85,6 +85,9 @@ def ray_cluster():
     # outward-facing address for some of its agents.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Without it `ray start` turns token auth on whenever ~/.ray/auth_token exists (any local
+    # `ray.init()` on the machine writes one), and a driver given the address sends no token.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     lock = open("/tmp/kollm-ray.lock", "w")  # noqa: SIM115 - held for the whole session
     fcntl.flock(lock, fcntl.LOCK_EX)
     temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's unix sockets live here

@@ -105,3 +105,19 @@ def test_schema_command_shows_descriptions():
     assert result.exit_code == 0
     assert "data.dedup.threshold" in result.output
     assert "Estimated Jaccard similarity" in result.output
+
+
+@pytest.mark.parametrize(
+    ("distributed", "message"),
+    [
+        ("{num_workers: 2}", "train.distributed.num_workers is for launcher: ray"),
+        ("{launcher: torchrun, max_failures: 2}", "max_failures is for launcher: ray"),
+        ("{launcher: ray, num_processes: 2}", "takes train.distributed.num_workers, not num_"),
+        ("{launcher: ray, gpus_per_worker: 2}", "gpus_per_worker needs use_gpu: true"),
+        ("{launcher: ray, resources_per_worker: {GPU: 1}}", "give GPUs as gpus_per_worker"),
+    ],
+)
+def test_inconsistent_ray_training_settings_are_refused_by_name(tmp_path, distributed, message):
+    path = recipe_file(tmp_path, MINIMAL + f"train:\n  distributed: {distributed}\n")
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)

@@ -240,17 +240,58 @@ class LoraSettings(StrictModel):
 
 
 class DistributedConfig(StrictModel):
-    launcher: Literal["none", "accelerate", "torchrun"] = "none"
-    """How a train job starts: one process, or `num_processes` through accelerate or torchrun
-    (one per GPU; gloo on the CPU). Used by `kollm jobs submit train|run`."""
+    launcher: Literal["none", "accelerate", "torchrun", "ray"] = "none"
+    """How a train job starts: one process, `num_processes` through accelerate or torchrun
+    (one per GPU; gloo on the CPU; used by `kollm jobs submit train|run`), or `ray`: Ray
+    Train's TorchTrainer with `num_workers` workers on one node or many (`kollm train` and
+    `kollm run` start it themselves)."""
     num_processes: int = Field(1, ge=1)
-    """Processes on the node, usually one per GPU."""
+    """Processes on the node, usually one per GPU (accelerate, torchrun)."""
     strategy: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    """With accelerate: plain data parallel, FSDP, or DeepSpeed (`deepspeed_config`)."""
+    """Plain data parallel, FSDP, or DeepSpeed (`deepspeed_config`); with accelerate through
+    its flags, with ray through the Trainer's `fsdp` / `deepspeed` arguments."""
     deepspeed_config: str | None = None
     """DeepSpeed JSON config file (ZeRO stage, offload), for `strategy: deepspeed`."""
     accelerate_config: str | None = None
     """An accelerate config file; when given, it replaces the flags above for accelerate."""
+    num_workers: int = Field(1, ge=1)
+    """For ray: training workers (processes), usually one per GPU, across the cluster."""
+    use_gpu: bool = False
+    """For ray: give each worker `gpus_per_worker` GPUs (NCCL); off: CPU workers (gloo)."""
+    gpus_per_worker: int = Field(1, ge=1)
+    """For ray with `use_gpu`: GPUs each worker holds (more than 1 for a model one card
+    cannot hold even sharded)."""
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    """For ray: other resources each worker asks for (`{CPU: 4, memory: 32e9}`); Ray's
+    default is 1 CPU."""
+    storage_path: str | None = None
+    """For ray: where checkpoints go, a path every node sees (NFS) or an `s3://` URI; a
+    restarted worker group resumes from the newest one. Unset: `<run dir>/ray`."""
+    max_failures: int = Field(0, ge=-1)
+    """For ray: times a failed worker group (a lost node, a killed worker) is restarted from
+    its newest checkpoint in `storage_path`; -1 without limit."""
+    address: str | None = None
+    """For ray: the cluster (`HOST:6379` or `ray://HOST:10001`); unset: RAY_ADDRESS, else
+    the cluster this machine belongs to (`ray start`), else a local one."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistributedConfig:
+        ray_only = ("num_workers", "use_gpu", "gpus_per_worker", "resources_per_worker")
+        ray_only += ("storage_path", "max_failures", "address")
+        if self.launcher != "ray":
+            given = [name for name in ray_only if name in self.model_fields_set]
+            if given:
+                raise ValueError(f"train.distributed.{given[0]} is for launcher: ray")
+            return self
+        if "num_processes" in self.model_fields_set:
+            raise ValueError("launcher ray takes train.distributed.num_workers, not num_processes")
+        if self.accelerate_config:
+            raise ValueError("train.distributed.accelerate_config is for launcher: accelerate")
+        if "gpus_per_worker" in self.model_fields_set and not self.use_gpu:
+            raise ValueError("train.distributed.gpus_per_worker needs use_gpu: true")
+        if "GPU" in self.resources_per_worker:
+            raise ValueError("train.distributed.resources_per_worker: give GPUs as gpus_per_worker")
+        return self
 
 
 class EndpointConfig(StrictModel):
@@ -387,7 +428,7 @@ class TrainConfig(StrictModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     """LoRA / QLoRA settings."""
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
-    """Multi-GPU training through accelerate or torchrun."""
+    """Multi-GPU and multi-node training through accelerate, torchrun or Ray Train."""
     eval_generation: EvalGenerationConfig = Field(default_factory=EvalGenerationConfig)
     """Generate on a dev sample every N steps and score it (sft, seq2seq)."""
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)

@@ -272,3 +272,37 @@ def _group(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(entry))
     return found
+
+
+def test_a_ray_train_job_is_its_own_driver_and_says_where_its_workers_go(tiny_recipe, repo):
+    from kollm.cluster.inventory import load_inventory
+    from kollm.cluster.jobspec import placement_text, ray_placement, ray_workers, stage_command
+
+    ray = ["train.distributed.launcher=ray", "train.distributed.num_workers=6"]
+    ray += ["train.distributed.use_gpu=true"]
+    spec = JobSpec("run", str(tiny_recipe), ray)
+    # Ray Train starts the workers: the job is the plain command, under no other launcher
+    assert stage_command(spec)[:4] == ["python", "-m", "kollm", "run"]
+    assert ray_workers(spec).num_workers == 6
+    recipe = spec.load()
+    rows = ray_placement(recipe, load_inventory(repo / "examples" / "inventory.yaml"))
+    assert [(r["node"], r["workers"]) for r in rows] == [("gpu-01", 4), ("gpu-02", 2)]
+    line = placement_text(recipe, rows)
+    assert line.startswith("ray train: 6 workers (ddp), each 1 GPU(s) of ")
+    assert line.endswith("on gpu-01 4 (4 x A100-80GB), gpu-02 2 (2 x L4)")
+
+
+def test_kollm_run_under_torchrun_prepares_evaluates_and_registers_on_rank_0_only(tiny_recipe):
+    from kollm.registry import Registry
+
+    launch = ["train.distributed.launcher=torchrun", "train.distributed.num_processes=2"]
+    overrides = [*launch, "train.max_steps=2", "eval.max_samples=2"]
+    executor = LocalExecutor()
+    job_id = executor.submit(JobSpec("run", str(tiny_recipe), overrides))
+    job = executor.wait(job_id, 300)
+    assert job["status"] == "succeeded", executor.logs(job_id)
+    assert [v.version for v in Registry().list("tiny")] == [1]
+    logs = executor.logs(job_id)
+    # rank 1 waited for rank 0's data, trained beside it, then stopped
+    assert logs.count("data: skipped (unchanged)") == 1 and logs.count("data: done") == 1
+    assert logs.count("eval: starting") == 1 and logs.count("register: starting") == 1

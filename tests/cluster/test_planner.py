@@ -184,3 +184,29 @@ def test_full_training_model_states_match_zero():
     full = plan(shape, "full", "bf16", 1024)
     states_gb = (full.weights_gib + full.training_gib) * 2**30 / 1e9
     assert states_gb == pytest.approx(24 * shape.parameters / 1.5e9, rel=0.01)
+
+
+def test_a_ray_train_run_is_placed_worker_by_worker_on_the_inventorys_nodes():
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    inventory = str(repo / "examples" / "inventory.yaml")
+    llama3_8b = ["--layers", "32", "--hidden-size", "4096", "--heads", "32", "--kv-heads", "8"]
+    llama3_8b += ["--vocab-size", "128256", "--intermediate-size", "14336"]
+    base = ["plan", *llama3_8b, "--task", "lora", "--context", "2048", "--inventory", inventory]
+    result = CliRunner().invoke(app, [*base, "--workers", "7"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    # 21.3 GiB a card: gpu-01's four A100s, then gpu-02's two L4s and its RTX6000-Ada
+    assert "ray train: 7 workers x 1 GPU(s), 21.33 GiB a card" in result.output
+    assert "gpu-01: 4 workers on 4 A100-80GB" in result.output
+    assert "gpu-02: 3 workers on 3 L4/RTX6000-Ada" in result.output
+    two_each = CliRunner().invoke(
+        app, [*base, "--workers", "3", "--gpus-per-worker", "2", "--json"]
+    )
+    spread = json.loads(two_each.output)["ray_train"]
+    assert [(r["node"], r["workers"], r["gpus"]) for r in spread["nodes"]] == [
+        ("gpu-01", 2, 4),
+        ("gpu-02", 1, 2),
+    ]
+    too_many = CliRunner().invoke(app, [*base, "--workers", "8"], env={"COLUMNS": "200"})
+    assert "8 Ray workers of 1 GPUs of at least 21.3 GiB each: the inventory holds 7" in (
+        too_many.output
+    )

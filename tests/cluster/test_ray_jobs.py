@@ -2,6 +2,7 @@ import json
 import sys
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
@@ -65,6 +66,26 @@ def test_a_ray_job_larger_than_the_inventory_is_refused_before_any_call(tiny_rec
         assert "2 GPUs (most on a node: 1)" in str(err)
     else:
         raise AssertionError("a job larger than the inventory was submitted")
+    assert executor.table.list() == []
+
+
+def test_a_ray_train_run_is_refused_when_its_workers_do_not_fit_the_inventory(
+    tiny_recipe, tmp_path
+):
+    from kollm.cluster.inventory import Inventory, Node
+    from kollm.cluster.jobs import JobError, JobSpec
+    from kollm.cluster.ray_jobs import RayExecutor
+
+    nodes = [Node(name=f"n{i}", cpus=8, memory_gib=64, gpus=[{"card": "L4"}]) for i in (1, 2)]
+    executor = RayExecutor(
+        "http://127.0.0.1:1", tmp_path / "home", inventory=Inventory(nodes=nodes)
+    )
+    ray = ["train.distributed.launcher=ray", "train.distributed.use_gpu=true"]
+    # the driver holds no GPU: its own --gpus are not asked of one node
+    with pytest.raises(JobError, match=r"3 Ray workers of 1 GPUs .* the inventory holds 2"):
+        executor.submit(
+            JobSpec("train", str(tiny_recipe), [*ray, "train.distributed.num_workers=3"])
+        )
     assert executor.table.list() == []
 
 

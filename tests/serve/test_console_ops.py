@@ -252,8 +252,8 @@ def _bytes_read() -> int:
 def test_a_job_log_stream_with_poll_0_neither_spins_nor_rereads_the_log(
     server, served_home, monkeypatch
 ):
-    import kollm.serve.ui.ops as ops
     from kollm.cluster.jobs import LocalExecutor
+    from kollm.jobtable import JobTable
 
     jobs = LocalExecutor(served_home)
     job_id = jobs.record("train", ["kollm", "train", "r.yaml"], "local", {"gpus": 0})
@@ -262,8 +262,8 @@ def test_a_job_log_stream_with_poll_0_neither_spins_nor_rereads_the_log(
     big = "step 0 loss 9.99 " * 250_000 + "\n"  # 4 MiB already written
     log.write_text(big)
     polls = []
-    real_rows = ops._rows
-    monkeypatch.setattr(ops, "_rows", lambda *a: polls.append(1) or real_rows(*a))
+    real_get = JobTable.get
+    monkeypatch.setattr(JobTable, "get", lambda *a: polls.append(1) or real_get(*a))
 
     def finish():
         for step in (1, 2, 3):

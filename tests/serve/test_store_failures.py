@@ -10,7 +10,7 @@ import sqlite3
 import httpx
 import pytest
 
-from kollm.feedback import responses
+from kollm.feedback import store as request_log_owner  # owns the `responses` table
 
 CHAT = {
     "model": "tiny",
@@ -54,8 +54,8 @@ def test_a_full_disk_keeps_answering_counts_the_failures_and_health_says_degrade
     start_server, monkeypatch
 ):
     server = start_server()
-    real = responses.connect
-    monkeypatch.setattr(responses, "connect", lambda path: _FullDisk(real(path)))
+    real = request_log_owner.connect
+    monkeypatch.setattr(request_log_owner, "connect", lambda path: _FullDisk(real(path)))
 
     answered = httpx.post(server.base_url + "/v1/chat/completions", json=CHAT, timeout=60)
     assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"]
@@ -67,7 +67,7 @@ def test_a_full_disk_keeps_answering_counts_the_failures_and_health_says_degrade
     assert health.json()["status"] == "degraded"
     assert "disk is full" in health.json()["reason"]
 
-    monkeypatch.setattr(responses, "connect", real)  # space again
+    monkeypatch.setattr(request_log_owner, "connect", real)  # space again
     assert httpx.post(server.base_url + "/v1/chat/completions", json=CHAT, timeout=60).is_success
     assert httpx.get(server.base_url + "/health").json()["status"] == "ok"
     assert _failures(server) == 2

@@ -82,6 +82,25 @@ def jobs_submit(
     except JobError as err:
         fail(str(err))
     console.print(f"job {job_id} submitted; follow it with: kollm jobs logs {job_id} --follow")
+    if line := _ray_train_line(spec, options["inventory"]):
+        console.print(line)
+
+
+def _ray_train_line(spec, inventory) -> str | None:
+    """Where a `launcher: ray` run's workers go, on the inventory's nodes when one is given."""
+    from kollm.cluster.inventory import InventoryError
+    from kollm.cluster.jobspec import placement_text, ray_placement, ray_workers
+
+    if ray_workers(spec) is None:
+        return None
+    recipe = spec.load()
+    rows = []
+    if inventory is not None:
+        try:
+            rows = ray_placement(recipe, inventory)
+        except InventoryError as err:
+            return f"ray train: {err}"
+    return placement_text(recipe, rows)
 
 
 @jobs_app.command("list")

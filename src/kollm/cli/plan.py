@@ -71,6 +71,10 @@ def plan_cmd(
         float | None, typer.Option(help="Activation peak, if known (GiB).")
     ] = None,
     inventory: InventoryOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Training on Ray Train: data-parallel workers (DDP).")
+    ] = None,
+    gpus_per_worker: Annotated[int, typer.Option(help="Ray Train: GPUs each worker holds.")] = 1,
     params_b: Annotated[float | None, typer.Option(help="Parameters, billions.")] = None,
     layers: Annotated[int | None, typer.Option(help="Decoder layers.")] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Hidden size.")] = None,
@@ -118,12 +122,45 @@ def plan_cmd(
     except PlanInputError as err:
         fail(str(err))
     rows = placements(result.total_gib, inv, gpu_memory_utilization) if inv is not None else None
+    spread = _workers(result, task, workers, gpus_per_worker, inv)
     if as_json:
         out = {**result.as_dict(), "card": card, "inventory": rows, "max_context": longest}
-        print(json.dumps(out))
+        print(json.dumps({**out, **({"ray_train": spread} if spread else {})}))
         return
     console.print(_plan_table(result, model or f"{shape.parameters / 1e9:.1f}B", req))
     _plan_lines(result, card, longest, rows, context)
+    if spread:
+        _worker_lines(spread)
+
+
+def _workers(result, task: str, workers: int | None, gpus_per_worker: int, inv):
+    """A Ray Train run of `workers` DDP workers: each holds the whole model over its cards;
+    with an inventory, how many workers each node takes."""
+    from kollm.cluster.inventory import InventoryError, worker_placement
+
+    if workers is None:
+        return None
+    if task == "inference" or workers < 1 or gpus_per_worker < 1:
+        fail("--workers and --gpus-per-worker (at least 1) plan a training task")
+    card_gib = result.total_gib / gpus_per_worker
+    out = {"workers": workers, "gpus_per_worker": gpus_per_worker, "card_gib": card_gib}
+    if inv is not None:
+        try:
+            out["nodes"] = worker_placement(inv, workers, gpus_per_worker, card_gib)
+        except InventoryError as err:
+            out["short"] = str(err)
+    return out
+
+
+def _worker_lines(spread: dict[str, Any]) -> None:
+    console.print(
+        f"ray train: {spread['workers']} workers x {spread['gpus_per_worker']} GPU(s), "
+        f"{spread['card_gib']:.2f} GiB a card (DDP: every worker holds the whole model)"
+    )
+    for row in spread.get("nodes", []):
+        console.print(f"{row['node']}: {row['workers']} workers on {row['gpus']} {row['card']}")
+    if "short" in spread:
+        console.print(spread["short"])
 
 
 def _plan_table(result, name: str, req) -> Table:

@@ -156,3 +156,33 @@ def placements(total_gib: float, inventory: Inventory, utilization: float) -> li
                 }
             )
     return rows
+
+
+def worker_placement(
+    inventory: Inventory, workers: int, gpus_per_worker: int, card_gib: float, cpus_per_worker=1.0
+) -> list[dict]:
+    """Ray Train workers on the nodes, packed node by node as Ray Train's default (PACK)
+    places them: each node takes as many as its cards of at least `card_gib` (in whole
+    `gpus_per_worker` groups) and its CPUs allow, in inventory order. One row per node that
+    gets any; InventoryError naming the shortfall when the nodes cannot hold them all."""
+    rows, left = [], workers
+    for node in inventory.nodes:
+        cards = [d for d in node.devices() if d[2] >= card_gib]
+        fit = int(node.cpus // cpus_per_worker)
+        if gpus_per_worker:
+            fit = min(fit, len(cards) // gpus_per_worker)
+        take = min(fit, left)
+        if take:
+            used = cards[: take * gpus_per_worker]
+            card = "/".join(dict.fromkeys(name for _i, name, _gib in used)) or None
+            rows.append(
+                {"node": node.name, "workers": take, "gpus": take * gpus_per_worker, "card": card}
+            )
+            left -= take
+    if left:
+        need = f"{gpus_per_worker} GPUs of at least {card_gib:.1f} GiB" if gpus_per_worker else ""
+        need = need or f"{cpus_per_worker:g} CPUs"
+        raise InventoryError(
+            f"{workers} Ray workers of {need} each: the inventory holds {workers - left}"
+        )
+    return rows

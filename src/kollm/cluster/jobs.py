@@ -34,11 +34,10 @@ from typing import Any
 
 from kollm.cluster.inventory import Inventory, InventoryError, local_inventory
 from kollm.cluster.jobspec import JobError, JobSpec, planned_card_gib, stage_command
+from kollm.jobtable import JobTable
 from kollm.logtail import LogTail, poll_interval
-from kollm.store import connect, open_store
 
 ACTIVE = ("queued", "running")
-RUNNING_LOCAL = "SELECT * FROM jobs WHERE status = 'running' AND executor = 'local'"
 __all__ = ["JobError", "JobSpec", "LocalExecutor", "group_alive"]
 
 
@@ -129,7 +128,8 @@ class LocalExecutor:
         max_running: int = 2,
         inventory: Inventory | None = None,
     ) -> None:
-        self.home, self.db = open_store(home)
+        self.jobs = JobTable(home)
+        self.home, self.db = self.jobs.home, self.jobs.path
         self.max_running = max_running
         self._inventory = inventory
 
@@ -138,9 +138,6 @@ class LocalExecutor:
         """This machine as a one-node inventory."""
         inventory = self._inventory or local_inventory()
         return Inventory(nodes=inventory.nodes[:1])
-
-    def _conn(self) -> sqlite3.Connection:
-        return connect(self.db)
 
     def _candidates(self, spec: JobSpec) -> list[int]:
         """CUDA indexes of the cards big enough for the job; InventoryError if too few exist."""
@@ -175,57 +172,46 @@ class LocalExecutor:
         self, stage: str, command: list[str], executor: str, resources: dict[str, Any], **more: Any
     ) -> int:
         """Add a queued job to the table; its log goes to HOME/jobs/ID.log."""
-        with closing(self._conn()) as conn:
-            cursor = conn.execute(
-                "INSERT INTO jobs (stage, command, executor, resources, status, submitted_at,"
-                " log_path) VALUES (?,?,?,?,?,?,?)",
-                (
-                    stage,
-                    json.dumps(command),
-                    executor,
-                    json.dumps(resources),
-                    "queued",
-                    utc_now(),
-                    "",
-                ),
-            )
-            job_id = int(cursor.lastrowid)
+        job_id = self.jobs.insert(
+            {
+                "stage": stage,
+                "command": json.dumps(command),
+                "executor": executor,
+                "resources": json.dumps(resources),
+                "status": "queued",
+                "submitted_at": utc_now(),
+                "log_path": "",
+            }
+        )
         log = self.home / "jobs" / f"{job_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.update(job_id, log_path=str(log), **more)
         return job_id
 
     def update(self, job_id: int, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        with closing(self._conn()) as conn:
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*fields.values(), job_id))
+        self.jobs.update(job_id, **fields)
 
     def get(self, job_id: int) -> dict[str, Any]:
-        with closing(self._conn()) as conn:
-            self._reconcile(conn, " AND id = ?", (job_id,))
-            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with closing(self.jobs.connect()) as conn:
+            self._reconcile(conn, job_id)
+            row = self.jobs.get(job_id, conn)
         if row is None:
             raise JobError(f"no job {job_id}")
         return decode(row)
 
     def list(self) -> list[dict[str, Any]]:
-        with closing(self._conn()) as conn:
+        with closing(self.jobs.connect()) as conn:
             self._reconcile(conn)
-            return [decode(r) for r in conn.execute("SELECT * FROM jobs ORDER BY id")]
+        return [decode(r) for r in self.jobs.rows()]
 
-    def _reconcile(self, conn: sqlite3.Connection, where: str = "", args: tuple = ()) -> None:
+    def _reconcile(self, conn: sqlite3.Connection, job_id: int | None = None) -> None:
         """Mark failed the running local jobs whose runner died; their log says so, and what
         the runner left of its stage (its process group) is ended, so no card stays in use
         by a job nobody tracks. A job without a recorded pid is left as it is."""
-        for job in conn.execute(RUNNING_LOCAL + " AND pid IS NOT NULL" + where, args).fetchall():
+        for job in self.jobs.running_local(conn, with_pid=True, job_id=job_id):
             if runner_alive(job):
                 continue
-            done = conn.execute(
-                "UPDATE jobs SET status = 'failed', finished_at = ? WHERE id = ?"
-                " AND status = 'running' AND pid = ?",
-                (utc_now(), job["id"], job["pid"]),
-            )
-            if done.rowcount:
+            if self.jobs.fail_running(conn, job["id"], job["pid"], utc_now()):
                 _note_runner_died(job)
 
     def logs(self, job_id: int) -> str:
@@ -282,16 +268,13 @@ class LocalExecutor:
     def _claim_slot(self, job_id: int) -> bool:
         """Mark the job running if fewer than `max_running` run and its cards are free; False
         while it must wait."""
-        with closing(self._conn()) as conn:
+        with closing(self.jobs.connect()) as conn:
             conn.execute("BEGIN IMMEDIATE")
             self._reconcile(conn)  # a dead runner's job holds no slot
-            running = [decode(r) for r in conn.execute(RUNNING_LOCAL)]
-            job = decode(conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
-            earlier = conn.execute(  # first in, first out: an earlier live job goes first
-                "SELECT pid FROM jobs WHERE status = 'queued' AND executor = 'local' AND id < ?",
-                (job_id,),
-            ).fetchall()
-            if any(pid and group_alive(pid) for (pid,) in earlier):
+            running = [decode(r) for r in self.jobs.running_local(conn)]
+            job = decode(self.jobs.get(job_id, conn))
+            earlier = self.jobs.queued_before(conn, job_id)  # first in, first out
+            if any(pid and group_alive(pid) for pid in earlier):
                 conn.execute("COMMIT")
                 return False
             busy = {d for other in running for d in other["devices"]}
@@ -300,16 +283,14 @@ class LocalExecutor:
             if job["status"] != "queued" or len(running) >= self.max_running or len(free) < wanted:
                 conn.execute("COMMIT")
                 return job["status"] != "queued"
-            conn.execute(  # this runner's own pid and start time, whoever recorded them first
-                "UPDATE jobs SET status = 'running', started_at = ?, devices = ?, pid = ?,"
-                " runner_started = ? WHERE id = ?",
-                (
-                    utc_now(),
-                    json.dumps(free[:wanted]),
-                    os.getpid(),
-                    process_started(os.getpid()),
-                    job_id,
-                ),
+            self.jobs.update(  # this runner's own pid and start time, whoever recorded them first
+                job_id,
+                conn,
+                status="running",
+                started_at=utc_now(),
+                devices=json.dumps(free[:wanted]),
+                pid=os.getpid(),
+                runner_started=process_started(os.getpid()),
             )
             conn.execute("COMMIT")
             return True

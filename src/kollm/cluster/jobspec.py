@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kollm.cluster.planner import ModelShape, plan
-from kollm.config import Recipe, load_recipe
+from kollm.cluster.planner import TRAIN_OVERHEAD_GIB, ModelShape, Plan, plan
+from kollm.config import DistributedConfig, Recipe, load_recipe
 
 STAGES = ("train", "eval", "tune", "loop", "run", "data", "batch")
 
@@ -49,7 +49,7 @@ class JobSpec:
 def _launcher(recipe: Recipe, python: str) -> list[str]:
     """The launcher prefix of a train stage: nothing, accelerate or torchrun."""
     dist = recipe.train.distributed if recipe.train is not None else None
-    if dist is None or dist.launcher == "none":
+    if dist is None or dist.launcher in ("none", "ray"):  # ray: kollm starts the workers itself
         return [python]
     if dist.launcher == "torchrun":
         return [python, "-m", "torch.distributed.run", f"--nproc_per_node={dist.num_processes}"]
@@ -98,17 +98,53 @@ def _shape(recipe: Recipe) -> ModelShape | None:
     return ModelShape.load(config) if config.exists() else None
 
 
+def ray_workers(spec: JobSpec) -> DistributedConfig | None:
+    """The Ray Train settings of a train or run job whose recipe sets `launcher: ray`; the job
+    itself is then the driver (no GPU), and Ray places the workers."""
+    if spec.stage not in ("train", "run") or not spec.recipe:
+        return None
+    train = spec.load().train
+    if train is None or train.distributed.launcher != "ray":
+        return None
+    return train.distributed
+
+
 def planned_card_gib(spec: JobSpec) -> float:
     """Memory each of the job's cards needs by the planner (the model split over `gpus` cards);
     0 when the job uses no GPU or its model's config is not on this machine."""
     if spec.gpus == 0 or not spec.recipe:
         return 0.0
-    recipe = spec.load()
+    result = _plan(spec.load(), spec.stage)
+    return 0.0 if result is None else _ceil(result.total_gib / spec.gpus)
+
+
+def worker_card_gib(recipe: Recipe) -> float:
+    """Memory each card of a Ray Train worker needs: with DDP every worker holds the whole
+    model (split over its `gpus_per_worker` cards); FSDP and DeepSpeed ZeRO-3 shard weights,
+    gradients and optimizer states over all the cards, each card keeping its own activations
+    (ZeRO-1/2 shard less: this is the lower bound). 0 when the model's config is unknown."""
+    result = _plan(recipe, "train")
+    dist = recipe.train.distributed
+    if result is None or not dist.use_gpu:
+        return 0.0
+    if dist.strategy == "ddp":
+        return _ceil(result.total_gib / dist.gpus_per_worker)
+    cards = dist.num_workers * dist.gpus_per_worker
+    states = result.weights_gib + result.training_gib
+    return _ceil(states / cards + result.activation_gib + TRAIN_OVERHEAD_GIB)
+
+
+def _ceil(gib: float) -> float:
+    return math.ceil(gib * 100) / 100
+
+
+def _plan(recipe: Recipe, stage: str) -> Plan | None:
+    """The planner's memory for the recipe's stage on one card; None for a hub id."""
     shape = _shape(recipe)
     if shape is None:
-        return 0.0
+        return None
     train = recipe.train
-    if spec.stage == "eval" or train is None:
+    if stage == "eval" or train is None:
         task, precision, context, batch, rank = "inference", "bf16", 2048, 1, 8
     else:
         lora = train.lora
@@ -118,7 +154,7 @@ def planned_card_gib(spec: JobSpec) -> float:
     # unset: count it on, as on the GPUs jobs are placed on when activations are large
     checkpointing = train.gradient_checkpointing is not False if train else True
     attention = train.attention if train else "sdpa"
-    result = plan(
+    return plan(
         shape,
         task,
         precision,
@@ -129,4 +165,30 @@ def planned_card_gib(spec: JobSpec) -> float:
         attention=attention,
         batch=batch,
     )
-    return math.ceil(result.total_gib / spec.gpus * 100) / 100
+
+
+def ray_placement(recipe: Recipe, inventory) -> list[dict]:
+    """Where Ray puts a `launcher: ray` run's workers on the inventory's nodes (see
+    `worker_placement`); InventoryError when they do not fit."""
+    from kollm.cluster.inventory import worker_placement
+
+    dist = recipe.train.distributed
+    gpus = dist.gpus_per_worker if dist.use_gpu else 0
+    cpus = dist.resources_per_worker.get("CPU", 1.0)
+    return worker_placement(inventory, dist.num_workers, gpus, worker_card_gib(recipe), cpus)
+
+
+def placement_text(recipe: Recipe, rows: list[dict]) -> str:
+    """One line for a Ray Train run: its workers, what each holds, and where they go."""
+    dist = recipe.train.distributed
+    each = (
+        f"{dist.gpus_per_worker} GPU(s) of {worker_card_gib(recipe):g} GiB"
+        if dist.use_gpu
+        else f"{dist.resources_per_worker.get('CPU', 1.0):g} CPU(s)"
+    )
+    where = ", ".join(
+        f"{r['node']} {r['workers']}" + (f" ({r['gpus']} x {r['card']})" if r["card"] else "")
+        for r in rows
+    )
+    where = f"on {where}" if rows else "placed by Ray (give --inventory to see where)"
+    return f"ray train: {dist.num_workers} workers ({dist.strategy}), each {each}; {where}"

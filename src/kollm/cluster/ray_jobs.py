@@ -5,8 +5,11 @@ dashboard address, Ray's submission id), so `kollm jobs list|status|logs|stop` w
 both executors; the row's status is refreshed from Ray while the job is active. The entrypoint is
 the local executor's command line run by the cluster's `python`, so the recipe, its data and
 KOLLM_HOME must be paths the cluster's nodes see (a shared filesystem), as with any Ray job; a
-`working_dir` is uploaded by Ray when given. Ray's token auth is passed through: a token given
-here (or RAY_AUTH_TOKEN) goes out as `Authorization: Bearer ...` on every call.
+`working_dir` is uploaded by Ray when given. A train or run job whose recipe sets
+`launcher: ray` is the driver of a Ray Train run: its entrypoint holds no GPU, and its workers
+(checked against the inventory when one is given) are placed by Ray. Ray's token auth is
+passed through: a token given here (or RAY_AUTH_TOKEN) goes out as `Authorization: Bearer
+...` on every call.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from kollm.cluster.inventory import Inventory, InventoryError
 from kollm.cluster.jobs import ACTIVE, LocalExecutor, follow_text, utc_now
-from kollm.cluster.jobspec import JobError, JobSpec, stage_command
+from kollm.cluster.jobspec import JobError, JobSpec, ray_placement, ray_workers, stage_command
 
 GIB = 1024**3
 STATUS = {  # Ray's JobStatus -> the job table's status
@@ -78,9 +81,12 @@ class RayExecutor:
 
     def submit(self, spec: JobSpec) -> int:
         """Submit the spec's stage to Ray; nothing is recorded if the cluster cannot take it."""
+        workers = ray_workers(spec)
         if self.inventory is not None:
             try:
-                self.inventory.check(spec.cpus, spec.gpus, spec.memory_gib)
+                self.inventory.check(spec.cpus, 0 if workers else spec.gpus, spec.memory_gib)
+                if workers is not None:  # the driver needs no GPU; Ray places its workers
+                    ray_placement(spec.load(), self.inventory)
             except InventoryError as err:
                 raise JobError(str(err)) from err
         client = self._client()
@@ -99,7 +105,7 @@ class RayExecutor:
                 submission_id=f"kollm-{job_id}-{uuid.uuid4().hex[:8]}",
                 runtime_env=runtime_env,
                 entrypoint_num_cpus=spec.cpus,
-                entrypoint_num_gpus=spec.gpus,
+                entrypoint_num_gpus=0 if workers else spec.gpus,
                 entrypoint_memory=int(spec.memory_gib * GIB),
                 metadata={"kollm_job": str(job_id), "stage": spec.stage},
             )

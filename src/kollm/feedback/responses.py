@@ -1,6 +1,7 @@
 """The request log (`responses` table): each answer the server gave, with the model version
 that gave it and the PII masker applied to what is stored. Feedback rates these rows, so the
-table lives with feedback; the server writes it through `RequestLog`.
+table lives with feedback (its SQL is in `kollm.feedback.store`, the table's owner); the server
+writes it through `RequestLog`.
 
 The log is bounded: a row keeps at most `max_kb` of the request's JSON and of the answer
 (`request_bytes` and `response_bytes` hold the originals' sizes), and answers nobody rated are
@@ -15,17 +16,16 @@ import json
 import logging
 import threading
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from kollm.store import connect, open_store, store_problem
+from kollm.feedback.store import get_response, insert_response, prune_responses
+from kollm.store import open_store, store_problem
 from kollm.text.pii import mask_nested
 
 log = logging.getLogger("kollm.feedback")
 
 PRUNE_EVERY_S = 3600.0
-_PRUNE_BATCH = 1000  # rows per delete: a prune never holds the write lock for long
 _SHORTEST_CUT = 32  # characters a cut string keeps at least
 _LONGEST_LIST = 64  # items a list keeps once a request is cut: its first and last halves
 
@@ -105,15 +105,10 @@ class RequestLog:
         }
 
     def _insert(self, row: dict[str, Any]) -> None:
-        columns = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        with closing(connect(self.path)) as conn:
-            conn.execute(f"INSERT INTO responses ({columns}) VALUES ({marks})", tuple(row.values()))
+        insert_response(self.path, row)
 
     def get(self, response_id: str) -> dict[str, Any] | None:
-        with closing(connect(self.path)) as conn:
-            row = conn.execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
-        return dict(row) if row else None
+        return get_response(self.path, response_id)
 
     def prune(self, now: dt.datetime | None = None) -> int:
         """Delete the answers older than `retention_days` that no feedback points at;
@@ -121,18 +116,7 @@ class RequestLog:
         if not self.retention_days:
             return 0
         cutoff = (now or _now()) - dt.timedelta(days=self.retention_days)
-        deleted = 0
-        with closing(connect(self.path)) as conn:
-            while True:
-                gone = conn.execute(
-                    "DELETE FROM responses WHERE id IN (SELECT r.id FROM responses r"
-                    " WHERE r.created_at < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM feedback f WHERE f.response_id = r.id) LIMIT ?)",
-                    (cutoff.isoformat(timespec="milliseconds"), _PRUNE_BATCH),
-                ).rowcount
-                deleted += gone
-                if gone < _PRUNE_BATCH:
-                    return deleted
+        return prune_responses(self.path, cutoff.isoformat(timespec="milliseconds"))
 
     def _prune_quietly(self) -> None:
         """Prune, best effort: a store that cannot delete now is pruned at a later turn."""

@@ -1,4 +1,5 @@
-"""The feedback store: ratings of logged answers, in the same SQLite store and migrations.
+"""The feedback store: ratings of logged answers, in the same SQLite store and migrations. It
+owns the request log's table (`responses`) too: a rating checks and joins the answer it rates.
 
 A rating is `good`/`bad` or 1-5 (4-5 count as good); categories come from a public-sector
 service plan. An unknown response id or category is refused with a message naming it.
@@ -206,6 +207,39 @@ class FeedbackStore:
         with closing(self._connect()) as conn:
             found = conn.execute(query + " ORDER BY f.id", args).fetchall()
         return [_reviewed(dict(row)) for row in found]
+
+
+_PRUNE_BATCH = 1000  # rows per delete: a prune never holds the write lock for long
+
+
+def insert_response(path: Path, row: dict[str, Any]) -> None:
+    """Log one answer (`responses`: the request log's table, written by `RequestLog`)."""
+    columns, marks = ", ".join(row), ", ".join("?" * len(row))
+    with closing(connect(path)) as conn:
+        conn.execute(f"INSERT INTO responses ({columns}) VALUES ({marks})", tuple(row.values()))
+
+
+def get_response(path: Path, response_id: str) -> dict[str, Any] | None:
+    with closing(connect(path)) as conn:
+        row = conn.execute("SELECT * FROM responses WHERE id = ?", (response_id,)).fetchone()
+    return dict(row) if row else None
+
+
+def prune_responses(path: Path, before: str) -> int:
+    """Delete the answers logged before `before` that no rating points at, a batch at a
+    time; returns how many."""
+    deleted = 0
+    with closing(connect(path)) as conn:
+        while True:
+            gone = conn.execute(
+                "DELETE FROM responses WHERE id IN (SELECT r.id FROM responses r"
+                " WHERE r.created_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM feedback f WHERE f.response_id = r.id) LIMIT ?)",
+                (before, _PRUNE_BATCH),
+            ).rowcount
+            deleted += gone
+            if gone < _PRUNE_BATCH:
+                return deleted
 
 
 def _reviewed(row: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import logging
 import os
 import socket
 import time
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ from kollm.config import Recipe
 from kollm.data.io import read_jsonl
 from kollm.eval.gate import decide
 from kollm.eval.measure import evaluate_metrics, judge_client, measure_pair, refusal_rate
+from kollm.feedback.decisions import LoopDecisions
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackStore
 from kollm.prompts import recipe_format
 from kollm.registry import ModelVersion, Registry
-from kollm.store import connect
 from kollm.tasks import recorded_tasks, task_layers
 
 log = logging.getLogger("kollm.loop")
@@ -74,13 +73,7 @@ def last_decision_time(registry: Registry, model: str) -> str | None:
     """When the loop last decided for `model`: a failed run does not count (what it read
     trains on the next run), nor does 'not triggered', nor the watch's verdicts (the
     corrections users made meanwhile still train the next candidate)."""
-    with closing(connect(registry.path)) as conn:
-        row = conn.execute(
-            "SELECT MAX(at) FROM loop_decisions WHERE model = ?"
-            " AND decision NOT IN ('not triggered', 'failed', 'kept', 'rolled back')",
-            (model,),
-        ).fetchone()
-    return row[0]
+    return LoopDecisions(registry.home).last_read(model)
 
 
 def promoted_at(registry: Registry, version: ModelVersion, alias: str) -> str | None:
@@ -149,14 +142,10 @@ def check_trigger(
 
 def _watch_open(registry: Registry, recipe: Recipe, production: ModelVersion) -> bool:
     """Whether the loop promoted `production` and has not yet kept or rolled it back."""
-    with closing(connect(registry.path)) as conn:
-        rows = conn.execute(
-            "SELECT decision FROM loop_decisions WHERE model = ? AND alias = ? AND"
-            " ((decision = 'promoted' AND candidate_version = ?)"
-            " OR (decision IN ('kept', 'rolled back') AND production_version = ?)) ORDER BY id",
-            (production.name, recipe.loop.alias, production.version, production.version),
-        ).fetchall()
-    return bool(rows) and rows[-1][0] == "promoted"
+    verdicts = LoopDecisions(registry.home).watch_verdicts(
+        production.name, recipe.loop.alias, production.version
+    )
+    return bool(verdicts) and verdicts[-1] == "promoted"
 
 
 def previous_tenure(
@@ -247,32 +236,24 @@ def record(
 ) -> None:
     """Append a decision to the loop's audit log, `at` when the feedback it used was read
     (the next run reads what arrived or was reviewed after that)."""
-    with closing(connect(registry.path)) as conn:
-        conn.execute(
-            "INSERT INTO loop_decisions (at, model, alias, trigger, production_version,"
-            " candidate_version, decision, metrics, export_sha256) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                at or _now(),
-                recipe.model_name,
-                recipe.loop.alias,
-                d.trigger,
-                prod.version if prod else None,
-                cand_version,
-                d.decision,
-                json.dumps(d.metrics),
-                export_sha,
-            ),
-        )
+    LoopDecisions(registry.home).add(
+        {
+            "at": at or _now(),
+            "model": recipe.model_name,
+            "alias": recipe.loop.alias,
+            "trigger": d.trigger,
+            "production_version": prod.version if prod else None,
+            "candidate_version": cand_version,
+            "decision": d.decision,
+            "metrics": d.metrics,
+            "export_sha256": export_sha,
+        }
+    )
 
 
 def history(registry: Registry, model: str | None = None) -> list[dict[str, Any]]:
     """Every loop decision, oldest first."""
-    with closing(connect(registry.path)) as conn:
-        query = (
-            "SELECT * FROM loop_decisions" + (" WHERE model = ?" if model else "") + " ORDER BY id"
-        )
-        rows = conn.execute(query, (model,) if model else ()).fetchall()
-    return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
+    return LoopDecisions(registry.home).rows(model)
 
 
 # The loop measures through these names: its tests replace them to skip real evaluation.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from kollm.registry import ModelVersion, Registry
 log = logging.getLogger("kollm.run")
 Advance = Callable[[int], None]
 ProgressFactory = Callable[[str, int | None], Any]
+DATA_WAIT_S = 3600.0
 
 
 @dataclass
@@ -90,15 +92,35 @@ def _stored_summary(stage_dir: Path) -> dict[str, Any]:
     return json.loads((stage_dir / "stage.json").read_text())["summary"]
 
 
+def process_rank() -> int:
+    """This process's rank under torchrun or accelerate (both set RANK); 0 alone."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _wait_fresh(out: Path, fingerprint: str, outputs: list[Path]) -> None:
+    """On a rank above 0: wait for rank 0's data stage (torchrun ends every rank when one
+    fails, so the wait ends too)."""
+    deadline = time.monotonic() + DATA_WAIT_S
+    while not _fresh(out, fingerprint, outputs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {process_rank()}: rank 0 wrote no data into {out}")
+        time.sleep(1)
+
+
 def data_stage(recipe: Recipe, force: bool, advance: Advance | None) -> StageOutcome:
-    """Prepare the data unless its recipe section and inputs are unchanged."""
+    """Prepare the data unless its recipe section and inputs are unchanged. Under torchrun or
+    accelerate only rank 0 prepares it; the other ranks wait for it and train on it."""
     from kollm.data.pipeline import prepare
 
     cfg = recipe.data
     sources = cfg.input_files
     fingerprint = _sha(cfg.model_dump(), {k: file_sha(Path(v)) for k, v in sources.items()})
     out = recipe.data_dir
-    if not force and _fresh(out, fingerprint, [out / "stats.json", out / "train.jsonl"]):
+    outputs = [out / "stats.json", out / "train.jsonl"]
+    if process_rank() > 0:
+        _wait_fresh(out, fingerprint, outputs)
+        return StageOutcome("data", True, _stored_summary(out))
+    if not force and _fresh(out, fingerprint, outputs):
         return StageOutcome("data", True, _stored_summary(out))
     stats = prepare(cfg, out, advance).stats
     _mark(out, fingerprint, stats)
@@ -218,6 +240,8 @@ def run_recipe(
     if recipe.train is None:
         return result
     result.add(lambda: train_stage(recipe, force), "train")
+    if process_rank() > 0:  # one process evaluates and registers, or registrations race
+        return result
     if recipe.eval is not None:
         with bar("eval: generating", recipe.eval.max_samples) as advance:
             result.add(lambda: eval_stage(recipe, force, advance), "eval")

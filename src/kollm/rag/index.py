@@ -356,6 +356,15 @@ class RagIndex:
             rows = conn.execute(f"SELECT * FROM rag_chunks WHERE id IN ({marks})", ids).fetchall()
         return {r["id"]: r for r in rows}
 
+    def collection_chunks(self, collection: str) -> list[dict[str, Any]]:
+        """Every chunk of `collection` in index order: its id, document and text."""
+        with closing(connect(self.path)) as conn:
+            rows = conn.execute(
+                "SELECT id, doc_id, text FROM rag_chunks WHERE collection = ? ORDER BY id",
+                (collection,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
     def write_report(self, report: IndexReport) -> tuple[Path, Path]:
         """The index report as JSON and as an HTML table, under KOLLM_HOME/rag/<collection>/."""
         import html

@@ -5,8 +5,9 @@ gives both the same sqlite3-style surface). It changes only through the ordered,
 migrations in `kollm.store.migrations`. Artifacts stay content-addressed files under
 KOLLM_HOME either way (a path every machine mounts when the rows are in PostgreSQL).
 
-The registry, the request log, feedback, loop decisions and jobs each keep their own tables in
-it and reach them through their own module; this package knows none of them.
+The registry, the request log, feedback, loop decisions, jobs, retrieval and the endpoint cache
+each keep their own tables in it, read and written only through the module that owns them
+(`kollm.store.owners` names it); this package imports none of them.
 
 The home dir kollm creates is 0700 and the database 0600 (SQLite gives its -wal and -shm the
 database's mode): the request log holds what users asked. A store that exists but cannot be

@@ -51,17 +51,9 @@ def build_step(task: SynthTaskConfig, client, judge, seed: int, home=None) -> s.
 
 def collection_records(collection: str, home=None) -> list[dict[str, Any]]:
     """A RAG collection's chunks as records for doc_qa."""
-    from contextlib import closing
-
     from kollm.rag.index import RagIndex
-    from kollm.store import connect
 
-    index = RagIndex(home)
-    with closing(connect(index.path)) as conn:
-        rows = conn.execute(
-            "SELECT id, doc_id, text FROM rag_chunks WHERE collection = ? ORDER BY id",
-            (collection,),
-        ).fetchall()
+    rows = RagIndex(home).collection_chunks(collection)
     return [{"chunk_id": r["id"], "doc_id": r["doc_id"], "text": r["text"]} for r in rows]
 
 

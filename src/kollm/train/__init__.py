@@ -30,9 +30,15 @@ def run_training(
     """Train with the recipe's method (`train.method`, from `model.base`); returns where the
     model went. With `resume`, every method continues from the newest complete checkpoint of
     an earlier run. `splits` ({"train": rows, ...}) replaces the data stage's (the loop trains
-    on the feedback it exported)."""
+    on the feedback it exported). With `train.distributed.launcher: ray` this process starts
+    the Ray Train workers, which each come back here."""
     if recipe.train is None:
         raise ValueError("the recipe has no 'train' section")
+    if recipe.train.distributed.launcher == "ray":
+        from kollm.train import ray_launcher
+
+        if not ray_launcher.in_ray_worker():
+            return ray_launcher.launch(recipe, resume, splits)
     splits = read_splits(recipe) if splits is None else splits
     method = recipe.train.method
     if method in ("dpo", "kto", "grpo"):

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ class TrainResult:
     losses: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: str | None = None
     is_adapter: bool = False
+    processes: int | None = None  # that trained together; unset: this process's WORLD_SIZE
 
     def summary(self) -> dict[str, Any]:
         train = [entry["loss"] for entry in self.losses if "loss" in entry]
@@ -51,8 +53,8 @@ class TrainResult:
             "last_loss": train[-1] if train else None,
             "resumed_from": self.resumed_from,
             "is_adapter": self.is_adapter,
-            # torchrun and accelerate set WORLD_SIZE: the processes that trained together
-            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            # torchrun, accelerate and Ray Train set WORLD_SIZE in each process
+            "processes": self.processes or int(os.environ.get("WORLD_SIZE", "1")),
         }
 
 
@@ -161,7 +163,16 @@ def common_args(recipe: Recipe, out_dir: Path, has_eval: bool) -> dict[str, Any]
         "activation_checkpointing": checkpointing(recipe)
         and not (t.lora.enabled and t.lora.method == "prefix_tuning"),
         **device_settings(t.precision),
+        **_strategy_args(recipe),
     }
+
+
+def _strategy_args(recipe: Recipe) -> dict[str, Any]:
+    if recipe.train.distributed.launcher != "ray":
+        return {}
+    from kollm.train.ray_launcher import strategy_args
+
+    return strategy_args(recipe)
 
 
 def checkpointing(recipe: Recipe) -> bool:
@@ -373,18 +384,18 @@ def callbacks(train_dir: Path, extra: list[TrainerCallback] | None = None) -> li
 
 
 def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool) -> TrainResult:
-    """Run `trainer` (from the newest complete checkpoint when resuming), save the model
-    atomically, plot the loss, and write train_summary.json."""
+    """Run `trainer` (from the newest complete checkpoint when resuming, or under Ray from the
+    checkpoint Ray restarted the workers from), save the model atomically, plot the loss, and
+    write train_summary.json."""
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight loading/saving bars; the training bar stays
     trainer.remove_callback(PrinterCallback)  # loss goes to loss.jsonl and the rich bar
+    with _resume_point(trainer, resume) as checkpoint:
+        _continue_losses(trainer, recipe.train_dir / "loss.jsonl", checkpoint)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_dir = recipe.train_dir
-    checkpoint = latest_complete_checkpoint(Path(trainer.args.output_dir)) if resume else None
-    if checkpoint is None:
-        (train_dir / "loss.jsonl").unlink(missing_ok=True)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     result = TrainResult(
         model_dir=train_dir / "model",
         train_dir=train_dir,
@@ -395,8 +406,8 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
         is_adapter=recipe.train.lora.enabled,
     )
     result.losses = read_losses(train_dir / "loss.jsonl")
-    # With torchrun or accelerate every process gets here; one writes the model and the files,
-    # or the processes race each other over model.tmp.
+    # With torchrun, accelerate or Ray every process gets here; one writes the model and the
+    # files, or the processes race each other over model.tmp.
     if trainer.is_world_process_zero():
         base = recipe.model.base if recipe.model.base != "scratch" else None
         fmt = recipe_format(recipe)
@@ -404,3 +415,33 @@ def train_and_save(trainer, tokenizer, recipe: Recipe, method: str, resume: bool
         plot_losses(result.losses, train_dir / "loss.png")
         write_json(train_dir / "train_summary.json", result.summary())
     return result
+
+
+@contextmanager
+def _resume_point(trainer, resume: bool):
+    """The checkpoint to start from: under Ray the one it restarted the workers from (Ray's
+    integration joins the trainer here), else with `resume` the newest complete local one."""
+    from kollm.train import ray_launcher
+
+    if ray_launcher.in_ray_worker():
+        ray_launcher.prepare(trainer)
+        with ray_launcher.ray_checkpoint() as checkpoint:
+            if checkpoint is None and resume:
+                checkpoint = latest_complete_checkpoint(Path(trainer.args.output_dir))
+            yield checkpoint
+        return
+    yield latest_complete_checkpoint(Path(trainer.args.output_dir)) if resume else None
+
+
+def _continue_losses(trainer, path: Path, checkpoint: Path | None) -> None:
+    """A fresh run starts loss.jsonl anew; a resumed one drops what was logged after its
+    checkpoint (those steps run again), so the curve goes on without a repeated stretch."""
+    if not trainer.is_world_process_zero():
+        return
+    if checkpoint is None:
+        path.unlink(missing_ok=True)
+        return
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    kept = [e for e in read_losses(path) if e["step"] <= state["global_step"]]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")

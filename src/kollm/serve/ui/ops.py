@@ -1,20 +1,20 @@
 """The console's operations screens: the loop's decisions, jobs with a live log, runs side by
-side, and the candidate answers a reviewer picks from. They read the shared store's tables
-(`loop_decisions`, `jobs`) directly: the server knows nothing of the pipeline or the cluster
-code that writes them."""
+side, and the candidate answers a reviewer picks from. They read the loop's decisions and the
+jobs through the tables' owners (`kollm.feedback.decisions`, `kollm.jobtable`): the server knows
+nothing of the pipeline or the cluster code that writes them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from kollm.feedback.decisions import LoopDecisions
 from kollm.feedback.picks import CandidatePicks, PickError
+from kollm.jobtable import JobTable
 from kollm.logtail import LogTail, poll_interval
 from kollm.serve.ui.routes import (
     SQLITE_MAX,
@@ -30,35 +30,24 @@ from kollm.serve.ui.routes import (
     refused,
     router,
 )
-from kollm.store import connect
 
 ACTIVE = ("queued", "running")  # the job states whose log may still grow
-
-
-def _rows(request: Request, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-    with closing(connect(_home(request) / "registry.db")) as conn:
-        return [dict(r) for r in conn.execute(sql, args)]
 
 
 @router.get("/loop", response_class=HTMLResponse)
 def loop_page(request: Request, model: str = ""):
     if (denied := _guard(request)) is not None:
         return denied
-    where = " WHERE model = ?" if model else ""
-    rows = _rows(
-        request, f"SELECT * FROM loop_decisions{where} ORDER BY id DESC", (model,) * bool(model)
-    )
-    for row in rows:
-        row["metrics"] = json.loads(row["metrics"] or "{}")
-    models = [r["model"] for r in _rows(request, "SELECT DISTINCT model FROM loop_decisions")]
-    return _page(request, "loop.html", decisions=rows, models=sorted(models), model=model)
+    decisions = LoopDecisions(_home(request))
+    rows = decisions.rows(model or None, newest_first=True)
+    return _page(request, "loop.html", decisions=rows, models=decisions.models(), model=model)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request):
     if (denied := _guard(request)) is not None:
         return denied
-    jobs = _rows(request, "SELECT * FROM jobs ORDER BY id DESC LIMIT 500")
+    jobs = JobTable(_home(request)).rows(newest_first=True, limit=500)
     return _page(request, "jobs.html", jobs=jobs)
 
 
@@ -66,7 +55,7 @@ def jobs_page(request: Request):
 def job_page(request: Request, job_id: RowId):
     if (denied := _guard(request)) is not None:
         return denied
-    (job,) = _rows(request, "SELECT * FROM jobs WHERE id = ?", (job_id,)) or [None]
+    job = JobTable(_home(request)).get(job_id)
     if job is None:
         return refused(f"no job {job_id}", 404)
     for column in ("command", "resources", "devices"):
@@ -81,14 +70,15 @@ def job_log(request: Request, job_id: RowId, poll_s: float = 0.5):
     event at most), and polls are at least MIN_POLL_S apart whatever `poll_s` asks."""
     if (denied := _guard(request)) is not None:
         return denied
-    if not _rows(request, "SELECT id FROM jobs WHERE id = ?", (job_id,)):
+    jobs = JobTable(_home(request))
+    if jobs.get(job_id) is None:
         return Response(status_code=404)
     poll_s = poll_interval(poll_s)
 
     async def events():
         tail = None
         while True:
-            (job,) = _rows(request, "SELECT status, log_path FROM jobs WHERE id = ?", (job_id,))
+            job = jobs.get(job_id)
             if tail is None or str(tail.path) != job["log_path"]:
                 tail = LogTail(job["log_path"])
             while text := await asyncio.to_thread(tail.read):
