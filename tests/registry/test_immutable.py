@@ -4,16 +4,12 @@ rolling back serves exactly what the first version answered."""
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from kollm.config import load_recipe
 from kollm.engines.base import GenerationParams
 from kollm.engines.transformers_engine import TransformersEngine
 from kollm.registry import Registry
 from kollm.train import run_training
-
-# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
-pytestmark = pytest.mark.usefixtures("store_backend")
 
 QUESTION = "#Person1#: 오늘 도서관에 가요?\n#Person2#: 네, 책을 빌리러 가요."
 
