@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from tests.postgres import postgres_server, postgres_url, share_registry, store_backend  # noqa: F401
 from tests.ray_cluster import ray_cluster  # noqa: F401 - the session's local Ray cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,6 +230,7 @@ def start_server(served_home):
         unconstrained_json=False,
         **manager_options,
     ):
+        share_registry(served_home)  # a test on PostgreSQL sees the session's tiny model
         manager = ModelManager(
             list(refs), engine, ServerMetrics(), registry=Registry(registry_home), **manager_options
         )

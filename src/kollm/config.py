@@ -505,6 +505,13 @@ class EvalConfig(StrictModel):
     """Examples with the lowest ROUGE-L shown in the report."""
 
 
+class StoreConfig(StrictModel):
+    url: str | None = Field(None, pattern=r"^(sqlite:///|postgres(ql)?://)")
+    """The store: `sqlite:///PATH`, or `postgresql://USER@HOST/DB` for servers on several
+    machines sharing one (`pip install 'kollm[postgres]'`; KOLLM_HOME stays the shared path of
+    the artifacts); default: SQLite under KOLLM_HOME. `KOLLM_DATABASE_URL` wins when set."""
+
+
 class RegistryConfig(StrictModel):
     enabled: bool = True
     """Register the trained model as a new version."""
@@ -960,6 +967,8 @@ class Recipe(StrictModel):
     """The evaluation stage."""
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     """Registration of the trained model."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    """Where the registry, request log, feedback and jobs are kept."""
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """Serving settings (`kollm serve --recipe RECIPE`)."""
     deploy: DeployConfig = Field(default_factory=DeployConfig)

@@ -1,6 +1,6 @@
 import json
 import multiprocessing as mp
-import sqlite3
+from contextlib import closing
 
 import httpx
 import pytest
@@ -9,6 +9,10 @@ from typer.testing import CliRunner
 from kollm.cli import app
 from kollm.feedback.export import export_feedback
 from kollm.feedback.store import FeedbackError, FeedbackStore, parse_rating
+from kollm.store import connect
+
+# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 def log_response(
@@ -127,7 +131,7 @@ def test_concurrent_feedback_from_several_processes_all_lands(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    with sqlite3.connect(tmp_path / "registry.db") as conn:
+    with closing(connect(tmp_path / "registry.db")) as conn:
         assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 40
 
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
+from contextlib import closing
+
+import pytest
 
 from kollm.feedback.export import export_feedback
 from kollm.feedback.responses import RequestLog
 from kollm.feedback.store import FeedbackStore
+from kollm.store import connect
+
+# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 def _write(log: RequestLog, rid: str, request: dict, answer: str = "답변입니다.") -> None:
     log.write(rid, "chat", "tiny", "tiny:1", request, answer, 10, 3, "stop", 12.5)
 
 
-def _row(home, rid: str) -> sqlite3.Row:
-    with sqlite3.connect(home / "registry.db") as conn:
-        conn.row_factory = sqlite3.Row
+def _row(home, rid: str):
+    with closing(connect(home / "registry.db")) as conn:
         return conn.execute("SELECT * FROM responses WHERE id = ?", (rid,)).fetchone()
 
 
@@ -77,12 +82,12 @@ def test_a_request_under_the_cap_is_kept_whole(tmp_path):
 
 def _age(home, rid: str, days: int) -> None:
     when = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).isoformat(timespec="milliseconds")
-    with sqlite3.connect(home / "registry.db") as conn:
+    with closing(connect(home / "registry.db")) as conn:
         conn.execute("UPDATE responses SET created_at = ? WHERE id = ?", (when, rid))
 
 
 def _ids(home) -> set[str]:
-    with sqlite3.connect(home / "registry.db") as conn:
+    with closing(connect(home / "registry.db")) as conn:
         return {r[0] for r in conn.execute("SELECT id FROM responses")}
 
 

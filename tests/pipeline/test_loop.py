@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
@@ -24,6 +25,7 @@ def rate_answers(home, recipe, start: int, count: int, version: str = "tiny:1") 
         store.add(f"r{i}", "bad", ["evasive"], correction=row["summary"])
 
 
+@pytest.mark.usefixtures("store_backend")  # on SQLite and on PostgreSQL
 def test_the_loop_promotes_a_passing_candidate_and_rejects_a_worse_one(tiny_recipe, tmp_path):
     registry = Registry(tmp_path / "home")
     overrides = [
@@ -59,6 +61,7 @@ def test_the_loop_promotes_a_passing_candidate_and_rejects_a_worse_one(tiny_reci
     ]
 
 
+@pytest.mark.usefixtures("store_backend")
 def test_loop_history_command(tmp_path, monkeypatch):
     monkeypatch.setenv("KOLLM_HOME", str(tmp_path))
     Registry(tmp_path)

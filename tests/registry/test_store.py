@@ -1,11 +1,15 @@
 import multiprocessing as mp
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from kollm.registry import Registry, RegistryError
-from kollm.store import MIGRATIONS
+from kollm.store import MIGRATIONS, connect
+
+# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 @pytest.fixture
@@ -59,7 +63,7 @@ def test_promote_rollback_and_the_append_only_log(tmp_path, artifact):
         (2, 1, "rollback"),
     ]
     with (
-        sqlite3.connect(reg.path) as conn,
+        closing(connect(reg.path)) as conn,
         pytest.raises(sqlite3.DatabaseError, match="append-only"),
     ):
         conn.execute("DELETE FROM alias_log")
@@ -93,14 +97,15 @@ def test_aliases_are_validated_like_names_in_promote_and_rollback(tmp_path, arti
         reg.rollback("demo", "canary-2.b_1")
 
 
-def test_migrations_are_recorded_once(tmp_path):
+def test_migrations_are_recorded_once(tmp_path, store_backend):
     Registry(tmp_path)
     Registry(tmp_path)
-    with sqlite3.connect(tmp_path / "registry.db") as conn:
+    with closing(connect(tmp_path / "registry.db")) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM _migrations ORDER BY name")]
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert names == [name for name, _ in MIGRATIONS]
-    assert mode == "wal"
+    if store_backend == "sqlite":
+        with sqlite3.connect(tmp_path / "registry.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def _register_many(home: str, artifact: str, count: int) -> None:

@@ -5,15 +5,19 @@ written as a DPO pair, the queue's filters, and a key file with roles and names.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import httpx
 import pytest
 
+from kollm.store import connect
 from tests.conftest import read_jsonl, write_jsonl
 from tests.serve.test_console import page_token
+
+# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 def _login(server, key):
@@ -58,7 +62,7 @@ def test_two_runs_side_by_side_show_each_metric_and_its_change(server):
 
 
 def test_the_loop_page_lists_each_decision_with_its_numbers(server, served_home):
-    with sqlite3.connect(served_home / "registry.db") as conn:
+    with closing(connect(served_home / "registry.db")) as conn:
         for at, decision, win in (
             ("2026-11-30", "rejected", 0.41),
             ("2026-12-01", "promoted", 0.62),
@@ -214,7 +218,7 @@ def test_a_key_file_gives_roles_and_the_audit_log_names(start_server, tmp_path, 
     admin = _login(server, "k-admin")
     token = _csrf(admin.get("/ui/registry").text)
     admin.post("/ui/registry/promote", data={"name": "tiny", "version": 1, "csrf": token})
-    with sqlite3.connect(served_home / "registry.db") as conn:
+    with closing(connect(served_home / "registry.db")) as conn:
         (who,) = conn.execute("SELECT key_name FROM audit_log ORDER BY id DESC").fetchone()
     assert who == "김검토 주무관"
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "안녕"}], "max_tokens": 2}

@@ -4,7 +4,7 @@ rating records its key by name (or a hash), never the key itself."""
 
 from __future__ import annotations
 
-import sqlite3
+from contextlib import closing
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +13,10 @@ from kollm.config import ServeConfig
 from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry
 from kollm.serve.server import Access, build_server
+from kollm.store import connect
+
+# every test runs on SQLite and on PostgreSQL (tests/postgres.py)
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def test_each_rating_records_its_key_by_name_or_hash_never_the_key(api):
     client, home = api
     _rate(client, "key-a")
     _rate(client, "key-b", "good")
-    with sqlite3.connect(home / "registry.db") as conn:
+    with closing(connect(home / "registry.db")) as conn:
         keys = [k for (k,) in conn.execute("SELECT key_name FROM feedback ORDER BY id")]
     assert keys[0] == "민원창구"
     assert keys[1].startswith("key-") and keys[1] != "key-b"

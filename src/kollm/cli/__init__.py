@@ -6,7 +6,7 @@ in the order `kollm --help` lists them."""
 from kollm.cli.common import app
 from kollm.cli import data, recipe, train, eval, judge, registry, run, serve  # noqa: F401
 from kollm.cli import feedback, loop, tune, plan, jobs, deploy, export, rag, synth  # noqa: F401
-from kollm.cli import tokenizer  # noqa: F401
+from kollm.cli import store, tokenizer  # noqa: F401
 
 # isort: on
 

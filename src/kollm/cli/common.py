@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -125,7 +126,10 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
 
 def _load(recipe: Path, overrides: list[str] | None) -> Recipe:
     with user_errors():
-        return load_recipe(recipe, overrides)
+        loaded = load_recipe(recipe, overrides)
+    if loaded.store.url:  # this command and the processes it starts use the recipe's store
+        os.environ.setdefault("KOLLM_DATABASE_URL", loaded.store.url)
+    return loaded
 
 
 class _StderrHandler(logging.StreamHandler):

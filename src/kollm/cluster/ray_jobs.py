@@ -33,7 +33,14 @@ STATUS = {  # Ray's JobStatus -> the job table's status
     "FAILED": "failed",
     "STOPPED": "stopped",
 }
-PASSED_ENV = ("KOLLM_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+# KOLLM_DATABASE_URL: a job on another machine records into the same (PostgreSQL) store
+PASSED_ENV = (
+    "KOLLM_HOME",
+    "KOLLM_DATABASE_URL",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+)
 # A cluster just started by `ray start` answers 500 "No available agent" until its dashboard
 # agent has registered (seconds, longer on a loaded machine): that answer is retried this long.
 AGENT_WAIT_S = 60.0
