@@ -155,6 +155,14 @@ def serve(
             help="Run the modeling code a model ships beside its weights (EXAONE 3.x).",
         ),
     ] = False,
+    allow_quality_loss: Annotated[
+        bool,
+        typer.Option(
+            "--allow-quality-loss",
+            help="Serve a conversion that loses more than serve.max_quality_loss against its"
+            " registered weights (it is still measured).",
+        ),
+    ] = False,
     allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API.
@@ -184,6 +192,7 @@ def serve(
         "tool_parser": tool_parser,
         "unconstrained_json": unconstrained_json,
         "trust_remote_code": trust_remote_code or None,
+        "allow_quality_loss": allow_quality_loss or None,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kollm.config import DomainConfig, RagConfig, ServeConfig, format_validation_error
 from kollm.engines import choose_engine
+from kollm.engines.quality import QualityLimit
 from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry, RegistryError
 from kollm.serve.app import create_app
@@ -74,7 +75,18 @@ def build_manager(
         engine_options=_engine_options(cfg),
         prepare=prepare,
         tasks=dict(cfg.tasks),
+        quality_limit=quality_limit(cfg),
     )
+
+
+def quality_limit(cfg: ServeConfig) -> QualityLimit | None:
+    """The loss a served conversion may have; None when it is not measured. Allowed past it,
+    it is still measured (and the figures stored), just not refused."""
+    if cfg.max_quality_loss is None:
+        return None
+    if cfg.allow_quality_loss:
+        return QualityLimit(float("inf"))
+    return QualityLimit(cfg.max_quality_loss, cfg.min_token_agreement)
 
 
 def model_dirs(refs: list[str], registry: Registry) -> list[Path]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from kollm.config import DomainConfig, TaskConfig
 from kollm.engines.base import Engine, GenerationParams
+from kollm.engines.quality import QualityLimit, measure_conversion, quality_loss
 from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
 from kollm.serve.batching import Batcher, Dispatcher
@@ -26,6 +27,10 @@ from kollm.tasks import recorded_tasks, task_layers
 
 log = logging.getLogger("kollm.serve")
 SANITY_PROMPT = "안녕하세요"
+
+
+class ConversionRefused(ValueError):
+    """A conversion that loses more than `serve.max_quality_loss` against its weights."""
 
 
 class AdapterError(ValueError):
@@ -119,8 +124,10 @@ class ModelManager:
         adapter_root: Path | str | None = None,
         prepare: Callable[[str, Path, dict[str, str]], dict[str, Any]] | None = None,
         tasks: dict[str, TaskConfig] | None = None,
+        quality_limit: QualityLimit | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
+        self.quality_limit = quality_limit  # None: conversions are served unmeasured
         self.registry = registry
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_concurrency = max_concurrency  # None: the engine's own limit
@@ -234,6 +241,46 @@ class ModelManager:
         )
         log.info("%s: recorded its CTranslate2 conversion %s (sha256 %s)", version, path, made[:12])
 
+    def _check_quality(self, version: str, model_dir: Path, engine: Engine) -> None:
+        """Refuse a conversion past `quality_limit`. A CTranslate2 conversion is measured
+        against the registered weights once, when no figures are stored with it; a GGUF is
+        judged by the figures `kollm export` stored with it (llama-server gives no prompt
+        log-probabilities to measure perplexity at load)."""
+        if self.quality_limit is None or getattr(engine, "is_encoder_decoder", False):
+            return  # an encoder-decoder has no prompt log-probabilities to compare
+        registry = self.registry or Registry()
+        sha = getattr(engine, "conversion_sha256", None)
+        if sha is None and getattr(engine, "gguf", None) is not None:
+            from kollm.artifacts import file_sha256
+
+            sha = file_sha256(engine.gguf)
+        if sha is None:
+            return
+        figures = registry.export_quality(version, sha)
+        if figures is None and getattr(engine, "conversion", None) is not None:
+            figures = self._measure(model_dir, engine)
+            registry.set_export_quality(version, sha, figures)
+        why = quality_loss(figures, self.quality_limit) if figures else None
+        if why:
+            raise ConversionRefused(_refusal(version, engine, why))
+
+    def _measure(self, model_dir: Path, engine: Engine) -> dict[str, Any]:
+        """The conversion's figures against the registered weights (the transformers engine),
+        on the bundled multi-turn conversations."""
+        from kollm.engines.transformers_engine import TransformersEngine
+        from kollm.samples.chats import generate_chats
+
+        conversations = [c["messages"] for c in generate_chats(10, seed=0)]
+        remote = bool(self.engine_options.get("trust_remote_code"))
+        reference = TransformersEngine(model_dir, device="cpu", trust_remote_code=remote)
+        reference.load()
+        try:
+            log.info("%s: measuring its conversion against the registered weights", model_dir)
+            figures = measure_conversion(reference, engine, conversations)
+        finally:
+            reference.unload()
+        return {**figures, "sample": "kollm.samples.chats (seed 0)", "reference": "transformers"}
+
     def _startup_adapter(self, source: str) -> str:
         """An adapter given at start: a directory, or a registered version (sha-checked)."""
         if Path(source).is_dir():
@@ -250,6 +297,7 @@ class ModelManager:
         engine.load()
         if sha is not None:
             self._record_conversion(version, engine)
+            self._check_quality(version, model_dir, engine)
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
         if len(answer) != 1:
             raise RuntimeError(f"{ref}: the sanity prompt got no answer")
@@ -401,3 +449,14 @@ class ModelManager:
         for served in self.models.values():
             await served.batcher.close()
             await asyncio.to_thread(served.engine.unload)
+
+
+def _refusal(version: str, engine: Engine, why: str) -> str:
+    what = getattr(engine, "gguf", None) or getattr(engine, "conversion", None)
+    quant = getattr(engine, "quantization", None) or "GGUF"
+    return (
+        f"{version}: its {engine.name} {quant} conversion {what} loses too much against the"
+        f" registered weights: {why}. Serve it anyway with --allow-quality-loss, raise"
+        " serve.max_quality_loss, or serve a finer precision (--engine transformers, or"
+        " a GGUF at q8_0/f16); the figures: `kollm registry show`"
+    )

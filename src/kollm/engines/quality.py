@@ -1,0 +1,135 @@
+"""What a conversion (CTranslate2 int8, a GGUF q8_0 or q4) costs against the weights it came
+from: both engines read the same conversations, and the figures say how far the converted one
+strays.
+
+- `ppl_ratio`: the converted model's perplexity over the reference's on the conversations
+  (mean NLL of their tokens, through `score`); 1.0 is no loss.
+- `token_agreement`: the share of positions where both put the same token first (greedy
+  next-token agreement, from `score`'s top-1).
+- `answer_agreement`: the share of whole greedy answers (up to `max_new_tokens`) that are the
+  same, on prompts cut before each conversation's last answer.
+- `long`: the same over one long multi-turn conversation (several joined, as long as the
+  model's context allows), so that drift over a long context shows apart.
+
+An engine without prompt log-probabilities (llama-server) gets answer agreement only; the
+figures say so under `not_measured`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from kollm.engines.base import Engine, GenerationParams
+
+Conversation = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class QualityLimit:
+    """The most a served conversion may lose: its perplexity ratio (the worse of the short and
+    the long sample) and, when set, the least greedy next-token agreement."""
+
+    max_ppl_ratio: float
+    min_token_agreement: float | None = None
+
+
+def render(turns: Conversation) -> str:
+    """A conversation as plain text; the same text reaches both engines, so any rendering
+    compares them fairly."""
+    return "".join(f"{t['role']}: {t['content']}\n" for t in turns)
+
+
+def long_conversation(conversations: list[Conversation]) -> Conversation:
+    """Several conversations as one: the first system turn kept, the others dropped."""
+    joined: Conversation = []
+    for turns in conversations:
+        joined += [t for t in turns if t["role"] != "system" or not joined]
+    return joined
+
+
+def _prompt(turns: Conversation) -> str:
+    """The conversation up to its last assistant turn, which the model is asked to write."""
+    last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
+    return render(turns[:last]) + "assistant:"
+
+
+def _context(engine: Engine) -> int:
+    return int(getattr(engine, "context_length", 0) or 2048)
+
+
+def _scores(reference: Engine, converted: Engine, sequences: list[list[int]]) -> dict:
+    """Perplexity ratio and next-token agreement over `sequences`."""
+    ref = reference.score(sequences, top_n=1)
+    conv = converted.score(sequences, top_n=1)
+    nll_ref = nll_conv = 0.0
+    agree = positions = 0
+    for a, b in zip(ref, conv, strict=True):
+        for i in range(1, len(a.logprobs)):
+            nll_ref -= a.logprobs[i]
+            nll_conv -= b.logprobs[i]
+            agree += max(a.top[i], key=a.top[i].get) == max(b.top[i], key=b.top[i].get)
+            positions += 1
+    if not positions:
+        return {}
+    gap = (nll_conv - nll_ref) / positions
+    ratio = math.exp(min(gap, 50.0)) if math.isfinite(gap) else math.inf
+    return {"ppl_ratio": round(ratio, 4), "token_agreement": round(agree / positions, 4)}
+
+
+def _answers(reference: Engine, converted: Engine, prompts: list[list[int]], n: int) -> dict:
+    params = GenerationParams(max_new_tokens=n)
+    ref = reference.generate(prompts, params)
+    conv = converted.generate(prompts, params)
+    same = sum(a.text.strip() == b.text.strip() for a, b in zip(ref, conv, strict=True))
+    return {"answer_agreement": round(same / len(prompts), 4)}
+
+
+def _measure(reference, converted, conversations, max_tokens, max_new_tokens) -> dict:
+    texts = [reference.tokenize(render(c))[:max_tokens] for c in conversations]
+    prompts = [
+        reference.tokenize(_prompt(c))[-(max_tokens - max_new_tokens) :] for c in conversations
+    ]
+    figures: dict[str, Any] = {"tokens": sum(len(t) for t in texts)}
+    if converted.capabilities.scoring:
+        figures.update(_scores(reference, converted, texts))
+    figures.update(_answers(reference, converted, prompts, max_new_tokens))
+    return figures
+
+
+def measure_conversion(
+    reference: Engine,
+    converted: Engine,
+    conversations: list[Conversation],
+    long_parts: int = 6,
+    max_new_tokens: int = 16,
+    max_tokens: int = 256,
+) -> dict[str, Any]:
+    """The figures of `converted` against `reference` (both loaded), on the first
+    conversations and on the rest joined into one long conversation."""
+    short, rest = conversations[:-long_parts], conversations[-long_parts:]
+    context = min(_context(reference), _context(converted))
+    figures = _measure(reference, converted, short, min(max_tokens, context), max_new_tokens)
+    joined = long_conversation(rest)
+    figures["long"] = _measure(reference, converted, [joined], context, max_new_tokens)
+    figures.update(conversations=len(short), max_new_tokens=max_new_tokens)
+    if not converted.capabilities.scoring:
+        figures["not_measured"] = (
+            f"perplexity and next-token agreement: the {converted.name} engine gives no prompt"
+            " log-probabilities; whole-answer agreement only"
+        )
+    return figures
+
+
+def quality_loss(figures: dict[str, Any], limit: QualityLimit) -> str | None:
+    """Why the figures are past `limit` (the worse of the short and the long sample), or
+    None when they are within it or were not measured."""
+    parts = [figures, figures.get("long") or {}]
+    ratios = [p["ppl_ratio"] for p in parts if p.get("ppl_ratio") is not None]
+    if ratios and not max(ratios) <= limit.max_ppl_ratio:  # NaN fails too
+        return f"perplexity ratio {max(ratios):.3f} > serve.max_quality_loss {limit.max_ppl_ratio}"
+    agreement = [p["token_agreement"] for p in parts if p.get("token_agreement") is not None]
+    floor = limit.min_token_agreement
+    if floor is not None and agreement and min(agreement) < floor:
+        return f"next-token agreement {min(agreement):.3f} < serve.min_token_agreement {floor}"
+    return None
