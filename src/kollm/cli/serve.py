@@ -171,6 +171,7 @@ def serve(
     KOLLM_API_KEY_FILE / KOLLM_API_KEY (--allow-no-keys serves openly)."""
     import uvicorn
 
+    from kollm.cluster.quality import conversion_measurer
     from kollm.serve.server import build_server, engine_choice, resolve_config
 
     loaded = _load(recipe, None) if recipe is not None else None
@@ -212,6 +213,7 @@ def serve(
         rag=rag_settings,
         runs_dir=runs_dir,
         prepare=_llamacpp_files(cfg) if cfg.engine == "llamacpp" else None,
+        measure=conversion_measurer(trust_remote_code=cfg.trust_remote_code),
     )
     try:
         manager.check_refs()

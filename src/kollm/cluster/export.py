@@ -138,7 +138,7 @@ def export_model(
         else:
             result = _gguf(model_dir, out, quant or "f16", version, pre_tokenizer, remote)
         if measure and fmt != "hf":
-            result.quality = _measure(model_dir, result, trust_remote_code)
+            result.quality = _measure(model_dir, result, version, trust_remote_code)
     result.source = version.ref if version else str(source)
     if version is not None:
         registry.add_export(
@@ -155,12 +155,14 @@ def export_model(
     return result
 
 
-def _measure(model_dir: Path, result: Export, trust_remote_code: bool) -> dict:
+def _measure(
+    model_dir: Path, result: Export, version: ModelVersion | None, trust_remote_code: bool
+) -> dict:
     from kollm.cluster.quality import measure_export, reference_engine
 
     reference = reference_engine(model_dir, trust_remote_code)
     try:
-        return measure_export(model_dir, result, reference)
+        return measure_export(model_dir, result, reference, version)
     except (RuntimeError, ValueError) as err:  # no llama-server here, an encoder-decoder
         log.warning("export: %s not measured: %s", result.path, err)
         return {"not_measured": str(err).splitlines()[0]}

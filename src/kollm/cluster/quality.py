@@ -15,17 +15,56 @@ from typing import Any
 
 from kollm.cluster.export import CT2_QUANTS, Export, ExportError, export_model, merged, resolve
 from kollm.engines.base import Engine, GenerationParams
-from kollm.engines.quality import measure_conversion
-from kollm.registry import Registry
+from kollm.engines.quality import Sample, conversation_sample, measure_conversion
+from kollm.registry import ModelVersion, Registry
 
 SAMPLE = "kollm.samples.chats (seed 0)"
 SPEED_PROMPT = "user: 안녕하세요, 마포구에 사는데요. 전입신고 하려고 해요.\nassistant:"
+N_SAMPLES = 10  # 4 measured one by one, 6 joined into the long one
 
 
-def conversations() -> list[list[dict[str, str]]]:
+def bundled_samples() -> list[Sample]:
+    """Multi-turn Korean service conversations, the later answers tied to the first turn."""
     from kollm.samples.chats import generate_chats
 
-    return [c["messages"] for c in generate_chats(10, seed=0)]
+    return [conversation_sample(c["messages"]) for c in generate_chats(N_SAMPLES, seed=0)]
+
+
+def dev_split(version: ModelVersion | None) -> Path | None:
+    """The prepared dev split of the recipe a version was registered from, where it is still
+    on this machine (the recipe's data dir, overrides recorded with it applied)."""
+    if version is None or not version.recipe_text:
+        return None
+    import yaml
+
+    from kollm.config import parse_overrides
+
+    spec = yaml.safe_load(version.recipe_text) or {}
+    overrides = [x[len("# override: ") :] for x in version.recipe_text.splitlines()]
+    given = parse_overrides([o for o in overrides if o.startswith(("output_dir=", "data."))])
+    name = spec.get("name", version.name)
+    run_dir = str(given.get("output_dir", spec.get("output_dir", "runs/{name}")))
+    data = given.get("data.output_dir", (spec.get("data") or {}).get("output_dir"))
+    path = Path(data or Path(run_dir.format(name=name)) / "data") / "dev.jsonl"
+    return path if path.is_file() else None
+
+
+def version_samples(version: ModelVersion | None, tokenizer) -> tuple[list[Sample], str]:
+    """(samples, where from): the version's dev split rendered in its prompt format, else
+    the bundled conversations."""
+    from kollm.prompts import training_examples
+
+    path = dev_split(version)
+    fmt = version.format if version else None
+    if path is None or fmt is None:
+        return bundled_samples(), SAMPLE
+    samples: list[Sample] = []
+    for line in path.read_text(encoding="utf-8").splitlines()[: N_SAMPLES * 3]:
+        if line.strip():
+            samples += training_examples(fmt, json.loads(line), tokenizer)[-1:]
+    if len(samples) < N_SAMPLES:
+        return bundled_samples(), SAMPLE
+    return samples[:N_SAMPLES], f"dev split {path}"
 
 
 def converted_engine(model_dir: Path, result: Export) -> Engine:
@@ -50,8 +89,21 @@ def reference_engine(model_dir: Path, trust_remote_code: bool = False) -> Engine
     return engine
 
 
+def measure_against(
+    reference: Engine, engine: Engine, version: ModelVersion | None
+) -> dict[str, Any]:
+    """`engine`'s figures against `reference` (both loaded) on the version's samples."""
+    samples, source = version_samples(version, reference.tokenizer)
+    figures = measure_conversion(reference, engine, samples)
+    return {**figures, "sample": source, "reference": "transformers"}
+
+
 def measure_export(
-    model_dir: Path, result: Export, reference: Engine, speed: bool = False
+    model_dir: Path,
+    result: Export,
+    reference: Engine,
+    version: ModelVersion | None = None,
+    speed: bool = False,
 ) -> dict[str, Any]:
     """The export's figures against `reference` (the registered weights); with `speed`, its
     load time and greedy tokens/s on this machine too."""
@@ -60,12 +112,27 @@ def measure_export(
     engine.load()
     loaded = time.perf_counter() - started
     try:
-        figures = measure_conversion(reference, engine, conversations())
+        figures = measure_against(reference, engine, version)
         if speed:
             figures.update(load_s=round(loaded, 2), tokens_per_s=_tokens_per_s(engine))
     finally:
         engine.unload()
-    return {**figures, "sample": SAMPLE, "reference": "transformers"}
+    return figures
+
+
+def conversion_measurer(registry: Registry | None = None, trust_remote_code: bool = False):
+    """What the server calls to measure a conversion it loaded (`ModelManager.measure`):
+    the registered weights on the transformers engine, against the loaded engine."""
+
+    def measure(ref: str, model_dir: Path, engine: Engine) -> dict[str, Any]:
+        version = (registry or Registry()).get(ref)
+        reference = reference_engine(model_dir, trust_remote_code)
+        try:
+            return measure_against(reference, engine, version)
+        finally:
+            reference.unload()
+
+    return measure
 
 
 def _tokens_per_s(engine: Engine, n: int = 64) -> float:
@@ -96,12 +163,13 @@ def compare(
     with merged(source, trust_remote_code) as model_dir:
         reference = reference_engine(model_dir, trust_remote_code)
         try:
+            sample = version_samples(version, reference.tokenizer)[1]
             rows.append(_reference_row(model_dir, reference))
             for kind in kinds:
                 rows.append(_compare_one(ref, kind, out, registry, model_dir, reference, version))
         finally:
             reference.unload()
-    report = {"model": version.ref if version else str(source), "sample": SAMPLE, "rows": rows}
+    report = {"model": version.ref if version else str(source), "sample": sample, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (out / "compare.html").write_text(compare_html(report), encoding="utf-8")
@@ -124,7 +192,7 @@ def _compare_one(ref, kind, out, registry, model_dir, reference, version) -> dic
     fmt, quant = spec(kind)
     try:
         result = export_model(ref, fmt, out, quant, registry)
-        figures = measure_export(model_dir, result, reference, speed=True)
+        figures = measure_export(model_dir, result, reference, version, speed=True)
     except (ExportError, RuntimeError, OSError, ValueError) as err:
         return {"kind": kind, "error": str(err).splitlines()[0]}
     if version is not None:  # a registered version: the figures go with its export

@@ -23,6 +23,7 @@ from typing import Any
 from kollm.engines.base import Engine, GenerationParams
 
 Conversation = list[dict[str, str]]
+Sample = tuple[str, str]  # (prompt, the answer it was given): a dev record, a conversation's end
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,17 @@ def render(turns: Conversation) -> str:
     return "".join(f"{t['role']}: {t['content']}\n" for t in turns)
 
 
-def long_conversation(conversations: list[Conversation]) -> Conversation:
-    """Several conversations as one: the first system turn kept, the others dropped."""
-    joined: Conversation = []
-    for turns in conversations:
-        joined += [t for t in turns if t["role"] != "system" or not joined]
-    return joined
-
-
-def _prompt(turns: Conversation) -> str:
-    """The conversation up to its last assistant turn, which the model is asked to write."""
+def conversation_sample(turns: Conversation) -> Sample:
+    """The conversation up to its last assistant turn, and that turn."""
     last = max(i for i, t in enumerate(turns) if t["role"] == "assistant")
-    return render(turns[:last]) + "assistant:"
+    return render(turns[:last]) + "assistant:", f" {turns[last]['content']}\n"
+
+
+def long_sample(samples: list[Sample]) -> Sample:
+    """Several samples as one long one: every earlier one whole, then the last's prompt, so
+    its answer is written with all of them in view (a conversation that grew long)."""
+    history = "".join(prompt + answer for prompt, answer in samples[:-1])
+    return history + samples[-1][0], samples[-1][1]
 
 
 def _context(engine: Engine) -> int:
@@ -85,11 +85,10 @@ def _answers(reference: Engine, converted: Engine, prompts: list[list[int]], n: 
     return {"answer_agreement": round(same / len(prompts), 4)}
 
 
-def _measure(reference, converted, conversations, max_tokens, max_new_tokens) -> dict:
-    texts = [reference.tokenize(render(c))[:max_tokens] for c in conversations]
-    prompts = [
-        reference.tokenize(_prompt(c))[-(max_tokens - max_new_tokens) :] for c in conversations
-    ]
+def _measure(reference, converted, samples: list[Sample], max_tokens, max_new_tokens) -> dict:
+    # the end of a long text is kept: the part read with the most context before it
+    texts = [reference.tokenize(p + a)[-max_tokens:] for p, a in samples]
+    prompts = [reference.tokenize(p)[-(max_tokens - max_new_tokens) :] for p, _ in samples]
     figures: dict[str, Any] = {"tokens": sum(len(t) for t in texts)}
     if converted.capabilities.scoring:
         figures.update(_scores(reference, converted, texts))
@@ -100,19 +99,18 @@ def _measure(reference, converted, conversations, max_tokens, max_new_tokens) ->
 def measure_conversion(
     reference: Engine,
     converted: Engine,
-    conversations: list[Conversation],
+    samples: list[Sample],
     long_parts: int = 6,
     max_new_tokens: int = 16,
     max_tokens: int = 256,
 ) -> dict[str, Any]:
-    """The figures of `converted` against `reference` (both loaded), on the first
-    conversations and on the rest joined into one long conversation."""
-    short, rest = conversations[:-long_parts], conversations[-long_parts:]
+    """The figures of `converted` against `reference` (both loaded), on the first samples
+    and on the last `long_parts` joined into one long text (as long as the context allows)."""
+    short, rest = samples[:-long_parts], samples[-long_parts:]
     context = min(_context(reference), _context(converted))
     figures = _measure(reference, converted, short, min(max_tokens, context), max_new_tokens)
-    joined = long_conversation(rest)
-    figures["long"] = _measure(reference, converted, [joined], context, max_new_tokens)
-    figures.update(conversations=len(short), max_new_tokens=max_new_tokens)
+    figures["long"] = _measure(reference, converted, [long_sample(rest)], context, max_new_tokens)
+    figures.update(samples=len(short), long_parts=len(rest), max_new_tokens=max_new_tokens)
     if not converted.capabilities.scoring:
         figures["not_measured"] = (
             f"perplexity and next-token agreement: the {converted.name} engine gives no prompt"

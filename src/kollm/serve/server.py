@@ -59,6 +59,7 @@ def build_manager(
     registry: Registry | None = None,
     access: Access | None = None,
     prepare: Callable | None = None,
+    measure: Callable | None = None,
 ) -> ModelManager:
     """The models of `cfg` with their engine, batchers, adapters and domain guards."""
     return ModelManager(
@@ -76,6 +77,7 @@ def build_manager(
         prepare=prepare,
         tasks=dict(cfg.tasks),
         quality_limit=quality_limit(cfg),
+        measure=measure,
     )
 
 
@@ -122,10 +124,12 @@ def build_server(
     rag: RagConfig | None = None,
     runs_dir: Path | None = None,
     prepare: Callable | None = None,
+    measure: Callable | None = None,
 ) -> tuple[FastAPI, ModelManager]:
     """The OpenAI-compatible app for `cfg`, and the manager of its models; `rag` holds the
     retrieval settings (the recipe's `rag` section) for `cfg.rag` and for requests that
-    name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF)."""
+    name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF);
+    `measure` measures a conversion against its weights (kollm.cluster.quality)."""
     registry = registry or Registry()
     access = access or Access()
     if cfg.engine == "auto" and prepare is None:
@@ -133,7 +137,7 @@ def build_server(
         # a caller that gives none (a Ray Serve replica) serves with CTranslate2
         cfg = cfg.model_copy(update={"engine": "ctranslate2"})
     cfg, _ = engine_choice(cfg, registry)
-    manager = build_manager(cfg, registry, access, prepare)
+    manager = build_manager(cfg, registry, access, prepare, measure)
     settings = ServeSettings(
         api_keys=list(access.api_keys),
         admin_keys=list(access.admin_keys),

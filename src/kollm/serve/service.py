@@ -18,7 +18,7 @@ from typing import Any
 
 from kollm.config import DomainConfig, TaskConfig
 from kollm.engines.base import Engine, GenerationParams
-from kollm.engines.quality import QualityLimit, measure_conversion, quality_loss
+from kollm.engines.quality import QualityLimit, quality_loss
 from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
 from kollm.serve.batching import Batcher, Dispatcher
@@ -125,9 +125,13 @@ class ModelManager:
         prepare: Callable[[str, Path, dict[str, str]], dict[str, Any]] | None = None,
         tasks: dict[str, TaskConfig] | None = None,
         quality_limit: QualityLimit | None = None,
+        measure: Callable[[str, Path, Engine], dict[str, Any]] | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
         self.quality_limit = quality_limit  # None: conversions are served unmeasured
+        # measure(version, model_dir, engine): a conversion's figures against its weights,
+        # given by the CLI like `prepare` (the export stage's measurement, above the server)
+        self.measure = measure
         self.registry = registry
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_concurrency = max_concurrency  # None: the engine's own limit
@@ -243,7 +247,7 @@ class ModelManager:
 
     def _check_quality(self, version: str, model_dir: Path, engine: Engine) -> None:
         """Refuse a conversion past `quality_limit`. A CTranslate2 conversion is measured
-        against the registered weights once, when no figures are stored with it; a GGUF is
+        (`measure`) once, when no figures are stored with it; a GGUF is
         judged by the figures `kollm export` stored with it (llama-server gives no prompt
         log-probabilities to measure perplexity at load)."""
         if self.quality_limit is None or getattr(engine, "is_encoder_decoder", False):
@@ -257,29 +261,12 @@ class ModelManager:
         if sha is None:
             return
         figures = registry.export_quality(version, sha)
-        if figures is None and getattr(engine, "conversion", None) is not None:
-            figures = self._measure(model_dir, engine)
+        if figures is None and self.measure and getattr(engine, "conversion", None):
+            figures = self.measure(version, model_dir, engine)
             registry.set_export_quality(version, sha, figures)
         why = quality_loss(figures, self.quality_limit) if figures else None
         if why:
             raise ConversionRefused(_refusal(version, engine, why))
-
-    def _measure(self, model_dir: Path, engine: Engine) -> dict[str, Any]:
-        """The conversion's figures against the registered weights (the transformers engine),
-        on the bundled multi-turn conversations."""
-        from kollm.engines.transformers_engine import TransformersEngine
-        from kollm.samples.chats import generate_chats
-
-        conversations = [c["messages"] for c in generate_chats(10, seed=0)]
-        remote = bool(self.engine_options.get("trust_remote_code"))
-        reference = TransformersEngine(model_dir, device="cpu", trust_remote_code=remote)
-        reference.load()
-        try:
-            log.info("%s: measuring its conversion against the registered weights", model_dir)
-            figures = measure_conversion(reference, engine, conversations)
-        finally:
-            reference.unload()
-        return {**figures, "sample": "kollm.samples.chats (seed 0)", "reference": "transformers"}
 
     def _startup_adapter(self, source: str) -> str:
         """An adapter given at start: a directory, or a registered version (sha-checked)."""

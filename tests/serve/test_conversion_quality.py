@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from kollm.cluster.quality import conversion_measurer
 from kollm.engines.ctranslate2_engine import CTranslate2Engine
-from kollm.engines.quality import QualityLimit, measure_conversion, quality_loss
+from kollm.engines.quality import (
+    QualityLimit,
+    conversation_sample,
+    measure_conversion,
+    quality_loss,
+)
 from kollm.engines.transformers_engine import TransformersEngine
 from kollm.registry import Registry
 from kollm.samples.chats import generate_chats
@@ -21,7 +27,7 @@ LIMIT = QualityLimit(1.05)
 
 
 def conversations():
-    return [c["messages"] for c in generate_chats(10, seed=0)]
+    return [conversation_sample(c["messages"]) for c in generate_chats(10, seed=0)]
 
 
 def damaged_conversion(model_dir: Path, out: Path) -> Path:
@@ -68,7 +74,14 @@ def test_a_damaged_conversion_is_caught(reference, qwen2_chat_base, tmp_path):
 
 
 def manager(registry: Registry, limit: QualityLimit | None = LIMIT) -> ModelManager:
-    return ModelManager(["chat:1"], "ctranslate2", ServerMetrics(), registry, quality_limit=limit)
+    return ModelManager(
+        ["chat:1"],
+        "ctranslate2",
+        ServerMetrics(),
+        registry,
+        quality_limit=limit,
+        measure=conversion_measurer(registry),
+    )
 
 
 def test_the_server_measures_its_conversion_and_refuses_a_damaged_one(qwen2_chat_base, tmp_path):
