@@ -49,3 +49,21 @@ def test_compare_writes_one_table_of_precisions(qwen2_chat_base, tmp_path, monke
     assert "| int8 |" in done.output
     exports = Registry().exports("chat:1")
     assert {e["quant"] for e in exports if "quality" in e["detail"]} == {"int8", "float16"}
+
+
+def test_a_version_is_measured_on_its_own_dev_split(qwen2_chat_base, tmp_path):
+    from kollm.cluster.export import export_model
+    from kollm.prompts import PromptFormat
+    from kollm.samples.chats import generate_chats
+
+    dev = tmp_path / "prepared" / "dev.jsonl"
+    dev.parent.mkdir()
+    dev.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in generate_chats(12, 3)))
+    recipe = "name: chat\noutput_dir: runs/{name}\n# override: data.output_dir=" + str(dev.parent)
+    registry = Registry(tmp_path / "home")
+    fmt = PromptFormat("chat", "chat_template").to_json()
+    registry.register("chat", qwen2_chat_base, recipe_text=recipe, prompt_format=fmt)
+    result = export_model("chat:1", "ct2", tmp_path / "out", registry=registry, measure=True)
+    assert result.quality["sample"] == f"dev split {dev}"
+    assert 0.95 < result.quality["ppl_ratio"] <= 1.05 and result.quality["samples"] == 4
+    assert registry.exports("chat:1")[-1]["detail"]["quality"] == result.quality
