@@ -11,8 +11,9 @@ strays.
 - `long`: the same over one long multi-turn conversation (several joined, as long as the
   model's context allows), so that drift over a long context shows apart.
 
-An engine without prompt log-probabilities (llama-server) gets answer agreement only; the
-figures say so under `not_measured`."""
+An engine without prompt log-probabilities (llama-server) gets no perplexity ratio, and its
+next-token agreement comes from one greedy token after a few prefixes; the figures say so
+under `not_measured`."""
 
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def long_sample(samples: list[Sample]) -> Sample:
 
 
 def _context(engine: Engine) -> int:
-    return int(getattr(engine, "context_length", 0) or 2048)
+    """The tokens the engine reads: its own context length, or its model config's."""
+    config = getattr(getattr(engine, "model", None), "config", None)
+    own = getattr(config, "max_position_embeddings", None) if config is not None else None
+    return int(getattr(engine, "context_length", 0) or own or 2048)
 
 
 def _scores(reference: Engine, converted: Engine, sequences: list[list[int]]) -> dict:
@@ -77,6 +81,20 @@ def _scores(reference: Engine, converted: Engine, sequences: list[list[int]]) ->
     return {"ppl_ratio": round(ratio, 4), "token_agreement": round(agree / positions, 4)}
 
 
+def _next_tokens(reference: Engine, converted: Engine, texts: list[list[int]], n=24) -> dict:
+    """Next-token agreement without log-probabilities: one greedy token from both engines
+    after `n` prefixes spread over the texts (how llama-server's GGUF is compared)."""
+    prefixes = [t[:k] for t in texts for k in range(8, len(t), max(1, len(t) // 4))]
+    prefixes = prefixes[:: max(1, len(prefixes) // n)][:n]
+    if not prefixes:
+        return {}
+    params = GenerationParams(max_new_tokens=1)
+    ref = reference.generate(prefixes, params)
+    conv = converted.generate(prefixes, params)
+    same = sum(a.text == b.text for a, b in zip(ref, conv, strict=True))
+    return {"token_agreement": round(same / len(prefixes), 4), "token_positions": len(prefixes)}
+
+
 def _answers(reference: Engine, converted: Engine, prompts: list[list[int]], n: int) -> dict:
     params = GenerationParams(max_new_tokens=n)
     ref = reference.generate(prompts, params)
@@ -92,6 +110,8 @@ def _measure(reference, converted, samples: list[Sample], max_tokens, max_new_to
     figures: dict[str, Any] = {"tokens": sum(len(t) for t in texts)}
     if converted.capabilities.scoring:
         figures.update(_scores(reference, converted, texts))
+    else:
+        figures.update(_next_tokens(reference, converted, texts))
     figures.update(_answers(reference, converted, prompts, max_new_tokens))
     return figures
 
@@ -113,8 +133,8 @@ def measure_conversion(
     figures.update(samples=len(short), long_parts=len(rest), max_new_tokens=max_new_tokens)
     if not converted.capabilities.scoring:
         figures["not_measured"] = (
-            f"perplexity and next-token agreement: the {converted.name} engine gives no prompt"
-            " log-probabilities; whole-answer agreement only"
+            f"perplexity: the {converted.name} engine gives no prompt log-probabilities;"
+            " next-token agreement from one greedy token at a few positions"
         )
     return figures
 
