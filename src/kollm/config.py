@@ -817,6 +817,16 @@ class ServeConfig(StrictModel):
     """ctranslate2: compute a prompt prefix that requests share (a system prompt, a RAG
     context) once and reuse its model state (CTranslate2's static prompt); vllm caches
     prefixes itself."""
+    max_quality_loss: float | None = Field(1.05, ge=1.0)
+    """The most a served conversion may lose against the registered weights, as its perplexity
+    ratio (the worse of a few conversations and one long multi-turn one): a CTranslate2
+    conversion is measured once when first made, a GGUF by the figures `kollm export` stored;
+    one past it is not served (`--allow-quality-loss` serves it). null: not measured."""
+    min_token_agreement: float | None = Field(None, ge=0.0, le=1.0)
+    """With max_quality_loss: the least share of positions where the conversion's greedy next
+    token is the registered weights' [not checked]."""
+    allow_quality_loss: bool = False
+    """Serve a conversion past max_quality_loss anyway (its figures are still measured)."""
     api_key_file: str | None = None
     """The key file (`KEY [viewer|admin] [NAME]` a line, mode 600); also --api-key-file and
     KOLLM_API_KEY_FILE. A server on a non-loopback host refuses to start without keys."""

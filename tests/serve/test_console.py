@@ -62,8 +62,14 @@ def test_admin_promotes_and_rolls_back_and_each_is_audited(console, served_home,
     registry = Registry(served_home)
     v2 = registry.register("tiny", local_base, base_model="scratch", method="sft")
     client, _ = _login(console, "admin-key")
+    registry.add_export("tiny:1", "gguf", "/x/tiny-q4_k_m.gguf", "ab" * 32, 9_000_000)
+    figures = {"ppl_ratio": 1.0123, "token_agreement": 0.93, "long": {"ppl_ratio": 1.0456}}
+    registry.set_export_quality("tiny:1", "ab" * 32, figures)
     page = client.get("/ui/registry")
     token = _csrf(page.text)
+    # a conversion's figures against its registered weights are shown beside the version
+    assert "변환 품질" in page.text and '<table id="conversions">' in page.text
+    assert "1.0123" in page.text and "1.0456" in page.text and "0.93" in page.text
     client.post(
         "/ui/registry/promote",
         data={"name": "tiny", "version": v2.version, "alias": "production", "csrf": token},

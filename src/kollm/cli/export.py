@@ -30,6 +30,22 @@ def export(
         str | None,
         typer.Option(help="gguf: llama.cpp's name of the BPE pre-tokenizer, if it cannot tell."),
     ] = None,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="gguf, ct2: measure the export against the weights it came from (perplexity"
+            " ratio, agreement), stored with it in the registry.",
+        ),
+    ] = True,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Export at each of these (q8_0,q4_K_M,int8 ...) and write one table (size,"
+            " load time, tokens/s, perplexity ratio, agreement) as compare.json and"
+            " compare.html in the output dir.",
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool,
         typer.Option(
@@ -43,6 +59,9 @@ def export(
     records the export (sha256, size) in its lineage."""
     from kollm.cluster.export import ExportError, export_model
 
+    if compare:
+        _compare(source, compare, output, trust_remote_code)
+        return
     with user_errors():
         try:
             result = export_model(
@@ -52,6 +71,7 @@ def export(
                 quant,
                 pre_tokenizer=pre_tokenizer,
                 trust_remote_code=trust_remote_code,
+                measure=measure,
             )
         except ExportError as err:
             fail(str(err))
@@ -62,3 +82,22 @@ def export(
         console.print(f"also: {extra}")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
+    if result.quality:
+        console.print(f"quality against {result.source}: {_figures(result.quality)}")
+
+
+def _figures(quality: dict) -> str:
+    if "not_measured" in quality and "answer_agreement" not in quality:
+        return f"not measured ({quality['not_measured']})"
+    shown = {k: quality.get(k) for k in ("ppl_ratio", "token_agreement", "answer_agreement")}
+    shown["long ppl_ratio"] = (quality.get("long") or {}).get("ppl_ratio")
+    return ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None)
+
+
+def _compare(source: str, kinds: str, output: Path, trust_remote_code: bool) -> None:
+    from kollm.cluster.quality import compare, compare_markdown
+
+    with user_errors():
+        report = compare(source, kinds.split(","), output, trust_remote_code=trust_remote_code)
+    console.print(compare_markdown(report), markup=False, highlight=False)
+    console.print(f"written: {output / 'compare.json'}, {output / 'compare.html'}")

@@ -155,6 +155,14 @@ def serve(
             help="Run the modeling code a model ships beside its weights (EXAONE 3.x).",
         ),
     ] = False,
+    allow_quality_loss: Annotated[
+        bool,
+        typer.Option(
+            "--allow-quality-loss",
+            help="Serve a conversion that loses more than serve.max_quality_loss against its"
+            " registered weights (it is still measured).",
+        ),
+    ] = False,
     allow_no_keys: AllowNoKeysOpt = False,
 ) -> None:
     """Serve models over an OpenAI-compatible HTTP API.
@@ -163,6 +171,7 @@ def serve(
     KOLLM_API_KEY_FILE / KOLLM_API_KEY (--allow-no-keys serves openly)."""
     import uvicorn
 
+    from kollm.cluster.quality import conversion_measurer
     from kollm.serve.server import build_server, engine_choice, resolve_config
 
     loaded = _load(recipe, None) if recipe is not None else None
@@ -184,6 +193,7 @@ def serve(
         "tool_parser": tool_parser,
         "unconstrained_json": unconstrained_json,
         "trust_remote_code": trust_remote_code or None,
+        "allow_quality_loss": allow_quality_loss or None,
     }
     try:
         cfg = resolve_config(loaded, models or [], options, _pairs(domain, "--domain"))
@@ -203,6 +213,7 @@ def serve(
         rag=rag_settings,
         runs_dir=runs_dir,
         prepare=_llamacpp_files(cfg) if cfg.engine == "llamacpp" else None,
+        measure=conversion_measurer(trust_remote_code=cfg.trust_remote_code),
     )
     try:
         manager.check_refs()

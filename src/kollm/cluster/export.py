@@ -65,6 +65,7 @@ class Export:
     source: str = ""
     files: list[Path] = field(default_factory=list)  # what else was written (the Modelfile)
     notes: list[str] = field(default_factory=list)  # what a user should know (no Modelfile)
+    quality: dict | None = None  # what it costs against the source (kollm.engines.quality)
 
 
 def resolve(ref: str, registry: Registry | None = None) -> tuple[Path, ModelVersion | None]:
@@ -117,9 +118,11 @@ def export_model(
     registry: Registry | None = None,
     pre_tokenizer: str | None = None,
     trust_remote_code: bool = False,
+    measure: bool = False,
 ) -> Export:
     """Export `ref` as `fmt` into the dir `out` and record it on the version; a model that
-    needs remote code is exported only with `trust_remote_code`."""
+    needs remote code is exported only with `trust_remote_code`. With `measure`, a gguf or
+    ct2 export is measured against the weights it came from, the figures stored with it."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     registry = registry or Registry()
@@ -134,6 +137,8 @@ def export_model(
             result = _ct2(model_dir, out, quant or "int8", remote)
         else:
             result = _gguf(model_dir, out, quant or "f16", version, pre_tokenizer, remote)
+        if measure and fmt != "hf":
+            result.quality = _measure(model_dir, result, version, trust_remote_code)
     result.source = version.ref if version else str(source)
     if version is not None:
         registry.add_export(
@@ -145,8 +150,24 @@ def export_model(
             quant=result.quant,
             files=[str(f) for f in result.files],
             notes=result.notes,
+            **({"quality": result.quality} if result.quality else {}),
         )
     return result
+
+
+def _measure(
+    model_dir: Path, result: Export, version: ModelVersion | None, trust_remote_code: bool
+) -> dict:
+    from kollm.cluster.quality import measure_export, reference_engine
+
+    reference = reference_engine(model_dir, trust_remote_code)
+    try:
+        return measure_export(model_dir, result, reference, version)
+    except (RuntimeError, ValueError) as err:  # no llama-server here, an encoder-decoder
+        log.warning("export: %s not measured: %s", result.path, err)
+        return {"not_measured": str(err).splitlines()[0]}
+    finally:
+        reference.unload()
 
 
 def _remote(ref: str, source: Path, trust_remote_code: bool) -> dict:

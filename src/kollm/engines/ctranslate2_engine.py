@@ -258,8 +258,11 @@ class CTranslate2Engine:
         conversion_sha256: str | None = None,
         verify_conversion: bool = False,
         trust_remote_code: bool = False,
+        conversion_dir: str | Path | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        # a conversion already made (an export), loaded as it is instead of converting
+        self.conversion_dir = Path(conversion_dir) if conversion_dir else None
         self.trust_remote_code = trust_remote_code  # run modeling code shipped with the model
         self.quantization, self.device, self.sha256, self.threads = (
             quantization,
@@ -283,7 +286,9 @@ class CTranslate2Engine:
         import ctranslate2
         from transformers import AutoConfig, AutoTokenizer
 
-        if self.verify_conversion:
+        if self.conversion_dir is not None:
+            path = self.conversion_dir
+        elif self.verify_conversion:
             path, self.conversion_sha256 = verified_convert(
                 self.model_dir,
                 self.quantization,

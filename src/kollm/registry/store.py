@@ -369,6 +369,30 @@ class Registry:
             ).fetchall()
         return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
+    def set_export_quality(self, ref: str, sha256: str, quality: dict[str, Any]) -> bool:
+        """Store what a conversion costs (`kollm.engines.quality`) with the latest export of
+        the version whose sha256 is `sha256`; False when none is recorded."""
+        name, version = self.resolve(ref)
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id, detail FROM exports WHERE name = ? AND version = ? AND sha256 = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (name, version, sha256),
+            ).fetchone()
+            if row is None:
+                return False
+            detail = {**json.loads(row["detail"]), "quality": quality}
+            conn.execute(
+                "UPDATE exports SET detail = ? WHERE id = ?",
+                (json.dumps(detail, ensure_ascii=False, default=str), row["id"]),
+            )
+        return True
+
+    def export_quality(self, ref: str, sha256: str) -> dict[str, Any] | None:
+        """The figures stored with the latest export whose sha256 is `sha256`, or None."""
+        rows = [r for r in self.exports(ref) if r["sha256"] == sha256]
+        return rows[-1]["detail"].get("quality") if rows else None
+
     def list(self, name: str | None = None) -> list[ModelVersion]:
         with self._connect() as conn:
             query = "SELECT * FROM model_versions"

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from kollm.config import DomainConfig, RagConfig, ServeConfig, format_validation_error
 from kollm.engines import choose_engine
+from kollm.engines.quality import QualityLimit
 from kollm.feedback.responses import RequestLog
 from kollm.registry import Registry, RegistryError
 from kollm.serve.app import create_app
@@ -58,6 +59,7 @@ def build_manager(
     registry: Registry | None = None,
     access: Access | None = None,
     prepare: Callable | None = None,
+    measure: Callable | None = None,
 ) -> ModelManager:
     """The models of `cfg` with their engine, batchers, adapters and domain guards."""
     return ModelManager(
@@ -74,7 +76,19 @@ def build_manager(
         engine_options=_engine_options(cfg),
         prepare=prepare,
         tasks=dict(cfg.tasks),
+        quality_limit=quality_limit(cfg),
+        measure=measure,
     )
+
+
+def quality_limit(cfg: ServeConfig) -> QualityLimit | None:
+    """The loss a served conversion may have; None when it is not measured. Allowed past it,
+    it is still measured (and the figures stored), just not refused."""
+    if cfg.max_quality_loss is None:
+        return None
+    if cfg.allow_quality_loss:
+        return QualityLimit(float("inf"))
+    return QualityLimit(cfg.max_quality_loss, cfg.min_token_agreement)
 
 
 def model_dirs(refs: list[str], registry: Registry) -> list[Path]:
@@ -110,10 +124,12 @@ def build_server(
     rag: RagConfig | None = None,
     runs_dir: Path | None = None,
     prepare: Callable | None = None,
+    measure: Callable | None = None,
 ) -> tuple[FastAPI, ModelManager]:
     """The OpenAI-compatible app for `cfg`, and the manager of its models; `rag` holds the
     retrieval settings (the recipe's `rag` section) for `cfg.rag` and for requests that
-    name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF)."""
+    name a collection; `prepare` makes an engine's files from a version (llamacpp's GGUF);
+    `measure` measures a conversion against its weights (kollm.cluster.quality)."""
     registry = registry or Registry()
     access = access or Access()
     if cfg.engine == "auto" and prepare is None:
@@ -121,7 +137,7 @@ def build_server(
         # a caller that gives none (a Ray Serve replica) serves with CTranslate2
         cfg = cfg.model_copy(update={"engine": "ctranslate2"})
     cfg, _ = engine_choice(cfg, registry)
-    manager = build_manager(cfg, registry, access, prepare)
+    manager = build_manager(cfg, registry, access, prepare, measure)
     settings = ServeSettings(
         api_keys=list(access.api_keys),
         admin_keys=list(access.admin_keys),

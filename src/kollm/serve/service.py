@@ -18,6 +18,7 @@ from typing import Any
 
 from kollm.config import DomainConfig, TaskConfig
 from kollm.engines.base import Engine, GenerationParams
+from kollm.engines.quality import QualityLimit, quality_loss
 from kollm.prompts import Messages, PromptFormat, load_format, request_prompt
 from kollm.registry import Registry, RegistryError
 from kollm.serve.batching import Batcher, Dispatcher
@@ -26,6 +27,10 @@ from kollm.tasks import recorded_tasks, task_layers
 
 log = logging.getLogger("kollm.serve")
 SANITY_PROMPT = "안녕하세요"
+
+
+class ConversionRefused(ValueError):
+    """A conversion that loses more than `serve.max_quality_loss` against its weights."""
 
 
 class AdapterError(ValueError):
@@ -119,8 +124,14 @@ class ModelManager:
         adapter_root: Path | str | None = None,
         prepare: Callable[[str, Path, dict[str, str]], dict[str, Any]] | None = None,
         tasks: dict[str, TaskConfig] | None = None,
+        quality_limit: QualityLimit | None = None,
+        measure: Callable[[str, Path, Engine], dict[str, Any]] | None = None,
     ) -> None:
         self.refs, self.engine_kind, self.metrics = refs, engine_kind, metrics
+        self.quality_limit = quality_limit  # None: conversions are served unmeasured
+        # measure(version, model_dir, engine): a conversion's figures against its weights,
+        # given by the CLI like `prepare` (the export stage's measurement, above the server)
+        self.measure = measure
         self.registry = registry
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_concurrency = max_concurrency  # None: the engine's own limit
@@ -234,6 +245,29 @@ class ModelManager:
         )
         log.info("%s: recorded its CTranslate2 conversion %s (sha256 %s)", version, path, made[:12])
 
+    def _check_quality(self, version: str, model_dir: Path, engine: Engine) -> None:
+        """Refuse a conversion past `quality_limit`. A CTranslate2 conversion is measured
+        (`measure`) once, when no figures are stored with it; a GGUF is
+        judged by the figures `kollm export` stored with it (llama-server gives no prompt
+        log-probabilities to measure perplexity at load)."""
+        if self.quality_limit is None or getattr(engine, "is_encoder_decoder", False):
+            return  # an encoder-decoder has no prompt log-probabilities to compare
+        registry = self.registry or Registry()
+        sha = getattr(engine, "conversion_sha256", None)
+        if sha is None and getattr(engine, "gguf", None) is not None:
+            from kollm.artifacts import file_sha256
+
+            sha = file_sha256(engine.gguf)
+        if sha is None:
+            return
+        figures = registry.export_quality(version, sha)
+        if figures is None and self.measure and getattr(engine, "conversion", None):
+            figures = self.measure(version, model_dir, engine)
+            registry.set_export_quality(version, sha, figures)
+        why = quality_loss(figures, self.quality_limit) if figures else None
+        if why:
+            raise ConversionRefused(_refusal(version, engine, why))
+
     def _startup_adapter(self, source: str) -> str:
         """An adapter given at start: a directory, or a registered version (sha-checked)."""
         if Path(source).is_dir():
@@ -250,6 +284,7 @@ class ModelManager:
         engine.load()
         if sha is not None:
             self._record_conversion(version, engine)
+            self._check_quality(version, model_dir, engine)
         answer = engine.generate([SANITY_PROMPT], GenerationParams(max_new_tokens=4))
         if len(answer) != 1:
             raise RuntimeError(f"{ref}: the sanity prompt got no answer")
@@ -401,3 +436,14 @@ class ModelManager:
         for served in self.models.values():
             await served.batcher.close()
             await asyncio.to_thread(served.engine.unload)
+
+
+def _refusal(version: str, engine: Engine, why: str) -> str:
+    what = getattr(engine, "gguf", None) or getattr(engine, "conversion", None)
+    quant = getattr(engine, "quantization", None) or "GGUF"
+    return (
+        f"{version}: its {engine.name} {quant} conversion {what} loses too much against the"
+        f" registered weights: {why}. Serve it anyway with --allow-quality-loss, raise"
+        " serve.max_quality_loss, or serve a finer precision (--engine transformers, or"
+        " a GGUF at q8_0/f16); the figures: `kollm registry show`"
+    )

@@ -264,7 +264,13 @@ def registry_page(request: Request):
     versions = registry.list() if registry is not None else []
     with closing(connect(_home(request) / "registry.db")) as conn:
         log = [dict(r) for r in conn.execute("SELECT * FROM audit_log ORDER BY id DESC LIMIT 20")]
-    return _page(request, "registry.html", versions=versions, audit=log)
+    conversions = [
+        {"ref": v.ref, **row, **row["detail"]["quality"]}
+        for v in versions
+        for row in registry.exports(v.ref)
+        if row["detail"].get("quality")
+    ]
+    return _page(request, "registry.html", versions=versions, audit=log, conversions=conversions)
 
 
 def _checked(request: Request, token: str) -> Response | None:
