@@ -29,7 +29,13 @@ def record_tokens(record: Record, kind: RecordKind) -> int:
     return words
 
 
+Draw = tuple[str, int, int]  # (source, index of its record, 0 or the n-th repeat)
+
+
 class CorpusMixer:
+    """The draw depends on each source's record sizes alone, never on the records: the data
+    stage on Ray sends the driver (source, size) per record and gets the local run's mix."""
+
     name = "corpus_mixer"
 
     def __init__(self, weights: dict[str, float], kind: RecordKind, by: str, seed: int) -> None:
@@ -37,51 +43,73 @@ class CorpusMixer:
         self.shares = {name: w / total for name, w in weights.items()}
         self.kind, self.by, self.seed = kind, by, seed
 
-    def _size(self, record: Record) -> int:
-        return 1 if self.by == "examples" else max(1, record_tokens(record, self.kind))
+    def size(self, tokens: int) -> int:
+        """A record's size in `by` units, from its whitespace words."""
+        return 1 if self.by == "examples" else max(1, tokens)
 
     def mix(self, sources: dict[str, list[Record]], size: int | None = None) -> list[Record]:
         """`size` units (default: all the sources hold) drawn by the shares, shuffled."""
-        held = {n: sum(self._size(r) for r in rows) for n, rows in sources.items()}
-        size = size or sum(held.values())
-        mixed: list[Record] = []
-        for i, (name, rows) in enumerate(sorted(sources.items())):
-            if rows:
-                mixed += self._draw(name, rows, self.shares[name] * size, self.seed + i)
-        random.Random(self.seed).shuffle(mixed)
-        return mixed
+        sizes = {
+            n: [self.size(record_tokens(r, self.kind)) for r in rows] for n, rows in sources.items()
+        }
+        return [drawn_copy(sources[n][i], n, k) for n, i, k in self.plan(sizes, size)]
 
-    def _draw(self, name: str, rows: list[Record], target: float, seed: int) -> list[Record]:
+    def plan(self, sizes: dict[str, list[int]], size: int | None = None) -> list[Draw]:
+        """The mixed split as (source, record index, repeat), from each source's record sizes."""
+        size = size or sum(sum(s) for s in sizes.values())
+        drawn: list[Draw] = []
+        for i, (name, own) in enumerate(sorted(sizes.items())):
+            if own:
+                drawn += self._draw(name, own, self.shares[name] * size, self.seed + i)
+        # shuffle's permutation depends on the length alone, so indices shuffle as records would
+        random.Random(self.seed).shuffle(drawn)
+        return drawn
+
+    def _draw(self, name: str, sizes: list[int], target: float, seed: int) -> list[Draw]:
         rng = random.Random(seed)
-        drawn: list[Record] = []
+        drawn: list[Draw] = []
         total = 0
         rounds = 0
         while total < target:
-            order = list(rows)
+            order = list(range(len(sizes)))
             rng.shuffle(order)
-            for record in order:
+            for index in order:
                 if total >= target:
                     break
-                copy = {**record, "source": name}
-                if rounds and "id" in copy:  # a repeated record keeps its id, marked
-                    copy["id"] = f"{copy['id']}~{rounds}"
-                drawn.append(copy)
-                total += self._size(record)
+                drawn.append((name, index, rounds))
+                total += sizes[index]
             rounds += 1
         return drawn
 
     def report(self, splits: dict[str, Iterable[Record]]) -> dict[str, Any]:
         """Per split, each source's records and tokens and their shares, beside the weights."""
+        return self.report_tokens(
+            {
+                split: ((r.get("source", "?"), record_tokens(r, self.kind)) for r in rows)
+                for split, rows in splits.items()
+            }
+        )
+
+    def report_tokens(self, splits: dict[str, Iterable[tuple[str, int]]]) -> dict[str, Any]:
+        """`report` from each record's (source, tokens)."""
         out: dict[str, Any] = {"by": self.by, "weights": self.shares}
         for split, rows in splits.items():
             counts: dict[str, dict[str, float]] = {}
-            for record in rows:
-                entry = counts.setdefault(record.get("source", "?"), {"records": 0, "tokens": 0})
+            for source, tokens in rows:
+                entry = counts.setdefault(source, {"records": 0, "tokens": 0})
                 entry["records"] += 1
-                entry["tokens"] += record_tokens(record, self.kind)
+                entry["tokens"] += tokens
             n = sum(c["records"] for c in counts.values()) or 1
             t = sum(c["tokens"] for c in counts.values()) or 1
             for c in counts.values():
                 c["share"], c["token_share"] = c["records"] / n, c["tokens"] / t
             out[split] = dict(sorted(counts.items()))
         return out
+
+
+def drawn_copy(record: Record, name: str, repeat: int) -> Record:
+    """The record as the mix holds it: its source named, a repeat's id marked `~N`."""
+    copy = {**record, "source": name}
+    if repeat and "id" in copy:
+        copy["id"] = f"{copy['id']}~{repeat}"
+    return copy
