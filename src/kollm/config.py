@@ -164,8 +164,8 @@ class DataConfig(StrictModel):
     """EDA report."""
     executor: Literal["local", "ray"] = "local"
     """Where the stage runs: `local` (this process) or `ray` (Ray Data on a cluster: the same
-    steps and kept records, sharded output `<split>/part-NNNNN.jsonl` with manifest.json and
-    stats.json; no EDA report and no `datasets` dir)."""
+    steps, mix and kept records, sharded output `<split>/part-NNNNN.jsonl` with manifest.json,
+    stats.json and the EDA report; no `datasets` dir)."""
     ray_address: str | None = None
     """For `executor: ray`: the cluster (`host:6379`, `ray://host:10001`, or `auto` for the one
     `ray start` runs on this machine); default the `RAY_ADDRESS` environment variable, else a
@@ -188,8 +188,6 @@ class DataConfig(StrictModel):
             raise ValueError("give data.input or data.mix (weighted sources), not both")
         if self.executor == "local" and self.output_format != "jsonl":
             raise ValueError("data.output_format: parquet shards need data.executor: ray")
-        if self.executor == "ray" and self.mix:
-            raise ValueError("data.mix does not run on Ray yet: use data.executor: local")
         if self.executor == "ray" and self.format == "datasets":
             raise ValueError("data.executor ray reads JSONL, CSV or Parquet files or shard dirs")
         names = [m.name for m in self.mix or []]

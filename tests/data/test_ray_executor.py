@@ -51,7 +51,7 @@ def _config(inputs, **extra) -> DataConfig:
         input=inputs,
         kind="dialogue_summary",
         skip_bad_lines=True,
-        report={"tokenizer": None},
+        report={"tokenizer": "whitespace"},
         **extra,
     )
 
@@ -64,7 +64,16 @@ def _shards(out: Path, split: str) -> list[dict]:
 
 
 def _counts(stats: dict) -> dict:
-    return {k: stats[k] for k in ("input", "bad_lines", "steps", "output")}
+    return {k: stats[k] for k in ("input", "bad_lines", "steps", "output", "mix") if k in stats}
+
+
+def _same_report(local: Path, ray: Path) -> dict:
+    """The Ray run's EDA report has the local one's numbers and pages."""
+    report = json.loads((ray / "report" / "report.json").read_text())
+    assert report == json.loads((local / "report" / "report.json").read_text())
+    for page in ("report.html", "report.md", *(f["histogram"] for f in report["fields"].values())):
+        assert (ray / "report" / page).is_file(), page
+    return report
 
 
 def test_ray_keeps_what_the_local_run_keeps(tmp_path, sharded, ray_cluster):
@@ -90,6 +99,8 @@ def test_ray_keeps_what_the_local_run_keeps(tmp_path, sharded, ray_cluster):
         local.splits["train"]
     )
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    report = _same_report(tmp_path / "local", out)
+    assert report["topics"] and report["speakers_per_dialogue"] and report["chars_per_token"]
 
     # Unsplit input, Parquet shards: the split is the local run's seeded shuffle, in its order.
     unsplit = {"input": sharded["train"], "split": {"dev": 0.2, "seed": 3}}
@@ -105,6 +116,48 @@ def test_ray_keeps_what_the_local_run_keeps(tmp_path, sharded, ray_cluster):
     for split in ("train", "dev"):
         assert _shards(tmp_path / "ray2", split) == local.splits[split], split
         assert read_split(tmp_path / "ray2" / split) == local.splits[split]
+    _same_report(tmp_path / "local2", tmp_path / "ray2")
+
+
+def test_a_mix_on_ray_draws_what_the_local_mix_draws(tmp_path, ray_cluster):
+    """Two sources, one a shard dir with records without ids, one holding an exact copy of
+    the other's record and too small for its share (repeated); by tokens, with a test split."""
+    domain = tmp_path / "domain"
+    domain.mkdir()
+    rows = _sample("dialogsum_train.jsonl", 40)
+    for record in rows[20:]:
+        record.pop("id")
+    write_jsonl(domain / "part-0.jsonl", rows[:20])
+    write_jsonl(domain / "part-1.jsonl", rows[20:])
+    general = [*_sample("dialogsum_dev.jsonl", 15), {**rows[3], "id": "copy"}]
+    write_jsonl(tmp_path / "general.jsonl", general)
+    mix = {
+        "mix": [
+            {"input": str(domain), "weight": 0.5, "name": "domain"},
+            {"input": str(tmp_path / "general.jsonl"), "weight": 0.5, "name": "general"},
+        ],
+        "mix_by": "tokens",
+        "split": {"dev": 0.1, "test": 0.1, "seed": 7},
+    }
+    local = prepare(_config(None, **mix), tmp_path / "local")
+    ray_run = prepare(
+        _config(None, executor="ray", ray_address=ray_cluster.address, **mix), tmp_path / "ray"
+    )
+    for split in ("train", "dev", "test"):
+        assert _shards(tmp_path / "ray", split) == local.splits[split], split
+    assert any("~" in r["id"] for r in local.splits["train"])  # general was repeated
+    dropped = {(d["record"]["id"], d["reason"]) for d in _shards(tmp_path / "ray", "dropped")}
+    assert ("copy", "exact_duplicate") in dropped
+    assert dropped == {
+        (d["record"]["id"], d["reason"]) for d in read_jsonl(tmp_path / "local" / "dropped.jsonl")
+    }
+    assert _counts(ray_run.stats) == _counts(local.stats)
+    assert set(ray_run.stats["mix"]["train"]) == {"domain", "general"}
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert sum(f["records"] for f in manifest["files"] if f["split"] == "train") == len(
+        local.splits["train"]
+    )
+    _same_report(tmp_path / "local", tmp_path / "ray")
 
 
 def test_clusters_join_pairs_and_keep_what_the_greedy_step_keeps():
@@ -122,12 +175,9 @@ def test_clusters_join_pairs_and_keep_what_the_greedy_step_keeps():
     [
         ({"executor": "spark"}, "executor"),
         ({"output_format": "parquet"}, "need data.executor: ray"),
-        ({"executor": "ray", "mix": [{"input": "a.jsonl", "weight": 1, "name": "a"}]}, "mix"),
     ],
 )
 def test_executor_settings_that_cannot_run_are_refused(extra, message):
-    fields = {"kind": "dialogue_summary", **extra}
-    if "mix" not in extra:
-        fields["input"] = "in.jsonl"
+    fields = {"kind": "dialogue_summary", "input": "in.jsonl", **extra}
     with pytest.raises(ValueError, match=message):
         DataConfig(**fields)

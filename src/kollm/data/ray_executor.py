@@ -42,11 +42,14 @@ import pyarrow.compute as pc
 
 from kollm.config import DataConfig
 from kollm.data.io import DataError, read_records, shard_paths, write_json
+from kollm.data.io import read_jsonl as read_split
 from kollm.data.pipeline import PrepareResult, build_steps, run_steps, split_records
 from kollm.data.pipeline import _ordered as ordered_splits
 from kollm.data.records import KINDS
+from kollm.data.report import SAMPLE, ReportCounts, report_from_counts, write_report
 from kollm.data.steps.base import Step, StepStats
 from kollm.data.steps.dedup import ExactDeduplicator, MinhashDeduplicator
+from kollm.data.steps.mix import CorpusMixer, record_tokens
 
 BATCH = 1024  # records per map_batches call: a signature batch, and one stats row
 READ_CHUNK = 4096  # rows per block a shard reader yields
@@ -117,14 +120,16 @@ def _record_steps(steps: list[Step]) -> list[Step]:
 def _read_shard(batch: dict[str, np.ndarray], kind: str, fmt: str, skip_bad: bool):
     """One shard's records (status kept), bad lines, and a count row; a bad line without
     skip_bad_lines is an `error` row the driver raises."""
-    for split, rank, shard, path in zip(
-        batch["split"], batch["rank"], batch["shard"], batch["path"], strict=True
+    for split, rank, shard, path, source in zip(
+        batch["split"], batch["rank"], batch["shard"], batch["path"], batch["source"], strict=True
     ):
         rows: list[dict[str, Any]] = []
         bad: list[dict] | None = [] if skip_bad else None
         n = 0
         try:
             for record in read_records(Path(path), KINDS[kind], fmt, bad):
+                if source:  # a data.mix source: its records carry its name, as locally
+                    record["source"] = str(source)
                 order = order_key(int(rank), int(shard), n)
                 rows.append(
                     {"status": "kept", "split": split, "order": order, "record": _dumps(record)}
@@ -148,10 +153,20 @@ def _read_shard(batch: dict[str, np.ndarray], kind: str, fmt: str, skip_bad: boo
 
 
 def _input_shards(cfg: DataConfig) -> list[dict[str, Any]]:
-    """(split, rank, shard, path) of every input file, ranked as the local run reads them."""
+    """(split, rank, shard, path, source) of every input file, ranked as the local run reads
+    them; `source` names a data.mix source (`mix:NAME` splits), else is empty."""
+    for i, m in enumerate(cfg.mix or []):
+        if not Path(m.input).exists():
+            raise DataError(f"data.mix[{i}] ({m.name}): {m.input}: no such file or directory")
     splits = ordered_splits(cfg.input_files)
     return [
-        {"split": split, "rank": rank, "shard": shard, "path": str(path)}
+        {
+            "split": split,
+            "rank": rank,
+            "shard": shard,
+            "path": str(path),
+            "source": split.removeprefix("mix:") if cfg.mix else "",
+        }
         for rank, split in enumerate(splits)
         for shard, path in enumerate(shard_paths(Path(cfg.input_files[split]), cfg.format))
     ]
@@ -484,6 +499,109 @@ def _assign_splits(kept, dev: float, test: float, seed: int):
     ), names
 
 
+# --- data.mix -------------------------------------------------------------------------------
+
+
+def _order_and_tokens(table: pa.Table, kind: str) -> pa.Table:
+    """(order key, whitespace words) of each kept record: all the mixer needs of it."""
+    records = table["record"].to_pylist()
+    tokens = [record_tokens(json.loads(text), KINDS[kind]) for text in records]
+    return pa.table({"order": table["order"], "tokens": pa.array(tokens, pa.int64())})
+
+
+def _mix_sizes(kept, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """The kept records' order keys, sorted, and their words: 16 bytes a record to the driver."""
+    sizes = kept.map_batches(
+        _order_and_tokens, fn_kwargs={"kind": kind}, batch_format="pyarrow", batch_size=BATCH
+    )
+    batches = [
+        (b["order"].to_numpy(), b["tokens"].to_numpy())
+        for b in sizes.iter_batches(batch_format="pyarrow")
+        if b.num_rows
+    ]
+    if not batches:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    orders = np.concatenate([o for o, _ in batches])
+    tokens = np.concatenate([t for _, t in batches])
+    at = np.argsort(orders, kind="stable")
+    return orders[at], tokens[at]
+
+
+def mix_plan(cfg: DataConfig, orders: np.ndarray, tokens: np.ndarray):
+    """pipeline.mixed_splits over record indices: each source (its rank in the order key) cut
+    by split_records, its training part drawn by CorpusMixer.plan from the records' sizes.
+    Returns {split: [(source, index into orders, repeat)] in output order} and the realised
+    mix (stats.json's `mix`)."""
+    ranks = orders >> (SHARD_BITS + ROW_BITS)
+    parts = {
+        split.removeprefix("mix:"): split_records(
+            np.flatnonzero(ranks == rank).tolist(), cfg.split.dev, cfg.split.test, cfg.split.seed
+        )
+        for rank, split in enumerate(ordered_splits(cfg.input_files))
+    }
+    weights = {m.name: m.weight for m in cfg.mix}
+    mixer = CorpusMixer(weights, KINDS[cfg.kind], cfg.mix_by, cfg.split.seed)
+    sizes = {n: [mixer.size(t) for t in tokens[p["train"]].tolist()] for n, p in parts.items()}
+    drawn = mixer.plan(sizes, cfg.mix_size)
+    plan = {"train": [(n, parts[n]["train"][j], k) for n, j, k in drawn]}
+    for split in ("dev", "test"):
+        if any(split in p for p in parts.values()):
+            plan[split] = [(n, i, 0) for n, p in parts.items() for i in p.get(split, [])]
+    realised = {s: ((n, int(tokens[i])) for n, i, _ in rows) for s, rows in plan.items()}
+    return plan, mixer.report_tokens(realised)
+
+
+def _occurrences(plan: dict[str, list], orders: np.ndarray) -> dict[str, Any]:
+    """Where each kept record goes, sorted by its order key: a record drawn twice appears
+    twice, one not drawn not at all."""
+    columns: dict[str, list] = {"order": [], "split": [], "position": [], "repeat": []}
+    for code, rows in enumerate(plan.values()):
+        columns["order"] += [int(orders[i]) for _, i, _ in rows]
+        columns["split"] += [code] * len(rows)
+        columns["position"] += range(len(rows))
+        columns["repeat"] += [k for _, _, k in rows]
+    at = np.argsort(np.array(columns["order"], np.int64), kind="stable")
+    arrays = {k: np.array(v, np.int64)[at] for k, v in columns.items()}
+    return {**arrays, "names": list(plan)}
+
+
+def _set_mix(table: pa.Table, order, split, position, repeat, names: list[str]) -> pa.Table:
+    """A block's kept records as the mix holds them: one row per time it was drawn, with its
+    split and place there, a repeat's id marked `~N` (drawn_copy's rule)."""
+    own = table["order"].to_numpy()
+    lo, hi = np.searchsorted(order, own, "left"), np.searchsorted(order, own, "right")
+    counts = hi - lo
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    occ = np.repeat(lo, counts) + np.arange(int(counts.sum())) - starts
+    table = table.take(pa.array(np.repeat(np.arange(len(own)), counts)))
+    ids, records = table["id"].to_pylist(), table["record"].to_pylist()
+    for row, k in enumerate(repeat[occ].tolist()):
+        if k:
+            record = json.loads(records[row])
+            record["id"] = ids[row] = f"{record['id']}~{k}"
+            records[row] = _dumps(record)
+    columns = {
+        "split": pa.array([names[c] for c in split[occ].tolist()], pa.string()),
+        "order": pa.array(position[occ], pa.int64()),
+        "id": pa.array(ids, pa.string()),
+        "record": pa.array(records, pa.string()),
+    }
+    for name, column in columns.items():
+        table = table.set_column(SCHEMA.get_field_index(name), name, column)
+    return table
+
+
+def _assign_mix(kept, cfg: DataConfig):
+    """The mixed splits on the cluster; to the driver only (order key, words) per record."""
+    orders, tokens = _mix_sizes(kept, cfg.kind)
+    plan, realised = mix_plan(cfg, orders, tokens)
+    occurrences = _occurrences(plan, orders)
+    mixed = kept.map_batches(
+        _set_mix, fn_kwargs=occurrences, batch_format="pyarrow", batch_size=None
+    )
+    return mixed, list(plan), realised
+
+
 SIDE_FILES = ("dropped", "bad_lines")  # written as JSONL whatever the output format
 
 
@@ -507,10 +625,12 @@ def _lines(table: pa.Table, name: str) -> list[str]:
     ]
 
 
-def _write_file(table: pa.Table, root: str, name: str, fmt: str) -> dict[str, Any]:
+def _write_file(
+    table: pa.Table, root: str, name: str, fmt: str, report: dict[str, Any]
+) -> dict[str, Any]:
     """One block's rows of one output as a file named by its first order key (the driver
     numbers the files afterwards); returns its manifest entry and, for dropped records, how
-    many each step dropped."""
+    many each step dropped, for a split's records what the EDA report counts."""
     table = table.sort_by("order")
     first = table["order"][0].as_py()
     fmt = "jsonl" if name in SIDE_FILES else fmt
@@ -532,17 +652,30 @@ def _write_file(table: pa.Table, root: str, name: str, fmt: str) -> dict[str, An
         "first": first,
         "sha256": sha,
         "steps": _dumps(steps if name == "dropped" else {}),
+        "report": "" if name in SIDE_FILES else _report_counts(table, name, report),
     }
 
 
-def _write_block(table: pa.Table, root: str, fmt: str) -> pa.Table:
+def _report_counts(table: pa.Table, name: str, report: dict[str, Any]) -> str:
+    """The report's counts of these records; a record's position is (its split's place in
+    the output, its order), the order the local report goes through the records in."""
+    counts = ReportCounts(report["kind"])
+    rank = report["ranks"][name]
+    for order, text in zip(table["order"].to_pylist(), table["record"].to_pylist(), strict=True):
+        counts.add(json.loads(text), [rank, order])
+    return _dumps(counts.to_json())
+
+
+def _write_block(table: pa.Table, root: str, fmt: str, report: dict[str, Any]) -> pa.Table:
     """A sorted block: one file for each output (split, dropped, bad_lines) it holds."""
     names = sorted(set(table["split"].to_pylist()))
-    written = [_write_file(table.filter(pc.equal(table["split"], n)), root, n, fmt) for n in names]
+    written = [
+        _write_file(table.filter(pc.equal(table["split"], n)), root, n, fmt, report) for n in names
+    ]
     return pa.Table.from_pylist(written)
 
 
-def _write(ds, root: Path, fmt: str, partitions: int) -> list[dict[str, Any]]:
+def _write(ds, root: Path, fmt: str, partitions: int, report: dict) -> list[dict[str, Any]]:
     """Every output row, sorted by (output, order), as shards `<output>/part-NNNNN.<fmt>`;
     returns what was written, numbered in order."""
     written = (
@@ -550,7 +683,7 @@ def _write(ds, root: Path, fmt: str, partitions: int) -> list[dict[str, Any]]:
         .sort(["split", "order"])
         .map_batches(
             _write_block,
-            fn_kwargs={"root": str(root), "fmt": fmt},
+            fn_kwargs={"root": str(root), "fmt": fmt, "report": report},
             batch_format="pyarrow",
             batch_size=None,
         )
@@ -571,6 +704,7 @@ def _write(ds, root: Path, fmt: str, partitions: int) -> list[dict[str, Any]]:
                 "records": row["records"],
                 "sha256": row["sha256"],
                 "steps": json.loads(row["steps"]),
+                "report": row["report"],
             }
         )
     return entries
@@ -718,33 +852,65 @@ def _prepare(cfg: DataConfig, output_dir: Path) -> PrepareResult:
 def _prepare_shuffled(cfg: DataConfig, output_dir: Path) -> PrepareResult:
     read, read_counts, offsets = _read(cfg)
     kept, dropped, step_stats = _clean(cfg, read, offsets)
-    splits = list(read_counts)
-    if splits == ["all"]:
+    splits, extra, rows = list(read_counts), {}, read.count()
+    if cfg.mix:
+        kept, splits, extra["mix"] = _assign_mix(kept, cfg)
+        rows += sum(c["records"] for c in extra["mix"]["train"].values())
+    elif splits == ["all"]:
         kept, splits = _assign_splits(kept, cfg.split.dev, cfg.split.test, cfg.split.seed)
-    rows = kept.union(_relabel(dropped[0].union(*dropped[1:]), "dropped"))
-    rows = rows.union(_relabel(_only(read, ("bad",)), "bad_lines"))
+    out = kept.union(_relabel(dropped[0].union(*dropped[1:]), "dropped"))
+    out = out.union(_relabel(_only(read, ("bad",)), "bad_lines"))
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        written = _write(rows, tmp, cfg.output_format, _partitions(read.count()))
-        drops = Counter()
+        report = {"kind": cfg.kind, "ranks": {s: i for i, s in enumerate(splits)}}
+        written = _write(out, tmp, cfg.output_format, _partitions(rows), report)
+        counts = ReportCounts(cfg.kind)
         for entry in written:
-            drops.update(entry.pop("steps"))
-        entering = sum(read_counts.values()) - sum(s["dropped"] for s in step_stats)
-        entries = [e for e in written if e["split"] not in SIDE_FILES]
-        stats = {
-            "kind": cfg.kind,
-            "executor": "ray",
-            "input": read_counts,
-            "bad_lines": sum(e["records"] for e in written if e["split"] == "bad_lines"),
-            "steps": step_stats + _dedup_steps(cfg, entering, drops),
-            "output": {s: sum(e["records"] for e in entries if e["split"] == s) for s in splits},
-            "manifest_sha256": manifest_sha256(entries),
-        }
+            if text := entry.pop("report"):
+                counts.merge(ReportCounts.from_json(cfg.kind, json.loads(text)))
+        stats = {**_stats(cfg, written, read_counts, step_stats, splits), **extra}
         write_json(tmp / "manifest.json", {"format": cfg.output_format, "files": written})
         write_json(tmp / "stats.json", stats)
+        pages = _write_eda_report(cfg, tmp, counts, stats, splits)
         _swap_in(tmp, output_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = {"stats": output_dir / "stats.json", "manifest": output_dir / "manifest.json"}
+    files.update({f"report_{k}": output_dir / v.relative_to(tmp) for k, v in pages.items()})
     return PrepareResult(output_dir, {}, stats, files)
+
+
+def _stats(cfg: DataConfig, written: list[dict], read_counts: dict, step_stats: list, splits):
+    """stats.json with the local run's keys and counts, from what was written."""
+    drops = Counter()
+    for entry in written:
+        drops.update(entry.pop("steps"))
+    entering = sum(read_counts.values()) - sum(s["dropped"] for s in step_stats)
+    entries = [e for e in written if e["split"] not in SIDE_FILES]
+    return {
+        "kind": cfg.kind,
+        "executor": "ray",
+        "input": read_counts,
+        "bad_lines": sum(e["records"] for e in written if e["split"] == "bad_lines"),
+        "steps": step_stats + _dedup_steps(cfg, entering, drops),
+        "output": {s: sum(e["records"] for e in entries if e["split"] == s) for s in splits},
+        "manifest_sha256": manifest_sha256(entries),
+    }
+
+
+def _write_eda_report(
+    cfg: DataConfig, root: Path, counts: ReportCounts, stats: dict, splits: list[str]
+) -> dict[str, Path]:
+    """report/ as the local run writes it, from the blocks' counts; characters per token is
+    measured on the first records of the written splits, streamed (SAMPLE at most)."""
+    sample: list[dict] = []
+    for split in splits if cfg.report.tokenizer else []:
+        if (root / split).is_dir() and len(sample) < SAMPLE:
+            sample += read_split(root / split, limit=SAMPLE - len(sample))
+    report_dir = root / "report"
+    report = report_from_counts(
+        counts, stats["output"], report_dir, cfg.report.tokenizer, cfg.report.top_topics, sample
+    )
+    write_json(report_dir / "report.json", report)
+    return write_report(report, stats, report_dir)
