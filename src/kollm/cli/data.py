@@ -45,10 +45,11 @@ def run_data_prepare(recipe: Recipe) -> dict[str, Any]:
     console.print(
         f"input {result.stats['input']} -> output {output}; bad lines {result.stats['bad_lines']}"
     )
-    if "report_html" in result.files:
-        console.print(f"report: {result.files['report_html']}  stats: {result.files['stats']}")
-    else:  # the Ray executor writes shards and a manifest, no EDA report
-        console.print(f"manifest: {result.files['manifest']}  stats: {result.files['stats']}")
+    # the Ray executor writes shards and a manifest beside the report and stats
+    shown = {"report": "report_html", "manifest": "manifest", "stats": "stats"}
+    console.print(
+        "  ".join(f"{k}: {result.files[v]}" for k, v in shown.items() if v in result.files)
+    )
     return result.stats
 
 

@@ -5,7 +5,7 @@ input, with the same kept records as the local run.
     objects) -> exact dedup (grouped by key hash, the earliest record stays) -> near dedup
     (MinHash signatures per batch, one row per LSH band, grouped by band -> verified pairs ->
     clusters) ->
-    split -> write (sharded JSONL or Parquet, manifest.json, stats.json)
+    split or mix -> write (sharded JSONL or Parquet, manifest.json, stats.json, report/)
 
 Every record carries an order key (split, shard, row), so "earlier" means what it means in the
 local run: train before dev before test, shards in name order, rows in file order. Records
@@ -17,6 +17,12 @@ reaches the threshold. That depends on order (A~B, B~C, A!~C keeps A and C), so 
 (one survivor each) would not agree with it. Here the verified pairs come to the driver (not the
 corpus: ~200 bytes a pair in Python, one per near-duplicate and more in clusters), union-find joins
 them into clusters, and each cluster is walked in order keeping what the local step keeps.
+
+A `data.mix` source is read as its own split (`mix:NAME`), so the steps and the shared dedup
+index treat it as locally. CorpusMixer's draw depends on each record's size alone (shuffles
+permute by length), so the driver draws over (order key, words) per record and each block
+expands the records drawn, a repeat once per draw. The EDA report's counts add up (value ->
+count), so each written block counts its records and the driver merges them.
 
 Why not datatrove's Ray executor or Data-Juicer's Ray MinHash deduplicator: both hash their own
 shingles with their own functions and join band collisions without checking the similarity, so
