@@ -46,3 +46,25 @@ def test_report_reads_a_tokenizer_json(tmp_path):
     report = build_report({"train": ROWS}, "dialogue_summary", tmp_path, tokenizer=str(tmp_path))
     assert report["chars_per_token"]["tokenizer"] == str(tmp_path)
     assert report["chars_per_token"]["value"] > 0
+
+
+def test_counts_kept_apart_and_merged_give_the_same_report(tmp_path):
+    """As the Ray blocks count: each chunk counted alone, through JSON, then merged."""
+    import json
+    from pathlib import Path
+
+    from kollm.data.report import SAMPLE, ReportCounts, report_from_counts
+
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample" / "dialogsum_train.jsonl"
+    rows = [json.loads(line) for line in sample.read_text().splitlines()[:90]]
+    whole = build_report({"train": rows[:60], "dev": rows[60:]}, "dialogue_summary", tmp_path)
+    merged = ReportCounts("dialogue_summary")
+    for rank, lo, hi in ((1, 60, 90), (0, 30, 60), (0, 0, 30)):  # blocks in any order
+        part = ReportCounts("dialogue_summary")
+        for i in range(lo, hi):
+            part.add(rows[i], [rank, i])
+        merged.merge(
+            ReportCounts.from_json("dialogue_summary", json.loads(json.dumps(part.to_json())))
+        )
+    sizes = {"train": 60, "dev": 30}
+    assert report_from_counts(merged, sizes, tmp_path, None, 15, rows[:SAMPLE]) == whole
