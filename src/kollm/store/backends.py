@@ -119,7 +119,9 @@ class IdleConnections:
         now, closing = time.monotonic(), []
         with self._lock:
             self._idle.append((url, now, conn))
-            while len(self._idle) > POOL_IDLE or now - self._idle[0][1] > IDLE_MAX_S:
+            while self._idle and (
+                len(self._idle) > POOL_IDLE or now - self._idle[0][1] > IDLE_MAX_S
+            ):
                 closing.append(self._idle.pop(0)[2])
         for old in closing:
             old.close()
