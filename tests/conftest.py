@@ -204,6 +204,15 @@ def fake_api(app, monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def served_store(store_backend, served_home) -> str:  # noqa: F811 - the fixture
+    """`store_backend` for a test of a server over `served_home`: on PostgreSQL the session's
+    tiny model is registered in the test's schema before anything reads it (its files stay
+    under the home, so no model is trained per backend)."""
+    share_registry(served_home)
+    return store_backend
+
+
+@pytest.fixture
 def start_server(served_home):
     """start_server(refs, engine=..., **options) -> a started LiveServer, stopped after the test."""
     servers = []

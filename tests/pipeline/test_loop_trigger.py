@@ -9,6 +9,7 @@ import logging
 import subprocess
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 import kollm.pipeline.loop as loop
@@ -47,6 +48,7 @@ def _rejecting(monkeypatch) -> None:
     monkeypatch.setattr(loop, "refusal_rate", lambda recipe, model_dir: None)
 
 
+@pytest.mark.usefixtures("store_backend")  # the trigger window, on both stores
 def test_after_a_decision_old_ratings_no_longer_fire(
     tiny_recipe, tmp_path, local_base, monkeypatch
 ):

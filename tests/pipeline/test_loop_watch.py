@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import pytest
 from typer.testing import CliRunner
 
 import kollm.pipeline.loop as loop
@@ -45,6 +46,7 @@ def _loop_promoted_v2(home, local_base, recipe, v1_good=19, v1_bad=1) -> Registr
     return registry
 
 
+@pytest.mark.usefixtures("store_backend")  # the rollback path on both stores
 def test_a_version_rated_worse_is_rolled_back_with_both_rates(
     tiny_recipe, tmp_path, local_base, monkeypatch
 ):

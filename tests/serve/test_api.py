@@ -1,9 +1,11 @@
 import asyncio
-import sqlite3
+from contextlib import closing
 
 import httpx
 import openai
 import pytest
+
+from kollm.store import connect
 
 DIALOGUE = "#Person1#: 안녕하세요, 치과 예약을 하고 싶은데요.\n#Person2#: 네, 어디가 불편하신가요?"
 
@@ -12,8 +14,13 @@ def client(server, key="none") -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
 
 
-@pytest.mark.parametrize("engine", ["ctranslate2", "transformers"])
-def test_chat_and_korean_streaming_match(start_server, engine, served_home):
+# the request log on both stores; the second engine on SQLite alone (it logs the same way)
+@pytest.mark.parametrize(
+    ("engine", "store_backend"),
+    [("ctranslate2", "sqlite"), ("ctranslate2", "postgresql"), ("transformers", "sqlite")],
+    indirect=["store_backend"],
+)
+def test_chat_and_korean_streaming_match(served_store, start_server, engine, served_home):
     server = start_server(engine=engine)
     api = client(server)
     messages = [
@@ -38,7 +45,7 @@ def test_chat_and_korean_streaming_match(start_server, engine, served_home):
     assert all("\ufffd" not in piece for piece in pieces)
     assert chunks[-1].choices[0].finish_reason == reply.choices[0].finish_reason
     # The request log holds the answer and the version, with the phone number masked.
-    with sqlite3.connect(served_home / "registry.db") as conn:
+    with closing(connect(served_home / "registry.db")) as conn:
         row = conn.execute(
             "SELECT model_version, request, response FROM responses WHERE id = ?", (reply.id,)
         ).fetchone()
@@ -209,12 +216,13 @@ def test_domain_guard_declines_off_domain_requests(start_server):
     )
 
 
+@pytest.mark.usefixtures("served_store")
 def test_request_log_can_be_switched_off(start_server, served_home):
     server = start_server(log_requests=False)
     reply = client(server).chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": "안녕"}], max_tokens=4
     )
-    with sqlite3.connect(served_home / "registry.db") as conn:
+    with closing(connect(served_home / "registry.db")) as conn:
         rows = conn.execute("SELECT COUNT(*) FROM responses WHERE id = ?", (reply.id,)).fetchone()[
             0
         ]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
+from contextlib import closing
 
 import httpx
 import pytest
 
 from kollm.registry import Registry
+from kollm.store import connect
 
 
 @pytest.fixture
@@ -58,6 +59,7 @@ def test_login_and_the_runs_page(console):
     assert wrong.status_code == 303 and "failed=1" in wrong.headers["location"]
 
 
+@pytest.mark.usefixtures("served_store")  # alias moves and the audit on both stores
 def test_admin_promotes_and_rolls_back_and_each_is_audited(console, served_home, local_base):
     registry = Registry(served_home)
     v2 = registry.register("tiny", local_base, base_model="scratch", method="sft")
@@ -79,11 +81,11 @@ def test_admin_promotes_and_rolls_back_and_each_is_audited(console, served_home,
         "/ui/registry/rollback", data={"name": "tiny", "alias": "production", "csrf": token}
     )
     assert registry.get("tiny@production").version == 1
-    rows = (
-        sqlite3.connect(served_home / "registry.db")
-        .execute("SELECT action, target, key_name FROM audit_log ORDER BY id")
-        .fetchall()
-    )
+    with closing(connect(served_home / "registry.db")) as conn:
+        rows = [
+            tuple(r)
+            for r in conn.execute("SELECT action, target, key_name FROM audit_log ORDER BY id")
+        ]
     assert rows[-2:] == [
         ("promote", "tiny@production", rows[-1][2]),
         ("rollback", "tiny@production", rows[-1][2]),
@@ -102,6 +104,7 @@ def test_a_viewer_cannot_promote_and_a_form_needs_its_token(console, served_home
     assert Registry(served_home).get("tiny@production").version == 1
 
 
+@pytest.mark.usefixtures("served_store")  # the request log, feedback and queue on both
 def test_feedback_queue_and_chat_page(console, served_home):
     client, _ = _login(console, "viewer-key")
     answer = client.post(

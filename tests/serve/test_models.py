@@ -135,6 +135,7 @@ def test_adapters_load_and_unload_while_serving(start_server, local_base, two_ad
     assert reply.json()["choices"][0]["message"]["content"] == with_b
 
 
+@pytest.mark.usefixtures("served_store")  # aliases resolved on both stores
 def test_a_moved_alias_is_served_without_restart(start_server, served_home, tmp_path):
     import shutil
 
@@ -221,6 +222,7 @@ def test_domain_guard_by_embedding_similarity(served_home):
     assert DomainGuard().allows("아무 말")
 
 
+@pytest.mark.usefixtures("served_store")  # aliases resolved on both stores
 def test_two_versions_of_one_model_side_by_side(start_server, served_home, tmp_path):
     import shutil
 

@@ -111,3 +111,35 @@ def test_two_servers_count_every_rating_once_through_a_promote_and_a_rollback(
         ("rollback", second.version, first.version),
     ]
     assert registry.get("tiny@production").version == first.version
+
+
+def test_a_burst_of_ratings_reuses_a_few_store_connections(
+    start_server, served_home, postgres_url, monkeypatch
+):
+    """40 ratings from 4 clients at once through a server on PostgreSQL open a few store
+    connections, not one or more a request (each a server process on the database's host)."""
+    import psycopg
+
+    monkeypatch.setenv("KOLLM_DATABASE_URL", postgres_url)
+    server = start_server(api_keys=[f"key-{i}" for i in range(4)])
+    log = RequestLog(served_home)
+    for i in range(4):
+        log.write(f"pool-{i}", "chat", "tiny", "tiny:1", {"messages": []}, "답", 2, 1, "stop", 1.0)
+    opened, connect_to_server = [], psycopg.connect
+    monkeypatch.setattr(
+        psycopg, "connect", lambda *a, **k: opened.append(1) or connect_to_server(*a, **k)
+    )
+
+    def rate(i: int) -> list[int]:
+        with httpx.Client(headers={"Authorization": f"Bearer key-{i}"}, timeout=60) as http:
+            body = {"response_id": f"pool-{i}", "rating": "good"}
+            posts = [http.post(server.base_url + "/v1/feedback", json=body) for _ in range(10)]
+            return [r.status_code for r in posts]
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = [c for done in pool.map(rate, range(4)) for c in done]
+    assert codes == [200] * 40
+    assert len(opened) <= 4 + 2  # a client each, the alias poll and one to spare
+    with closing(connect(served_home / "registry.db")) as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM feedback WHERE response_id LIKE 'pool-%'")
+        assert kept.fetchone()[0] == 40

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from contextlib import closing
 
+import pytest
 from typer.testing import CliRunner
 
 from kollm.cli import app
@@ -14,7 +17,7 @@ from kollm.feedback.store import FeedbackStore
 from kollm.rag.index import RagIndex
 from kollm.registry import Registry
 from kollm.store import MIGRATIONS, connect
-from kollm.store.backends import translate
+from kollm.store.backends import POOL_IDLE, translate
 
 
 def test_the_sqlite_dialect_becomes_postgresqls():
@@ -142,3 +145,50 @@ def test_a_recipes_store_url_is_the_store_of_its_commands(tmp_path, monkeypatch)
     _load(recipe, None)
     Registry(tmp_path / "home")
     assert (tmp_path / "site.db").is_file() and not (tmp_path / "home" / "registry.db").exists()
+
+
+def _pid(conn) -> int:
+    return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def _still_open(url: str, pids: set[int]) -> set[int]:
+    """Those of `pids` whose server process still serves a connection (a closed one's process
+    takes a moment to exit: waited for, up to 30 s). The look itself reuses one of them."""
+    deadline = time.monotonic() + 30
+    while True:
+        with closing(connect(url)) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity").fetchall()
+            live = {r[0] for r in rows} & pids
+        if len(live) <= POOL_IDLE or time.monotonic() > deadline:
+            return live
+        time.sleep(0.1)
+
+
+def test_postgresql_connections_are_reused_and_few_stay_open(postgres_url):
+    burst = [connect(postgres_url) for _ in range(POOL_IDLE + 4)]  # all at once: one each
+    pids = {_pid(conn) for conn in burst}
+    assert len(pids) == POOL_IDLE + 4
+    for conn in burst:
+        conn.close()
+    kept = _still_open(postgres_url, pids)
+    assert len(kept) == POOL_IDLE  # the rest were closed on the server too
+    again = [connect(postgres_url) for _ in range(POOL_IDLE)]
+    assert {_pid(conn) for conn in again} == kept  # reused: no new server process
+    for conn in again:
+        conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # a closed connection, as sqlite3's
+        burst[0].execute("SELECT 1")
+
+
+def test_a_connection_given_back_mid_transaction_is_rolled_back(postgres_url):
+    conn = connect(postgres_url)
+    conn.execute("CREATE TABLE t (a INTEGER)")
+    conn.execute("BEGIN IMMEDIATE")  # holds the store's write lock
+    conn.execute("INSERT INTO t VALUES (1)")
+    pid = _pid(conn)
+    conn.close()  # as a caller that failed before its commit
+    with closing(connect(postgres_url)) as reused:
+        assert _pid(reused) == pid and not reused.in_transaction
+        assert reused.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+        locks = "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'"
+        assert reused.execute(locks).fetchone()[0] == 0  # the next writer does not wait

@@ -14,13 +14,25 @@ the modules write and sends PostgreSQL's:
   table with an `id` identity returns it (`lastrowid`), `PRAGMA` is a no-op;
 - the FTS5 candidate query of retrieval becomes a tsvector match over the same tokens;
 - errors are raised as sqlite3's classes, so callers catch one family on both backends.
+
+Every store call opens a connection and closes it (the modules' `with closing(connect(...))`).
+On SQLite that is a file open; on PostgreSQL a TCP connection, an authentication and a server
+process, about twice per request a server answers. So `close` gives a PostgreSQL connection
+back to a small per-process set of idle ones (`IdleConnections`) that the next `connect` of
+the same URL takes: a server's connections are as many as its threads use the store at once,
+and at most `POOL_IDLE` stay open between requests. Not psycopg_pool: it is another package,
+and its own threads and sizing are more than a reuse of idle connections needs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import decimal
+import os
 import re
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,6 +61,9 @@ PRIMARY_KEYS = {
     "aliases": ("name", "alias"),
 }
 RESERVED = ("end",)  # sqlite column names PostgreSQL reserves (rag_chunks.end)
+POOL_IDLE = 8  # idle PostgreSQL connections a process keeps, all URLs together
+IDLE_MAX_S = 300.0  # one idle longer is closed, not reused (the server may have dropped it)
+CHECK_AFTER_S = 5.0  # one idle longer is checked with a round trip before it is reused
 
 
 def is_postgres(url: str | None) -> bool:
@@ -62,11 +77,102 @@ def connect_postgres(url: str) -> PgConnection:
         raise RuntimeError(
             "a postgresql:// store needs psycopg 3: pip install 'kollm[postgres]'"
         ) from err
+    conn = IDLE.take(url)
+    if conn is not None:
+        return PgConnection(conn, url)
     try:
-        return PgConnection(psycopg.connect(url, autocommit=True, connect_timeout=30))
+        # no prepared statements: a pooled connection outlives a migration by another
+        # process, and a statement prepared before it would fail ("cached plan must not
+        # change result type")
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=30, prepare_threshold=None)
     except psycopg.Error as err:
         message = f"cannot connect to the store at {_safe(url)}: {err}"
         raise sqlite3.OperationalError(message) from err
+    return PgConnection(conn, url)
+
+
+class IdleConnections:
+    """The psycopg connections `PgConnection.close` gave back, newest last, for the next
+    `connect_postgres` of the same URL. Only a connection in no transaction is kept, at most
+    `POOL_IDLE` (the oldest is closed), none idle longer than `IDLE_MAX_S`; a forked child
+    starts with none (its parent's sockets are not its own)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[tuple[str, float, Any]] = []  # (url, given back at, connection)
+
+    def take(self, url: str):
+        """A live idle connection to `url`, or None."""
+        while True:
+            with self._lock:
+                mine = [i for i, (u, _, _) in enumerate(self._idle) if u == url]
+                if not mine:
+                    return None
+                _, since, conn = self._idle.pop(mine[-1])  # the newest: the old ones expire
+            if _usable(conn, time.monotonic() - since):
+                return conn
+
+    def give(self, url: str, conn) -> None:
+        """Keep `conn` for reuse, or close it (broken, mid-transaction, one too many)."""
+        if not _reset(conn):
+            return
+        now, closing = time.monotonic(), []
+        with self._lock:
+            self._idle.append((url, now, conn))
+            while self._idle and (
+                len(self._idle) > POOL_IDLE or now - self._idle[0][1] > IDLE_MAX_S
+            ):
+                closing.append(self._idle.pop(0)[2])
+        for old in closing:
+            old.close()
+
+    def clear(self) -> None:
+        """Close every idle connection (a test's end, a URL that changed)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, _, conn in idle:
+            conn.close()
+
+    def _forget(self) -> None:
+        # in a forked child: drop the parent's connections unclosed (psycopg closes nothing
+        # it did not open in this process, so the parent's sessions go on)
+        self._lock, self._idle = threading.Lock(), []
+
+
+IDLE = IdleConnections()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=IDLE._forget)
+
+
+def _usable(conn, idle_s: float) -> bool:
+    """Whether an idle connection can serve again; closes it when not."""
+    if conn.closed or conn.broken or idle_s > IDLE_MAX_S:
+        conn.close()
+        return False
+    if idle_s <= CHECK_AFTER_S:
+        return True
+    try:
+        conn.execute("SELECT 1")
+        return True
+    except Exception:  # a server restart or a dropped socket: a new connection instead
+        conn.close()
+        return False
+
+
+def _reset(conn) -> bool:
+    """The connection back in no transaction (a caller's error can leave one open); False, and
+    closed, when it is broken or still busy."""
+    from psycopg.pq import TransactionStatus
+
+    status = conn.info.transaction_status
+    if not conn.closed and status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        with contextlib.suppress(Exception):  # a dropped connection: closed below
+            conn.execute("ROLLBACK")
+        status = conn.info.transaction_status
+    if conn.closed or conn.broken or status != TransactionStatus.IDLE:
+        conn.close()
+        return False
+    return True
 
 
 def _safe(url: str) -> str:
@@ -115,6 +221,16 @@ def _value(v: Any) -> Any:
     return v
 
 
+class _Closed:
+    """What a closed PgConnection holds: any use is sqlite3's error for a closed database."""
+
+    def __getattr__(self, name: str):
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+
+
+_CLOSED = _Closed()
+
+
 class PgCursor:
     """The part of sqlite3.Cursor the modules use: iteration, fetchone/fetchall, lastrowid."""
 
@@ -141,8 +257,8 @@ class PgConnection:
 
     dialect = "postgresql"
 
-    def __init__(self, conn) -> None:
-        self._conn = conn
+    def __init__(self, conn, url: str | None = None) -> None:
+        self._conn, self._url = conn, url
 
     def execute(self, sql: str, params: Sequence = ()) -> PgCursor:
         import psycopg
@@ -205,7 +321,15 @@ class PgConnection:
             self.execute("ROLLBACK")
 
     def close(self) -> None:
-        self._conn.close()
+        """Give the connection back for reuse (see `IdleConnections`); a second close, or a
+        connection of no URL, closes nothing more."""
+        conn, self._conn = self._conn, _CLOSED
+        if conn is _CLOSED:
+            return
+        if self._url is None:
+            conn.close()
+        else:
+            IDLE.give(self._url, conn)
 
     def __enter__(self) -> PgConnection:
         return self
