@@ -66,7 +66,7 @@ vllm-lock:
 install: $(STAMP)
 
 # Every wheel of the lock, torch, the build backend and kollm's own, plus MANIFEST (sha256s):
-# about N GB, N minutes here (bench/wheelhouse.py). Same OS, CPU architecture and Python
+# 0.9 GB with the CPU torch, about 4 minutes on 2 cores (bench/wheelhouse.py). Same OS, CPU architecture and Python
 # version as the air-gapped machine; GPU sites set TORCH to their CUDA build.
 wheelhouse: $(STAMP)
 	$(PY) bench/wheelhouse.py build $(WHEELHOUSE) --torch '$(TORCH)' --lock $(LOCK)

@@ -148,7 +148,9 @@ def test_kollm_installs_from_the_wheelhouse_and_runs_with_no_network(tmp_path):
 
     def offline(*command: str) -> subprocess.CompletedProcess:
         command = ("unshare", "-n", *command)
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        return subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
+        )
 
     house = Path(WHEELHOUSE).resolve()
     made = offline("make", "install", f"OFFLINE={house}", f"VENV={venv}")
