@@ -8,19 +8,27 @@ LOCK := requirements/lock.txt
 # On these machines torch==2.13.0 is a CPU build on local disk; an unpinned torch would pull a
 # multi-GB CUDA build. GPU users: make TORCH='torch==2.13.0 --index-url <your CUDA wheel index>'.
 TORCH ?= torch==2.13.0
+# Air-gapped sites (docs/deploy/airgapped.md): `make wheelhouse` on a connected machine fills
+# $(WHEELHOUSE); `make install OFFLINE=wheelhouse/` then installs from that directory alone: pip
+# gets no index and no pip config (PIP_*), and the fetch steps read its fetch/ files.
+WHEELHOUSE ?= wheelhouse
+OFFLINE ?=
+OFFLINE_DIR := $(if $(OFFLINE),$(abspath $(OFFLINE)))
+PIP_ENV := $(if $(OFFLINE),env PIP_NO_INDEX=1 PIP_FIND_LINKS=$(OFFLINE_DIR) PIP_CONFIG_FILE=/dev/null)
+FETCH_FROM := $(if $(OFFLINE),--from $(OFFLINE_DIR)/fetch)
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test lint bench sample clean lock check-gguf llama-server vllm-venv vllm-lock
+.PHONY: install wheelhouse demo test lint bench sample clean lock check-gguf llama-server vllm-venv vllm-lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
-	$(PY) -m kollm.cluster.llamacpp fetch
-	$(PY) -m kollm.cluster.schemas fetch
+	$(PIP_ENV) $(PY) -m pip install -q $(TORCH)
+	$(PIP_ENV) $(PY) -m pip install -q -c $(LOCK) -e '.[dev]'
+	$(PY) -m kollm.cluster.llamacpp fetch $(FETCH_FROM)
+	$(PY) -m kollm.cluster.schemas fetch $(FETCH_FROM)
 	touch $(STAMP)
 
 lock:
@@ -56,6 +64,12 @@ vllm-lock:
 	@echo "rewrote $(VLLM_LOCK); run make vllm-venv and tests/serve/test_vllm_cpu.py before committing it"
 
 install: $(STAMP)
+
+# Every wheel of the lock, torch, the build backend and kollm's own, plus MANIFEST (sha256s):
+# 0.9 GB with the CPU torch, about 4 minutes on 2 cores (bench/wheelhouse.py). Same OS, CPU architecture and Python
+# version as the air-gapped machine; GPU sites set TORCH to their CUDA build.
+wheelhouse: $(STAMP)
+	$(PY) bench/wheelhouse.py build $(WHEELHOUSE) --torch '$(TORCH)' --lock $(LOCK)
 
 # llama.cpp's llama-server and llama-quantize for `kollm serve --engine llamacpp`, built from
 # the sha256-pinned llama.cpp source (npm registry) into .cache/llama-server/bin: about 5-10

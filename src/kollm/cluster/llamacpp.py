@@ -23,6 +23,7 @@ from pathlib import Path
 VERSION = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 STAMP = f"{VERSION} lora"  # what a fetched dir holds; an older fetch lacks the LoRA converter
 
 
@@ -58,21 +59,19 @@ def lora_converter() -> Path:
     return script
 
 
-def fetch(target: Path | None = None) -> Path:
-    """Download the pinned sdist with pip, check its sha256, and unpack the converter's files
+def fetch(target: Path | None = None, source: Path | None = None) -> Path:
+    """Download the pinned sdist with pip (or take it from the directory `source`: an
+    air-gapped install's wheelhouse), check its sha256, and unpack the converter's files
     into `target` (replaced whole, so a failed fetch leaves nothing half-written)."""
     target = target or converter_dir()
     stamp = target / ".version"
     if stamp.is_file() and stamp.read_text().strip() == STAMP:
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
-        command += ["--no-binary", ":all:", "-d", tmp, f"llama-cpp-python=={VERSION}"]
-        subprocess.run(command, check=True)
-        (sdist,) = Path(tmp).glob("llama_cpp_python-*.tar.gz")
+        sdist = _local(source) if source else _download(Path(tmp))
         digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
         if digest != SDIST_SHA256:
-            raise RuntimeError(f"{sdist.name}: sha256 {digest} is not the pinned {SDIST_SHA256}")
+            raise RuntimeError(f"{sdist}: sha256 {digest} is not the pinned {SDIST_SHA256}")
         staged = Path(tmp) / "llama.cpp"
         _unpack(sdist, staged)
         (staged / ".version").write_text(STAMP + "\n")
@@ -81,6 +80,22 @@ def fetch(target: Path | None = None) -> Path:
             shutil.rmtree(target)
         shutil.move(str(staged), str(target))
     return target
+
+
+def _download(tmp: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+    command += ["--no-binary", ":all:", "-d", str(tmp), f"llama-cpp-python=={VERSION}"]
+    subprocess.run(command, check=True)
+    return tmp / SDIST
+
+
+def _local(source: Path) -> Path:
+    # Not `pip download --no-index`: pip would prepare the sdist's metadata, which needs its
+    # build backend (scikit-build-core, maybe cmake) from the index too.
+    sdist = source / SDIST
+    if not sdist.is_file():
+        raise ConverterMissing(f"{SDIST} is not in {source} (make wheelhouse puts it there)")
+    return sdist
 
 
 def _unpack(sdist: Path, out: Path) -> None:
@@ -94,6 +109,8 @@ def _unpack(sdist: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["fetch"]:
-        raise SystemExit("usage: python -m kollm.cluster.llamacpp fetch")
-    print(f"llama.cpp converter {VERSION}: {fetch()}")  # noqa: T201  (a make step's output)
+    args = sys.argv[1:]
+    if args[:1] != ["fetch"] or len(args) not in (1, 3) or args[1:2] not in ([], ["--from"]):
+        raise SystemExit("usage: python -m kollm.cluster.llamacpp fetch [--from DIR]")
+    source = Path(args[2]) if len(args) == 3 else None
+    print(f"llama.cpp converter {VERSION}: {fetch(source=source)}")  # noqa: T201  (make's output)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 KSERVE_VERSION = "0.21.0"
+KSERVE_WHEEL = f"kserve-{KSERVE_VERSION}-py3-none-any.whl"
 KSERVE_SHA256 = "df9bc5888704d9085015e08f1a8fced5ff0698f3becc6212d4e7b8234c71623b"
 K8S_KINDS = {
     ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
@@ -42,18 +43,24 @@ def kserve_dir() -> Path:
     return Path(sys.prefix) / "share" / "kollm" / f"kserve-{KSERVE_VERSION}" / "models"
 
 
-def fetch() -> Path:
-    """The KServe SDK's model files, from its wheel (pinned by version and sha256)."""
+def fetch(source: Path | None = None) -> Path:
+    """The KServe SDK's model files, from its wheel (pinned by version and sha256): downloaded
+    with pip, or taken from the directory `source` (an air-gapped install's wheelhouse)."""
     target = kserve_dir()
     if (target / "v1beta1_inference_service.py").is_file():
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp]
-        subprocess.run([*command, f"kserve=={KSERVE_VERSION}"], check=True)
-        (wheel,) = Path(tmp).glob("kserve-*.whl")
+        wheel = Path(source or tmp) / KSERVE_WHEEL
+        if source is None:
+            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp]
+            subprocess.run([*command, f"kserve=={KSERVE_VERSION}"], check=True)
+        elif not wheel.is_file():
+            raise SchemasMissing(
+                f"{KSERVE_WHEEL} is not in {source} (make wheelhouse puts it there)"
+            )
         digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
         if digest != KSERVE_SHA256:
-            raise RuntimeError(f"{wheel.name}: sha256 {digest} is not the pinned {KSERVE_SHA256}")
+            raise RuntimeError(f"{wheel}: sha256 {digest} is not the pinned {KSERVE_SHA256}")
         staged = Path(tmp) / "models"
         staged.mkdir()
         with zipfile.ZipFile(wheel) as archive:
@@ -170,6 +177,8 @@ def _fields(value: Any, type_name: str, schema, where: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["fetch"]:
-        raise SystemExit("usage: python -m kollm.cluster.schemas fetch")
-    print(f"KServe {KSERVE_VERSION} schema: {fetch()}")  # noqa: T201  (a make step's output)
+    args = sys.argv[1:]
+    if args[:1] != ["fetch"] or len(args) not in (1, 3) or args[1:2] not in ([], ["--from"]):
+        raise SystemExit("usage: python -m kollm.cluster.schemas fetch [--from DIR]")
+    source = Path(args[2]) if len(args) == 3 else None
+    print(f"KServe {KSERVE_VERSION} schema: {fetch(source)}")  # noqa: T201  (a make step's output)
