@@ -95,7 +95,7 @@ def test_every_field_has_a_description():
 
 
 def test_generated_docs_are_current(repo):
-    assert (repo / "docs" / "recipe.md").read_text(encoding="utf-8") == recipe_markdown(), (
+    assert (repo / "docs" / "reference" / "recipe.md").read_text(encoding="utf-8") == recipe_markdown(), (
         "run: kollm recipe docs"
     )
 
