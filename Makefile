@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install wheelhouse demo test lint bench sample clean lock check-gguf llama-server vllm-venv vllm-lock
+.PHONY: install wheelhouse demo test docs lint bench sample clean lock check-gguf llama-server vllm-venv vllm-lock
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=30 tests
 
+# The docs site (mkdocs.yml, docs/) into site/, offline; --strict fails on a page outside the nav
+# or a broken link, as tests/docs/test_site.py does.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
@@ -107,4 +112,4 @@ sample: $(STAMP)
 	$(VENV)/bin/kollm data sample data/sample
 
 clean:
-	rm -rf runs .kollm build
+	rm -rf runs .kollm build site

@@ -95,9 +95,8 @@ def test_every_field_has_a_description():
 
 
 def test_generated_docs_are_current(repo):
-    assert (repo / "docs" / "recipe.md").read_text(encoding="utf-8") == recipe_markdown(), (
-        "run: kollm recipe docs"
-    )
+    reference = repo / "docs" / "reference" / "recipe.md"
+    assert reference.read_text(encoding="utf-8") == recipe_markdown(), "run: kollm recipe docs"
 
 
 def test_schema_command_shows_descriptions():
@@ -121,3 +120,11 @@ def test_inconsistent_ray_training_settings_are_refused_by_name(tmp_path, distri
     path = recipe_file(tmp_path, MINIMAL + f"train:\n  distributed: {distributed}\n")
     with pytest.raises(RecipeError, match=message):
         load_recipe(path)
+
+
+def test_recipe_docs_writes_the_sites_reference_page(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["recipe", "docs"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "docs" / "reference" / "recipe.md"
+    assert written.read_text(encoding="utf-8") == recipe_markdown()

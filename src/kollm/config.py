@@ -1,6 +1,7 @@
 """Typed recipe models, YAML loading, `key=value` overrides, and readable errors.
 
-Every field's docstring is its description: `kollm recipe schema` and docs/recipe.md show it.
+Every field's docstring is its description: `kollm recipe schema` and
+docs/reference/recipe.md show it.
 """
 
 from __future__ import annotations

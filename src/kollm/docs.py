@@ -50,7 +50,7 @@ def schema_rows(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str,
 
 
 def recipe_markdown() -> str:
-    """The recipe reference (docs/recipe.md) from the field docstrings."""
+    """The recipe reference (docs/reference/recipe.md) from the field docstrings."""
     lines = [
         "# Recipe reference",
         "",
@@ -63,5 +63,7 @@ def recipe_markdown() -> str:
     ]
     for path, type_name, default, description in schema_rows(Recipe):
         cells = [f"`{path}`", type_name, f"`{default}`" if default else "", description]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        # A table row is one line: a description's own line breaks would end the row.
+        cells = [" ".join(c.split("\n")).replace("|", "\\|") for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

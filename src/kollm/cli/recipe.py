@@ -47,10 +47,10 @@ def recipe_schema(
 @recipe_app.command("docs")
 def recipe_docs(
     output: Annotated[Path, typer.Option("-o", "--output", help="Markdown file to write.")] = Path(
-        "docs/recipe.md"
+        "docs/reference/recipe.md"
     ),
 ) -> None:
-    """Write the recipe reference (docs/recipe.md) from the field descriptions."""
+    """Write the recipe reference (docs/reference/recipe.md) from the field descriptions."""
     from kollm.data.io import write_text
     from kollm.docs import recipe_markdown
 

@@ -230,7 +230,7 @@ def _cell(value: Any) -> str:
 
 
 def compare_markdown(report: dict[str, Any]) -> str:
-    """The table as Markdown (the README's form)."""
+    """The table as Markdown (the form of docs/stages/cluster-tools.md)."""
     lines = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in report["rows"]:
         if "error" in row:

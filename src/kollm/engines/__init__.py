@@ -26,10 +26,10 @@ def choose_engine(
 ) -> tuple[str, str]:
     """The engine `requested` names, and why; `auto` is the faster CPU engine that can serve
     every model: llama.cpp's llama-server where it is found (bench/serve_bench.py measured it
-    ahead of CTranslate2 on the same model, see README), else CTranslate2. llama.cpp serves no
-    encoder-decoder model and gives no prompt log-probabilities, so a seq2seq model or a need
-    for `scoring` (lm-eval through the API) keeps CTranslate2. A prompt-learning adapter (prompt
-    or prefix tuning) has no weights to merge: only transformers serves it."""
+    ahead of CTranslate2 on the same model, see docs/stages/serve.md), else CTranslate2.
+    llama.cpp serves no encoder-decoder model and gives no prompt log-probabilities, so a seq2seq
+    model or a need for `scoring` (lm-eval through the API) keeps CTranslate2. A prompt-learning
+    adapter (prompt or prefix tuning) has no weights to merge: only transformers serves it."""
     if requested != "auto":
         return requested, "as asked"
     from kollm.engines.lora import prompt_learning_kind
