@@ -64,7 +64,7 @@ RESERVED = ("end",)  # sqlite column names PostgreSQL reserves (rag_chunks.end)
 POOL_SIZE = 8  # pooled PostgreSQL connections a process keeps to one URL, in use and idle
 POOL_URLS = 2  # URLs a process keeps a pool for
 POOL_WAIT_S = 2.0  # longest wait for a pooled connection before connecting directly
-IDLE_MAX_S = 300.0  # a pool unused this long closes one of its idle connections
+IDLE_MAX_S = 300.0  # each period a pool had idle connections throughout, it closes one
 CLOSE_WAIT_S = 1.0  # for a pool's threads to stop when it is closed
 
 
