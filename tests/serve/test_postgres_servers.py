@@ -125,9 +125,12 @@ def test_a_burst_of_ratings_reuses_a_few_store_connections(
     log = RequestLog(served_home)
     for i in range(4):
         log.write(f"pool-{i}", "chat", "tiny", "tiny:1", {"messages": []}, "답", 2, 1, "stop", 1.0)
-    opened, connect_to_server = [], psycopg.connect
+    # every connection, the pool's and a direct one, is made by Connection.connect
+    opened, connect_to_server = [], psycopg.Connection.connect
     monkeypatch.setattr(
-        psycopg, "connect", lambda *a, **k: opened.append(1) or connect_to_server(*a, **k)
+        psycopg.Connection,
+        "connect",
+        classmethod(lambda _, *a, **k: opened.append(1) or connect_to_server(*a, **k)),
     )
 
     def rate(i: int) -> list[int]:

@@ -17,7 +17,7 @@ from kollm.feedback.store import FeedbackStore
 from kollm.rag.index import RagIndex
 from kollm.registry import Registry
 from kollm.store import MIGRATIONS, connect
-from kollm.store.backends import POOL_IDLE, translate
+from kollm.store.backends import POOL_SIZE, POOLS, translate
 
 
 def test_the_sqlite_dialect_becomes_postgresqls():
@@ -159,25 +159,42 @@ def _still_open(url: str, pids: set[int]) -> set[int]:
         with closing(connect(url)) as conn:
             rows = conn.execute("SELECT pid FROM pg_stat_activity").fetchall()
             live = {r[0] for r in rows} & pids
-        if len(live) <= POOL_IDLE or time.monotonic() > deadline:
+        if len(live) <= POOL_SIZE or time.monotonic() > deadline:
             return live
         time.sleep(0.1)
 
 
 def test_postgresql_connections_are_reused_and_few_stay_open(postgres_url):
-    burst = [connect(postgres_url) for _ in range(POOL_IDLE + 4)]  # all at once: one each
+    burst = [connect(postgres_url) for _ in range(POOL_SIZE + 4)]  # all at once: one each
     pids = {_pid(conn) for conn in burst}
-    assert len(pids) == POOL_IDLE + 4
+    assert len(pids) == POOL_SIZE + 4
     for conn in burst:
         conn.close()
     kept = _still_open(postgres_url, pids)
-    assert len(kept) == POOL_IDLE  # the rest were closed on the server too
-    again = [connect(postgres_url) for _ in range(POOL_IDLE)]
+    assert len(kept) == POOL_SIZE  # the rest were closed on the server too
+    again = [connect(postgres_url) for _ in range(POOL_SIZE)]
     assert {_pid(conn) for conn in again} == kept  # reused: no new server process
     for conn in again:
         conn.close()
     with pytest.raises(sqlite3.ProgrammingError):  # a closed connection, as sqlite3's
         burst[0].execute("SELECT 1")
+    # the four over the pool's size connected at once, none waited out the pool's timeout (a
+    # thread holding connections that waits for another could wait on itself)
+    assert POOLS.get(postgres_url).get_stats().get("requests_errors", 0) == 0
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced(postgres_url):
+    import psycopg
+
+    with closing(connect(postgres_url)) as conn:
+        dropped = _pid(conn)  # now idle in the pool
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # as a restart or a timeout
+        admin.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+        gone = "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s"
+        while admin.execute(gone, (dropped,)).fetchone()[0]:
+            time.sleep(0.05)
+    with closing(connect(postgres_url)) as conn:  # checked, found dropped, another given
+        assert _pid(conn) != dropped
 
 
 def test_a_connection_given_back_mid_transaction_is_rolled_back(postgres_url):

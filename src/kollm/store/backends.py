@@ -17,22 +17,22 @@ the modules write and sends PostgreSQL's:
 
 Every store call opens a connection and closes it (the modules' `with closing(connect(...))`).
 On SQLite that is a file open; on PostgreSQL a TCP connection, an authentication and a server
-process, about twice per request a server answers. So `close` gives a PostgreSQL connection
-back to a small per-process set of idle ones (`IdleConnections`) that the next `connect` of
-the same URL takes: a server's connections are as many as its threads use the store at once,
-and at most `POOL_IDLE` stay open between requests. Not psycopg_pool: it is another package,
-and its own threads and sizing are more than a reuse of idle connections needs.
+process, about twice per request a server answers. So a process keeps a psycopg_pool
+`ConnectionPool` per URL (`Pools`): `connect` takes a connection from it and `close` gives it
+back (rolled back by the pool if a caller left a transaction open), at most `POOL_SIZE` a URL.
+The pool checks a connection with a round trip before handing it out, replaces broken and
+hour-old ones, and shrinks while its connections sit idle; kollm's part is only which pool and
+what to do when it has none to give.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import decimal
 import os
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,9 +61,11 @@ PRIMARY_KEYS = {
     "aliases": ("name", "alias"),
 }
 RESERVED = ("end",)  # sqlite column names PostgreSQL reserves (rag_chunks.end)
-POOL_IDLE = 8  # idle PostgreSQL connections a process keeps, all URLs together
-IDLE_MAX_S = 300.0  # one idle longer is closed, not reused (the server may have dropped it)
-CHECK_AFTER_S = 5.0  # one idle longer is checked with a round trip before it is reused
+POOL_SIZE = 8  # pooled PostgreSQL connections a process keeps to one URL, in use and idle
+POOL_URLS = 2  # URLs a process keeps a pool for
+POOL_WAIT_S = 2.0  # longest wait for a pooled connection before connecting directly
+IDLE_MAX_S = 300.0  # each period a pool had idle connections throughout, it closes one
+CLOSE_WAIT_S = 1.0  # for a pool's threads to stop when it is closed
 
 
 def is_postgres(url: str | None) -> bool:
@@ -77,102 +79,99 @@ def connect_postgres(url: str) -> PgConnection:
         raise RuntimeError(
             "a postgresql:// store needs psycopg 3: pip install 'kollm[postgres]'"
         ) from err
-    conn = IDLE.take(url)
+    pool = POOLS.get(url)
+    conn = _take(pool)
     if conn is not None:
-        return PgConnection(conn, url)
+        return PgConnection(conn, pool)
     try:
-        # no prepared statements: a pooled connection outlives a migration by another
-        # process, and a statement prepared before it would fail ("cached plan must not
-        # change result type")
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=30, prepare_threshold=None)
+        conn = psycopg.Connection.connect(url, **CONNECT_KWARGS)
     except psycopg.Error as err:
         message = f"cannot connect to the store at {_safe(url)}: {err}"
         raise sqlite3.OperationalError(message) from err
-    return PgConnection(conn, url)
+    return PgConnection(conn)  # closed, not pooled, on close
 
 
-class IdleConnections:
-    """The psycopg connections `PgConnection.close` gave back, newest last, for the next
-    `connect_postgres` of the same URL. Only a connection in no transaction is kept, at most
-    `POOL_IDLE` (the oldest is closed), none idle longer than `IDLE_MAX_S`; a forked child
-    starts with none (its parent's sockets are not its own)."""
+def _take(pool):
+    """A connection from `pool`, or None when it has none to give soon.
+
+    None at once when all `POOL_SIZE` are in use: the pool would make the caller wait for one
+    to come back, and a thread that holds one and asks for a second (a store call inside
+    another's `with closing(connect(...))`), eight of them at once, would wait on each other.
+    Also None after `POOL_WAIT_S` (a race for the last slot, connections that fail their check
+    after a database restart, a server the pool cannot reach): the caller then connects
+    directly, which either works or raises the driver's error rather than the pool's timeout.
+    """
+    import psycopg_pool
+
+    stats = pool.get_stats()
+    if stats["pool_available"] == 0 and stats["pool_size"] >= pool.max_size:
+        return None
+    try:
+        return pool.getconn(timeout=POOL_WAIT_S)
+    except (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed):  # closed: a URL evicted
+        return None
+
+
+class Pools:
+    """The psycopg_pool `ConnectionPool` of each URL this process connects to, made on first
+    use: for `POOL_URLS` URLs at most (a process has one store, `store copy` two; a test suite
+    a schema a test), the least recently used closed for another. A forked child starts with
+    none (its parent's sockets and pool threads are not its own); exit closes them all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: list[tuple[str, float, Any]] = []  # (url, given back at, connection)
+        self._pools: dict[str, Any] = {}  # url -> pool, least recently used first
 
-    def take(self, url: str):
-        """A live idle connection to `url`, or None."""
-        while True:
-            with self._lock:
-                mine = [i for i, (u, _, _) in enumerate(self._idle) if u == url]
-                if not mine:
-                    return None
-                _, since, conn = self._idle.pop(mine[-1])  # the newest: the old ones expire
-            if _usable(conn, time.monotonic() - since):
-                return conn
-
-    def give(self, url: str, conn) -> None:
-        """Keep `conn` for reuse, or close it (broken, mid-transaction, one too many)."""
-        if not _reset(conn):
-            return
-        now, closing = time.monotonic(), []
+    def get(self, url: str):
         with self._lock:
-            self._idle.append((url, now, conn))
-            while self._idle and (
-                len(self._idle) > POOL_IDLE or now - self._idle[0][1] > IDLE_MAX_S
-            ):
-                closing.append(self._idle.pop(0)[2])
-        for old in closing:
-            old.close()
+            pool = self._pools.pop(url, None)
+            self._pools[url] = pool = pool if pool is not None else _new_pool(url)
+            evicted = list(self._pools.values())[:-POOL_URLS]
+            for old in evicted:
+                del self._pools[old.conninfo]
+        for old in evicted:
+            old.close(timeout=CLOSE_WAIT_S)  # one in use is closed when given back
+        return pool
 
-    def clear(self) -> None:
-        """Close every idle connection (a test's end, a URL that changed)."""
+    def close(self) -> None:
+        """Close every pool and its idle connections (exit, a test's end)."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for _, _, conn in idle:
-            conn.close()
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close(timeout=CLOSE_WAIT_S)
 
     def _forget(self) -> None:
-        # in a forked child: drop the parent's connections unclosed (psycopg closes nothing
-        # it did not open in this process, so the parent's sessions go on)
-        self._lock, self._idle = threading.Lock(), []
+        # in a forked child: the parent's pools are kept referenced but never used or closed
+        # (their threads are not in this process; a collected pool would try to stop them)
+        _FORKED_AWAY.extend(self._pools.values())
+        self._lock, self._pools = threading.Lock(), {}
 
 
-IDLE = IdleConnections()
+def _new_pool(url: str):
+    from psycopg_pool import ConnectionPool
+
+    return ConnectionPool(
+        url,
+        kwargs=CONNECT_KWARGS,
+        min_size=0,  # no connection before a caller needs one
+        max_size=POOL_SIZE,
+        open=True,
+        check=ConnectionPool.check_connection,  # a round trip: a dropped one is replaced
+        max_idle=IDLE_MAX_S,
+        reconnect_timeout=POOL_WAIT_S,  # a caller waits no longer: it connects directly
+        timeout=POOL_WAIT_S,
+        name="kollm-store",
+    )
+
+
+# no prepared statements: a pooled connection outlives a migration by another process, and a
+# statement prepared before it would fail ("cached plan must not change result type")
+CONNECT_KWARGS = {"autocommit": True, "connect_timeout": 30, "prepare_threshold": None}
+POOLS = Pools()
+_FORKED_AWAY: list = []
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=IDLE._forget)
-
-
-def _usable(conn, idle_s: float) -> bool:
-    """Whether an idle connection can serve again; closes it when not."""
-    if conn.closed or conn.broken or idle_s > IDLE_MAX_S:
-        conn.close()
-        return False
-    if idle_s <= CHECK_AFTER_S:
-        return True
-    try:
-        conn.execute("SELECT 1")
-        return True
-    except Exception:  # a server restart or a dropped socket: a new connection instead
-        conn.close()
-        return False
-
-
-def _reset(conn) -> bool:
-    """The connection back in no transaction (a caller's error can leave one open); False, and
-    closed, when it is broken or still busy."""
-    from psycopg.pq import TransactionStatus
-
-    status = conn.info.transaction_status
-    if not conn.closed and status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        with contextlib.suppress(Exception):  # a dropped connection: closed below
-            conn.execute("ROLLBACK")
-        status = conn.info.transaction_status
-    if conn.closed or conn.broken or status != TransactionStatus.IDLE:
-        conn.close()
-        return False
-    return True
+    os.register_at_fork(after_in_child=POOLS._forget)
+atexit.register(POOLS.close)  # pool threads are daemons: a slow close cannot hold exit
 
 
 def _safe(url: str) -> str:
@@ -257,8 +256,8 @@ class PgConnection:
 
     dialect = "postgresql"
 
-    def __init__(self, conn, url: str | None = None) -> None:
-        self._conn, self._url = conn, url
+    def __init__(self, conn, pool=None) -> None:
+        self._conn, self._pool = conn, pool
 
     def execute(self, sql: str, params: Sequence = ()) -> PgCursor:
         import psycopg
@@ -321,15 +320,15 @@ class PgConnection:
             self.execute("ROLLBACK")
 
     def close(self) -> None:
-        """Give the connection back for reuse (see `IdleConnections`); a second close, or a
-        connection of no URL, closes nothing more."""
+        """Give the connection back to its pool (see `Pools`), or close one of none; a second
+        close does nothing more."""
         conn, self._conn = self._conn, _CLOSED
         if conn is _CLOSED:
             return
-        if self._url is None:
+        if self._pool is None:
             conn.close()
         else:
-            IDLE.give(self._url, conn)
+            self._pool.putconn(conn)  # rolls back a transaction left open; closed pool: closes
 
     def __enter__(self) -> PgConnection:
         return self
