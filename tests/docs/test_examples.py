@@ -4,12 +4,13 @@ One test per page: its `bash`, `sh`, `console` and `python` blocks run in page o
 scratch working dir (copies of the repo's recipes/, data/ and examples/; bench/ and .venv
 linked) with one KOLLM_HOME, offline, `kollm` on PATH running this checkout's code. A page
 marked `<!-- docs-test: setup demo -->` starts from a copy of a home built once per session:
-`kollm-demo:1` at production (the demo recipe, 30 training steps) and the `demo-docs`
+`kollm-demo:1` at production (the demo recipe, 20 training steps) and the `demo-docs`
 collection of the bundled documents; its runs/ is copied into the working dir too.
 
 Whatever a page leaves running (`kollm serve ... &`) is killed with its blocks' process groups
-when the page ends. Environment: KOLLM_DOCS_TIMEOUT (seconds a block may take, 300) and
-KOLLM_DOCS_KEEP_GOING=1 (run every block of a page and report every failure, for a survey).
+when the page ends. Environment: KOLLM_DOCS_TIMEOUT (seconds a block may take, 300; the demo
+home three times that) and KOLLM_DOCS_KEEP_GOING=1 (run every block of a page and report every
+failure, for a survey).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ COPIED = ("recipes", "data", "examples")  # pages write next to these (runs/, ex
 LINKED = ("bench",)  # read-only: scripts a page runs
 TAIL = 40
 DEMO_BUILD = (
-    "kollm run recipes/demo.yaml train.max_steps=30 eval.max_samples=8\n"
+    "kollm run recipes/demo.yaml train.max_steps=20 train.batch_size=8 eval.max_samples=8\n"
     "kollm rag index --recipe recipes/demo.yaml\n"
 )
 
@@ -90,6 +91,7 @@ class Result:
     code: int | None  # None: timed out
     output: str
     seconds: float
+    timeout: float
 
 
 @dataclass
@@ -107,7 +109,7 @@ class PageRun:
         self.scripts = self.root / "scripts"  # outside the working dir the page sees
         self.scripts.mkdir()
 
-    def execute(self, argv: list[str], name: str) -> Result:
+    def execute(self, argv: list[str], name: str, timeout: float = TIMEOUT) -> Result:
         """Run in a new process group; output goes to a file, not a pipe, so a server the
         command leaves in the background cannot hold the read open."""
         log = self.scripts / f"{name}.out"
@@ -124,13 +126,13 @@ class PageRun:
             )
             self.groups.append(proc.pid)
             try:
-                code = proc.wait(timeout=TIMEOUT)
+                code = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill_group(proc.pid)
                 proc.wait()
                 code = None
         text = log.read_text(encoding="utf-8", errors="replace")
-        return Result(code, text, time.monotonic() - started)
+        return Result(code, text, time.monotonic() - started, timeout)
 
     def script(self, block: blocks.Block, suffix: str) -> Path:
         path = self.scripts / f"L{block.line}{suffix}"
@@ -171,7 +173,9 @@ def _indent(text: str) -> str:
 
 def _failure(where: str, what: str, command: str, result: Result, extra: str = "") -> str:
     tail = "\n".join(result.output.rstrip("\n").splitlines()[-TAIL:])
-    said = f"timed out after {TIMEOUT:.0f} s" if result.code is None else f"exit {result.code}"
+    said = (
+        f"timed out after {result.timeout:.0f} s" if result.code is None else f"exit {result.code}"
+    )
     return (
         f"{where}: {what} ({said}, {result.seconds:.1f} s)\n"
         f"  command:\n{_indent(command)}\n{extra}"
@@ -226,13 +230,15 @@ def demo_home(tmp_path_factory) -> Path:
     """Built once a session: the demo recipe with a short training, and its collection."""
     root = tmp_path_factory.mktemp("docs-demo")
     run = PageRun(root)
+    script = run.scripts / "setup-demo.sh"
+    script.write_text(DEMO_BUILD, encoding="utf-8")
     try:
-        build = blocks.Block(0, "bash", DEMO_BUILD)
-        failed = run_block(run, "setup demo", build)
+        result = run.execute(["bash", "-euo", "pipefail", str(script)], "setup-demo", 3 * TIMEOUT)
     finally:
         run.close()
-    if failed:
-        pytest.fail("\n".join(failed), pytrace=False)
+    if result.code != 0:
+        failed = _failure("setup demo", "building the demo home failed", DEMO_BUILD, result)
+        pytest.fail(failed, pytrace=False)
     return root
 
 
