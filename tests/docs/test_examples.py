@@ -36,6 +36,7 @@ KEEP_GOING = os.environ.get("KOLLM_DOCS_KEEP_GOING") == "1"
 COPIED = ("recipes", "data", "examples")  # pages write next to these (runs/, exports/ ...)
 LINKED = ("bench",)  # read-only: scripts a page runs
 TAIL = 40
+MARK = "DOCS_TEST_PAGE"
 DEMO_BUILD = (
     "kollm run recipes/demo.yaml train.max_steps=20 train.batch_size=8 eval.max_samples=8\n"
     "kollm rag index --recipe recipes/demo.yaml\n"
@@ -65,6 +66,7 @@ def _env(home: Path) -> dict[str, str]:
         COLUMNS="400",  # rich wraps at 80 columns off a terminal: expected lines would break
         NO_COLOR="1",
     )
+    env[MARK] = str(home)  # finds what a page started that left its process groups
     return env
 
 
@@ -140,14 +142,22 @@ class PageRun:
         return path
 
     def close(self) -> None:
-        """Stop whatever the page's blocks left running: SIGTERM, then SIGKILL."""
+        """Stop whatever the page's blocks left running: SIGTERM, then SIGKILL, to the process
+        groups of its blocks and to any process that left them (a detached job, a daemon)
+        but carries the page's mark in its environment."""
         for group in self.groups:
             _signal_group(group, signal.SIGTERM)
+        for pid in _marked(self.env[MARK]):
+            _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while any(_alive(g) for g in self.groups) and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            any(_alive(g) for g in self.groups) or _marked(self.env[MARK])
+        ):
             time.sleep(0.1)
         for group in self.groups:
-            _kill_group(group)
+            _signal_group(group, signal.SIGKILL)
+        for pid in _marked(self.env[MARK]):
+            _signal(pid, signal.SIGKILL)
 
 
 def _signal_group(group: int, sig: int) -> None:
@@ -157,6 +167,26 @@ def _signal_group(group: int, sig: int) -> None:
 
 def _kill_group(group: int) -> None:
     _signal_group(group, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment holds MARK=mark (Linux /proc; elsewhere none)."""
+    needle = f"{MARK}={mark}".encode() + b"\0"
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(") ", 1)[1][:1]
+        except (OSError, IndexError):
+            continue  # gone, or another user's
+        if needle in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def _alive(group: int) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.docs.blocks import parse
 from tests.docs.test_examples import PageRun, run_block
 
@@ -41,8 +43,10 @@ def test_console_output_is_checked(tmp_path):
     assert "page.md:1: console output differs" in failure and "    c" in failure
 
 
-def test_what_a_page_leaves_running_is_stopped_when_it_ends(tmp_path):
-    run, failures = _run(tmp_path, "```bash\nsleep 600 &\necho $! > sleeper.pid\n```\n")
+@pytest.mark.parametrize("start", ["sleep 600 &", "setsid sleep 600 &"])
+def test_what_a_page_leaves_running_is_stopped_when_it_ends(tmp_path, start):
+    """In the page's process group (a server in the background) or out of it (a detached job)."""
+    run, failures = _run(tmp_path, f"```bash\n{start}\necho $! > sleeper.pid\n```\n")
     pid = int((run.work / "sleeper.pid").read_text())
     assert failures == []
     try:
