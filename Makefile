@@ -66,8 +66,11 @@ llama-server: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kollm demo --loop
 
+# Two workers (one per core), each test file on one worker and the Ray files together
+# (tests/xdist_files.py); `make test PYTEST_ARGS=-p\ no:xdist` runs the suite in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=30 tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=30 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
