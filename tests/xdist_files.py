@@ -20,7 +20,7 @@ RAY = "ray"
 
 
 @functools.cache
-def _uses_ray(path: Path) -> bool:
+def uses_ray(path: Path) -> bool:
     try:
         return "ray_cluster" in path.read_text(encoding="utf-8")
     except OSError:
@@ -38,7 +38,7 @@ def pytest_xdist_make_scheduler(config, log):
     class FilesAndRay(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return RAY if _uses_ray(root / path) else path
+            return RAY if uses_ray(root / path) else path
 
         def _assign_work_unit(self, node) -> None:
             # the Ray files are the longest unit: started first, they don't end the run alone
