@@ -68,7 +68,8 @@ demo: $(STAMP)
 
 # Two workers (one per core), each test file on one worker and the Ray files together
 # (tests/xdist_files.py); `make test PYTEST_ARGS=-p\ no:xdist` runs the suite in one process.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# A crashed worker fails the run: a replacement would be handed the crashing test again.
+PYTEST_ARGS ?= -n 2 --dist loadfile --max-worker-restart=0
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=30 tests
 
