@@ -80,8 +80,12 @@ llama-server: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/kollm demo --loop
 
+# Two workers (one per core), each test file on one worker and the Ray files together
+# (tests/xdist_files.py); `make test PYTEST_ARGS=-p\ no:xdist` runs the suite in one process.
+# A crashed worker fails the run: a replacement would be handed the crashing test again.
+PYTEST_ARGS ?= -n 2 --dist loadfile --max-worker-restart=0
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=30 tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) --durations=30 tests
 
 # The docs site (mkdocs.yml, docs/) into site/, offline; --strict fails on a page outside the nav
 # or a broken link, as tests/docs/test_site.py does.

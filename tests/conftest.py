@@ -10,11 +10,32 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` (make test) each worker has a core: one intra-op thread per worker
+    # and per process it starts, not two workers' torch pools fighting over two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    # GNU readline (imported in the controller) setenv()s the terminal's size, which workers
+    # inherit (a serial run's os.environ never has it): rich would fix the CLI at 80 columns.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 from tests.postgres import postgres_server, postgres_url, share_registry, store_backend  # noqa: F401
-from tests.ray_cluster import ray_cluster  # noqa: F401 - the session's local Ray cluster
+from tests.ray_cluster import (  # noqa: F401 - the session's local Ray cluster
+    pytest_runtest_teardown,
+    pytest_sessionfinish,
+    ray_cluster,
+)
+from tests.xdist_files import pytest_xdist_make_scheduler  # noqa: F401 - make test's two workers
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

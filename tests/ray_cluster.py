@@ -1,10 +1,14 @@
 """A local Ray cluster for the ray executor and Ray Serve tests: `ray start --head` on 127.0.0.1
-with 2 CPUs, started once for the session and stopped after it. Any test directory may use the
-`ray_cluster` fixture (tests/conftest.py imports it).
+with 2 CPUs, started by the first test that uses it and stopped at the end of the session. Any
+test directory may use the `ray_cluster` fixture (tests/conftest.py imports it).
 
 `ray stop --force` ends every Ray process of this user on the machine, so a session holds
 an exclusive lock on /tmp/kollm-ray.lock while its cluster lives: two test runs on one machine
-(two worktrees) take turns instead of stopping each other's cluster."""
+(two worktrees) take turns instead of stopping each other's cluster.
+
+Under `make test`'s two workers the files that use it run together, on one worker
+(tests/xdist_files.py): that worker stops the cluster, and frees the lock, once it moves on to
+other files, not at the end of its session."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.xdist_files import uses_ray
 
 
 def _free_port() -> int:
@@ -77,8 +83,18 @@ def _agent_log(temp: str) -> str:
     return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
+_RAY = str(Path(sys.executable).parent / "ray")
+
+
+class _Running:
+    """This process's cluster, its lock and temp dir: started by the first test that asks."""
+
+    cluster: RayCluster | None = None
+    lock = None
+    temp = ""
+
+
+def _start_locked() -> RayCluster:
     # Every Ray process binds the loopback address only: without this Ray picks the host's
     # outward-facing address for some of its agents. Set before ray is imported (Ray reads it
     # once); and this process's ray.init would turn 127.0.0.1 into that address too.
@@ -91,21 +107,50 @@ def ray_cluster():
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray = str(Path(sys.executable).parent / "ray")
-    lock = open("/tmp/kollm-ray.lock", "w")  # noqa: SIM115 - held for the whole session
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's unix sockets live here
+    _Running.lock = open("/tmp/kollm-ray.lock", "w")  # noqa: SIM115 - held while it lives
+    fcntl.flock(_Running.lock, fcntl.LOCK_EX)
+    _Running.temp = tempfile.mkdtemp(prefix="kray", dir="/tmp")  # short: Ray's sockets live here
     try:
         for _attempt in range(2):  # a cluster whose agent never came up is started once more
-            cluster, agent = _start(ray, temp)
+            cluster, agent = _start(_RAY, _Running.temp)
             if _agent_ready(agent, AGENT_WAIT_S):
-                break
-            log = _agent_log(temp)
-            subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-        else:
-            pytest.fail(f"Ray's dashboard agent never answered on port {agent}:\n{log}")
-        yield cluster
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
-        lock.close()  # closing releases the lock
+                return cluster
+            log = _agent_log(_Running.temp)
+            subprocess.run([_RAY, "stop", "--force"], capture_output=True, timeout=120)
+        pytest.fail(f"Ray's dashboard agent never answered on port {agent}:\n{log}")
+    except BaseException:
+        stop_ray_cluster()
+        raise
+
+
+def stop_ray_cluster() -> None:
+    """Stops this process's cluster, if it started one, and releases the lock."""
+    if _Running.lock is None:
+        return
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # Ray ends a driver whose GCS is gone
+        ray.shutdown()
+    subprocess.run([_RAY, "stop", "--force"], capture_output=True, timeout=120)
+    shutil.rmtree(_Running.temp, ignore_errors=True)
+    _Running.lock.close()  # closing releases the lock
+    _Running.cluster, _Running.lock = None, None
+
+
+@pytest.fixture
+def ray_cluster():
+    """The local cluster (started on first use, kept for the next tests)."""
+    if _Running.cluster is None:
+        _Running.cluster = _start_locked()
+    return _Running.cluster
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Under xdist, the cluster stops as this worker leaves the files that use it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or _Running.lock is None:
+        return
+    if nextitem is None or not uses_ray(nextitem.path):
+        stop_ray_cluster()
+
+
+def pytest_sessionfinish(session):
+    stop_ray_cluster()

@@ -186,16 +186,23 @@ def fill_special_tokens(conversion: Path) -> None:
         path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def _step_callback(on_token: TokenCallback, ends: tuple[int, ...]):
+class _StepCallback:
     """CTranslate2's per-step callback, which sees the end token too (not part of the answer).
     It stops the sequence when the callback returns a truthy value (and fails on a value it
-    cannot cast), so whatever on_token returns is dropped here."""
+    cannot cast), so whatever on_token returns is dropped here.
 
-    def callback(step) -> None:
-        if step.token_id not in ends:
-            on_token(step.batch_id, step.token_id)
+    CTranslate2 keeps a copy of the callback in its job and may drop it on its own worker
+    thread after generate returns: were that the last reference to the engine (a callback
+    bound to it), the Generator would be destroyed there and join its own thread, which aborts
+    the process ("Resource deadlock avoided"). So on_token is released once generate returns."""
 
-    return callback
+    def __init__(self, on_token: TokenCallback, ends: tuple[int, ...]) -> None:
+        self.on_token: TokenCallback | None = on_token
+        self.ends = ends
+
+    def __call__(self, step) -> None:
+        if self.on_token is not None and step.token_id not in self.ends:
+            self.on_token(step.batch_id, step.token_id)
 
 
 class SharedPrefixes:
@@ -366,8 +373,17 @@ class CTranslate2Engine:
             import ctranslate2
 
             ctranslate2.set_random_seed(params.seed % 2**32)  # it takes an unsigned 32-bit seed
+        callback = None
         if on_token is not None and params.num_beams == 1:
-            options["callback"] = _step_callback(on_token, self.end_ids)
+            options["callback"] = callback = _StepCallback(on_token, self.end_ids)
+        try:
+            ids = self._generate_ids(tokens, options, params)
+        finally:
+            if callback is not None:
+                callback.on_token = None
+        return [self._finish(row, len(t), params) for row, t in zip(ids, tokens, strict=True)]
+
+    def _generate_ids(self, tokens: list[list[str]], options: dict, params: GenerationParams):
         if self.is_encoder_decoder:
             results = self.model.translate_batch(
                 tokens,
@@ -382,7 +398,7 @@ class CTranslate2Engine:
             starts = [t[shared:] for t in tokens]
             results = self.model.generate_batch(starts, include_prompt_in_result=False, **options)
             ids = [r.sequences_ids[0] for r in results]
-        return [self._finish(row, len(t), params) for row, t in zip(ids, tokens, strict=True)]
+        return ids
 
     def _finish(self, ids: list[int], prompt_tokens: int, params: GenerationParams) -> Generation:
         ids, met_end = cut_at_end(ids, self.end_ids)
