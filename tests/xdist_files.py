@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 RAY = "ray"
+# Files whose tests share no costly module fixture and take minutes together: one unit a test,
+# so both workers take pages (each worker builds the docs' demo home once, about 35 s).
+PER_TEST = ("tests/docs/test_examples.py",)
 
 
 @functools.cache
@@ -38,6 +41,8 @@ def pytest_xdist_make_scheduler(config, log):
     class FilesAndRay(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
+            if path in PER_TEST:
+                return nodeid
             return RAY if uses_ray(root / path) else path
 
         def _assign_work_unit(self, node) -> None:
