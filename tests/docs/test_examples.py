@@ -48,8 +48,17 @@ class DocsSkip(UserWarning):
 
 
 def _pages() -> list[str]:
+    """Pages with a shell or Python block (run or skipped); prose-only pages have no test."""
     found = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-    return [str(p.relative_to(REPO)) for p in found if p.is_file()]
+    return [str(p.relative_to(REPO)) for p in found if p.is_file() and _has_blocks(p)]
+
+
+def _has_blocks(path: Path) -> bool:
+    try:
+        page = blocks.read_page(path)
+    except blocks.MarkerError:
+        return True  # the page's test reports the bad marker
+    return bool(page.runnable or page.skipped)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -281,7 +290,7 @@ def test_page_examples_run(page: str, tmp_path: Path, request) -> None:
     for block in parsed.skipped:
         warnings.warn(DocsSkip(f"{page}:{block.line}: skipped: {block.skip}"), stacklevel=1)
     if not parsed.runnable:
-        pytest.skip(f"{page}: no runnable block")
+        pytest.skip(f"{page}: every block is marked skip")
     demo = request.getfixturevalue("demo_home") if "demo" in parsed.setup else None
     run = PageRun(tmp_path, demo)
     failures: list[str] = []
